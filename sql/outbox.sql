@@ -1,0 +1,252 @@
+-- outbox.sql — enqueueing, claiming and recording external actions.
+--
+-- The daemon only calls these functions; every write-back is fenced on the
+-- lease (locked_by), so a replica whose lease expired cannot overwrite the
+-- replica that took the action over. Each returns whether the fence held.
+
+------------------------------------------------------------------------------
+-- enqueue and notify
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.enqueue_action(p_kind text, p_org_id uuid, p_user_id uuid, p_payload jsonb DEFAULT '{}'::jsonb)
+RETURNS bigint
+LANGUAGE sql AS $$
+    INSERT INTO orgkeeper.pending_external_actions (kind, org_id, user_id, payload)
+    VALUES (p_kind, p_org_id, p_user_id, coalesce(p_payload, '{}'::jsonb))
+    RETURNING id;
+$$;
+COMMENT ON FUNCTION orgkeeper.enqueue_action(text, uuid, uuid, jsonb) IS
+  'Adds an external action to the outbox in the caller''s transaction; the daemon is notified when it commits. Returns the action id.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.notify_actions() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids jsonb;
+BEGIN
+    -- One notification per statement, carrying ids only (never payloads or secrets).
+    SELECT jsonb_agg(id ORDER BY id) INTO v_ids
+      FROM (SELECT id FROM new_actions WHERE status = 'pending' ORDER BY id LIMIT 100) s;
+    IF v_ids IS NOT NULL THEN
+        PERFORM pg_notify('orgkeeper_actions', jsonb_build_object('ids', v_ids)::text);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.notify_actions() IS
+  'Statement trigger: NOTIFY orgkeeper_actions with {"ids": [...]} (at most 100 ids) for newly pending actions. A hint only: the daemon also polls.';
+
+DROP TRIGGER IF EXISTS actions_notify_insert ON orgkeeper.pending_external_actions;
+CREATE TRIGGER actions_notify_insert
+    AFTER INSERT ON orgkeeper.pending_external_actions
+    REFERENCING NEW TABLE AS new_actions
+    FOR EACH STATEMENT EXECUTE FUNCTION orgkeeper.notify_actions();
+
+CREATE OR REPLACE FUNCTION orgkeeper.org_after_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The team id is the org id; it is deleted even if provisioning is still
+    -- in flight: the deletion waits for the provisioning action (same subject).
+    PERFORM orgkeeper.enqueue_action('litellm.delete_team', OLD.id, OLD.created_by,
+        jsonb_build_object('team_id', coalesce(OLD.litellm_team_id, OLD.id::text), 'org_name', OLD.name));
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.org_after_delete() IS
+  'Trigger: deleting an organization enqueues litellm.delete_team with the team id, so the team is removed even though the org row is gone.';
+
+DROP TRIGGER IF EXISTS org_after_delete ON orgkeeper.org;
+CREATE TRIGGER org_after_delete
+    AFTER DELETE ON orgkeeper.org
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.org_after_delete();
+
+------------------------------------------------------------------------------
+-- claim (daemon)
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.claim_actions(p_worker text, p_limit integer, p_lease interval)
+RETURNS SETOF orgkeeper.pending_external_actions
+LANGUAGE sql AS $$
+    WITH due AS (
+        SELECT a.id
+          FROM orgkeeper.pending_external_actions a
+         WHERE a.status IN ('pending', 'compensating')
+           AND a.locked_by IS NULL
+           AND a.run_after <= now()
+           AND NOT EXISTS (
+                SELECT 1 FROM orgkeeper.pending_external_actions e
+                 WHERE e.subject = a.subject AND e.id < a.id
+                   AND e.status IN ('pending', 'running', 'compensating'))
+         ORDER BY a.run_after, a.id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    )
+    UPDATE orgkeeper.pending_external_actions a
+       SET status = CASE WHEN a.status = 'pending' THEN 'running' ELSE a.status END,
+           locked_by = p_worker,
+           locked_until = now() + p_lease,
+           attempts = a.attempts + 1,
+           updated_at = now()
+      FROM due
+     WHERE a.id = due.id
+    RETURNING a.*;
+$$;
+COMMENT ON FUNCTION orgkeeper.claim_actions(text, integer, interval) IS
+  'Daemon: leases up to p_limit due actions to p_worker in one statement (FOR UPDATE SKIP LOCKED), bumping attempts. An action waits while an earlier action of the same subject is unfinished.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.sweep_expired_leases() RETURNS integer
+LANGUAGE sql AS $$
+    WITH swept AS (
+        UPDATE orgkeeper.pending_external_actions
+           SET status = CASE WHEN status = 'running' THEN 'pending' ELSE status END,
+               locked_by = NULL, locked_until = NULL, updated_at = now()
+         WHERE locked_by IS NOT NULL AND locked_until < now()
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM swept;
+$$;
+COMMENT ON FUNCTION orgkeeper.sweep_expired_leases() IS
+  'Daemon: returns actions whose lease expired (a crashed or frozen replica) to the queue; returns how many.';
+
+------------------------------------------------------------------------------
+-- record outcomes (daemon; every one fenced on the lease)
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.error_entry(p_attempts integer, p_error text, p_transient boolean) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_array(jsonb_build_object(
+        'attempt', p_attempts, 'at', to_jsonb(statement_timestamp()), 'error', p_error, 'transient', p_transient));
+$$;
+COMMENT ON FUNCTION orgkeeper.error_entry(integer, text, boolean) IS
+  'One element for the errors history of an action: attempt number, time, message, and whether it was transient.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.save_progress(p_id bigint, p_worker text, p_progress jsonb) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH u AS (
+        UPDATE orgkeeper.pending_external_actions
+           SET progress = progress || p_progress, updated_at = now()
+         WHERE id = p_id AND locked_by = p_worker
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM u);
+$$;
+COMMENT ON FUNCTION orgkeeper.save_progress(bigint, text, jsonb) IS
+  'Daemon: merges checkpoint data into progress while p_worker holds the lease. False = lease lost.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.complete_action(p_id bigint, p_worker text, p_result jsonb) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH u AS (
+        UPDATE orgkeeper.pending_external_actions
+           SET status = 'done', result = p_result, locked_by = NULL, locked_until = NULL,
+               finished_at = now(), updated_at = now()
+         WHERE id = p_id AND locked_by = p_worker AND status = 'running'
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM u);
+$$;
+COMMENT ON FUNCTION orgkeeper.complete_action(bigint, text, jsonb) IS
+  'Daemon: marks a running action done with its result, if p_worker still holds the lease. False = lease lost, nothing written.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.retry_action_later(p_id bigint, p_worker text, p_error text, p_delay interval) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH u AS (
+        UPDATE orgkeeper.pending_external_actions
+           SET status = CASE WHEN status = 'running' THEN 'pending' ELSE status END,
+               run_after = now() + p_delay,
+               last_error = p_error,
+               errors = errors || orgkeeper.error_entry(attempts, p_error, true),
+               locked_by = NULL, locked_until = NULL, updated_at = now()
+         WHERE id = p_id AND locked_by = p_worker
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM u);
+$$;
+COMMENT ON FUNCTION orgkeeper.retry_action_later(bigint, text, text, interval) IS
+  'Daemon: records a transient error and releases the action to run again after p_delay (backoff). Fenced on the lease.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.begin_compensation(p_id bigint, p_worker text, p_error text) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH u AS (
+        UPDATE orgkeeper.pending_external_actions
+           SET status = 'compensating',
+               last_error = p_error,
+               errors = errors || orgkeeper.error_entry(attempts, p_error, false),
+               result = jsonb_build_object('error', p_error),
+               updated_at = now()
+         WHERE id = p_id AND locked_by = p_worker AND status = 'running'
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM u);
+$$;
+COMMENT ON FUNCTION orgkeeper.begin_compensation(bigint, text, text) IS
+  'Daemon: records a permanent failure and moves the action to compensating (keeping the lease) before cleanup starts, so a crash mid-cleanup resumes cleanup.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.finish_action(p_id bigint, p_worker text, p_status text, p_result jsonb, p_error text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_status NOT IN ('failed', 'compensated') THEN
+        RAISE EXCEPTION 'finish_action: status must be failed or compensated, not %', quote_nullable(p_status)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE orgkeeper.pending_external_actions
+       SET status = p_status,
+           result = coalesce(result, '{}'::jsonb) || coalesce(p_result, '{}'::jsonb),
+           last_error = coalesce(p_error, last_error),
+           errors = CASE WHEN p_error IS NULL THEN errors
+                         ELSE errors || orgkeeper.error_entry(attempts, p_error, false) END,
+           locked_by = NULL, locked_until = NULL, finished_at = now(), updated_at = now()
+     WHERE id = p_id AND locked_by = p_worker AND status IN ('running', 'compensating');
+    RETURN FOUND;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.finish_action(bigint, text, text, jsonb, text) IS
+  'Daemon: ends an action as failed or compensated, merging p_result (e.g. the cleanup outcome) and recording p_error. Fenced on the lease.';
+
+------------------------------------------------------------------------------
+-- operators
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.retry_action(action_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_action orgkeeper.pending_external_actions;
+BEGIN
+    SELECT * INTO v_action FROM orgkeeper.pending_external_actions WHERE id = action_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'action % does not exist', coalesce(action_id::text, 'NULL')
+            USING ERRCODE = 'no_data_found', HINT = 'list actions with: orgkeeper actions list';
+    END IF;
+    IF v_action.status NOT IN ('failed', 'compensated', 'cancelled') THEN
+        RAISE EXCEPTION 'action % (%) is %, only failed, compensated or cancelled actions can be retried', action_id, v_action.kind, v_action.status
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    UPDATE orgkeeper.pending_external_actions
+       SET status = 'pending', attempts = 0, run_after = now(), finished_at = NULL, updated_at = now()
+     WHERE id = action_id;
+    IF v_action.kind = 'litellm.provision_org' THEN
+        UPDATE orgkeeper.org SET provisioning_status = 'pending', provisioning_error = NULL
+         WHERE id = v_action.org_id AND provisioning_status = 'failed';
+    END IF;
+    PERFORM pg_notify('orgkeeper_actions', jsonb_build_object('ids', jsonb_build_array(action_id))::text);
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.retry_action(bigint) IS
+  'Operator: puts a failed, compensated or cancelled action back to pending with a fresh attempt budget (its error history is kept). A retried provisioning sets its org back to pending.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.cancel_action(action_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_status text;
+BEGIN
+    SELECT status INTO v_status FROM orgkeeper.pending_external_actions WHERE id = action_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'action % does not exist', coalesce(action_id::text, 'NULL') USING ERRCODE = 'no_data_found';
+    END IF;
+    IF v_status NOT IN ('pending', 'failed') THEN
+        RAISE EXCEPTION 'action % is %, only pending or failed actions can be cancelled', action_id, v_status
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'a running action finishes or its lease expires first';
+    END IF;
+    UPDATE orgkeeper.pending_external_actions
+       SET status = 'cancelled', finished_at = now(), updated_at = now()
+     WHERE id = action_id;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.cancel_action(bigint) IS
+  'Operator: gives up on a pending or failed action (cancelled is terminal; retry_action can revive it).';

@@ -1,0 +1,270 @@
+-- ownership.sql — the organization invariants.
+--
+-- * The role catalog's system rows cannot change.
+-- * Organization names are trimmed, 1..255 characters, unique case-insensitively.
+-- * Personal organizations have id = created_by, one per user.
+-- * Inserting an organization makes its creator the owner and enqueues its
+--   LiteLLM provisioning, in the inserting transaction.
+-- * A deferred constraint trigger fails the COMMIT of any transaction that
+--   leaves an organization without an active owner.
+
+------------------------------------------------------------------------------
+-- role catalog
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.protect_system_roles() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.is_system THEN
+            RAISE EXCEPTION 'role "%" cannot be added as a system role', NEW.name
+                USING ERRCODE = 'restrict_violation',
+                      HINT = 'system roles (owner, admin, member) ship with orgkeeper; add custom roles with is_system = false';
+        END IF;
+        IF NEW.rank <= (SELECT rank FROM orgkeeper.role WHERE name = 'owner') THEN
+            RAISE EXCEPTION 'role "%" cannot outrank the owner role (rank % <= owner rank)', NEW.name, NEW.rank
+                USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF OLD.is_system THEN
+        IF TG_OP = 'DELETE' THEN
+            RAISE EXCEPTION 'role "%" is a system role and cannot be deleted', OLD.name
+                USING ERRCODE = 'restrict_violation';
+        END IF;
+        IF NEW.name IS DISTINCT FROM OLD.name OR NEW.rank IS DISTINCT FROM OLD.rank
+           OR NEW.is_system IS DISTINCT FROM OLD.is_system OR NEW.id IS DISTINCT FROM OLD.id THEN
+            RAISE EXCEPTION 'role "%" is a system role and cannot be renamed, re-ranked or unprotected', OLD.name
+                USING ERRCODE = 'restrict_violation';
+        END IF;
+    END IF;
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.protect_system_roles() IS
+  'Trigger: refuses to add, rename, re-rank or delete system roles (owner, admin, member) and refuses custom roles that would outrank the owner.';
+
+DROP TRIGGER IF EXISTS role_protect_system ON orgkeeper.role;
+CREATE TRIGGER role_protect_system
+    BEFORE INSERT OR UPDATE OR DELETE ON orgkeeper.role
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.protect_system_roles();
+
+CREATE OR REPLACE FUNCTION orgkeeper.role_id(p_name text) RETURNS integer
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_id integer;
+BEGIN
+    SELECT id INTO v_id FROM orgkeeper.role WHERE name = lower(btrim(p_name));
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'role "%" does not exist', p_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'roles: ' || (SELECT string_agg(name, ', ' ORDER BY rank) FROM orgkeeper.role);
+    END IF;
+    RETURN v_id;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.role_id(text) IS
+  'Resolves a role by name (case-insensitive); raises 22023 naming the known roles when it does not exist. Roles are never referenced by hard-coded id.';
+
+------------------------------------------------------------------------------
+-- organization rows: names and kinds
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.org_before_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_clash text;
+BEGIN
+    IF NEW.name IS NULL THEN
+        RAISE EXCEPTION 'organization % needs a name', NEW.id
+            USING ERRCODE = 'not_null_violation';
+    END IF;
+    NEW.name := btrim(NEW.name);
+    IF NEW.name = '' THEN
+        RAISE EXCEPTION 'organization % needs a name that is not empty or blank', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF char_length(NEW.name) > 255 THEN
+        RAISE EXCEPTION 'organization name "%..." is % characters long; the limit is 255', left(NEW.name, 40), char_length(NEW.name)
+            USING ERRCODE = 'check_violation';
+    END IF;
+
+    IF TG_OP = 'UPDATE' THEN
+        IF NEW.id <> OLD.id OR NEW.kind <> OLD.kind OR NEW.created_by <> OLD.created_by THEN
+            RAISE EXCEPTION 'organization "%": id, kind and created_by cannot change', OLD.name
+                USING ERRCODE = 'restrict_violation',
+                      HINT = 'to hand the organization to someone else use orgkeeper.transfer_ownership()';
+        END IF;
+        NEW.updated_at := now();
+        IF NEW.name = OLD.name THEN
+            RETURN NEW;
+        END IF;
+    END IF;
+
+    SELECT name INTO v_clash FROM orgkeeper.org WHERE lower(name) = lower(NEW.name) AND id <> NEW.id;
+    IF FOUND THEN
+        RAISE EXCEPTION 'an organization named "%" already exists', v_clash
+            USING ERRCODE = 'unique_violation',
+                  HINT = 'organization names are compared case-insensitively, ignoring surrounding spaces; choose another name';
+    END IF;
+
+    IF TG_OP = 'INSERT' AND NEW.kind = 'team'
+       AND EXISTS (SELECT 1 FROM orgkeeper.org_creator_allowlist)
+       AND NOT EXISTS (SELECT 1 FROM orgkeeper.org_creator_allowlist a WHERE a.user_id = NEW.created_by) THEN
+        RAISE EXCEPTION 'user % may not create team organizations (cannot create "%")', NEW.created_by, NEW.name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'the org_creator_allowlist is in force; a DBA can add the user: INSERT INTO orgkeeper.org_creator_allowlist (user_id) VALUES (...)';
+    END IF;
+
+    IF TG_OP = 'INSERT' AND NEW.kind = 'personal' THEN
+        IF NEW.id <> NEW.created_by THEN
+            RAISE EXCEPTION 'personal organization "%" must have id = created_by (% <> %)', NEW.name, NEW.id, NEW.created_by
+                USING ERRCODE = 'check_violation',
+                      HINT = 'use orgkeeper.create_personal_org(user_id), or insert with id set to the user''s id';
+        END IF;
+        SELECT name INTO v_clash FROM orgkeeper.org WHERE kind = 'personal' AND created_by = NEW.created_by;
+        IF FOUND THEN
+            RAISE EXCEPTION 'user % already has a personal organization "%"', NEW.created_by, v_clash
+                USING ERRCODE = 'unique_violation';
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.org_before_write() IS
+  'Trigger: trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces the team-org creator allow-list (42501) and personal org rules, keeps id/kind/created_by immutable.';
+
+DROP TRIGGER IF EXISTS org_before_write ON orgkeeper.org;
+CREATE TRIGGER org_before_write
+    BEFORE INSERT OR UPDATE ON orgkeeper.org
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.org_before_write();
+
+------------------------------------------------------------------------------
+-- ownership on insert
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.org_after_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO orgkeeper.users (id) VALUES (NEW.created_by) ON CONFLICT (id) DO NOTHING;
+    INSERT INTO orgkeeper.org_member (org_id, user_id, role_id, status)
+    VALUES (NEW.id, NEW.created_by, orgkeeper.role_id('owner'), 'active');
+    UPDATE orgkeeper.users SET current_org_id = NEW.id, updated_at = now()
+     WHERE id = NEW.created_by AND current_org_id IS NULL;
+    PERFORM orgkeeper.enqueue_action('litellm.provision_org', NEW.id, NEW.created_by, '{}'::jsonb);
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.org_after_insert() IS
+  'Trigger: gives a new organization its owner (created_by, role resolved by name), makes it the owner''s current org if they had none, and enqueues litellm.provision_org.';
+
+DROP TRIGGER IF EXISTS org_after_insert ON orgkeeper.org;
+CREATE TRIGGER org_after_insert
+    AFTER INSERT ON orgkeeper.org
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.org_after_insert();
+
+------------------------------------------------------------------------------
+-- the owner invariant, checked at COMMIT
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.assert_org_has_owner(p_org_id uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_name text;
+BEGIN
+    -- The row lock serialises concurrent checks of one org, so two
+    -- transactions cannot each demote "the other" owner.
+    SELECT name INTO v_name FROM orgkeeper.org WHERE id = p_org_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN; -- the organization itself is gone
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1
+          FROM orgkeeper.org_member m
+          JOIN orgkeeper.role r ON r.id = m.role_id
+         WHERE m.org_id = p_org_id AND m.status = 'active' AND r.name = 'owner'
+    ) THEN
+        RAISE EXCEPTION 'organization "%" (%) would be left without an active owner', v_name, p_org_id
+            USING ERRCODE = 'check_violation',
+                  HINT = 'make another member owner in the same transaction (orgkeeper.transfer_ownership), or delete the organization';
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.assert_org_has_owner(uuid) IS
+  'Raises 23514 naming the organization when it exists and has no active owner member.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.check_owner_at_commit() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'org' THEN
+        PERFORM orgkeeper.assert_org_has_owner(NEW.id);
+    ELSE
+        PERFORM orgkeeper.assert_org_has_owner(OLD.org_id);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.check_owner_at_commit() IS
+  'Deferred constraint trigger: at COMMIT, every organization inserted or whose memberships changed must still have an active owner.';
+
+DROP TRIGGER IF EXISTS org_has_owner ON orgkeeper.org;
+CREATE CONSTRAINT TRIGGER org_has_owner
+    AFTER INSERT ON orgkeeper.org
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.check_owner_at_commit();
+
+DROP TRIGGER IF EXISTS org_member_keeps_owner ON orgkeeper.org_member;
+CREATE CONSTRAINT TRIGGER org_member_keeps_owner
+    AFTER UPDATE OF org_id, role_id, status OR DELETE ON orgkeeper.org_member
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.check_owner_at_commit();
+
+------------------------------------------------------------------------------
+-- creation functions
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.create_org(name text, owner uuid, kind text DEFAULT 'team') RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    IF owner IS NULL THEN
+        RAISE EXCEPTION 'organization "%" needs an owner (owner is NULL)', name
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF kind IS NULL OR kind NOT IN ('team', 'personal') THEN
+        RAISE EXCEPTION 'organization kind must be ''team'' or ''personal'', not %', coalesce(quote_literal(kind), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO orgkeeper.org (id, name, kind, created_by)
+    VALUES (CASE WHEN kind = 'personal' THEN owner ELSE gen_random_uuid() END, name, kind, owner)
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.create_org(text, uuid, text) IS
+  'Creates an organization owned by owner (personal: id = owner). Same rules as a direct INSERT: the owner membership and the LiteLLM provisioning action are written in this transaction. Returns the org id.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.personal_org_name(p_user_id uuid, p_email text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN NOT EXISTS (SELECT 1 FROM orgkeeper.org WHERE lower(name) = lower(base)) THEN base
+        ELSE base || ' ' || p_user_id::text
+    END
+    FROM (SELECT coalesce(nullif(btrim(p_email), ''), 'user ' || left(p_user_id::text, 8)) || ' (personal)' AS base) b;
+$$;
+COMMENT ON FUNCTION orgkeeper.personal_org_name(uuid, text) IS
+  'A readable, unique name for a user''s personal organization: "<email> (personal)", with the user id appended on a clash.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.create_personal_org(user_id uuid) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_email text;
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'create_personal_org needs a user id (got NULL)'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT u.email INTO v_email FROM orgkeeper.users u WHERE u.id = create_personal_org.user_id;
+    INSERT INTO orgkeeper.org (id, name, kind, created_by, contact_email)
+    VALUES (user_id, orgkeeper.personal_org_name(user_id, v_email), 'personal', user_id, v_email);
+    RETURN user_id;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.create_personal_org(uuid) IS
+  'Creates the user''s personal organization (id = user id, named after the user''s email). Refuses a second one (23505). Returns the org id.';

@@ -1,0 +1,141 @@
+//! Database access: the connection pool and `migrate` (refinery's versioned
+//! migrations, then the SQL function library in `sql/`).
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+use std::time::Duration;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// The function library, applied in this order after the migrations, in one
+/// transaction. Each file is plain `CREATE OR REPLACE` and safe to re-apply.
+pub const SQL_LIBRARY: &[(&str, &str)] = &[
+    ("outbox.sql", include_str!("../sql/outbox.sql")),
+    ("ownership.sql", include_str!("../sql/ownership.sql")),
+];
+
+/// Advisory-lock key that serialises concurrent `migrate` runs ("orgkeeper" in ASCII).
+const MIGRATE_LOCK_KEY: i64 = 0x6f72_676b_6565_7065;
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// Versioned migrations applied by this run (`V3__legacy_model`, …).
+    pub applied: Vec<String>,
+    /// Whether the function library was (re-)applied; false when unchanged.
+    pub library_applied: bool,
+}
+
+/// Opens a connection pool of at most `max_connections`.
+pub async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(database_url)
+        .context("DATABASE_URL is not a valid PostgreSQL connection URL")?
+        .application_name("orgkeeper");
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(database_url)))
+}
+
+/// A connection URL with any password replaced by `***`, fit for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparseable URL>".to_string(),
+    }
+}
+
+/// Checksum over the library files' names and contents.
+fn library_checksum() -> String {
+    let mut hasher = Sha256::new();
+    for (name, body) in SQL_LIBRARY {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(body.as_bytes());
+        hasher.update([0]);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Applies the versioned migrations and then the function library. Safe to
+/// run twice and from several places at once: runs are serialised by an
+/// advisory lock, applied migrations are skipped, and an unchanged library is
+/// not re-applied.
+pub async fn migrate(database_url: &str) -> anyhow::Result<MigrateReport> {
+    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(database_url)))?;
+    let driver = tokio::spawn(connection);
+
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
+        .await
+        .context("cannot take the migration lock")?;
+    let outcome = migrate_locked(&mut client).await;
+    // Unlock even after a failure; closing the session would release it too.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])
+        .await;
+    drop(client);
+    let _ = driver.await;
+    outcome
+}
+
+async fn migrate_locked(client: &mut tokio_postgres::Client) -> anyhow::Result<MigrateReport> {
+    // refinery keeps its history table in our schema, which must exist first.
+    client
+        .batch_execute("SET client_min_messages = warning; CREATE SCHEMA IF NOT EXISTS orgkeeper")
+        .await
+        .context("cannot create schema orgkeeper")?;
+    let report = embedded::migrations::runner()
+        .set_migration_table_name("orgkeeper.schema_history")
+        .run_async(client)
+        .await
+        .context("a versioned migration failed; the database keeps every migration before it")?;
+    let applied = report
+        .applied_migrations()
+        .iter()
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect();
+
+    let checksum = library_checksum();
+    let current: Option<String> = client
+        .query_opt("SELECT checksum FROM orgkeeper.sql_library", &[])
+        .await?
+        .map(|row| row.get(0));
+    let library_applied = current.as_deref() != Some(checksum.as_str());
+    if library_applied {
+        let tx = client.transaction().await?;
+        for (name, body) in SQL_LIBRARY {
+            tx.batch_execute(body)
+                .await
+                .with_context(|| format!("applying sql/{name} failed; nothing of the library was changed"))?;
+        }
+        tx.execute(
+            "INSERT INTO orgkeeper.sql_library (checksum) VALUES ($1)
+             ON CONFLICT (singleton) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()",
+            &[&checksum],
+        )
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(MigrateReport {
+        applied,
+        library_applied,
+    })
+}

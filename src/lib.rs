@@ -1,0 +1,7 @@
+//! orgkeeper: PostgreSQL holds the organizations and their invariants; this
+//! crate applies the schema, runs the daemon that performs the outbox's
+//! external actions (LiteLLM, Stripe), and offers the operator commands.
+
+pub mod cli;
+pub mod db;
+pub mod pgcluster;
