@@ -83,7 +83,7 @@ CREATE TABLE orgkeeper.org (
     updated_at                             timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT org_kind_valid CHECK (kind IN ('personal', 'team')),
     CONSTRAINT org_personal_id_is_owner CHECK (kind <> 'personal' OR id = created_by),
-    CONSTRAINT org_name_trimmed_nonempty CHECK (name = btrim(name) AND char_length(name) BETWEEN 1 AND 255),
+    CONSTRAINT org_name_trimmed_nonempty CHECK (name = btrim(name, E' \t\n\r\f\v') AND char_length(name) BETWEEN 1 AND 255),
     CONSTRAINT org_provisioning_status_valid
         CHECK (provisioning_status IN ('pending', 'active', 'failed', 'deprovisioning'))
 );

@@ -77,7 +77,7 @@ BEGIN
         RAISE EXCEPTION 'organization % needs a name', NEW.id
             USING ERRCODE = 'not_null_violation';
     END IF;
-    NEW.name := btrim(NEW.name);
+    NEW.name := btrim(NEW.name, E' \t\n\r\f\v');
     IF NEW.name = '' THEN
         RAISE EXCEPTION 'organization % needs a name that is not empty or blank', NEW.id
             USING ERRCODE = 'check_violation';

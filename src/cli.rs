@@ -29,7 +29,10 @@ pub struct DatabaseArgs {
 /// Parses the command line, runs the command, and maps failures to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -56,7 +59,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!(
                 "function library: {}",
-                if report.library_applied { "applied" } else { "unchanged" }
+                if report.library_applied {
+                    "applied"
+                } else {
+                    "unchanged"
+                }
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -41,7 +41,12 @@ pub async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(database_url)))
+        .with_context(|| {
+            format!(
+                "cannot connect to PostgreSQL at {}",
+                redact_url(database_url)
+            )
+        })
 }
 
 /// A connection URL with any password replaced by `***`, fit for logs and errors.
@@ -65,11 +70,24 @@ fn library_checksum() -> String {
         hasher.update(body.as_bytes());
         hasher.update([0]);
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
+}
+
+/// A fingerprint of the whole schema definition (migrations and library):
+/// equal fingerprints mean `migrate` produces the same schema. The test
+/// harness names its template database after it.
+pub fn schema_fingerprint() -> String {
+    let mut hasher = Sha256::new();
+    for m in embedded::migrations::runner().get_migrations() {
+        hasher.update(m.version().to_le_bytes());
+        hasher.update(m.checksum().to_le_bytes());
+    }
+    hasher.update(library_checksum().as_bytes());
+    hex(&hasher.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Applies the versioned migrations and then the function library. Safe to
@@ -79,7 +97,12 @@ fn library_checksum() -> String {
 pub async fn migrate(database_url: &str) -> anyhow::Result<MigrateReport> {
     let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact_url(database_url)))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to PostgreSQL at {}",
+                redact_url(database_url)
+            )
+        })?;
     let driver = tokio::spawn(connection);
 
     client
@@ -122,9 +145,9 @@ async fn migrate_locked(client: &mut tokio_postgres::Client) -> anyhow::Result<M
     if library_applied {
         let tx = client.transaction().await?;
         for (name, body) in SQL_LIBRARY {
-            tx.batch_execute(body)
-                .await
-                .with_context(|| format!("applying sql/{name} failed; nothing of the library was changed"))?;
+            tx.batch_execute(body).await.with_context(|| {
+                format!("applying sql/{name} failed; nothing of the library was changed")
+            })?;
         }
         tx.execute(
             "INSERT INTO orgkeeper.sql_library (checksum) VALUES ($1)

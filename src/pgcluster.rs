@@ -32,9 +32,15 @@ impl PgCluster {
     /// Initialises and starts a cluster in a fresh temporary directory on a free port.
     pub fn start(durability: Durability) -> anyhow::Result<Self> {
         let bindir = find_bindir()?;
-        let run_as = if is_root() { Some("postgres".to_string()) } else { None };
-        let dir = std::env::temp_dir().join(format!("orgkeeper-pg-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let run_as = if is_root() {
+            Some("postgres".to_string())
+        } else {
+            None
+        };
+        let dir =
+            std::env::temp_dir().join(format!("orgkeeper-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let mut cluster = PgCluster {
             dir,
             port: free_port()?,
@@ -45,7 +51,9 @@ impl PgCluster {
         if let Some(user) = &cluster.run_as {
             chown_to(&cluster.dir, user)?;
         }
-        cluster.init_and_start(durability).inspect_err(|_| cluster.remove_dir())?;
+        cluster
+            .init_and_start(durability)
+            .inspect_err(|_| cluster.remove_dir())?;
         Ok(cluster)
     }
 
@@ -76,7 +84,18 @@ impl PgCluster {
         let log = self.dir.join("server.log");
         self.run(
             "pg_ctl",
-            &["-D", path_str(&data)?, "-l", path_str(&log)?, "-o", &options, "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                path_str(&data)?,
+                "-l",
+                path_str(&log)?,
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         )
         .with_context(|| {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
@@ -106,20 +125,29 @@ impl PgCluster {
     /// Restarts the server in place (same port and data), as an outage would.
     pub fn restart(&self) -> anyhow::Result<()> {
         let data = self.data_dir();
-        self.run("pg_ctl", &["-D", path_str(&data)?, "-m", "immediate", "-w", "restart"])
+        self.run(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-m", "immediate", "-w", "restart"],
+        )
     }
 
     /// Stops the server now; the data stays until [`PgCluster::stop`] or drop.
     pub fn pause(&self) -> anyhow::Result<()> {
         let data = self.data_dir();
-        self.run("pg_ctl", &["-D", path_str(&data)?, "-m", "immediate", "-w", "stop"])
+        self.run(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-m", "immediate", "-w", "stop"],
+        )
     }
 
     /// Starts a paused server again.
     pub fn resume(&self) -> anyhow::Result<()> {
         let data = self.data_dir();
         let log = self.dir.join("server.log");
-        self.run("pg_ctl", &["-D", path_str(&data)?, "-l", path_str(&log)?, "-w", "start"])
+        self.run(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-l", path_str(&log)?, "-w", "start"],
+        )
     }
 
     /// Stops the server and deletes its directory.
@@ -155,7 +183,10 @@ impl PgCluster {
         }
         self.stopped = true;
         let data = self.data_dir();
-        let result = self.run("pg_ctl", &["-D", path_str(&data)?, "-m", "fast", "-w", "stop"]);
+        let result = self.run(
+            "pg_ctl",
+            &["-D", path_str(&data)?, "-m", "fast", "-w", "stop"],
+        );
         self.remove_dir();
         result
     }
@@ -174,19 +205,26 @@ impl PgCluster {
             }
             None => Command::new(&binary),
         };
-        let output = command
+        // Output goes to a file, not a pipe: the server that pg_ctl starts
+        // inherits its descriptors and would keep a pipe open forever.
+        let transcript = std::env::temp_dir().join(format!(
+            "orgkeeper-{program}-{}.out",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let file = std::fs::File::create(&transcript).context("cannot create a transcript file")?;
+        let status = command
             .args(args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", binary.display()))?;
-        if !output.status.success() {
-            bail!(
-                "{program} failed ({}): {}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .status()
+            .with_context(|| format!("cannot run {}", binary.display()));
+        let output = std::fs::read_to_string(&transcript).unwrap_or_default();
+        let _ = std::fs::remove_file(&transcript);
+        let status = status?;
+        if !status.success() {
+            bail!("{program} failed ({status}): {output}");
         }
         Ok(())
     }
@@ -199,7 +237,8 @@ impl Drop for PgCluster {
 }
 
 fn path_str(path: &Path) -> anyhow::Result<&str> {
-    path.to_str().with_context(|| format!("path {} is not UTF-8", path.display()))
+    path.to_str()
+        .with_context(|| format!("path {} is not UTF-8", path.display()))
 }
 
 /// Finds the directory holding `initdb` and `pg_ctl`: `PG_BINDIR`, then
@@ -254,7 +293,9 @@ fn chown_to(dir: &Path, user: &str) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .with_context(|| format!("user {user} does not exist; PostgreSQL cannot run as root without it"))
+            .with_context(|| {
+                format!("user {user} does not exist; PostgreSQL cannot run as root without it")
+            })
     };
     std::os::unix::fs::chown(dir, Some(id("-u")?), Some(id("-g")?))
         .with_context(|| format!("cannot hand {} to user {user}", dir.display()))

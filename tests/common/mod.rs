@@ -1,0 +1,176 @@
+//! The test harness: a PostgreSQL server (the one in `DATABASE_URL`, or a
+//! private throwaway cluster started once per test binary), a template
+//! database migrated once, and a fresh clone of it for every test so tests
+//! run in parallel and start clean.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use orgkeeper::pgcluster::{Durability, PgCluster};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::sync::OnceLock;
+
+struct Server {
+    admin_url: String,
+    template: String,
+    _cluster: Option<PgCluster>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+/// Runs async set-up code to completion from any context (tests run inside
+/// their own runtimes, which must not be blocked on from the inside).
+fn block_on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    std::thread::spawn(f)
+        .join()
+        .expect("set-up thread panicked")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        block_on_thread(|| {
+            let (admin_url, cluster) = match std::env::var("DATABASE_URL") {
+                Ok(url) if !url.is_empty() => (url, None),
+                _ => {
+                    let cluster = PgCluster::start(Durability::Throwaway)?;
+                    cluster.stop_when_process_exits(std::process::id())?;
+                    (cluster.url("postgres"), Some(cluster))
+                }
+            };
+            let template = runtime().block_on(ensure_template(&admin_url))?;
+            Ok(Server {
+                admin_url,
+                template,
+                _cluster: cluster,
+            })
+        })
+        .expect("test database server")
+    })
+}
+
+/// Creates the migrated template database once per schema version; test
+/// binaries running at once coordinate through an advisory lock.
+async fn ensure_template(admin_url: &str) -> anyhow::Result<String> {
+    let template = format!(
+        "orgkeeper_tpl_{}",
+        &orgkeeper::db::schema_fingerprint()[..16]
+    );
+    let mut admin = PgConnection::connect(admin_url).await?;
+    sqlx::query("SELECT pg_advisory_lock(7426001)")
+        .execute(&mut admin)
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let building = format!("{template}_building");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {building}"))
+            .execute(&mut admin)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE {building}"))
+            .execute(&mut admin)
+            .await?;
+        orgkeeper::db::migrate(&with_database(admin_url, &building)).await?;
+        sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}"))
+            .execute(&mut admin)
+            .await?;
+    }
+    sqlx::query("SELECT pg_advisory_unlock(7426001)")
+        .execute(&mut admin)
+        .await?;
+    Ok(template)
+}
+
+/// `url` with its database name replaced.
+pub fn with_database(url: &str, database: &str) -> String {
+    let mut parsed = reqwest::Url::parse(url).expect("DATABASE_URL is a URL");
+    parsed.set_path(&format!("/{database}"));
+    parsed.to_string()
+}
+
+/// A database of one test, dropped when the test ends.
+pub struct TestDb {
+    /// Connection URL of this test's database.
+    pub url: String,
+    /// A pool on it.
+    pub pool: PgPool,
+    name: String,
+}
+
+impl TestDb {
+    /// A fresh clone of the migrated template.
+    pub async fn migrated() -> TestDb {
+        Self::create(Some(&server().template)).await
+    }
+
+    /// A fresh database without the orgkeeper schema.
+    pub async fn empty() -> TestDb {
+        Self::create(None).await
+    }
+
+    async fn create(template: Option<&str>) -> TestDb {
+        let server = server();
+        let name = format!("orgkeeper_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&server.admin_url)
+            .await
+            .expect("admin connection");
+        let from = template
+            .map(|t| format!(" TEMPLATE {t}"))
+            .unwrap_or_else(|| " TEMPLATE template0".into());
+        sqlx::query(&format!("CREATE DATABASE {name}{from}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let url = with_database(&server.admin_url, &name);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&url)
+            .await
+            .expect("test pool");
+        TestDb { url, pool, name }
+    }
+
+    /// A new single connection to this database.
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.expect("connection")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = server().admin_url.clone();
+        let name = self.name.clone();
+        // Connections still open are ended by FORCE; closing the pool here
+        // would need the test's runtime, which this drop is blocking.
+        let _ = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// The SQLSTATE and message of a database error, for asserting refusals.
+pub fn db_error(err: &sqlx::Error) -> (String, String) {
+    match err {
+        sqlx::Error::Database(e) => (
+            e.code().map(|c| c.to_string()).unwrap_or_default(),
+            e.message().to_string(),
+        ),
+        other => panic!("expected a database error, got {other:?}"),
+    }
+}

@@ -1,0 +1,527 @@
+//! Stories about the schema's invariants: ownership, names, personal
+//! organizations, the outbox, the role catalog and `migrate` itself.
+
+mod common;
+
+use common::{db_error, TestDb};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, Row};
+use uuid::Uuid;
+
+async fn insert_org(db: &TestDb, name: &str, owner: Uuid) -> Uuid {
+    sqlx::query_scalar("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, $2) RETURNING id")
+        .bind(name)
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .expect("insert org")
+}
+
+async fn add_member(db: &TestDb, org: Uuid, user: Uuid, role: &str) {
+    sqlx::query("INSERT INTO orgkeeper.users (id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO orgkeeper.org_member (org_id, user_id, role_id) VALUES ($1, $2, orgkeeper.role_id($3))")
+        .bind(org)
+        .bind(user)
+        .bind(role)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+async fn role_of(db: &TestDb, org: Uuid, user: Uuid) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT r.name FROM orgkeeper.org_member m JOIN orgkeeper.role r ON r.id = m.role_id
+          WHERE m.org_id = $1 AND m.user_id = $2",
+    )
+    .bind(org)
+    .bind(user)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Runs `statements` in one transaction and returns the error COMMIT (or a statement) raised.
+async fn run_in_transaction(db: &TestDb, statements: &[String]) -> sqlx::Error {
+    let mut conn = db.connect().await;
+    let mut tx = conn.begin().await.unwrap();
+    for s in statements {
+        if let Err(e) = sqlx::query(s).execute(&mut *tx).await {
+            return e;
+        }
+    }
+    tx.commit()
+        .await
+        .expect_err("the transaction must be refused")
+}
+
+#[tokio::test]
+async fn an_application_inserts_an_org_and_gets_an_owner_an_action_and_a_notification() {
+    let db = TestDb::migrated().await;
+    let mut listener = PgListener::connect(&db.url).await.unwrap();
+    listener.listen("orgkeeper_actions").await.unwrap();
+    let owner = Uuid::new_v4();
+
+    let org = insert_org(&db, "Acme", owner).await;
+
+    assert_eq!(role_of(&db, org, owner).await.as_deref(), Some("owner"));
+    let (kind, status, user): (String, String, Uuid) = sqlx::query_as(
+        "SELECT kind, status, user_id FROM orgkeeper.pending_external_actions WHERE org_id = $1",
+    )
+    .bind(org)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (kind.as_str(), status.as_str(), user),
+        ("litellm.provision_org", "pending", owner)
+    );
+    let action_id: i64 =
+        sqlx::query_scalar("SELECT id FROM orgkeeper.pending_external_actions WHERE org_id = $1")
+            .bind(org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+
+    let note = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification within 5 s")
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(note.payload()).unwrap();
+    assert_eq!(
+        payload,
+        serde_json::json!({ "ids": [action_id] }),
+        "ids only"
+    );
+
+    let current: Option<Uuid> =
+        sqlx::query_scalar("SELECT current_org_id FROM orgkeeper.users WHERE id = $1")
+            .bind(owner)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(current, Some(org), "a new user's first org becomes current");
+}
+
+#[tokio::test]
+async fn deleting_the_owner_in_the_inserting_transaction_fails_the_commit_and_leaves_nothing() {
+    let db = TestDb::migrated().await;
+    let owner = Uuid::new_v4();
+    let err = run_in_transaction(
+        &db,
+        &[
+            format!("INSERT INTO orgkeeper.org (id, name, created_by) VALUES ('{owner}', 'Orphan Inc', '{owner}')"),
+            format!("DELETE FROM orgkeeper.org_member WHERE user_id = '{owner}'"),
+        ],
+    )
+    .await;
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "23514");
+    assert!(
+        message.contains("\"Orphan Inc\"") && message.contains("without an active owner"),
+        "{message}"
+    );
+
+    for table in ["org", "org_member", "pending_external_actions", "users"] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM orgkeeper.{table}"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{table} keeps nothing from the refused transaction");
+    }
+}
+
+#[tokio::test]
+async fn demoting_or_disabling_the_last_owner_is_refused_at_commit() {
+    let db = TestDb::migrated().await;
+    let owner = Uuid::new_v4();
+    let org = insert_org(&db, "Solo", owner).await;
+
+    for change in [
+        format!("UPDATE orgkeeper.org_member SET role_id = orgkeeper.role_id('admin') WHERE org_id = '{org}'"),
+        format!("UPDATE orgkeeper.org_member SET status = 'disabled' WHERE org_id = '{org}'"),
+        format!("DELETE FROM orgkeeper.users WHERE id = '{owner}'"),
+    ] {
+        let (code, message) = db_error(&run_in_transaction(&db, std::slice::from_ref(&change)).await);
+        assert_eq!(code, "23514", "{change}");
+        assert!(message.contains("\"Solo\""), "{message}");
+    }
+    assert_eq!(role_of(&db, org, owner).await.as_deref(), Some("owner"));
+}
+
+#[tokio::test]
+async fn moving_the_owner_row_to_another_org_is_refused_at_commit() {
+    let db = TestDb::migrated().await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = insert_org(&db, "First", alice).await;
+    let second = insert_org(&db, "Second", bob).await;
+
+    let (code, message) = db_error(
+        &run_in_transaction(
+            &db,
+            &[format!(
+                "UPDATE orgkeeper.org_member SET org_id = '{second}' WHERE org_id = '{first}' AND user_id = '{alice}'"
+            )],
+        )
+        .await,
+    );
+    assert_eq!(code, "23514");
+    assert!(message.contains("\"First\""), "{message}");
+    assert_eq!(role_of(&db, first, alice).await.as_deref(), Some("owner"));
+}
+
+#[tokio::test]
+async fn demoting_one_of_two_owners_is_allowed() {
+    let db = TestDb::migrated().await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let org = insert_org(&db, "Duo", alice).await;
+    add_member(&db, org, bob, "owner").await;
+
+    sqlx::query("UPDATE orgkeeper.org_member SET role_id = orgkeeper.role_id('admin') WHERE org_id = $1 AND user_id = $2")
+        .bind(org)
+        .bind(alice)
+        .execute(&db.pool)
+        .await
+        .expect("one owner remains");
+    assert_eq!(role_of(&db, org, alice).await.as_deref(), Some("admin"));
+    assert_eq!(role_of(&db, org, bob).await.as_deref(), Some("owner"));
+}
+
+#[tokio::test]
+async fn two_transactions_cannot_each_demote_the_other_owner() {
+    let db = TestDb::migrated().await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let org = insert_org(&db, "Race", alice).await;
+    add_member(&db, org, bob, "owner").await;
+
+    let demote = |user: Uuid| {
+        let url = db.url.clone();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let mut tx = conn.begin().await.unwrap();
+            sqlx::query("UPDATE orgkeeper.org_member SET role_id = orgkeeper.role_id('member') WHERE org_id = $1 AND user_id = $2")
+                .bind(org)
+                .bind(user)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tx.commit().await
+        }
+    };
+    let (a, b) = tokio::join!(demote(alice), demote(bob));
+    assert_eq!(
+        a.is_ok() as u8 + b.is_ok() as u8,
+        1,
+        "exactly one demotion commits: {a:?} {b:?}"
+    );
+    let owners: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.org_member WHERE org_id = $1 AND role_id = orgkeeper.role_id('owner')",
+    )
+    .bind(org)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(owners, 1);
+}
+
+#[tokio::test]
+async fn the_role_catalog_cannot_be_edited() {
+    let db = TestDb::migrated().await;
+    for (statement, expected) in [
+        (
+            "DELETE FROM orgkeeper.role WHERE name = 'owner'",
+            "cannot be deleted",
+        ),
+        (
+            "UPDATE orgkeeper.role SET name = 'boss' WHERE name = 'owner'",
+            "cannot be renamed",
+        ),
+        (
+            "UPDATE orgkeeper.role SET rank = 1 WHERE name = 'member'",
+            "re-ranked",
+        ),
+        (
+            "UPDATE orgkeeper.role SET is_system = false WHERE name = 'admin'",
+            "unprotected",
+        ),
+        (
+            "INSERT INTO orgkeeper.role (name, rank, is_system) VALUES ('root', 500, true)",
+            "system role",
+        ),
+        (
+            "INSERT INTO orgkeeper.role (name, rank) VALUES ('emperor', 1)",
+            "cannot outrank the owner",
+        ),
+    ] {
+        let err = sqlx::query(statement)
+            .execute(&db.pool)
+            .await
+            .expect_err(statement);
+        let (code, message) = db_error(&err);
+        assert!(code.starts_with("23"), "{statement}: {code}");
+        assert!(message.contains(expected), "{statement}: {message}");
+    }
+    let roles: Vec<(String, i32)> =
+        sqlx::query_as("SELECT name, rank FROM orgkeeper.role ORDER BY rank")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        roles,
+        vec![
+            ("owner".into(), 10),
+            ("admin".into(), 20),
+            ("member".into(), 1000)
+        ]
+    );
+    sqlx::query("INSERT INTO orgkeeper.role (name, rank) VALUES ('viewer', 2000)")
+        .execute(&db.pool)
+        .await
+        .expect("custom roles below the owner are allowed");
+}
+
+#[tokio::test]
+async fn names_are_unique_case_insensitively_and_trimmed() {
+    let db = TestDb::migrated().await;
+    let org = insert_org(&db, "  Acme Labs  ", Uuid::new_v4()).await;
+    let stored: String = sqlx::query_scalar("SELECT name FROM orgkeeper.org WHERE id = $1")
+        .bind(org)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "Acme Labs");
+
+    for clash in ["acme labs", "ACME LABS", " Acme Labs\t"] {
+        let err = sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, $2)")
+            .bind(clash)
+            .bind(Uuid::new_v4())
+            .execute(&db.pool)
+            .await
+            .expect_err(clash);
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "23505", "{clash}");
+        assert_eq!(
+            message,
+            "an organization named \"Acme Labs\" already exists"
+        );
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orgkeeper.org")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn empty_blank_and_overlong_names_are_refused() {
+    let db = TestDb::migrated().await;
+    let long = "x".repeat(300);
+    for (name, expected) in [
+        ("", "not empty"),
+        ("   ", "not empty"),
+        (long.as_str(), "300 characters long"),
+    ] {
+        let err = sqlx::query("SELECT orgkeeper.create_org($1, $2)")
+            .bind(name)
+            .bind(Uuid::new_v4())
+            .execute(&db.pool)
+            .await
+            .expect_err("refused");
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "23514");
+        assert!(message.contains(expected), "{message}");
+    }
+    let err = sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES (NULL, $1)")
+        .bind(Uuid::new_v4())
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "23502");
+}
+
+#[tokio::test]
+async fn personal_orgs_have_the_owners_id_and_there_is_one_per_user() {
+    let db = TestDb::migrated().await;
+    let user = Uuid::new_v4();
+
+    let err = sqlx::query("INSERT INTO orgkeeper.org (id, name, kind, created_by) VALUES ($1, 'Mine', 'personal', $2)")
+        .bind(Uuid::new_v4())
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "23514");
+    assert!(
+        message.contains("personal organization \"Mine\" must have id = created_by"),
+        "{message}"
+    );
+
+    sqlx::query("INSERT INTO orgkeeper.users (id, email) VALUES ($1, 'ada@example.com')")
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_personal_org($1)")
+        .bind(user)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(org, user);
+    let row = sqlx::query("SELECT name, kind FROM orgkeeper.org WHERE id = $1")
+        .bind(org)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>("name"), "ada@example.com (personal)");
+    assert_eq!(row.get::<String, _>("kind"), "personal");
+    assert_eq!(role_of(&db, org, user).await.as_deref(), Some("owner"));
+
+    let err = sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "23505");
+    assert!(
+        message.contains("already has a personal organization"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn create_org_validates_its_arguments() {
+    let db = TestDb::migrated().await;
+    let err = sqlx::query("SELECT orgkeeper.create_org('Nobody''s', NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "22004");
+    let err = sqlx::query("SELECT orgkeeper.create_org('Weird', $1, 'guild')")
+        .bind(Uuid::new_v4())
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "22023");
+    assert!(message.contains("'guild'"), "{message}");
+
+    let owner = Uuid::new_v4();
+    let org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_org('Team Rocket', $1)")
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(role_of(&db, org, owner).await.as_deref(), Some("owner"));
+}
+
+#[tokio::test]
+async fn deleting_an_org_enqueues_the_team_deletion() {
+    let db = TestDb::migrated().await;
+    let org = insert_org(&db, "Doomed", Uuid::new_v4()).await;
+    sqlx::query("UPDATE orgkeeper.org SET litellm_team_id = 'team-' || id::text WHERE id = $1")
+        .bind(org)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM orgkeeper.org WHERE id = $1")
+        .bind(org)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let payload: serde_json::Value = sqlx::query_scalar(
+        "SELECT payload FROM orgkeeper.pending_external_actions WHERE org_id = $1 AND kind = 'litellm.delete_team'",
+    )
+    .bind(org)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(payload["team_id"], format!("team-{org}"));
+    let members: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orgkeeper.org_member WHERE org_id = $1")
+            .bind(org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(members, 0);
+}
+
+#[tokio::test]
+async fn the_outbox_state_machine_is_enforced_by_constraints() {
+    let db = TestDb::migrated().await;
+    let org = insert_org(&db, "Checked", Uuid::new_v4()).await;
+    for (change, constraint) in [
+        ("status = 'running'", "action_running_has_lease"),
+        ("status = 'done'", "action_finished_iff_terminal"),
+        ("locked_by = 'w1'", "action_lease_is_pair"),
+        ("status = 'bogus'", "action_status_valid"),
+        ("finished_at = now()", "action_finished_iff_terminal"),
+    ] {
+        let err = sqlx::query(&format!(
+            "UPDATE orgkeeper.pending_external_actions SET {change} WHERE org_id = $1"
+        ))
+        .bind(org)
+        .execute(&db.pool)
+        .await
+        .expect_err(change);
+        let sqlx::Error::Database(e) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(e.constraint(), Some(constraint), "{change}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_twice_and_concurrently_gives_the_same_schema() {
+    let db = TestDb::empty().await;
+    let first = orgkeeper::db::migrate(&db.url).await.unwrap();
+    assert_eq!(first.applied.len(), 4);
+    assert!(first.library_applied);
+    let snapshot = schema_snapshot(&db).await;
+
+    let again = orgkeeper::db::migrate(&db.url).await.unwrap();
+    assert!(again.applied.is_empty() && !again.library_applied);
+    assert_eq!(schema_snapshot(&db).await, snapshot);
+
+    let fresh = TestDb::empty().await;
+    let (a, b) = tokio::join!(
+        orgkeeper::db::migrate(&fresh.url),
+        orgkeeper::db::migrate(&fresh.url)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.applied.len() + b.applied.len(),
+        4,
+        "each migration applied once"
+    );
+    assert_eq!(schema_snapshot(&fresh).await, snapshot);
+}
+
+/// Tables, columns, constraints, indexes, triggers and functions of the schema.
+async fn schema_snapshot(db: &TestDb) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' || coalesce(column_default, '')
+           FROM information_schema.columns WHERE table_schema = 'orgkeeper'
+         UNION ALL
+         SELECT 'constraint ' || conrelid::regclass || ' ' || pg_get_constraintdef(oid)
+           FROM pg_constraint WHERE connamespace = 'orgkeeper'::regnamespace
+         UNION ALL
+         SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'orgkeeper'
+         UNION ALL
+         SELECT 'trigger ' || tgrelid::regclass || ' ' || pg_get_triggerdef(oid)
+           FROM pg_trigger WHERE NOT tgisinternal AND tgrelid::regclass::text LIKE 'orgkeeper.%'
+         UNION ALL
+         SELECT 'function ' || p.oid::regprocedure || ' ' || md5(p.prosrc)
+           FROM pg_proc p WHERE pronamespace = 'orgkeeper'::regnamespace
+         ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
