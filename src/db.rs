@@ -17,6 +17,11 @@ mod embedded {
 pub const SQL_LIBRARY: &[(&str, &str)] = &[
     ("outbox.sql", include_str!("../sql/outbox.sql")),
     ("ownership.sql", include_str!("../sql/ownership.sql")),
+    ("provisioning.sql", include_str!("../sql/provisioning.sql")),
+    ("members.sql", include_str!("../sql/members.sql")),
+    ("invitations.sql", include_str!("../sql/invitations.sql")),
+    ("rls.sql", include_str!("../sql/rls.sql")),
+    ("migration.sql", include_str!("../sql/migration.sql")),
 ];
 
 /// Advisory-lock key that serialises concurrent `migrate` runs ("orgkeeper" in ASCII).
@@ -71,6 +76,15 @@ fn library_checksum() -> String {
         hasher.update([0]);
     }
     hex(&hasher.finalize())
+}
+
+/// Names of the embedded versioned migrations, in order (`V1__roles_users_orgs`, …).
+pub fn migration_names() -> Vec<String> {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect()
 }
 
 /// A fingerprint of the whole schema definition (migrations and library):

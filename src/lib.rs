@@ -4,4 +4,7 @@
 
 pub mod cli;
 pub mod db;
+pub mod litellm;
 pub mod pgcluster;
+pub mod redact;
+pub mod stripe;

@@ -1,0 +1,1 @@
+-- members.sql — (being written)

@@ -1,0 +1,1 @@
+-- migration.sql — (being written)

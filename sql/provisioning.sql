@@ -1,0 +1,1 @@
+-- provisioning.sql — (being written)

@@ -1,0 +1,1 @@
+-- rls.sql — (being written)

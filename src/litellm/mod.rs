@@ -1,0 +1,1 @@
+//! LiteLLM: the admin-API client and the simulator (being written).

@@ -1,0 +1,42 @@
+//! Redaction of secrets in text bound for logs, errors and the database.
+
+/// Replaces every API-key-looking token (`sk-…`, `sk_…`, `rk_…`, `whsec_…`,
+/// `Bearer …`) in `text` with a short, non-reversible marker.
+pub fn redact_secrets(text: &str) -> String {
+    const PREFIXES: [&str; 5] = ["sk-", "sk_", "rk_", "whsec_", "Bearer "];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((at, prefix)) = PREFIXES
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, *p)))
+        .min_by_key(|(i, _)| *i)
+    {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + prefix.len()..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+            .unwrap_or(after.len());
+        if len >= 4 {
+            out.push_str(prefix);
+            out.push_str("[REDACTED]");
+        } else {
+            out.push_str(&rest[at..at + prefix.len() + len]);
+        }
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_secrets;
+
+    #[test]
+    fn keys_and_bearer_tokens_are_redacted() {
+        let text = r#"{"key":"sk-abcdef123456","h":"Bearer sk_live_XYZ0987"} sk-1"#;
+        let red = redact_secrets(text);
+        assert!(!red.contains("abcdef123456") && !red.contains("XYZ0987"), "{red}");
+        assert_eq!(red, r#"{"key":"sk-[REDACTED]","h":"Bearer [REDACTED]"} sk-1"#);
+    }
+}

@@ -1,0 +1,1 @@
+//! Stripe: the client and the simulator (being written).
