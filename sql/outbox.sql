@@ -250,3 +250,18 @@ END;
 $$;
 COMMENT ON FUNCTION orgkeeper.cancel_action(bigint) IS
   'Operator: gives up on a pending or failed action (cancelled is terminal; retry_action can revive it).';
+
+CREATE OR REPLACE FUNCTION orgkeeper.release_action(p_id bigint, p_worker text) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH u AS (
+        UPDATE orgkeeper.pending_external_actions
+           SET status = CASE WHEN status = 'running' THEN 'pending' ELSE status END,
+               attempts = greatest(attempts - 1, 0),
+               locked_by = NULL, locked_until = NULL, run_after = now(), updated_at = now()
+         WHERE id = p_id AND locked_by = p_worker
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM u);
+$$;
+COMMENT ON FUNCTION orgkeeper.release_action(bigint, text) IS
+  'Daemon: hands an action back to the queue at shutdown without counting the interrupted attempt. Fenced on the lease.';

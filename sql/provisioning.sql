@@ -1,1 +1,74 @@
--- provisioning.sql — (being written)
+-- provisioning.sql — what the daemon reads and writes back for
+-- litellm.provision_org. Each write-back is one transaction, fenced on the
+-- action's lease, so the org row and the action can never disagree.
+
+CREATE OR REPLACE FUNCTION orgkeeper.provisioning_context(p_org_id uuid)
+RETURNS TABLE (org_name text, org_kind text, owner_id uuid, owner_email text)
+LANGUAGE sql STABLE AS $$
+    SELECT o.name, o.kind, o.created_by, coalesce(u.email, o.contact_email)
+      FROM orgkeeper.org o
+      LEFT JOIN orgkeeper.users u ON u.id = o.created_by
+     WHERE o.id = p_org_id;
+$$;
+COMMENT ON FUNCTION orgkeeper.provisioning_context(uuid) IS
+  'Daemon: what provisioning an organization needs (name for the team alias, owner and their email). No row = the org is gone.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.record_org_provisioned(
+    p_action_id bigint, p_worker text, p_team_id text, p_owner uuid,
+    p_model text, p_base_url text, p_key_ciphertext text, p_result jsonb)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org_id uuid;
+BEGIN
+    -- Lock order everywhere: the org row, then the action row.
+    SELECT org_id INTO v_org_id FROM orgkeeper.pending_external_actions WHERE id = p_action_id;
+    PERFORM 1 FROM orgkeeper.org WHERE id = v_org_id FOR NO KEY UPDATE;
+    PERFORM 1
+       FROM orgkeeper.pending_external_actions
+      WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
+        FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'lease_lost';
+    END IF;
+    UPDATE orgkeeper.org
+       SET litellm_team_id = p_team_id,
+           llm_model = coalesce(llm_model, p_model),
+           llm_base_url = coalesce(llm_base_url, p_base_url),
+           llm_api_key = p_key_ciphertext,
+           provisioning_status = 'active',
+           provisioning_error = NULL
+     WHERE id = v_org_id;
+    IF NOT FOUND THEN
+        RETURN 'org_gone';
+    END IF;
+    UPDATE orgkeeper.org_member SET llm_api_key = p_key_ciphertext, updated_at = now()
+     WHERE org_id = v_org_id AND user_id = p_owner;
+    PERFORM orgkeeper.complete_action(p_action_id, p_worker, p_result);
+    RETURN 'done';
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_org_provisioned(bigint, text, text, uuid, text, text, text, jsonb) IS
+  'Daemon: in one transaction, writes the team id, model, base URL and encrypted key to the org and its owner''s membership, sets provisioning_status = active and marks the action done. Returns done, org_gone (nothing written; compensate) or lease_lost (nothing written).';
+
+CREATE OR REPLACE FUNCTION orgkeeper.record_provisioning_failed(
+    p_action_id bigint, p_worker text, p_status text, p_error text, p_cleanup jsonb)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org_id uuid;
+BEGIN
+    SELECT org_id INTO v_org_id FROM orgkeeper.pending_external_actions WHERE id = p_action_id;
+    PERFORM 1 FROM orgkeeper.org WHERE id = v_org_id FOR NO KEY UPDATE;
+    IF NOT orgkeeper.finish_action(p_action_id, p_worker, p_status, jsonb_build_object('cleanup', p_cleanup)) THEN
+        RETURN false;
+    END IF;
+    UPDATE orgkeeper.org
+       SET provisioning_status = 'failed',
+           provisioning_error = jsonb_build_object('error', p_error, 'cleanup', p_cleanup, 'action_id', p_action_id)
+     WHERE id = v_org_id;
+    RETURN true;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_provisioning_failed(bigint, text, text, text, jsonb) IS
+  'Daemon: after compensation, ends the provisioning action (compensated, or failed when cleanup failed) and marks its org failed with {"error": original error, "cleanup": cleanup result}. Fenced on the lease.';

@@ -66,6 +66,29 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Fails with a message saying what to run when the schema is missing or
+/// older than this binary's migrations.
+pub async fn check_migrated(pool: &PgPool) -> anyhow::Result<()> {
+    let latest = embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version() as i64)
+        .max()
+        .unwrap_or(0);
+    let applied: Option<i64> = sqlx::query_scalar(
+        "SELECT CASE WHEN to_regclass('orgkeeper.schema_history') IS NULL THEN NULL
+                     ELSE (SELECT max(version)::bigint FROM orgkeeper.schema_history) END",
+    )
+    .fetch_one(pool)
+    .await
+    .context("cannot read the schema version")?;
+    match applied {
+        Some(v) if v >= latest => Ok(()),
+        Some(v) => anyhow::bail!("the database schema is at version {v} but this orgkeeper needs {latest}: run `orgkeeper migrate`"),
+        None => anyhow::bail!("the database has no orgkeeper schema: run `orgkeeper migrate` first"),
+    }
+}
+
 /// Checksum over the library files' names and contents.
 fn library_checksum() -> String {
     let mut hasher = Sha256::new();

@@ -5,6 +5,9 @@
 pub mod cli;
 pub mod db;
 pub mod litellm;
+pub mod operator;
+pub mod ops;
 pub mod pgcluster;
 pub mod redact;
+pub mod secrets;
 pub mod stripe;

@@ -174,3 +174,112 @@ pub fn db_error(err: &sqlx::Error) -> (String, String) {
         other => panic!("expected a database error, got {other:?}"),
     }
 }
+
+/// A daemon running in this process, against a test database and simulators.
+pub struct TestDaemon {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Settings for daemons under test: quick polls and retries, short leases.
+pub fn daemon_settings(worker: &str, lease: std::time::Duration) -> orgkeeper::config::DaemonSettings {
+    orgkeeper::config::DaemonSettings {
+        concurrency: 16,
+        lease,
+        poll: std::time::Duration::from_millis(100),
+        max_attempts: 8,
+        retry: orgkeeper::outbox::RetryPolicy {
+            base: std::time::Duration::from_millis(20),
+            max: std::time::Duration::from_millis(300),
+        },
+        shutdown_grace: std::time::Duration::from_secs(5),
+        worker_id: worker.to_string(),
+        metrics_addr: None,
+    }
+}
+
+/// A daemon configuration pointing at `db` and the LiteLLM simulator.
+pub fn daemon_config(
+    db_url: &str,
+    litellm: &orgkeeper::litellm::LiteLlmSimulator,
+    secret_key: &secrecy::SecretString,
+    daemon: orgkeeper::config::DaemonSettings,
+) -> orgkeeper::listen::DaemonConfig {
+    orgkeeper::listen::DaemonConfig {
+        database_url: db_url.to_string(),
+        litellm: orgkeeper::config::LiteLlmSettings {
+            client: orgkeeper::litellm::LiteLlmConfig {
+                base_url: litellm.base_url(),
+                master_key: secrecy::SecretString::from(litellm.master_key()),
+                auth_header: "x-goog-api-key".into(),
+                timeout: std::time::Duration::from_secs(10),
+            },
+            provisioning: orgkeeper::config::ProvisioningDefaults {
+                model: "litellm_proxy/test-model".into(),
+                llm_base_url: litellm.base_url(),
+                team_max_budget: None,
+                key_alias_prefix: "OpenHands Cloud".into(),
+            },
+        },
+        stripe: None,
+        keyring: orgkeeper::secrets::Keyring::new(secret_key, &[], None).expect("keyring"),
+        daemon,
+    }
+}
+
+impl TestDaemon {
+    /// Starts a daemon task with `config`.
+    pub fn start(config: orgkeeper::listen::DaemonConfig) -> TestDaemon {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let handle = tokio::spawn(orgkeeper::listen::run(config, shutdown));
+        TestDaemon { stop, handle }
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.handle.await.expect("daemon task").expect("daemon run");
+    }
+
+    /// Abrupt stop, as a crash: in-flight work is abandoned with its lease held.
+    pub async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Number of orgs per provisioning status.
+pub async fn status_counts(pool: &PgPool) -> std::collections::BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>("SELECT provisioning_status, count(*) FROM orgkeeper.org GROUP BY 1")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Inserts `n` organizations, each with its own new owner, as an application would.
+pub async fn insert_orgs(pool: &PgPool, prefix: &str, n: usize) -> Vec<uuid::Uuid> {
+    sqlx::query_scalar(
+        "INSERT INTO orgkeeper.org (name, created_by)
+         SELECT $1 || ' ' || g, gen_random_uuid() FROM generate_series(1, $2) g RETURNING id",
+    )
+    .bind(prefix)
+    .bind(n as i32)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}

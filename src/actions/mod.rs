@@ -1,0 +1,189 @@
+//! The action handlers: one module per action kind, and the registry that
+//! maps a kind to its handler. A new external action is a new module plus
+//! one line in [`perform`] (and in [`compensate`] if it has something to undo).
+//!
+//! Handlers talk to the outside world through the clients in `litellm` and
+//! `stripe`, and to the database only through SQL functions.
+
+mod delete_team;
+mod members;
+mod provision_org;
+
+use crate::config::ProvisioningDefaults;
+use crate::litellm::{LiteLlmClient, LiteLlmError};
+use crate::ops::Metrics;
+use crate::outbox::{Action, Outbox};
+use crate::secrets::{Keyring, SecretError};
+use crate::stripe::{StripeClient, StripeError};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What handlers share: the database, the clients, the keys, the defaults.
+pub struct Services {
+    /// The database.
+    pub pool: PgPool,
+    /// The LiteLLM admin API.
+    pub litellm: LiteLlmClient,
+    /// Stripe, when configured.
+    pub stripe: Option<StripeClient>,
+    /// Keys for secrets at rest.
+    pub keyring: Keyring,
+    /// What new organizations get.
+    pub defaults: ProvisioningDefaults,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+}
+
+/// How a handler finished successfully.
+#[derive(Debug)]
+pub enum Finish {
+    /// The worker marks the action done with this result.
+    Result(Value),
+    /// The handler's own write-back already marked it done (same transaction).
+    Recorded,
+}
+
+/// Why a handler did not finish.
+#[derive(Debug)]
+pub enum ActionError {
+    /// Retrying may help (network, 5xx, 429, database unavailable).
+    Transient(String),
+    /// Retrying cannot help; compensate.
+    Permanent(String),
+    /// Another replica took the action over; stop without writing.
+    LeaseLost,
+}
+
+impl From<LiteLlmError> for ActionError {
+    fn from(e: LiteLlmError) -> Self {
+        classify(e.is_transient(), e.to_string())
+    }
+}
+
+impl From<StripeError> for ActionError {
+    fn from(e: StripeError) -> Self {
+        classify(e.is_transient(), e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for ActionError {
+    fn from(e: sqlx::Error) -> Self {
+        ActionError::Transient(format!("database: {e}"))
+    }
+}
+
+impl From<SecretError> for ActionError {
+    fn from(e: SecretError) -> Self {
+        ActionError::Permanent(format!("secrets: {e}"))
+    }
+}
+
+fn classify(transient: bool, message: String) -> ActionError {
+    let message = crate::redact::redact_secrets(&message);
+    if transient {
+        ActionError::Transient(message)
+    } else {
+        ActionError::Permanent(message)
+    }
+}
+
+/// Errors of external clients that know whether retrying may help.
+pub trait ExternalError: std::fmt::Display + Into<ActionError> {
+    /// Whether retrying the same call may succeed.
+    fn is_transient(&self) -> bool;
+}
+
+impl ExternalError for LiteLlmError {
+    fn is_transient(&self) -> bool {
+        LiteLlmError::is_transient(self)
+    }
+}
+
+impl ExternalError for StripeError {
+    fn is_transient(&self) -> bool {
+        StripeError::is_transient(self)
+    }
+}
+
+/// Delays between quick in-place retries of one external call; the outbox's
+/// backoff takes over after these.
+const CALL_RETRIES: [Duration; 2] = [Duration::from_millis(25), Duration::from_millis(150)];
+
+/// Performs one external call, timing it, and retrying it in place a couple
+/// of times when the failure is transient (every call is idempotent).
+pub(crate) async fn call<T, E, Fut>(
+    services: &Services,
+    service: &'static str,
+    name: &'static str,
+    mut f: impl FnMut() -> Fut,
+) -> Result<T, ActionError>
+where
+    E: ExternalError,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut retries = CALL_RETRIES.iter();
+    loop {
+        let started = Instant::now();
+        let result = f().await;
+        services.metrics.call_latency(service, name, started.elapsed());
+        match result {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() => match retries.next() {
+                Some(delay) => {
+                    tracing::debug!(service, call = name, error = %e, "transient failure; retrying in place");
+                    tokio::time::sleep(*delay).await;
+                }
+                None => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Performs `action`'s forward work with the handler for its kind.
+pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> Result<Finish, ActionError> {
+    match action.kind.as_str() {
+        "litellm.provision_org" => provision_org::perform(services, outbox, action).await,
+        "litellm.delete_team" => delete_team::perform(services, action).await,
+        "litellm.add_member" => members::add(services, action).await,
+        "litellm.remove_member" => members::remove(services, action).await,
+        other => Err(ActionError::Permanent(format!(
+            "this daemon has no handler for action kind {other:?}; run a daemon version that knows it, then orgkeeper actions retry"
+        ))),
+    }
+}
+
+/// Undoes what `action` may have done after a permanent failure `error`, and
+/// ends it as `compensated` or `failed`, or schedules the cleanup again when
+/// it failed transiently and `may_retry` (returns the outcome). Kinds with
+/// nothing to undo end as `failed` with the error.
+pub async fn compensate(
+    services: &Services,
+    outbox: &Outbox,
+    action: &Action,
+    error: &str,
+    may_retry: bool,
+) -> sqlx::Result<&'static str> {
+    match action.kind.as_str() {
+        "litellm.provision_org" => provision_org::compensate(services, outbox, action, error, may_retry).await,
+        _ => {
+            outbox
+                .finish(action.id, "failed", &json!({ "cleanup": "nothing to undo" }), None)
+                .await?;
+            Ok("failed")
+        }
+    }
+}
+
+/// A required string field of an action's payload.
+pub(crate) fn payload_str<'a>(action: &'a Action, field: &str) -> Result<&'a str, ActionError> {
+    action.payload.get(field).and_then(Value::as_str).ok_or_else(|| {
+        ActionError::Permanent(format!(
+            "action {} ({}) has no {field:?} in its payload",
+            action.id, action.kind
+        ))
+    })
+}

@@ -1,0 +1,207 @@
+//! `litellm.provision_org`: the onboarding saga for one organization —
+//! team, user, membership, key — then the write-back.
+//!
+//! Every step is idempotent, so the daemon may die between any two calls:
+//! * team: `team_id` is the org id; "already exists" is confirmed with `/team/info`;
+//! * user: `user_id` is the owner's id; an email clash retries without email;
+//! * membership: "already in team" counts as done;
+//! * key: the key value is chosen and saved (encrypted) in the action's
+//!   `progress` *before* `/key/generate` is called. A retry finds it there
+//!   and asks `/key/info` first, so it never generates a second key; a
+//!   `/key/generate` answer is only trusted once `/key/info` agrees (the
+//!   proxy can answer 200 writing nothing, or 400 for a key it already has).
+//!
+//! The write-back (`orgkeeper.record_org_provisioned`) stores the results
+//! and marks the action done in one transaction, fenced on the lease.
+
+use super::{call, ActionError, Finish, Services};
+use crate::litellm::{Created, Deleted, NewKey, NewTeam};
+use crate::outbox::{Action, Outbox};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::Row;
+use uuid::Uuid;
+
+const ORG_GONE: &str = "the organization was deleted before provisioning finished";
+
+/// The organization as provisioning needs it.
+struct OrgContext {
+    name: String,
+    kind: String,
+    owner: Uuid,
+    owner_email: Option<String>,
+}
+
+async fn load(services: &Services, org_id: Uuid) -> Result<Option<OrgContext>, ActionError> {
+    let row = sqlx::query("SELECT * FROM orgkeeper.provisioning_context($1)")
+        .bind(org_id)
+        .fetch_optional(&services.pool)
+        .await?;
+    Ok(match row {
+        Some(r) => Some(OrgContext {
+            name: r.try_get("org_name")?,
+            kind: r.try_get("org_kind")?,
+            owner: r.try_get("owner_id")?,
+            owner_email: r.try_get("owner_email")?,
+        }),
+        None => None,
+    })
+}
+
+fn org_id(action: &Action) -> Result<Uuid, ActionError> {
+    action
+        .org_id
+        .ok_or_else(|| ActionError::Permanent(format!("action {} has no org_id", action.id)))
+}
+
+/// Runs the saga's forward steps and the write-back.
+pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> Result<Finish, ActionError> {
+    let org_id = org_id(action)?;
+    let org = load(services, org_id)
+        .await?
+        .ok_or_else(|| ActionError::Permanent(ORG_GONE.into()))?;
+    let litellm = &services.litellm;
+    let defaults = &services.defaults;
+    let team_id = org_id.to_string();
+    let owner = org.owner.to_string();
+    let models = vec![defaults.model.clone()];
+
+    let team = call(services, "litellm", "team_new", || {
+        litellm.create_team(&NewTeam {
+            team_id: &team_id,
+            team_alias: &org.name,
+            max_budget: defaults.team_max_budget,
+            models: &models,
+            metadata: json!({ "org_id": team_id, "kind": org.kind, "managed_by": "orgkeeper" }),
+        })
+    })
+    .await?;
+    call(services, "litellm", "user_new", || {
+        litellm.create_user(&owner, org.owner_email.as_deref())
+    })
+    .await?;
+    call(services, "litellm", "team_member_add", || {
+        litellm.add_team_member(&team_id, &owner, defaults.team_max_budget)
+    })
+    .await?;
+
+    let (key, ciphertext, resumed) = match action.progress.get("key").and_then(Value::as_str) {
+        Some(ct) => (services.keyring.decrypt(ct)?, ct.to_string(), true),
+        None => {
+            let key = crate::secrets::generate_api_key();
+            let ct = services.keyring.encrypt(&key);
+            if !outbox.save_progress(action.id, &json!({ "key": ct })).await? {
+                return Err(ActionError::LeaseLost);
+            }
+            (key, ct, false)
+        }
+    };
+    let alias = format!("{} - user {owner} - org {team_id}", defaults.key_alias_prefix);
+    let key_existed = resumed && call(services, "litellm", "key_info", || litellm.key_exists(&key)).await?;
+    if !key_existed {
+        generate_key(services, &key, &alias, &team_id, &owner, &models).await?;
+    }
+
+    let result = json!({
+        "team_id": team_id,
+        "team_created": matches!(team, Created::New),
+        "user_id": owner,
+        "key_alias": alias,
+        "key_reused": key_existed,
+    });
+    let recorded: String = sqlx::query_scalar("SELECT orgkeeper.record_org_provisioned($1, $2, $3, $4, $5, $6, $7, $8)")
+        .bind(action.id)
+        .bind(outbox.worker())
+        .bind(&team_id)
+        .bind(org.owner)
+        .bind(&defaults.model)
+        .bind(&defaults.llm_base_url)
+        .bind(&ciphertext)
+        .bind(&result)
+        .fetch_one(&services.pool)
+        .await?;
+    match recorded.as_str() {
+        "done" => Ok(Finish::Recorded),
+        "org_gone" => Err(ActionError::Permanent(ORG_GONE.into())),
+        _ => Err(ActionError::LeaseLost),
+    }
+}
+
+/// Calls `/key/generate` for the chosen key. A fresh random key cannot be
+/// echoed, so a 200 on it is trusted; any error is double-checked with
+/// `/key/info`, since "alias already exists" may mean our earlier call won.
+async fn generate_key(
+    services: &Services,
+    key: &SecretString,
+    alias: &str,
+    team_id: &str,
+    owner: &str,
+    models: &[String],
+) -> Result<(), ActionError> {
+    let litellm = &services.litellm;
+    let generated = call(services, "litellm", "key_generate", || {
+        litellm.generate_key(&NewKey {
+            key,
+            key_alias: alias,
+            team_id,
+            user_id: owner,
+            models,
+            metadata: json!({ "org_id": team_id, "managed_by": "orgkeeper" }),
+        })
+    })
+    .await;
+    match generated {
+        Ok(()) => Ok(()),
+        Err(ActionError::LeaseLost) => Err(ActionError::LeaseLost),
+        Err(error) => {
+            if call(services, "litellm", "key_info", || litellm.key_exists(key)).await? {
+                Ok(())
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Deletes the team (cascading its keys and memberships), then marks the
+/// org `failed` with the original error and the cleanup result. A transient
+/// cleanup failure is retried later while `may_retry`; after that the action
+/// ends `failed` with the cleanup error recorded.
+pub async fn compensate(
+    services: &Services,
+    outbox: &Outbox,
+    action: &Action,
+    error: &str,
+    may_retry: bool,
+) -> sqlx::Result<&'static str> {
+    let team_id = action.org_id.map(|id| id.to_string()).unwrap_or_default();
+    let (cleanup, status) = match call(services, "litellm", "team_delete", || {
+        services.litellm.delete_team(&team_id)
+    })
+    .await
+    {
+        Ok(Deleted::Deleted) => (json!({ "team_id": team_id, "team_deleted": true }), "compensated"),
+        Ok(Deleted::AlreadyGone) => (json!({ "team_id": team_id, "team_deleted": false, "team_absent": true }), "compensated"),
+        Err(ActionError::Transient(m)) if may_retry => {
+            let delay = std::time::Duration::from_secs(5);
+            outbox.retry_later(action.id, &format!("cleanup: {m}"), delay).await?;
+            return Ok("cleanup_retried");
+        }
+        Err(e) => {
+            let message = match e {
+                ActionError::Transient(m) | ActionError::Permanent(m) => m,
+                ActionError::LeaseLost => return Ok("lease_lost"),
+            };
+            (json!({ "team_id": team_id, "team_deleted": false, "error": message }), "failed")
+        }
+    };
+    sqlx::query_scalar::<_, bool>("SELECT orgkeeper.record_provisioning_failed($1, $2, $3, $4, $5)")
+        .bind(action.id)
+        .bind(outbox.worker())
+        .bind(status)
+        .bind(error)
+        .bind(&cleanup)
+        .fetch_one(&services.pool)
+        .await?;
+    Ok(status)
+}

@@ -1,0 +1,362 @@
+//! Settings from flags and environment variables, validated once at start.
+//!
+//! Every setting is a flag that also reads an environment variable. A missing
+//! or malformed setting becomes a [`ConfigError`] naming it; the CLI prints it
+//! on one line and exits with code 2.
+
+use clap::Args;
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A setting that is missing or malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("{env} (--{flag}) {problem}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub env: &'static str,
+    /// The flag, without dashes.
+    pub flag: &'static str,
+    /// What is wrong and what to set.
+    pub problem: String,
+}
+
+fn required<T: Clone>(value: &Option<T>, env: &'static str, flag: &'static str, what: &str) -> Result<T, ConfigError> {
+    value.clone().ok_or_else(|| ConfigError {
+        env,
+        flag,
+        problem: format!("is not set: {what}"),
+    })
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL, e.g. postgres://orgkeeper@db:5432/app
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// The validated URL.
+    pub fn url(&self) -> Result<String, ConfigError> {
+        let url = required(
+            &self.database_url,
+            "DATABASE_URL",
+            "database-url",
+            "the PostgreSQL connection URL, e.g. postgres://user@127.0.0.1:5432/db",
+        )?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError {
+                env: "DATABASE_URL",
+                flag: "database-url",
+                problem: "must start with postgres:// or postgresql://".into(),
+            });
+        }
+        Ok(url)
+    }
+}
+
+/// How to reach the LiteLLM proxy, and what new organizations get there.
+#[derive(Debug, Clone, Args)]
+pub struct LiteLlmArgs {
+    /// Base URL of the LiteLLM proxy's admin API, e.g. https://llm.example.com
+    #[arg(long, env = "LITELLM_BASE_URL")]
+    pub litellm_base_url: Option<String>,
+    /// The proxy's master key (sk-…); never logged
+    #[arg(long, env = "LITELLM_MASTER_KEY", hide_env_values = true)]
+    pub litellm_master_key: Option<String>,
+    /// Header carrying the master key: x-goog-api-key (as OpenHands does), Authorization (sent as Bearer), x-litellm-api-key, x-api-key or api-key
+    #[arg(long, env = "LITELLM_AUTH_HEADER", default_value = "x-goog-api-key")]
+    pub litellm_auth_header: String,
+    /// Timeout of one LiteLLM call, in seconds
+    #[arg(long, env = "LITELLM_TIMEOUT_SECS", default_value_t = 30)]
+    pub litellm_timeout_secs: u64,
+    /// Model that new organizations use (stored on the org and allowed on its team and key)
+    #[arg(long, env = "ORGKEEPER_DEFAULT_MODEL", default_value = "litellm_proxy/claude-sonnet-4-20250514")]
+    pub default_model: String,
+    /// LLM base URL stored on new organizations (defaults to the LiteLLM base URL)
+    #[arg(long, env = "ORGKEEPER_LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+    /// Budget of a new organization's team in USD; unset = unlimited (no max_budget sent)
+    #[arg(long, env = "ORGKEEPER_TEAM_MAX_BUDGET")]
+    pub team_max_budget: Option<f64>,
+    /// Prefix of key aliases: "<prefix> - user <user_id> - org <org_id>"
+    #[arg(long, env = "ORGKEEPER_KEY_ALIAS_PREFIX", default_value = "OpenHands Cloud")]
+    pub key_alias_prefix: String,
+}
+
+/// Validated LiteLLM settings.
+#[derive(Debug, Clone)]
+pub struct LiteLlmSettings {
+    /// The client's connection settings.
+    pub client: crate::litellm::LiteLlmConfig,
+    /// What new organizations get.
+    pub provisioning: ProvisioningDefaults,
+}
+
+/// What a newly provisioned organization gets at LiteLLM and in its row.
+#[derive(Debug, Clone)]
+pub struct ProvisioningDefaults {
+    /// Model stored on the org and allowed on its team and key.
+    pub model: String,
+    /// LLM base URL stored on the org.
+    pub llm_base_url: String,
+    /// Team budget; `None` = unlimited.
+    pub team_max_budget: Option<f64>,
+    /// Key alias prefix.
+    pub key_alias_prefix: String,
+}
+
+const AUTH_HEADERS: [&str; 5] = ["x-goog-api-key", "authorization", "x-litellm-api-key", "x-api-key", "api-key"];
+
+impl LiteLlmArgs {
+    /// Validates the LiteLLM settings.
+    pub fn settings(&self) -> Result<LiteLlmSettings, ConfigError> {
+        let base_url = required(
+            &self.litellm_base_url,
+            "LITELLM_BASE_URL",
+            "litellm-base-url",
+            "the LiteLLM proxy's URL, e.g. http://127.0.0.1:4000",
+        )?;
+        check_http_url(&base_url, "LITELLM_BASE_URL", "litellm-base-url")?;
+        let key = required(
+            &self.litellm_master_key,
+            "LITELLM_MASTER_KEY",
+            "litellm-master-key",
+            "the LiteLLM master key (sk-…)",
+        )?;
+        if !key.starts_with("sk-") {
+            return Err(ConfigError {
+                env: "LITELLM_MASTER_KEY",
+                flag: "litellm-master-key",
+                problem: "must start with sk- (LiteLLM keys do)".into(),
+            });
+        }
+        if !AUTH_HEADERS.contains(&self.litellm_auth_header.to_ascii_lowercase().as_str()) {
+            return Err(ConfigError {
+                env: "LITELLM_AUTH_HEADER",
+                flag: "litellm-auth-header",
+                problem: format!("must be one of {}", AUTH_HEADERS.join(", ")),
+            });
+        }
+        if let Some(budget) = self.team_max_budget {
+            if !(budget.is_finite() && budget >= 0.0) {
+                return Err(ConfigError {
+                    env: "ORGKEEPER_TEAM_MAX_BUDGET",
+                    flag: "team-max-budget",
+                    problem: "must be a non-negative number of USD".into(),
+                });
+            }
+        }
+        let llm_base_url = self.llm_base_url.clone().unwrap_or_else(|| base_url.clone());
+        Ok(LiteLlmSettings {
+            client: crate::litellm::LiteLlmConfig {
+                base_url,
+                master_key: SecretString::from(key),
+                auth_header: self.litellm_auth_header.clone(),
+                timeout: Duration::from_secs(self.litellm_timeout_secs.max(1)),
+            },
+            provisioning: ProvisioningDefaults {
+                model: self.default_model.clone(),
+                llm_base_url,
+                team_max_budget: self.team_max_budget,
+                key_alias_prefix: self.key_alias_prefix.clone(),
+            },
+        })
+    }
+}
+
+/// How to reach Stripe.
+#[derive(Debug, Clone, Args)]
+pub struct StripeArgs {
+    /// Stripe API base URL
+    #[arg(long, env = "STRIPE_BASE_URL", default_value = "https://api.stripe.com")]
+    pub stripe_base_url: String,
+    /// Stripe secret key (sk_…); without it, Stripe actions fail with a message saying to set it
+    #[arg(long, env = "STRIPE_API_KEY", hide_env_values = true)]
+    pub stripe_api_key: Option<String>,
+}
+
+impl StripeArgs {
+    /// Validated Stripe settings; `None` when no key is configured.
+    pub fn settings(&self) -> Result<Option<crate::stripe::StripeConfig>, ConfigError> {
+        check_http_url(&self.stripe_base_url, "STRIPE_BASE_URL", "stripe-base-url")?;
+        let Some(key) = &self.stripe_api_key else {
+            return Ok(None);
+        };
+        if !(key.starts_with("sk_") || key.starts_with("rk_")) {
+            return Err(ConfigError {
+                env: "STRIPE_API_KEY",
+                flag: "stripe-api-key",
+                problem: "must be a Stripe secret or restricted key (sk_… or rk_…)".into(),
+            });
+        }
+        Ok(Some(crate::stripe::StripeConfig {
+            base_url: self.stripe_base_url.clone(),
+            api_key: SecretString::from(key.clone()),
+            timeout: Duration::from_secs(30),
+        }))
+    }
+}
+
+/// Encryption keys for secrets at rest.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// Current encryption key: 32 bytes, base64 (openssl rand -base64 32)
+    #[arg(long, env = "ORGKEEPER_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Earlier keys still able to decrypt, comma-separated (key rotation)
+    #[arg(long, env = "ORGKEEPER_OLD_SECRET_KEYS", hide_env_values = true, value_delimiter = ',')]
+    pub old_secret_keys: Vec<String>,
+    /// Key of the pre-organization (legacy) secrets, needed to re-encrypt them on user migration
+    #[arg(long, env = "ORGKEEPER_LEGACY_SECRET_KEY", hide_env_values = true)]
+    pub legacy_secret_key: Option<String>,
+}
+
+impl SecretArgs {
+    /// The validated keyring.
+    pub fn keyring(&self) -> Result<crate::secrets::Keyring, ConfigError> {
+        let current = required(
+            &self.secret_key,
+            "ORGKEEPER_SECRET_KEY",
+            "secret-key",
+            "32 random bytes, base64 (generate: openssl rand -base64 32)",
+        )?;
+        let old: Vec<SecretString> = self.old_secret_keys.iter().map(|k| SecretString::from(k.clone())).collect();
+        let legacy = self.legacy_secret_key.clone().map(SecretString::from);
+        crate::secrets::Keyring::new(&SecretString::from(current), &old, legacy.as_ref()).map_err(|e| {
+            let (env, flag) = match &e {
+                crate::secrets::SecretError::BadKey {
+                    setting: "ORGKEEPER_LEGACY_SECRET_KEY",
+                } => ("ORGKEEPER_LEGACY_SECRET_KEY", "legacy-secret-key"),
+                crate::secrets::SecretError::BadKey {
+                    setting: "ORGKEEPER_OLD_SECRET_KEYS",
+                } => ("ORGKEEPER_OLD_SECRET_KEYS", "old-secret-keys"),
+                _ => ("ORGKEEPER_SECRET_KEY", "secret-key"),
+            };
+            ConfigError {
+                env,
+                flag,
+                problem: "must be 32 bytes encoded as base64 (generate: openssl rand -base64 32)".into(),
+            }
+        })
+    }
+}
+
+/// How the daemon works through the outbox.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// Actions performed at once by this replica
+    #[arg(long, env = "ORGKEEPER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Lease on a claimed action, in seconds; another replica takes over an action whose lease expired
+    #[arg(long, env = "ORGKEEPER_LEASE_SECS", default_value_t = 60.0)]
+    pub lease_secs: f64,
+    /// Safety-net poll interval in milliseconds (NOTIFY wakes the daemon sooner)
+    #[arg(long, env = "ORGKEEPER_POLL_MS", default_value_t = 1000)]
+    pub poll_ms: u64,
+    /// Attempts before an action is given up and compensated
+    #[arg(long, env = "ORGKEEPER_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: i32,
+    /// First retry delay in milliseconds; doubles per attempt, with jitter
+    #[arg(long, env = "ORGKEEPER_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay in seconds
+    #[arg(long, env = "ORGKEEPER_RETRY_MAX_SECS", default_value_t = 300)]
+    pub retry_max_secs: u64,
+    /// Seconds to let in-flight actions finish on SIGTERM/SIGINT before releasing them
+    #[arg(long, env = "ORGKEEPER_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    /// Name of this replica in leases and logs (default: host-pid)
+    #[arg(long, env = "ORGKEEPER_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Address for /healthz and /metrics; "off" disables the endpoint
+    #[arg(long, env = "ORGKEEPER_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    pub metrics_addr: String,
+}
+
+/// Validated daemon settings.
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    /// Actions performed at once.
+    pub concurrency: usize,
+    /// Lease length.
+    pub lease: Duration,
+    /// Poll interval.
+    pub poll: Duration,
+    /// Attempts before giving up.
+    pub max_attempts: i32,
+    /// Retry policy.
+    pub retry: crate::outbox::RetryPolicy,
+    /// Grace period on shutdown.
+    pub shutdown_grace: Duration,
+    /// This replica's name.
+    pub worker_id: String,
+    /// Where /healthz and /metrics listen, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl DaemonArgs {
+    /// Validates the daemon settings.
+    pub fn settings(&self) -> Result<DaemonSettings, ConfigError> {
+        let bad = |env, flag, problem: &str| ConfigError {
+            env,
+            flag,
+            problem: problem.to_string(),
+        };
+        if !(1..=4096).contains(&self.concurrency) {
+            return Err(bad("ORGKEEPER_CONCURRENCY", "concurrency", "must be between 1 and 4096"));
+        }
+        if !(self.lease_secs.is_finite() && self.lease_secs >= 0.5) {
+            return Err(bad("ORGKEEPER_LEASE_SECS", "lease-secs", "must be at least 0.5 seconds"));
+        }
+        if self.poll_ms == 0 {
+            return Err(bad("ORGKEEPER_POLL_MS", "poll-ms", "must be at least 1 millisecond"));
+        }
+        if self.max_attempts < 1 {
+            return Err(bad("ORGKEEPER_MAX_ATTEMPTS", "max-attempts", "must be at least 1"));
+        }
+        let metrics_addr = match self.metrics_addr.as_str() {
+            "off" | "" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                bad(
+                    "ORGKEEPER_METRICS_ADDR",
+                    "metrics-addr",
+                    "must be host:port (e.g. 127.0.0.1:9187) or off",
+                )
+            })?),
+        };
+        Ok(DaemonSettings {
+            concurrency: self.concurrency,
+            lease: Duration::from_secs_f64(self.lease_secs),
+            poll: Duration::from_millis(self.poll_ms),
+            max_attempts: self.max_attempts,
+            retry: crate::outbox::RetryPolicy {
+                base: Duration::from_millis(self.retry_base_ms.max(1)),
+                max: Duration::from_secs(self.retry_max_secs.max(1)),
+            },
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            metrics_addr,
+        })
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+fn check_http_url(url: &str, env: &'static str, flag: &'static str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Ok(()),
+        _ => Err(ConfigError {
+            env,
+            flag,
+            problem: format!("must be an http(s) URL, got {url:?}"),
+        }),
+    }
+}

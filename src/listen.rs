@@ -1,0 +1,104 @@
+//! `orgkeeper listen`: assembles the daemon from validated settings and runs
+//! it until SIGTERM or SIGINT.
+
+use crate::actions::Services;
+use crate::config::{ConfigError, DaemonArgs, DaemonSettings, DatabaseArgs, LiteLlmArgs, LiteLlmSettings, SecretArgs, StripeArgs};
+use crate::litellm::LiteLlmClient;
+use crate::ops::Metrics;
+use crate::outbox::{Daemon, Shutdown};
+use crate::secrets::Keyring;
+use crate::stripe::{StripeClient, StripeConfig};
+use clap::Args;
+use std::sync::Arc;
+
+/// Everything `orgkeeper listen` reads.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    litellm: LiteLlmArgs,
+    #[command(flatten)]
+    stripe: StripeArgs,
+    #[command(flatten)]
+    secrets: SecretArgs,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+    /// Validate the settings, check the database is reachable and migrated, then exit
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// The daemon's validated configuration.
+#[derive(Debug)]
+pub struct DaemonConfig {
+    /// The database.
+    pub database_url: String,
+    /// LiteLLM connection and provisioning defaults.
+    pub litellm: LiteLlmSettings,
+    /// Stripe, when configured.
+    pub stripe: Option<StripeConfig>,
+    /// Keys for secrets at rest.
+    pub keyring: Keyring,
+    /// Loop settings.
+    pub daemon: DaemonSettings,
+}
+
+impl ListenArgs {
+    /// Validates every setting; the first problem is returned naming its setting.
+    pub fn validate(&self) -> Result<DaemonConfig, ConfigError> {
+        Ok(DaemonConfig {
+            database_url: self.database.url()?,
+            litellm: self.litellm.settings()?,
+            stripe: self.stripe.settings()?,
+            keyring: self.secrets.keyring()?,
+            daemon: self.daemon.settings()?,
+        })
+    }
+}
+
+/// Connects, checks the schema, and builds the services the handlers share.
+pub async fn services(config: DaemonConfig) -> anyhow::Result<(Arc<Services>, DaemonSettings)> {
+    let connections = (config.daemon.concurrency as u32 / 2).clamp(4, 32) + 2;
+    let pool = crate::db::connect(&config.database_url, connections).await?;
+    crate::db::check_migrated(&pool).await?;
+    let stripe = config.stripe.map(StripeClient::new).transpose()?;
+    let services = Services {
+        pool,
+        litellm: LiteLlmClient::new(config.litellm.client)?,
+        stripe,
+        keyring: config.keyring,
+        defaults: config.litellm.provisioning,
+        metrics: Arc::new(Metrics::default()),
+    };
+    Ok((Arc::new(services), config.daemon))
+}
+
+/// Runs the daemon (and its /healthz and /metrics endpoint) until `shutdown`.
+pub async fn run(config: DaemonConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let (services, settings) = services(config).await?;
+    if let Some(addr) = settings.metrics_addr {
+        let bound = crate::ops::serve(addr, services.pool.clone(), services.metrics.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e} (set ORGKEEPER_METRICS_ADDR to another address, or off)"))?;
+        tracing::info!(%bound, "serving /healthz and /metrics");
+    }
+    Daemon::new(services, settings).run(shutdown).await
+}
+
+/// A shutdown signal that turns true on SIGTERM or SIGINT (Ctrl-C).
+pub fn shutdown_on_signals() -> Shutdown {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        let _ = tx.send(true);
+        // Keep the sender alive so receivers see `true`, not a closed channel.
+        std::future::pending::<()>().await;
+    });
+    rx
+}

@@ -1,0 +1,173 @@
+//! What operators watch: Prometheus metrics and the `/healthz` and
+//! `/metrics` HTTP endpoints.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+/// The daemon's counters and histograms, shared by its tasks.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    actions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    claim: Mutex<Histogram>,
+    calls: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
+    in_flight: AtomicI64,
+}
+
+impl Metrics {
+    /// Counts an action outcome (`done`, `retried`, `compensated`, `failed`, `lease_lost`, `released`).
+    pub fn action(&self, kind: &str, outcome: &'static str) {
+        *self.actions.lock().unwrap().entry((kind.to_string(), outcome)).or_default() += 1;
+    }
+
+    /// Records how long one claim statement took.
+    pub fn claim_latency(&self, elapsed: Duration) {
+        self.claim.lock().unwrap().observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how long one external call took.
+    pub fn call_latency(&self, service: &'static str, call: &'static str, elapsed: Duration) {
+        self.calls
+            .lock()
+            .unwrap()
+            .entry((service, call))
+            .or_default()
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Adjusts the number of actions being performed now.
+    pub fn in_flight(&self, delta: i64) {
+        self.in_flight.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// How many actions ended with `outcome` (all kinds).
+    pub fn count(&self, outcome: &str) -> u64 {
+        self.actions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((_, o), _)| *o == outcome)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The Prometheus text exposition, with queue depth by status read from the database.
+    pub fn render(&self, queue_depth: &[(String, i64)]) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP orgkeeper_actions_total Actions finished by this replica, by kind and outcome.\n");
+        out.push_str("# TYPE orgkeeper_actions_total counter\n");
+        for ((kind, outcome), n) in self.actions.lock().unwrap().iter() {
+            let _ = writeln!(out, "orgkeeper_actions_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}");
+        }
+        out.push_str("# HELP orgkeeper_claim_duration_seconds Time of one claim statement.\n");
+        out.push_str("# TYPE orgkeeper_claim_duration_seconds histogram\n");
+        write_histogram(&mut out, "orgkeeper_claim_duration_seconds", "", &self.claim.lock().unwrap());
+        out.push_str("# HELP orgkeeper_external_call_duration_seconds Time of one call to LiteLLM or Stripe.\n");
+        out.push_str("# TYPE orgkeeper_external_call_duration_seconds histogram\n");
+        for ((service, call), h) in self.calls.lock().unwrap().iter() {
+            let labels = format!("service=\"{service}\",call=\"{call}\",");
+            write_histogram(&mut out, "orgkeeper_external_call_duration_seconds", &labels, h);
+        }
+        out.push_str("# HELP orgkeeper_queue_depth Unfinished outbox actions, by status.\n");
+        out.push_str("# TYPE orgkeeper_queue_depth gauge\n");
+        for (status, n) in queue_depth {
+            let _ = writeln!(out, "orgkeeper_queue_depth{{status=\"{status}\"}} {n}");
+        }
+        out.push_str("# HELP orgkeeper_in_flight Actions this replica is performing now.\n");
+        out.push_str("# TYPE orgkeeper_in_flight gauge\n");
+        let _ = writeln!(out, "orgkeeper_in_flight {}", self.in_flight.load(Ordering::Relaxed));
+        out
+    }
+}
+
+fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", h.count);
+    let trimmed = labels.trim_end_matches(',');
+    let braces = if trimmed.is_empty() { String::new() } else { format!("{{{trimmed}}}") };
+    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{braces} {}", h.count);
+}
+
+#[derive(Clone)]
+struct OpsState {
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+}
+
+/// Serves `/healthz` and `/metrics` on `addr` until the process ends; returns the bound address.
+pub async fn serve(addr: SocketAddr, pool: PgPool, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_page))
+        .with_state(OpsState { pool, metrics });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
+async fn healthz(State(state): State<OpsState>) -> impl IntoResponse {
+    let probe = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
+    )
+    .await;
+    match probe {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}\n")),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable: no answer within 2 s\n".to_string()),
+    }
+}
+
+async fn metrics_page(State(state): State<OpsState>) -> impl IntoResponse {
+    let depth: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT s.status, count(a.id)
+           FROM unnest(ARRAY['pending', 'running', 'compensating']) AS s(status)
+           LEFT JOIN orgkeeper.pending_external_actions a ON a.status = s.status
+          GROUP BY s.status ORDER BY s.status",
+    )
+    .fetch_all(&state.pool)
+    .await
+    .unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&depth),
+    )
+}

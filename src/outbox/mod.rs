@@ -1,0 +1,10 @@
+//! The outbox: claiming actions, recording their outcomes (fenced on the
+//! lease), the retry policy, and the listen/poll loop that drives it all.
+
+mod retry;
+mod store;
+mod worker;
+
+pub use retry::RetryPolicy;
+pub use store::{Action, Outbox};
+pub use worker::{Daemon, Shutdown};

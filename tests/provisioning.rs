@@ -1,0 +1,412 @@
+//! Stories about the LiteLLM provisioning saga: the daemon turns committed
+//! org rows into exactly one team, user membership and key each, whatever
+//! crashes, retries, faults and replicas happen on the way.
+
+mod common;
+
+use common::{daemon_config, daemon_settings, insert_orgs, status_counts, wait_until, TestDaemon, TestDb};
+use orgkeeper::litellm::{Faults, LiteLlmSimulator};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use std::time::Duration;
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn daemon(db: &TestDb, sim: &LiteLlmSimulator, key: &SecretString, worker: &str, lease: Duration) -> TestDaemon {
+    TestDaemon::start(daemon_config(&db.url, sim, key, daemon_settings(worker, lease)))
+}
+
+async fn all_active(pool: &PgPool, n: i64) -> bool {
+    status_counts(pool).await.get("active").copied() == Some(n)
+}
+
+/// Asserts the simulator holds exactly one team for each org, with exactly
+/// the owner as member and exactly one key.
+async fn assert_one_of_each(db: &TestDb, sim: &LiteLlmSimulator, orgs: &[Uuid]) {
+    for org in orgs {
+        let owner: Uuid = sqlx::query_scalar("SELECT created_by FROM orgkeeper.org WHERE id = $1")
+            .bind(org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        let team = sim.team(&org.to_string()).unwrap_or_else(|| panic!("no team for org {org}"));
+        let members: Vec<&str> = team.members.iter().map(|m| m.user_id.as_str()).collect();
+        assert_eq!(members, vec![owner.to_string().as_str()], "members of {org}");
+        assert_eq!(team.keys.len(), 1, "keys of {org}");
+        assert_eq!(
+            team.keys[0].alias.as_deref(),
+            Some(format!("OpenHands Cloud - user {owner} - org {org}").as_str())
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.teams, orgs.len(), "teams");
+    assert_eq!(stats.keys, orgs.len(), "keys");
+    assert_eq!(stats.memberships, orgs.len(), "memberships");
+    assert_eq!(stats.users, orgs.len(), "users");
+}
+
+#[tokio::test]
+async fn two_hundred_orgs_become_active_with_one_team_membership_and_encrypted_key_each() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let key = orgkeeper::secrets::generate_key();
+    let orgs = insert_orgs(&db.pool, "Bulk", 200).await;
+    let d = daemon(&db, &sim, &key, "w1", LONG);
+
+    wait_until(LONG, "200 orgs active", || all_active(&db.pool, 200)).await;
+    d.stop().await;
+    assert_one_of_each(&db, &sim, &orgs).await;
+
+    let keyring = orgkeeper::secrets::Keyring::new(&key, &[], None).unwrap();
+    let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT o.llm_api_key, m.llm_api_key, o.litellm_team_id, o.llm_model
+           FROM orgkeeper.org o JOIN orgkeeper.org_member m ON m.org_id = o.id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 200);
+    for (org_key, member_key, team_id, model) in rows {
+        assert!(org_key.starts_with("ok1:") && !org_key.contains("sk-"), "ciphertext at rest");
+        assert_eq!(org_key, member_key);
+        let plain = keyring.decrypt(&org_key).unwrap();
+        assert!(plain.expose_secret().starts_with("sk-"));
+        assert!(sim.has_key(plain.expose_secret()), "the stored key is the one LiteLLM knows");
+        assert!(Uuid::parse_str(&team_id).is_ok());
+        assert_eq!(model.as_deref(), Some("litellm_proxy/test-model"));
+    }
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM orgkeeper.pending_external_actions GROUP BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(statuses, vec![("done".to_string(), 200)]);
+}
+
+/// Kills the daemon right after LiteLLM step `step` succeeded for the one
+/// org, restarts one, and checks the org ends active with one of each.
+async fn kill_after_step(step: usize) {
+    const STEPS: [&str; 4] = ["team/new", "user/new", "team/member_add", "key/generate"];
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let key = orgkeeper::secrets::generate_key();
+    // Hold the daemon after the step: the next step fails transiently, or,
+    // after the last step, the write-back waits for a lock on the org row.
+    let mut blocker = db.connect().await;
+    let orgs = insert_orgs(&db.pool, "Crash", 1).await;
+    let mut blocking_tx = None;
+    if step < STEPS.len() {
+        sim.set_faults(Faults {
+            fail: vec![(STEPS[step].to_string(), 503)],
+            ..Faults::default()
+        });
+    } else {
+        let mut tx = sqlx::Connection::begin(&mut blocker).await.unwrap();
+        sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR UPDATE")
+            .bind(orgs[0])
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        blocking_tx = Some(tx);
+    }
+    let first = daemon(&db, &sim, &key, "doomed", Duration::from_secs(1));
+    let done_step = STEPS[step - 1];
+    wait_until(LONG, "the step to succeed", || async { sim.stats().succeeded(done_step) >= 1 }).await;
+    first.kill().await;
+    sim.set_faults(Faults::default());
+
+    let second = daemon(&db, &sim, &key, "rescuer", Duration::from_secs(5));
+    if let Some(tx) = blocking_tx {
+        // The killed daemon's write-back is still queued on the lock; release
+        // it only once the rescuer owns the action, so the fence must refuse it.
+        wait_until(LONG, "the rescuer to take the action over", || async {
+            let owner: Option<String> =
+                sqlx::query_scalar("SELECT locked_by FROM orgkeeper.pending_external_actions")
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            owner.as_deref() == Some("rescuer")
+        })
+        .await;
+        tx.rollback().await.unwrap();
+    }
+    wait_until(LONG, "the org to become active", || all_active(&db.pool, 1)).await;
+    second.stop().await;
+    assert_one_of_each(&db, &sim, &orgs).await;
+    if step == STEPS.len() {
+        let reused: serde_json::Value =
+            sqlx::query_scalar("SELECT result->'key_reused' FROM orgkeeper.pending_external_actions")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(reused, true, "the retry found the key it had chosen instead of making another");
+    }
+}
+
+#[tokio::test]
+async fn a_daemon_killed_after_the_team_step_leaves_one_of_each() {
+    kill_after_step(1).await;
+}
+
+#[tokio::test]
+async fn a_daemon_killed_after_the_user_step_leaves_one_of_each() {
+    kill_after_step(2).await;
+}
+
+#[tokio::test]
+async fn a_daemon_killed_after_the_membership_step_leaves_one_of_each() {
+    kill_after_step(3).await;
+}
+
+#[tokio::test]
+async fn a_daemon_killed_after_the_key_step_leaves_one_of_each() {
+    kill_after_step(4).await;
+}
+
+#[tokio::test]
+async fn calls_that_succeed_but_answer_502_create_nothing_twice() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    sim.set_faults(Faults {
+        perform_then_502: true,
+        ..Faults::default()
+    });
+    let key = orgkeeper::secrets::generate_key();
+    let orgs = insert_orgs(&db.pool, "Echo", 20).await;
+    let d = daemon(&db, &sim, &key, "w1", LONG);
+    wait_until(LONG, "20 orgs active", || all_active(&db.pool, 20)).await;
+    d.stop().await;
+    assert!(sim.stats().status_count(502) >= 20 * 4, "every first call answered 502");
+    assert_one_of_each(&db, &sim, &orgs).await;
+}
+
+#[tokio::test]
+async fn thirty_percent_server_errors_and_latency_still_end_active_with_attempts_recorded() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    sim.set_faults(Faults {
+        error_rate: 0.3,
+        latency_ms: (0, 20),
+        ..Faults::default()
+    });
+    let key = orgkeeper::secrets::generate_key();
+    let orgs = insert_orgs(&db.pool, "Flaky", 100).await;
+    let d = daemon(&db, &sim, &key, "w1", LONG);
+    wait_until(Duration::from_secs(120), "100 orgs active", || all_active(&db.pool, 100)).await;
+    d.stop().await;
+    assert_one_of_each(&db, &sim, &orgs).await;
+    let (retried, max_attempts): (i64, i32) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE jsonb_array_length(errors) > 0), max(attempts)
+           FROM orgkeeper.pending_external_actions",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(retried > 0 && max_attempts > 1, "retries were needed and recorded");
+    let (errors, attempts): (i64, i32) = sqlx::query_as(
+        "SELECT jsonb_array_length(errors), attempts FROM orgkeeper.pending_external_actions
+          WHERE jsonb_array_length(errors) > 0 LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(errors as i32, attempts - 1, "one error per failed attempt");
+}
+
+#[tokio::test]
+async fn a_permanent_key_error_deletes_the_team_and_fails_the_org_with_both_errors() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    sim.set_faults(Faults {
+        fail: vec![("key/generate".into(), 400)],
+        ..Faults::default()
+    });
+    let key = orgkeeper::secrets::generate_key();
+    let orgs = insert_orgs(&db.pool, "Doomed", 1).await;
+    let d = daemon(&db, &sim, &key, "w1", LONG);
+    wait_until(LONG, "the org to fail", || async {
+        status_counts(&db.pool).await.get("failed") == Some(&1)
+    })
+    .await;
+    d.stop().await;
+
+    assert!(sim.team(&orgs[0].to_string()).is_none(), "team deleted at LiteLLM");
+    assert_eq!(sim.stats().teams, 0);
+    let error: serde_json::Value = sqlx::query_scalar("SELECT provisioning_error FROM orgkeeper.org")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(error["error"].as_str().unwrap().contains("key/generate"), "{error}");
+    assert_eq!(error["cleanup"]["team_deleted"], true, "{error}");
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM orgkeeper.pending_external_actions")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("compensated", 1), "a 400 is not retried");
+}
+
+#[tokio::test]
+async fn an_org_deleted_while_provisioning_is_in_flight_leaves_nothing_dangling() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    // Provisioning stalls on the key step while the org is deleted.
+    sim.set_faults(Faults {
+        fail: vec![("key/generate".into(), 503)],
+        ..Faults::default()
+    });
+    let key = orgkeeper::secrets::generate_key();
+    let orgs = insert_orgs(&db.pool, "Fleeting", 1).await;
+    let d = daemon(&db, &sim, &key, "w1", LONG);
+    wait_until(LONG, "the team to exist", || async { sim.stats().teams == 1 }).await;
+    sqlx::query("DELETE FROM orgkeeper.org WHERE id = $1")
+        .bind(orgs[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sim.set_faults(Faults::default());
+    wait_until(LONG, "both actions to finish", || async {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE finished_at IS NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        open == 0
+    })
+    .await;
+    d.stop().await;
+
+    let stats = sim.stats();
+    assert_eq!((stats.teams, stats.keys, stats.memberships), (0, 0, 0), "nothing dangling at LiteLLM");
+    let actions: Vec<(String, String)> =
+        sqlx::query_as("SELECT kind, status FROM orgkeeper.pending_external_actions ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(actions[1], ("litellm.delete_team".into(), "done".into()));
+    assert!(
+        actions[0].1 == "compensated" || actions[0].1 == "done",
+        "provisioning ended cleanly: {actions:?}"
+    );
+}
+
+async fn replicas_provision_every_org_once(replicas: usize) {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let key = orgkeeper::secrets::generate_key();
+    let orgs = insert_orgs(&db.pool, "Fleet", 1000).await;
+    let daemons: Vec<TestDaemon> = (0..replicas)
+        .map(|i| daemon(&db, &sim, &key, &format!("replica-{i}"), LONG))
+        .collect();
+    wait_until(Duration::from_secs(180), "1000 orgs active", || all_active(&db.pool, 1000)).await;
+    for d in daemons {
+        d.stop().await;
+    }
+    assert_one_of_each(&db, &sim, &orgs).await;
+    assert_eq!(sim.stats().calls("team/new"), 1000, "each team created by exactly one call");
+}
+
+#[tokio::test]
+async fn two_daemons_provision_a_thousand_orgs_each_exactly_once() {
+    replicas_provision_every_org_once(2).await;
+}
+
+#[tokio::test]
+async fn four_daemons_provision_a_thousand_orgs_each_exactly_once() {
+    replicas_provision_every_org_once(4).await;
+}
+
+#[tokio::test]
+async fn a_database_restart_under_the_daemon_is_survived_without_operator_action() {
+    let cluster = orgkeeper::pgcluster::PgCluster::start(orgkeeper::pgcluster::Durability::Throwaway).unwrap();
+    let url = cluster.url("postgres");
+    orgkeeper::db::migrate(&url).await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let key = orgkeeper::secrets::generate_key();
+    let config = daemon_config(&url, &sim, &key, daemon_settings("w1", Duration::from_secs(2)));
+    let d = TestDaemon::start(config);
+    insert_orgs(&pool, "Before", 20).await;
+    wait_until(LONG, "the first 20 active", || all_active(&pool, 20)).await;
+
+    cluster.restart().unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    insert_orgs(&pool, "After", 20).await;
+    wait_until(LONG, "all 40 active after the restart", || all_active(&pool, 40)).await;
+    d.stop().await;
+    assert_eq!(sim.stats().teams, 40);
+}
+
+#[tokio::test]
+async fn an_expired_lease_passes_the_action_to_another_replica_and_fences_the_late_writer() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let key = orgkeeper::secrets::generate_key();
+    let orgs = insert_orgs(&db.pool, "Frozen", 1).await;
+
+    // A replica claims the action, then freezes past its lease.
+    let frozen = orgkeeper::outbox::Outbox::new(db.pool.clone(), "frozen".into(), Duration::from_millis(300));
+    let claimed = frozen.claim(10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let d = daemon(&db, &sim, &key, "rescuer", Duration::from_secs(30));
+    wait_until(LONG, "the rescuer to finish it", || all_active(&db.pool, 1)).await;
+    d.stop().await;
+
+    // The frozen replica wakes up and tries to write its outcome: refused.
+    let id = claimed[0].id;
+    assert!(!frozen.complete(id, &serde_json::json!({"late": true})).await.unwrap());
+    assert!(!frozen.retry_later(id, "late", Duration::ZERO).await.unwrap());
+    assert!(!frozen.begin_compensation(id, "late").await.unwrap());
+    let late: String = sqlx::query_scalar(
+        "SELECT orgkeeper.record_org_provisioned($1, 'frozen', 'bogus-team', gen_random_uuid(), 'm', 'u', 'ok1:x:y', '{}')",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(late, "lease_lost");
+    let (status, team, result): (String, String, serde_json::Value) = sqlx::query_as(
+        "SELECT a.status, o.litellm_team_id, a.result FROM orgkeeper.pending_external_actions a
+           JOIN orgkeeper.org o ON o.id = a.org_id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "done");
+    assert_eq!(team, orgs[0].to_string());
+    assert!(result.get("late").is_none());
+    assert_one_of_each(&db, &sim, &orgs).await;
+}
+
+#[tokio::test]
+async fn deleting_a_provisioned_org_deletes_its_team_and_keys() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let key = orgkeeper::secrets::generate_key();
+    let orgs = insert_orgs(&db.pool, "Shortlived", 2).await;
+    let d = daemon(&db, &sim, &key, "w1", LONG);
+    wait_until(LONG, "both active", || all_active(&db.pool, 2)).await;
+    sqlx::query("DELETE FROM orgkeeper.org WHERE id = $1")
+        .bind(orgs[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_until(LONG, "the team deletion to finish", || async {
+        let s: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.delete_team'",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        s.as_deref() == Some("done")
+    })
+    .await;
+    d.stop().await;
+    assert!(sim.team(&orgs[0].to_string()).is_none());
+    assert!(sim.team(&orgs[1].to_string()).is_some());
+    assert_eq!(sim.stats().keys, 1, "the deleted team's key went with it");
+}
