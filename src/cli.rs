@@ -1,57 +1,106 @@
 //! The command line: parses arguments and dispatches, nothing else.
 
-use clap::{Args, Parser, Subcommand};
+use crate::config::{ConfigError, DatabaseArgs};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 
-/// orgkeeper onboards organizations: PostgreSQL keeps the truth, a daemon
-/// performs the external side effects (LiteLLM, Stripe) from an outbox.
+/// orgkeeper onboards organizations: PostgreSQL keeps the truth and the
+/// invariants, a daemon performs the external side effects (LiteLLM,
+/// Stripe) from an outbox table.
+///
+/// Every flag can also be given as the environment variable named in its help.
 #[derive(Debug, Parser)]
-#[command(name = "orgkeeper", version, about, long_about = None)]
+#[command(name = "orgkeeper", version, about, long_about)]
 pub struct Cli {
+    /// Log format
+    #[arg(long, env = "ORGKEEPER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply the versioned migrations and the SQL function library (safe to run twice, or from two places at once).
+    /// Apply the versioned migrations and the SQL function library (safe to run twice, or from two places at once)
     Migrate(DatabaseArgs),
+    /// Run the daemon: perform outbox actions against LiteLLM and Stripe until SIGTERM/SIGINT
+    Listen(Box<crate::listen::ListenArgs>),
+    /// Inspect, retry or cancel outbox actions
+    Actions {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: crate::operator::ActionsCommand,
+    },
+    /// Everything on this machine with no configuration: a private PostgreSQL, the simulators and the daemon
+    Dev(crate::dev::DevArgs),
+    /// Run a benchmark and print its figures
+    Bench {
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
+    },
+    /// Run a LiteLLM or Stripe simulator as a standalone server
+    Simulate {
+        #[command(subcommand)]
+        service: Simulated,
+    },
 }
 
-/// Where the database is.
-#[derive(Debug, Args)]
-pub struct DatabaseArgs {
-    /// PostgreSQL connection URL, e.g. postgres://user@host:5432/db
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+#[derive(Debug, Subcommand)]
+enum Simulated {
+    /// The LiteLLM admin API (in memory)
+    Litellm(crate::litellm::SimulatorArgs),
+    /// The Stripe customers API (in memory)
+    Stripe(crate::stripe::SimulatorArgs),
 }
 
-/// Parses the command line, runs the command, and maps failures to exit codes.
+/// Parses the command line, runs the command, and maps failures to exit
+/// codes: 2 for a missing or malformed setting, 1 for other failures.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => match e.downcast_ref::<ConfigError>() {
+            Some(config) => {
+                eprintln!("error: {config}");
+                ExitCode::from(2)
+            }
+            None => {
+                eprintln!("error: {}", crate::redact::redact_secrets(&format!("{e:#}")));
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Migrate(db) => {
-            let report = crate::db::migrate(&db.database_url).await?;
+            let report = crate::db::migrate(&db.url()?).await?;
             if report.applied.is_empty() {
                 println!("migrations: up to date");
             } else {
@@ -59,12 +108,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!(
                 "function library: {}",
-                if report.library_applied {
-                    "applied"
-                } else {
-                    "unchanged"
-                }
+                if report.library_applied { "applied" } else { "unchanged" }
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Listen(args) => {
+            let config = args.validate()?;
+            if args.check {
+                let (services, settings) = crate::listen::services(config).await?;
+                println!(
+                    "configuration ok: database reachable and migrated; worker {}, concurrency {}, secret key id {}",
+                    settings.worker_id,
+                    settings.concurrency,
+                    services.keyring.current_key_id()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            crate::listen::run(config, crate::listen::shutdown_on_signals()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Actions { database, command } => {
+            let pool = crate::db::connect(&database.url()?, 2).await?;
+            crate::operator::run(&pool, command).await
+        }
+        Command::Dev(args) => {
+            crate::dev::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command } => {
+            crate::bench::run(command).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { service } => {
+            match service {
+                Simulated::Litellm(args) => crate::litellm::serve_forever(args).await?,
+                Simulated::Stripe(args) => crate::stripe::serve_forever(args).await?,
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

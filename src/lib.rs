@@ -2,11 +2,17 @@
 //! crate applies the schema, runs the daemon that performs the outbox's
 //! external actions (LiteLLM, Stripe), and offers the operator commands.
 
+pub mod actions;
+pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod db;
+pub mod dev;
+pub mod listen;
 pub mod litellm;
 pub mod operator;
 pub mod ops;
+pub mod outbox;
 pub mod pgcluster;
 pub mod redact;
 pub mod secrets;

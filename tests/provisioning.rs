@@ -205,7 +205,7 @@ async fn thirty_percent_server_errors_and_latency_still_end_active_with_attempts
     .unwrap();
     assert!(retried > 0 && max_attempts > 1, "retries were needed and recorded");
     let (errors, attempts): (i64, i32) = sqlx::query_as(
-        "SELECT jsonb_array_length(errors), attempts FROM orgkeeper.pending_external_actions
+        "SELECT jsonb_array_length(errors)::int8, attempts FROM orgkeeper.pending_external_actions
           WHERE jsonb_array_length(errors) > 0 LIMIT 1",
     )
     .fetch_one(&db.pool)

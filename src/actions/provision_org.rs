@@ -17,7 +17,6 @@
 use super::{call, ActionError, Finish, Services};
 use crate::litellm::{Created, Deleted, NewKey, NewTeam};
 use crate::outbox::{Action, Outbox};
-use secrecy::SecretString;
 use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
@@ -66,16 +65,14 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
     let owner = org.owner.to_string();
     let models = vec![defaults.model.clone()];
 
-    let team = call(services, "litellm", "team_new", || {
-        litellm.create_team(&NewTeam {
-            team_id: &team_id,
-            team_alias: &org.name,
-            max_budget: defaults.team_max_budget,
-            models: &models,
-            metadata: json!({ "org_id": team_id, "kind": org.kind, "managed_by": "orgkeeper" }),
-        })
-    })
-    .await?;
+    let new_team = NewTeam {
+        team_id: &team_id,
+        team_alias: &org.name,
+        max_budget: defaults.team_max_budget,
+        models: &models,
+        metadata: json!({ "org_id": team_id, "kind": org.kind, "managed_by": "orgkeeper" }),
+    };
+    let team = call(services, "litellm", "team_new", || litellm.create_team(&new_team)).await?;
     call(services, "litellm", "user_new", || {
         litellm.create_user(&owner, org.owner_email.as_deref())
     })
@@ -97,17 +94,27 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
         }
     };
     let alias = format!("{} - user {owner} - org {team_id}", defaults.key_alias_prefix);
-    let key_existed = resumed && call(services, "litellm", "key_info", || litellm.key_exists(&key)).await?;
-    if !key_existed {
-        generate_key(services, &key, &alias, &team_id, &owner, &models).await?;
-    }
+    let new_key = NewKey {
+        key: &key,
+        key_alias: &alias,
+        team_id: &team_id,
+        user_id: &owner,
+        models: &models,
+        metadata: json!({ "org_id": team_id, "managed_by": "orgkeeper" }),
+    };
+    let key_created = if resumed {
+        // An earlier attempt may have created the key: /key/info decides.
+        call(services, "litellm", "key_ensure", || litellm.ensure_key(&new_key)).await?
+    } else {
+        generate_fresh_key(services, &new_key).await?
+    };
 
     let result = json!({
         "team_id": team_id,
         "team_created": matches!(team, Created::New),
         "user_id": owner,
         "key_alias": alias,
-        "key_reused": key_existed,
+        "key_reused": matches!(key_created, Created::Existing),
     });
     let recorded: String = sqlx::query_scalar("SELECT orgkeeper.record_org_provisioned($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(action.id)
@@ -127,39 +134,25 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
     }
 }
 
-/// Calls `/key/generate` for the chosen key. A fresh random key cannot be
-/// echoed, so a 200 on it is trusted; any error is double-checked with
-/// `/key/info`, since "alias already exists" may mean our earlier call won.
-async fn generate_key(
-    services: &Services,
-    key: &SecretString,
-    alias: &str,
-    team_id: &str,
-    owner: &str,
-    models: &[String],
-) -> Result<(), ActionError> {
+/// Calls `/key/generate` for a key value chosen just now. Such a key cannot
+/// already exist, so a 200 is trusted; an "alias already exists" answer or an
+/// error (the call may have succeeded before failing) is settled by
+/// `/key/info`.
+async fn generate_fresh_key(services: &Services, new_key: &NewKey<'_>) -> Result<Created, ActionError> {
     let litellm = &services.litellm;
-    let generated = call(services, "litellm", "key_generate", || {
-        litellm.generate_key(&NewKey {
-            key,
-            key_alias: alias,
-            team_id,
-            user_id: owner,
-            models,
-            metadata: json!({ "org_id": team_id, "managed_by": "orgkeeper" }),
-        })
-    })
-    .await;
+    let generated = call(services, "litellm", "key_generate", || litellm.generate_key(new_key)).await;
+    if let Ok(Created::New) = generated {
+        return Ok(Created::New);
+    }
+    if call(services, "litellm", "key_info", || litellm.key_exists(new_key.key)).await? {
+        return Ok(Created::New);
+    }
     match generated {
-        Ok(()) => Ok(()),
-        Err(ActionError::LeaseLost) => Err(ActionError::LeaseLost),
-        Err(error) => {
-            if call(services, "litellm", "key_info", || litellm.key_exists(key)).await? {
-                Ok(())
-            } else {
-                Err(error)
-            }
-        }
+        Err(error) => Err(error),
+        Ok(_) => Err(ActionError::Permanent(format!(
+            "LiteLLM reports the key alias {:?} as taken by another key",
+            new_key.key_alias
+        ))),
     }
 }
 

@@ -1,1 +1,15 @@
-//! LiteLLM: the admin-API client and the simulator (being written).
+//! LiteLLM: the admin-API client the daemon uses ([`LiteLlmClient`]), and an
+//! in-memory simulator of the proxy's admin API ([`simulator`]) for tests,
+//! `orgkeeper dev` and `orgkeeper simulate litellm`. Both follow
+//! `shared/spec/litellm.md`, quirks included.
+
+mod client;
+pub mod simulator;
+
+pub use client::{
+    hash_key, Created, Deleted, ListedKey, LiteLlmClient, LiteLlmConfig, LiteLlmError, NewKey,
+    NewTeam, UserInfo, DEFAULT_AUTH_HEADER, UNLIMITED_MAX_BUDGET,
+};
+pub use simulator::{
+    serve_forever, Faults, LiteLlmSimulator, SimStats, SimulatorArgs, DEFAULT_MASTER_KEY,
+};

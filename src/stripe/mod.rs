@@ -1,1 +1,13 @@
-//! Stripe: the client and the simulator (being written).
+//! Stripe: the client the daemon uses to tag and create billing customers,
+//! and an in-memory simulator (with fault injection) for tests and
+//! `orgkeeper dev`.
+//!
+//! The client knows HTTP, not the database: it classifies every failure as
+//! [`StripeError::Transient`] (retry later with the same idempotency key) or
+//! [`StripeError::Permanent`], and leaves retry policy to the outbox.
+
+pub mod client;
+pub mod simulator;
+
+pub use client::{Customer, StripeClient, StripeConfig, StripeError};
+pub use simulator::{serve_forever, Faults, SimStats, SimulatorArgs, StripeSimulator};

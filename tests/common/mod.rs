@@ -182,7 +182,10 @@ pub struct TestDaemon {
 }
 
 /// Settings for daemons under test: quick polls and retries, short leases.
-pub fn daemon_settings(worker: &str, lease: std::time::Duration) -> orgkeeper::config::DaemonSettings {
+pub fn daemon_settings(
+    worker: &str,
+    lease: std::time::Duration,
+) -> orgkeeper::config::DaemonSettings {
     orgkeeper::config::DaemonSettings {
         concurrency: 16,
         lease,
@@ -256,19 +259,24 @@ where
 {
     let deadline = std::time::Instant::now() + timeout;
     while !check().await {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
 /// Number of orgs per provisioning status.
 pub async fn status_counts(pool: &PgPool) -> std::collections::BTreeMap<String, i64> {
-    sqlx::query_as::<_, (String, i64)>("SELECT provisioning_status, count(*) FROM orgkeeper.org GROUP BY 1")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect()
+    sqlx::query_as::<_, (String, i64)>(
+        "SELECT provisioning_status, count(*) FROM orgkeeper.org GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
 }
 
 /// Inserts `n` organizations, each with its own new owner, as an application would.

@@ -1,0 +1,244 @@
+//! `orgkeeper bench provision`: how fast organizations go from INSERT to
+//! `active`, against the in-process LiteLLM simulator answering instantly.
+
+use super::{percentile, BenchEnv};
+use crate::litellm::LiteLlmSimulator;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options of the provisioning benchmark.
+#[derive(Debug, Clone, Args)]
+pub struct ProvisionArgs {
+    /// Organizations inserted for the throughput figures
+    #[arg(long, default_value_t = 20_000)]
+    pub orgs: usize,
+    /// Connections inserting at once
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Insert rate for the latency figures (orgs per second)
+    #[arg(long, default_value_t = 50)]
+    pub light_rate: u32,
+    /// How long the light load lasts, in seconds
+    #[arg(long, default_value_t = 10)]
+    pub light_secs: u64,
+    /// Length of the sustained run, in seconds (its first and last minute are compared)
+    #[arg(long, default_value_t = 300)]
+    pub sustained_secs: u64,
+    /// The daemon's concurrency
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Use this server (a fresh database is created on it) instead of a private cluster
+    #[arg(long, env = "BENCH_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// End the output with one JSON object of the figures
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
+    let mut env = BenchEnv::start(args.database_url.as_deref()).await?;
+    let sim = LiteLlmSimulator::start_local().await?;
+    env.spawn_daemon(&[
+        ("LITELLM_BASE_URL", sim.base_url()),
+        ("LITELLM_MASTER_KEY", sim.master_key()),
+        ("ORGKEEPER_SECRET_KEY", crate::secrets::generate_key().expose_secret().to_string()),
+        ("ORGKEEPER_CONCURRENCY", args.concurrency.to_string()),
+    ])?;
+    let pool = crate::db::connect(&env.url, args.clients as u32 + 2).await?;
+
+    println!("throughput: inserting {} orgs from {} connections", args.orgs, args.clients);
+    let started = Instant::now();
+    insert_all(&pool, "bench", args.orgs, args.clients, None).await?;
+    let insert_secs = started.elapsed().as_secs_f64();
+    wait_active(&pool, args.orgs as i64).await?;
+    let total_secs = started.elapsed().as_secs_f64();
+    let inserts_per_s = args.orgs as f64 / insert_secs;
+    let provisioned_per_s = args.orgs as f64 / total_secs;
+    println!("  inserts/s            {inserts_per_s:>10.0}");
+    println!("  provisioned orgs/s   {provisioned_per_s:>10.0}  (first insert to last active)");
+
+    println!("latency: {} orgs/s for {} s", args.light_rate, args.light_secs);
+    let (p50, p99) = light_load_latency(&pool, args.light_rate, args.light_secs).await?;
+    println!("  insert->active p50   {p50:>10.1} ms");
+    println!("  insert->active p99   {p99:>10.1} ms");
+
+    println!("sustained: {} s at full insert speed (backlog capped at 5000)", args.sustained_secs);
+    let sustained_ratio = sustained(&pool, args.clients, args.sustained_secs).await?;
+    println!("  last/first minute    {sustained_ratio:>10.2}");
+
+    let peak_rss_mb = env.daemon_peak_rss_mb().unwrap_or(f64::NAN);
+    println!("  daemon peak RSS      {peak_rss_mb:>10.1} MB");
+    pool.close().await;
+    sim.shutdown().await;
+    env.finish()?;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "inserts_per_s": round1(inserts_per_s),
+                "provisioned_per_s": round1(provisioned_per_s),
+                "latency_p50_ms": round1(p50),
+                "latency_p99_ms": round1(p99),
+                "peak_rss_mb": round1(peak_rss_mb),
+                "sustained_ratio": (sustained_ratio * 100.0).round() / 100.0,
+            })
+        );
+    }
+    Ok(())
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Inserts `n` orgs from `clients` connections, one transaction each, as
+/// applications do. With `pause`, inserters wait while it is set.
+async fn insert_all(
+    pool: &PgPool,
+    prefix: &str,
+    n: usize,
+    clients: usize,
+    pause: Option<Arc<AtomicBool>>,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let bar = progress(n as u64);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (pool, next, bar, pause, prefix) = (pool.clone(), next.clone(), bar.clone(), pause.clone(), prefix.to_string());
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, sqlx::Error>(());
+                }
+                while pause.as_ref().is_some_and(|p| p.load(Ordering::Relaxed)) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())")
+                    .bind(format!("{prefix} {i} {}", uuid::Uuid::new_v4().simple()))
+                    .execute(&pool)
+                    .await?;
+                bar.inc(1);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn progress(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("  {bar:40} {pos}/{len} {per_sec} eta {eta}").expect("valid progress template"),
+    );
+    bar
+}
+
+async fn wait_active(pool: &PgPool, n: i64) -> anyhow::Result<()> {
+    loop {
+        let active: i64 = sqlx::query_scalar("SELECT count(*) FROM orgkeeper.org WHERE provisioning_status = 'active'")
+            .fetch_one(pool)
+            .await?;
+        if active >= n {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Inserts at `rate`/s for `secs` and returns the p50 and p99 of
+/// insert-to-active latency (org created_at to the write-back's updated_at).
+async fn light_load_latency(pool: &PgPool, rate: u32, secs: u64) -> anyhow::Result<(f64, f64)> {
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM orgkeeper.org").fetch_one(pool).await?;
+    let n = rate as u64 * secs;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let bar = progress(n);
+    for i in 0..n {
+        tick.tick().await;
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let _ = sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())")
+                .bind(format!("light {i} {}", uuid::Uuid::new_v4().simple()))
+                .execute(&pool)
+                .await;
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    wait_active(pool, before + n as i64).await?;
+    let mut latencies: Vec<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM updated_at - created_at)::float8 * 1000
+           FROM orgkeeper.org WHERE name LIKE 'light %'",
+    )
+    .fetch_all(pool)
+    .await?;
+    latencies.sort_by(f64::total_cmp);
+    Ok((percentile(&latencies, 50.0), percentile(&latencies, 99.0)))
+}
+
+/// Inserts at full speed for `secs` (pausing while more than 5000 wait) and
+/// returns the provisioning rate of the last minute over that of the first.
+async fn sustained(pool: &PgPool, clients: usize, secs: u64) -> anyhow::Result<f64> {
+    let pause = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let (pool, pause, stop) = (pool.clone(), pause.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE status = 'pending'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+                pause.store(waiting > 5000, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let start: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    let inserting = tokio::spawn({
+        let pool = pool.clone();
+        let pause = pause.clone();
+        async move { insert_all(&pool, "sustained", usize::MAX / 2, clients, Some(pause)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    inserting.abort();
+    stop.store(true, Ordering::Relaxed);
+    let _ = monitor.await;
+    let window = secs.min(60) as f64;
+    let rate = |from: f64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM orgkeeper.org
+                  WHERE provisioning_status = 'active'
+                    AND updated_at >= $1 + make_interval(secs => $2)
+                    AND updated_at <  $1 + make_interval(secs => $2 + $3)",
+            )
+            .bind(start)
+            .bind(from)
+            .bind(window)
+            .fetch_one(&pool)
+            .await
+        }
+    };
+    let first = rate(0.0).await? as f64;
+    let last = rate(secs as f64 - window).await? as f64;
+    println!(
+        "  first minute         {:>10.0} orgs/s\n  last minute          {:>10.0} orgs/s",
+        first / window,
+        last / window
+    );
+    Ok(if first > 0.0 { last / first } else { f64::NAN })
+}

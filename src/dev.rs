@@ -1,0 +1,96 @@
+//! `orgkeeper dev`: everything on this machine with no configuration — a
+//! private PostgreSQL cluster, the LiteLLM and Stripe simulators, and the
+//! daemon — until Ctrl-C, which stops and removes all of it.
+
+use crate::config::{DaemonSettings, LiteLlmSettings, ProvisioningDefaults};
+use crate::listen::DaemonConfig;
+use crate::litellm::{LiteLlmConfig, LiteLlmSimulator};
+use crate::pgcluster::{Durability, PgCluster};
+use crate::stripe::{StripeConfig, StripeSimulator};
+use clap::Args;
+use secrecy::SecretString;
+use std::time::Duration;
+
+/// Options of `orgkeeper dev`.
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Address for the daemon's /healthz and /metrics ("off" to disable)
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_addr: String,
+}
+
+/// Runs the embedded environment until SIGINT/SIGTERM.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let cluster = tokio::task::spawn_blocking(|| PgCluster::start(Durability::Throwaway)).await??;
+    // If this process dies without cleaning up, the watchdog removes the cluster.
+    cluster.stop_when_process_exits(std::process::id())?;
+    let admin = crate::db::connect(&cluster.url("postgres"), 1).await?;
+    sqlx::query("CREATE DATABASE orgkeeper").execute(&admin).await?;
+    admin.close().await;
+    let url = cluster.url("orgkeeper");
+    crate::db::migrate(&url).await?;
+
+    let litellm = LiteLlmSimulator::start_local().await?;
+    let stripe = StripeSimulator::start_local().await?;
+    let metrics_addr = match args.metrics_addr.as_str() {
+        "off" => None,
+        addr => Some(addr.parse()?),
+    };
+    let secret_key = crate::secrets::generate_key();
+    let config = DaemonConfig {
+        database_url: url.clone(),
+        litellm: LiteLlmSettings {
+            client: LiteLlmConfig {
+                base_url: litellm.base_url(),
+                master_key: SecretString::from(litellm.master_key()),
+                auth_header: "x-goog-api-key".into(),
+                timeout: Duration::from_secs(10),
+            },
+            provisioning: ProvisioningDefaults {
+                model: "litellm_proxy/claude-sonnet-4-20250514".into(),
+                llm_base_url: litellm.base_url(),
+                team_max_budget: None,
+                key_alias_prefix: "OpenHands Cloud".into(),
+            },
+        },
+        stripe: Some(StripeConfig {
+            base_url: stripe.base_url(),
+            api_key: SecretString::from(stripe.api_key()),
+            timeout: Duration::from_secs(10),
+        }),
+        keyring: crate::secrets::Keyring::new(&secret_key, &[], Some(&crate::secrets::generate_key()))?,
+        daemon: DaemonSettings {
+            concurrency: 32,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(500),
+            max_attempts: 8,
+            retry: crate::outbox::RetryPolicy {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(10),
+            },
+            shutdown_grace: Duration::from_secs(5),
+            worker_id: "dev".into(),
+            metrics_addr,
+        },
+    };
+
+    println!("orgkeeper dev is running (Ctrl-C stops it and removes everything it started)");
+    println!();
+    println!("  database   psql \"{url}\"");
+    println!("  cluster    {}", cluster.dir().display());
+    println!("  LiteLLM    {} (simulator)", litellm.base_url());
+    println!("  Stripe     {} (simulator)", stripe.base_url());
+    println!();
+    println!("Try, in psql:");
+    println!("  INSERT INTO orgkeeper.org (name, created_by) VALUES ('Acme', gen_random_uuid());");
+    println!("  SELECT name, provisioning_status, litellm_team_id FROM orgkeeper.org;   -- pending, then active");
+    println!("  SELECT id, kind, status, attempts FROM orgkeeper.pending_external_actions;");
+    println!();
+
+    let result = crate::listen::run(config, crate::listen::shutdown_on_signals()).await;
+    litellm.shutdown().await;
+    stripe.shutdown().await;
+    tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    println!("orgkeeper dev stopped; the cluster was removed");
+    result
+}

@@ -1,0 +1,729 @@
+//! The LiteLLM client against the LiteLLM simulator: onboarding, every retry
+//! path the real proxy forces on us, injected faults, and secrets that must
+//! never leak into errors or `Debug` output.
+
+use orgkeeper::litellm::simulator::{LiteLlmSimulator, SimulatorArgs};
+use orgkeeper::litellm::{
+    Created, Deleted, Faults, LiteLlmClient, LiteLlmConfig, LiteLlmError, NewKey, NewTeam,
+    UserInfo, UNLIMITED_MAX_BUDGET,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const TEAM: &str = "6f1c2a4e-0000-4000-8000-000000000001";
+const USER: &str = "0b7e9d3c-0000-4000-8000-000000000002";
+const KEY: &str = "sk-orgkeeper-test-key-0123456789abcdef";
+
+fn alias() -> String {
+    format!("OpenHands Cloud - user {USER} - org {TEAM}")
+}
+
+fn models() -> Vec<String> {
+    vec!["litellm_proxy/test-model".to_string()]
+}
+
+fn client_with(sim: &LiteLlmSimulator, header: &str, key: &str) -> LiteLlmClient {
+    LiteLlmClient::new(LiteLlmConfig {
+        base_url: sim.base_url(),
+        master_key: SecretString::from(key),
+        auth_header: header.to_string(),
+        timeout: Duration::from_secs(5),
+    })
+    .expect("client")
+}
+
+fn client(sim: &LiteLlmSimulator) -> LiteLlmClient {
+    client_with(sim, "x-goog-api-key", &sim.master_key())
+}
+
+fn team<'a>(models: &'a [String]) -> NewTeam<'a> {
+    NewTeam {
+        team_id: TEAM,
+        team_alias: "Acme",
+        max_budget: Some(50.0),
+        models,
+        metadata: json!({"version": 4}),
+    }
+}
+
+fn new_key<'a>(key: &'a SecretString, alias: &'a str, models: &'a [String]) -> NewKey<'a> {
+    NewKey {
+        key,
+        key_alias: alias,
+        team_id: TEAM,
+        user_id: USER,
+        models,
+        metadata: json!({"org": TEAM}),
+    }
+}
+
+/// The daemon's onboarding sequence; returns what each step reported.
+async fn onboard(c: &LiteLlmClient, key: &SecretString) -> [Created; 4] {
+    let models = models();
+    let alias = alias();
+    let team = c.create_team(&team(&models)).await.expect("team");
+    let user = c
+        .create_user(USER, Some("owner@example.com"))
+        .await
+        .expect("user");
+    let member = c
+        .add_team_member(TEAM, USER, Some(50.0))
+        .await
+        .expect("member");
+    let k = c
+        .ensure_key(&new_key(key, &alias, &models))
+        .await
+        .expect("key");
+    [team, user, member, k]
+}
+
+fn assert_one_of_each(sim: &LiteLlmSimulator) {
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.teams, stats.users, stats.memberships, stats.keys),
+        (1, 1, 1, 1),
+        "exactly one team, user, membership and key: {stats:?}"
+    );
+    let t = sim.team(TEAM).expect("team");
+    assert_eq!(t.members.len(), 1);
+    assert_eq!(t.members[0].user_id, USER);
+    assert_eq!(t.keys.len(), 1);
+    assert_eq!(t.keys[0].alias.as_deref(), Some(alias().as_str()));
+    assert_eq!(t.keys[0].user_id.as_deref(), Some(USER));
+}
+
+async fn raw(
+    sim: &LiteLlmSimulator,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", sim.base_url()))
+        .header("x-litellm-api-key", sim.master_key());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn onboarding_creates_exactly_one_team_user_membership_and_key() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let c = client(&sim);
+    let key = SecretString::from(KEY);
+
+    assert_eq!(onboard(&c, &key).await, [Created::New; 4]);
+
+    assert_one_of_each(&sim);
+    let t = sim.team(TEAM).unwrap();
+    assert_eq!(t.max_budget, Some(50.0));
+    assert_eq!(t.models, models());
+    assert_eq!(t.metadata, json!({"version": 4}));
+    assert!(
+        t.caller_admin,
+        "/team/new adds the master-key caller as admin"
+    );
+    assert_eq!(t.members[0].max_budget_in_team, Some(50.0));
+    assert_eq!(t.members[0].role, "user");
+    let u = sim.user(USER).unwrap();
+    assert_eq!(u.email.as_deref(), Some("owner@example.com"));
+    assert_eq!(u.teams, vec![TEAM.to_string()]);
+    assert_eq!(u.keys, 1, "auto_create_key:false made no extra key");
+    assert!(sim.has_key(KEY));
+    assert!(c.key_exists(&key).await.unwrap());
+    assert!(c.team_exists(TEAM).await.unwrap());
+    assert!(!c.team_exists("no-such-team").await.unwrap());
+}
+
+#[tokio::test]
+async fn every_retry_returns_existing_and_creates_nothing_new() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let c = client(&sim);
+    let key = SecretString::from(KEY);
+    onboard(&c, &key).await;
+    let models = models();
+    let alias = alias();
+
+    // The whole sequence again, as after a crash: every step finds its work done.
+    assert_eq!(onboard(&c, &key).await, [Created::Existing; 4]);
+    let stats = sim.stats();
+    assert_eq!(stats.count("team/new", 400), 1, "team: 400 already exists");
+    assert_eq!(stats.count("team/info", 200), 1, "…confirmed by /team/info");
+    assert_eq!(stats.count("user/new", 409), 1, "user: 409 for the id");
+    assert_eq!(stats.count("team/member_add", 400), 1, "member: 400");
+
+    // The two key traps, called directly: an exact retry answers 400
+    // "alias already exists", and the key is there.
+    c.generate_key(&new_key(&key, &alias, &models))
+        .await
+        .expect("400 alias-exists is not an error for the caller");
+    assert_eq!(sim.stats().count("key/generate", 400), 1);
+    assert!(c.key_exists(&key).await.unwrap());
+    // The same key under a fresh alias: 200, echoed, nothing written.
+    c.generate_key(&new_key(&key, "a brand-new alias", &models))
+        .await
+        .expect("200 echo");
+    assert_eq!(sim.stats().count("key/generate", 200), 2);
+    let k = sim.key(KEY).unwrap();
+    assert_eq!(
+        k.alias.as_deref(),
+        Some(alias.as_str()),
+        "the echo wrote nothing"
+    );
+
+    assert_one_of_each(&sim);
+}
+
+#[tokio::test]
+async fn a_taken_email_falls_back_to_a_user_without_email() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let c = client(&sim);
+    assert_eq!(
+        c.create_user("first", Some("Ann@Example.com"))
+            .await
+            .unwrap(),
+        Created::New
+    );
+    // Email uniqueness is case-insensitive at the proxy.
+    assert_eq!(
+        c.create_user(USER, Some("ann@example.COM")).await.unwrap(),
+        Created::New
+    );
+    assert_eq!(sim.stats().count("user/new", 409), 1);
+    assert_eq!(sim.user(USER).unwrap().email, None);
+    assert_eq!(
+        sim.user("first").unwrap().email.as_deref(),
+        Some("Ann@Example.com")
+    );
+    // A retry hits the id conflict first: Existing, nothing new.
+    assert_eq!(
+        c.create_user(USER, Some("ann@example.com")).await.unwrap(),
+        Created::Existing
+    );
+    assert_eq!(sim.stats().users, 2);
+}
+
+#[tokio::test]
+async fn an_answer_lost_after_the_work_was_done_is_transient_and_the_retry_finds_it() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    sim.set_faults(Faults {
+        perform_then_502: true,
+        ..Faults::default()
+    });
+    let c = client(&sim);
+    let key = SecretString::from(KEY);
+    let models = models();
+    let alias = alias();
+
+    let e = c.create_team(&team(&models)).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(
+        sim.team(TEAM).is_some(),
+        "the 502 came after the team was created"
+    );
+    assert_eq!(
+        c.create_team(&team(&models)).await.unwrap(),
+        Created::Existing
+    );
+
+    let e = c
+        .create_user(USER, Some("o@example.com"))
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(
+        c.create_user(USER, Some("o@example.com")).await.unwrap(),
+        Created::Existing
+    );
+
+    let e = c.add_team_member(TEAM, USER, None).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(
+        c.add_team_member(TEAM, USER, None).await.unwrap(),
+        Created::Existing
+    );
+
+    let e = c
+        .ensure_key(&new_key(&key, &alias, &models))
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(
+        c.ensure_key(&new_key(&key, &alias, &models)).await.unwrap(),
+        Created::Existing
+    );
+
+    assert_one_of_each(&sim);
+    assert_eq!(sim.stats().status_count(502), 4);
+
+    let e = c.delete_team(TEAM).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(c.delete_team(TEAM).await.unwrap(), Deleted::AlreadyGone);
+    assert_eq!(sim.stats().teams, 0);
+}
+
+#[tokio::test]
+async fn server_errors_and_dropped_connections_are_transient_and_do_nothing() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let c = client(&sim);
+    let models = models();
+
+    sim.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    for _ in 0..6 {
+        let e = c.create_team(&team(&models)).await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains("team/new"), "{e}");
+    }
+    assert_eq!(sim.stats().teams, 0, "5xx answered without acting");
+
+    sim.set_faults(Faults {
+        drop_rate: 1.0,
+        ..Faults::default()
+    });
+    let e = c.create_team(&team(&models)).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(sim.stats().count("team/new", 0), 1, "counted as dropped");
+    assert_eq!(sim.stats().teams, 0, "dropped without acting");
+
+    sim.set_faults(Faults::default());
+    assert_eq!(c.create_team(&team(&models)).await.unwrap(), Created::New);
+}
+
+#[tokio::test]
+async fn an_injected_400_on_key_generate_is_permanent() {
+    let args = SimulatorArgs {
+        port: 0,
+        fail: vec![("key/generate".to_string(), 400)],
+        ..SimulatorArgs::default()
+    };
+    let sim = LiteLlmSimulator::start(&args).await.unwrap();
+    let c = client(&sim);
+    let key = SecretString::from(KEY);
+    let models = models();
+    let alias = alias();
+    c.create_team(&team(&models)).await.unwrap();
+
+    let e = c
+        .generate_key(&new_key(&key, &alias, &models))
+        .await
+        .unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+    assert!(
+        matches!(
+            e,
+            LiteLlmError::Permanent {
+                status: 400,
+                call: "key/generate",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!c.key_exists(&key).await.unwrap());
+    assert_eq!(sim.stats().keys, 0);
+}
+
+#[tokio::test]
+async fn a_wrong_master_key_is_a_permanent_401_that_says_what_to_check() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let wrong = "sk-wrong-master-key-5678";
+    for header in ["x-goog-api-key", "Authorization"] {
+        let c = client_with(&sim, header, wrong);
+        let e = c.create_team(&team(&models())).await.unwrap_err();
+        assert!(
+            matches!(e, LiteLlmError::Permanent { status: 401, .. }),
+            "{e:?}"
+        );
+        let text = format!("{e} {e:?}");
+        assert!(
+            text.contains("LITELLM_MASTER_KEY") && text.contains("LITELLM_AUTH_HEADER"),
+            "{text}"
+        );
+        assert!(text.contains(header), "names the header in use: {text}");
+        assert!(
+            !text.contains("wrong-master-key") && !text.contains("5678"),
+            "{text}"
+        );
+        assert!(!text.contains(&sim.master_key()), "{text}");
+    }
+    assert_eq!(sim.stats().teams, 0);
+}
+
+#[tokio::test]
+async fn every_documented_header_form_authenticates_and_a_bare_authorization_does_not() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let key = sim.master_key();
+    let http = reqwest::Client::new();
+    let url = format!("{}/team/info?team_id=nope", sim.base_url());
+    for (name, value) in [
+        ("Authorization", format!("Bearer {key}")),
+        ("x-litellm-api-key", key.clone()),
+        ("x-goog-api-key", key.clone()),
+        ("x-api-key", key.clone()),
+        ("api-key", key.clone()),
+    ] {
+        let resp = http.get(&url).header(name, value).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 404, "{name} authenticates");
+    }
+    let resp = http
+        .get(&url)
+        .header("Authorization", key.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "Authorization needs Bearer");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "auth_error");
+    assert_eq!(body["error"]["code"], "401", "code is a string");
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "no key at all");
+
+    // The client's `Authorization` setting sends `Bearer <key>`.
+    let c = client_with(&sim, "Authorization", &key);
+    assert_eq!(c.create_team(&team(&models())).await.unwrap(), Created::New);
+    let c = client_with(&sim, "x-litellm-api-key", &key);
+    assert!(c.team_exists(TEAM).await.unwrap());
+}
+
+#[tokio::test]
+async fn deleting_a_team_takes_its_keys_and_memberships_and_a_second_delete_is_already_gone() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let c = client(&sim);
+    let key = SecretString::from(KEY);
+    onboard(&c, &key).await;
+
+    assert_eq!(c.delete_team(TEAM).await.unwrap(), Deleted::Deleted);
+    assert!(
+        !c.key_exists(&key).await.unwrap(),
+        "the team's key went with it"
+    );
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.teams, stats.users, stats.memberships, stats.keys),
+        (0, 1, 0, 0)
+    );
+    let u = sim.user(USER).expect("users remain");
+    assert!(u.teams.is_empty(), "the user lost the team");
+    assert_eq!(c.delete_team(TEAM).await.unwrap(), Deleted::AlreadyGone);
+
+    // A new org with the same id starts clean.
+    assert_eq!(c.create_team(&team(&models())).await.unwrap(), Created::New);
+}
+
+#[tokio::test]
+async fn members_can_be_removed_once_and_member_add_follows_the_proxy() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let c = client(&sim);
+    onboard(&c, &SecretString::from(KEY)).await;
+
+    assert_eq!(
+        c.remove_team_member(TEAM, USER).await.unwrap(),
+        Deleted::Deleted
+    );
+    assert_eq!(
+        c.remove_team_member(TEAM, USER).await.unwrap(),
+        Deleted::AlreadyGone
+    );
+    assert_eq!(
+        c.remove_team_member("no-such-team", USER).await.unwrap(),
+        Deleted::AlreadyGone
+    );
+    assert!(sim.user(USER).unwrap().teams.is_empty());
+
+    // An unknown user is created by member_add.
+    assert_eq!(
+        c.add_team_member(TEAM, "ghost", None).await.unwrap(),
+        Created::New
+    );
+    assert_eq!(sim.user("ghost").unwrap().teams, vec![TEAM.to_string()]);
+
+    // An unknown team: 404 with the `detail` envelope, permanent.
+    let e = c
+        .add_team_member("no-such-team", USER, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, LiteLlmError::Permanent { status: 404, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("Team not found"), "{e}");
+    let (status, body) = raw(
+        &sim,
+        reqwest::Method::POST,
+        "/team/member_add",
+        Some(json!({"team_id": "no-such-team", "member": {"user_id": USER, "role": "user"}})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(body["detail"]["error"].is_string(), "{body}");
+
+    // role "admin" needs an enterprise licence.
+    let (status, _) = raw(
+        &sim,
+        reqwest::Method::POST,
+        "/team/member_add",
+        Some(json!({"team_id": TEAM, "member": {"user_id": "boss", "role": "admin"}})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(sim.user("boss").is_none());
+}
+
+#[tokio::test]
+async fn the_key_endpoints_keep_the_real_proxys_quirks() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let post = reqwest::Method::POST;
+    // An unknown team is accepted.
+    let (status, body) = raw(
+        &sim,
+        post.clone(),
+        "/key/generate",
+        Some(json!({"key": KEY, "key_alias": "a1", "team_id": "nobody", "user_id": USER})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["key"], KEY);
+    // The same key without an alias: 200, echoed, nothing written.
+    let (status, body) = raw(
+        &sim,
+        post.clone(),
+        "/key/generate",
+        Some(json!({"key": KEY, "user_id": "someone-else"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["user_id"], "someone-else", "echoes the request");
+    assert_eq!(sim.key(KEY).unwrap().user_id.as_deref(), Some(USER));
+    // Another key with a used alias: 400.
+    let (status, body) = raw(
+        &sim,
+        post.clone(),
+        "/key/generate",
+        Some(json!({"key": "sk-another-key-0123456789", "key_alias": "a1"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Key with alias 'a1' already exists"),
+        "{message}"
+    );
+    // Keys must start with sk- and be at least 16 characters.
+    for bad in ["pk-0123456789abcdef", "sk-short"] {
+        let (status, _) = raw(
+            &sim,
+            post.clone(),
+            "/key/generate",
+            Some(json!({"key": bad})),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    assert_eq!(sim.stats().keys, 1);
+    // /key/info: 404 "Key not found in database" when absent; by key or token.
+    let (status, body) = raw(
+        &sim,
+        reqwest::Method::GET,
+        "/key/info?key=sk-absent-key-0123456789",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["message"], "Key not found in database");
+    let token = sim.key(KEY).unwrap().token;
+    let (status, body) = raw(
+        &sim,
+        reqwest::Method::GET,
+        &format!("/key/info?key={token}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["info"]["key_alias"], "a1");
+
+    // The client refuses a malformed key before sending it, and never echoes it.
+    let c = client(&sim);
+    let bad = SecretString::from("pk-not-a-litellm-key-12345");
+    let models = models();
+    let e = c
+        .generate_key(&new_key(&bad, "x", &models))
+        .await
+        .unwrap_err();
+    assert!(!e.is_transient());
+    assert!(!format!("{e} {e:?}").contains("not-a-litellm-key"), "{e}");
+}
+
+#[tokio::test]
+async fn a_legacy_users_budget_and_keys_move_to_the_personal_team() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let c = client(&sim);
+    let legacy = "legacy-user";
+    let keys: Vec<String> = (0..150).map(|i| format!("sk-legacy-key-{i:010}")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    sim.seed_user(
+        legacy,
+        Some("legacy@example.com"),
+        Some(25.0),
+        5.0,
+        &key_refs,
+    );
+
+    assert_eq!(
+        c.user_info(legacy).await.unwrap(),
+        Some(UserInfo {
+            max_budget: Some(25.0),
+            spend: 5.0
+        })
+    );
+    assert_eq!(c.user_info("nobody").await.unwrap(), None);
+
+    let credits = 20.0;
+    let models = models();
+    let personal = NewTeam {
+        team_id: legacy,
+        team_alias: "Legacy's personal org",
+        max_budget: Some(credits),
+        models: &models,
+        metadata: json!({}),
+    };
+    assert_eq!(c.create_team(&personal).await.unwrap(), Created::New);
+    c.update_user_max_budget(legacy, UNLIMITED_MAX_BUDGET)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.add_team_member(legacy, legacy, Some(credits))
+            .await
+            .unwrap(),
+        Created::New
+    );
+    let listed = c.list_user_keys(legacy).await.unwrap();
+    assert_eq!(listed.len(), 150, "every page is read");
+    assert!(listed.iter().all(|k| k.team_id.is_none()));
+    assert!(
+        listed.iter().all(|k| !k.token.starts_with("sk-")),
+        "tokens, not keys"
+    );
+    for k in &listed {
+        c.move_key_to_team(&k.token, legacy).await.unwrap();
+    }
+    let listed = c.list_user_keys(legacy).await.unwrap();
+    assert!(listed.iter().all(|k| k.team_id.as_deref() == Some(legacy)));
+
+    let info = c.user_info(legacy).await.unwrap().unwrap();
+    assert_eq!(info.max_budget, Some(UNLIMITED_MAX_BUDGET));
+    let t = sim.team(legacy).unwrap();
+    assert_eq!(t.keys.len(), 150);
+    assert_eq!(t.members[0].max_budget_in_team, Some(credits));
+
+    // /user/update upserts, and does not check email uniqueness.
+    c.update_user_max_budget("brand-new", 3.0).await.unwrap();
+    assert_eq!(sim.user("brand-new").unwrap().max_budget, Some(3.0));
+    let (status, _) = raw(
+        &sim,
+        reqwest::Method::POST,
+        "/user/update",
+        Some(json!({"user_id": "brand-new", "user_email": "LEGACY@example.com"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Moving a key to a team that does not exist fails permanently.
+    let e = c
+        .move_key_to_team(&listed[0].token, "no-such-team")
+        .await
+        .unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+}
+
+#[tokio::test]
+async fn no_key_appears_in_debug_output_or_errors() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let master = sim.master_key();
+    let config = LiteLlmConfig {
+        base_url: sim.base_url(),
+        master_key: SecretString::from(master.clone()),
+        auth_header: "Authorization".into(),
+        timeout: Duration::from_secs(5),
+    };
+    let c = LiteLlmClient::new(config.clone()).unwrap();
+    let key = SecretString::from(KEY);
+    let models = models();
+    let alias = alias();
+    let nk = new_key(&key, &alias, &models);
+    let debug = format!(
+        "{c:?} {config:?} {nk:?} {:?} {:?}",
+        SimulatorArgs::default(),
+        sim
+    );
+    for secret in [master.as_str(), KEY, "orgkeeper-dev-master"] {
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+
+    // Errors from every kind of failure: auth, transport, injected, fault.
+    let mut errors = Vec::new();
+    let wrong = client_with(&sim, "x-api-key", KEY);
+    errors.push(wrong.generate_key(&nk).await.unwrap_err());
+    errors.push(wrong.key_exists(&key).await.unwrap_err());
+    sim.set_faults(Faults {
+        fail: vec![("key/generate".into(), 422), ("key/info".into(), 500)],
+        ..Faults::default()
+    });
+    errors.push(c.generate_key(&nk).await.unwrap_err());
+    errors.push(c.key_exists(&key).await.unwrap_err());
+    let base = sim.base_url();
+    sim.shutdown().await;
+    let gone = LiteLlmClient::new(LiteLlmConfig {
+        base_url: base,
+        master_key: key.clone(),
+        auth_header: "Authorization".into(),
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let e = gone.key_exists(&key).await.unwrap_err();
+    assert!(e.is_transient(), "connection refused is transient: {e}");
+    errors.push(e);
+    for e in &errors {
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains(key.expose_secret()), "{text}");
+        assert!(!text.contains(&master), "{text}");
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn simulated_latency_does_not_serialize_requests() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    sim.set_faults(Faults {
+        latency_ms: (200, 200),
+        ..Faults::default()
+    });
+    let c = client(&sim);
+    let started = Instant::now();
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.create_user(&format!("user-{i}"), None).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), Created::New);
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "50 requests of 200 ms took {elapsed:?}"
+    );
+    assert_eq!(sim.stats().users, 50);
+    assert_eq!(sim.stats().succeeded("user/new"), 50);
+}
