@@ -75,13 +75,18 @@ pub async fn check_migrated(pool: &PgPool) -> anyhow::Result<()> {
         .map(|m| m.version() as i64)
         .max()
         .unwrap_or(0);
-    let applied: Option<i64> = sqlx::query_scalar(
-        "SELECT CASE WHEN to_regclass('orgkeeper.schema_history') IS NULL THEN NULL
-                     ELSE (SELECT max(version)::bigint FROM orgkeeper.schema_history) END",
-    )
-    .fetch_one(pool)
-    .await
-    .context("cannot read the schema version")?;
+    let has_history: bool = sqlx::query_scalar("SELECT to_regclass('orgkeeper.schema_history') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .context("cannot read the schema version")?;
+    let applied: Option<i64> = if has_history {
+        sqlx::query_scalar("SELECT max(version)::bigint FROM orgkeeper.schema_history")
+            .fetch_one(pool)
+            .await
+            .context("cannot read the schema version")?
+    } else {
+        None
+    };
     match applied {
         Some(v) if v >= latest => Ok(()),
         Some(v) => anyhow::bail!("the database schema is at version {v} but this orgkeeper needs {latest}: run `orgkeeper migrate`"),

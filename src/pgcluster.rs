@@ -25,6 +25,7 @@ pub struct PgCluster {
     port: u16,
     bindir: PathBuf,
     run_as: Option<String>,
+    durability: Durability,
     stopped: bool,
 }
 
@@ -46,18 +47,19 @@ impl PgCluster {
             port: free_port()?,
             bindir,
             run_as,
+            durability,
             stopped: false,
         };
         if let Some(user) = &cluster.run_as {
             chown_to(&cluster.dir, user)?;
         }
         cluster
-            .init_and_start(durability)
+            .init_and_start()
             .inspect_err(|_| cluster.remove_dir())?;
         Ok(cluster)
     }
 
-    fn init_and_start(&mut self, durability: Durability) -> anyhow::Result<()> {
+    fn init_and_start(&mut self) -> anyhow::Result<()> {
         let data = self.data_dir();
         self.run(
             "initdb",
@@ -73,29 +75,24 @@ impl PgCluster {
                 "--no-sync",
             ],
         )?;
+        self.start_server()
+    }
+
+    /// Starts the server on the initialised data directory.
+    fn start_server(&self) -> anyhow::Result<()> {
+        let data = self.data_dir();
         let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=400 -c shared_buffers=256MB",
             self.port,
             path_str(&self.dir)?
         );
-        if durability == Durability::Throwaway {
+        if self.durability == Durability::Throwaway {
             options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
         let log = self.dir.join("server.log");
         self.run(
             "pg_ctl",
-            &[
-                "-D",
-                path_str(&data)?,
-                "-l",
-                path_str(&log)?,
-                "-o",
-                &options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
+            &["-D", path_str(&data)?, "-l", path_str(&log)?, "-o", &options, "-w", "-t", "60", "start"],
         )
         .with_context(|| {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
@@ -140,14 +137,9 @@ impl PgCluster {
         )
     }
 
-    /// Starts a paused server again.
+    /// Starts a paused server again (same port and settings).
     pub fn resume(&self) -> anyhow::Result<()> {
-        let data = self.data_dir();
-        let log = self.dir.join("server.log");
-        self.run(
-            "pg_ctl",
-            &["-D", path_str(&data)?, "-l", path_str(&log)?, "-w", "start"],
-        )
+        self.start_server()
     }
 
     /// Stops the server and deletes its directory.

@@ -71,7 +71,8 @@ async fn dev_runs_everything_and_ctrl_c_leaves_nothing_behind() {
     let status = wait_exit(&mut child, Duration::from_secs(30));
     assert!(status.success(), "dev exits cleanly on Ctrl-C: {status:?}");
     assert!(!dir.exists(), "the cluster directory is removed");
-    let leftovers = Command::new("pgrep").args(["-f", &dir.display().to_string()]).output().unwrap();
+    let server = format!("bin/postgres -D {}", dir.join("data").display());
+    let leftovers = Command::new("pgrep").args(["-f", &server]).output().unwrap();
     assert!(leftovers.stdout.is_empty(), "no server process is left");
 }
 
