@@ -1,1 +1,285 @@
--- rls.sql — (being written)
+-- rls.sql — row-level security and privileges for the three database roles
+-- (created in migrations/V5__access_control.sql):
+--
+-- * orgkeeper_app    the application. Confined by row-level security to the
+--                    organizations of the user named by orgkeeper.user_id
+--                    (SET LOCAL orgkeeper.user_id = '<uuid>' per transaction).
+--                    Memberships, invitations and deletions go through the
+--                    SECURITY DEFINER functions of members.sql / invitations.sql.
+-- * orgkeeper_daemon the outbox daemon: reads everything, writes back results.
+-- * orgkeeper_dba    DBAs: everything, through the functions or directly.
+--
+-- The daemon and DBA roles bypass row security twice over: BYPASSRLS (in
+-- effect after SET ROLE, since role attributes are not inherited) and a
+-- permissive "service" policy on every table (in effect for login roles that
+-- are merely members of them). The application role has neither.
+--
+-- Tables without row security are listed, with the reason, in
+-- orgkeeper.rls_exempt (maintained below; tests/row_security.rs checks that
+-- every other table has it enabled).
+--
+-- This file is re-applied whenever the library changes: policies are dropped
+-- and re-created, the application's privileges are revoked and re-granted.
+
+------------------------------------------------------------------------------
+-- functions that write other tables run as their owner
+------------------------------------------------------------------------------
+-- The triggers of ownership.sql / outbox.sql insert memberships, users and
+-- outbox rows and read names and the allow-list the application cannot see;
+-- they run as the table owner, with a pinned search_path. (ownership.sql
+-- re-creates them with CREATE OR REPLACE, which resets these settings, and
+-- this file runs after it.)
+ALTER FUNCTION orgkeeper.org_before_write() SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
+ALTER FUNCTION orgkeeper.org_after_insert() SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
+ALTER FUNCTION orgkeeper.org_after_delete() SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
+ALTER FUNCTION orgkeeper.check_owner_at_commit() SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
+ALTER FUNCTION orgkeeper.assert_org_has_owner(uuid) SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
+ALTER FUNCTION orgkeeper.personal_org_name(uuid, text) SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
+
+------------------------------------------------------------------------------
+-- policy helpers
+------------------------------------------------------------------------------
+-- SECURITY DEFINER so that a policy on org_member can look at org_member
+-- without recursing into its own policy. Used as
+-- "org_id IN (SELECT orgkeeper.rls_member_org_ids())", evaluated once per query.
+CREATE OR REPLACE FUNCTION orgkeeper.rls_member_org_ids() RETURNS SETOF uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+    SELECT m.org_id FROM orgkeeper.org_member m
+     WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active';
+$$;
+COMMENT ON FUNCTION orgkeeper.rls_member_org_ids() IS
+  'Row security: the organizations in which orgkeeper.user_id is an active member (none when it is unset).';
+
+CREATE OR REPLACE FUNCTION orgkeeper.rls_admin_org_ids() RETURNS SETOF uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+    SELECT m.org_id FROM orgkeeper.org_member m JOIN orgkeeper.role r ON r.id = m.role_id
+     WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active'
+       AND r.rank <= orgkeeper.manager_rank();
+$$;
+COMMENT ON FUNCTION orgkeeper.rls_admin_org_ids() IS
+  'Row security: the organizations in which orgkeeper.user_id is an active owner or admin.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.rls_co_member_ids() RETURNS SETOF uuid
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+    SELECT DISTINCT o.user_id
+      FROM orgkeeper.org_member m JOIN orgkeeper.org_member o ON o.org_id = m.org_id
+     WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active';
+$$;
+COMMENT ON FUNCTION orgkeeper.rls_co_member_ids() IS
+  'Row security: the users who share an organization with orgkeeper.user_id (whose users rows it may read).';
+
+CREATE OR REPLACE FUNCTION orgkeeper.rls_org_has_no_members(p_org_id uuid) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+    SELECT NOT EXISTS (SELECT 1 FROM orgkeeper.org_member m WHERE m.org_id = p_org_id);
+$$;
+COMMENT ON FUNCTION orgkeeper.rls_org_has_no_members(uuid) IS
+  'Row security: true while an organization has no membership at all — only inside the statement inserting it, before its trigger adds the owner — so INSERT ... RETURNING works for its creator.';
+
+------------------------------------------------------------------------------
+-- the exemption register (the one place that lists tables without RLS)
+------------------------------------------------------------------------------
+DELETE FROM orgkeeper.rls_exempt
+ WHERE table_name NOT IN ('role', 'sql_library', 'schema_history', 'rls_exempt');
+INSERT INTO orgkeeper.rls_exempt (table_name, reason) VALUES
+    ('role',           'global role catalog (owner, admin, member and their ranks): no tenant data, and every role resolves role names from it'),
+    ('sql_library',    'bookkeeping of orgkeeper migrate (the applied library checksum): no tenant data, not granted to the application'),
+    ('schema_history', 'refinery''s history of versioned migrations: no tenant data, not granted to the application'),
+    ('rls_exempt',     'this register itself: no tenant data, not granted to the application')
+ON CONFLICT (table_name) DO UPDATE SET reason = EXCLUDED.reason;
+
+------------------------------------------------------------------------------
+-- row-level security on every other table
+------------------------------------------------------------------------------
+DO $rls$
+DECLARE
+    v_table text;
+BEGIN
+    FOR v_table IN
+        SELECT c.relname FROM pg_class c
+         WHERE c.relnamespace = 'orgkeeper'::regnamespace AND c.relkind IN ('r', 'p')
+           AND c.relname NOT IN (SELECT e.table_name FROM orgkeeper.rls_exempt e)
+         ORDER BY 1
+    LOOP
+        EXECUTE format('ALTER TABLE orgkeeper.%I ENABLE ROW LEVEL SECURITY', v_table);
+        -- Members of the daemon and DBA roles see and change every row.
+        EXECUTE format('DROP POLICY IF EXISTS %I ON orgkeeper.%I', v_table || '_service', v_table);
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I AS PERMISSIVE FOR ALL TO orgkeeper_daemon, orgkeeper_dba USING (true) WITH CHECK (true)',
+                       v_table || '_service', v_table);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_service', v_table,
+                       'The daemon and DBAs (and their members) are not confined by row security.');
+    END LOOP;
+END
+$rls$;
+
+-- Organizations: members see them; anyone may create one they own (the
+-- creator sees it during the inserting statement, before the owner row
+-- exists); owners and admins may update the settings the application owns.
+DROP POLICY IF EXISTS org_app_select ON orgkeeper.org;
+CREATE POLICY org_app_select ON orgkeeper.org FOR SELECT TO orgkeeper_app
+    USING (id IN (SELECT orgkeeper.rls_member_org_ids())
+           OR (created_by = (SELECT orgkeeper.current_app_user()) AND orgkeeper.rls_org_has_no_members(id)));
+COMMENT ON POLICY org_app_select ON orgkeeper.org IS 'The application sees the organizations its user is an active member of.';
+
+DROP POLICY IF EXISTS org_app_insert ON orgkeeper.org;
+CREATE POLICY org_app_insert ON orgkeeper.org FOR INSERT TO orgkeeper_app
+    WITH CHECK (created_by = (SELECT orgkeeper.current_app_user()));
+COMMENT ON POLICY org_app_insert ON orgkeeper.org IS 'The application creates organizations owned by its user only (the allow-list trigger applies too).';
+
+DROP POLICY IF EXISTS org_app_update ON orgkeeper.org;
+CREATE POLICY org_app_update ON orgkeeper.org FOR UPDATE TO orgkeeper_app
+    USING (id IN (SELECT orgkeeper.rls_admin_org_ids()))
+    WITH CHECK (id IN (SELECT orgkeeper.rls_admin_org_ids()));
+COMMENT ON POLICY org_app_update ON orgkeeper.org IS 'Owners and admins update their organizations'' settings; deletion only through orgkeeper.delete_org.';
+
+-- Memberships: visible within one's organizations; written only by functions.
+DROP POLICY IF EXISTS org_member_app_select ON orgkeeper.org_member;
+CREATE POLICY org_member_app_select ON orgkeeper.org_member FOR SELECT TO orgkeeper_app
+    USING (org_id IN (SELECT orgkeeper.rls_member_org_ids()));
+COMMENT ON POLICY org_member_app_select ON orgkeeper.org_member IS 'The application sees the memberships of its user''s organizations; changes go through add_member, change_member_role, remove_member, leave_org and invitations.';
+
+-- Users: one's own row and those of fellow members.
+DROP POLICY IF EXISTS users_app_select ON orgkeeper.users;
+CREATE POLICY users_app_select ON orgkeeper.users FOR SELECT TO orgkeeper_app
+    USING (id = (SELECT orgkeeper.current_app_user()) OR id IN (SELECT orgkeeper.rls_co_member_ids()));
+COMMENT ON POLICY users_app_select ON orgkeeper.users IS 'The application sees its user''s row and the rows of users sharing an organization with it.';
+
+DROP POLICY IF EXISTS users_app_insert ON orgkeeper.users;
+CREATE POLICY users_app_insert ON orgkeeper.users FOR INSERT TO orgkeeper_app
+    WITH CHECK (id = (SELECT orgkeeper.current_app_user())
+                AND (current_org_id IS NULL OR current_org_id IN (SELECT orgkeeper.rls_member_org_ids())));
+COMMENT ON POLICY users_app_insert ON orgkeeper.users IS 'The application records its own user only.';
+
+DROP POLICY IF EXISTS users_app_update ON orgkeeper.users;
+CREATE POLICY users_app_update ON orgkeeper.users FOR UPDATE TO orgkeeper_app
+    USING (id = (SELECT orgkeeper.current_app_user()))
+    WITH CHECK (id = (SELECT orgkeeper.current_app_user())
+                AND (current_org_id IS NULL OR current_org_id IN (SELECT orgkeeper.rls_member_org_ids())));
+COMMENT ON POLICY users_app_update ON orgkeeper.users IS 'The application updates its own user only, and can only switch to an organization the user belongs to.';
+
+-- Invitations: owners and admins see their organizations'' (never the token hash).
+DROP POLICY IF EXISTS invitation_app_select ON orgkeeper.invitation;
+CREATE POLICY invitation_app_select ON orgkeeper.invitation FOR SELECT TO orgkeeper_app
+    USING (org_id IN (SELECT orgkeeper.rls_admin_org_ids()));
+COMMENT ON POLICY invitation_app_select ON orgkeeper.invitation IS 'Owners and admins see their organizations'' invitations; they are created, revoked and accepted through functions.';
+
+-- Related tables: the rows of one's organizations. (Rows with org_id NULL —
+-- legacy, not yet migrated, or detached from a deleted organization — are
+-- visible to no application user.)
+DO $related$
+DECLARE
+    v_table text;
+BEGIN
+    FOREACH v_table IN ARRAY ARRAY['stripe_customers', 'slack_users', 'slack_conversation', 'api_keys', 'custom_secrets',
+                                   'billing_sessions', 'user_repos', 'gitlab_webhook', 'conversation_metadata_saas']
+    LOOP
+        EXECUTE format('DROP POLICY IF EXISTS %I ON orgkeeper.%I', v_table || '_app', v_table);
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR ALL TO orgkeeper_app '
+                       'USING (org_id IN (SELECT orgkeeper.rls_member_org_ids())) '
+                       'WITH CHECK (org_id IN (SELECT orgkeeper.rls_member_org_ids()))', v_table || '_app', v_table);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app', v_table,
+                       'The application reads and writes the rows of its user''s organizations only; a row cannot be moved into another organization.');
+    END LOOP;
+END
+$related$;
+
+-- No application policy (so no application access, whatever is granted):
+-- org_creator_allowlist, pending_external_actions, user_settings, conversation_metadata.
+
+------------------------------------------------------------------------------
+-- privileges
+------------------------------------------------------------------------------
+-- Start from nothing, then grant deliberately.
+REVOKE ALL ON ALL TABLES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon;
+GRANT USAGE ON SCHEMA orgkeeper TO orgkeeper_app, orgkeeper_daemon, orgkeeper_dba;
+
+-- The application ----------------------------------------------------------
+GRANT SELECT ON orgkeeper.role TO orgkeeper_app;
+GRANT SELECT ON orgkeeper.org TO orgkeeper_app;
+-- Settings the application owns; keys, billing, provisioning and identity
+-- columns are written by the daemon and the functions only.
+GRANT INSERT (id, name, kind, created_by, contact_name, contact_email, conversation_expiration, agent, max_iterations,
+              security_analyzer, confirmation_mode, llm_model, llm_base_url, enable_default_condenser,
+              enable_proactive_conversation_starters, sandbox_base_container_image, sandbox_runtime_container_image,
+              mcp_config, enable_solvability_analysis, condenser_max_size)
+    ON orgkeeper.org TO orgkeeper_app;
+GRANT UPDATE (name, contact_name, contact_email, conversation_expiration, agent, max_iterations,
+              security_analyzer, confirmation_mode, llm_model, llm_base_url, enable_default_condenser,
+              enable_proactive_conversation_starters, sandbox_base_container_image, sandbox_runtime_container_image,
+              mcp_config, enable_solvability_analysis, condenser_max_size)
+    ON orgkeeper.org TO orgkeeper_app;
+GRANT SELECT ON orgkeeper.org_member TO orgkeeper_app;
+GRANT SELECT ON orgkeeper.users TO orgkeeper_app;
+GRANT INSERT (id, email, current_org_id, accepted_tos, enable_sound_notifications, language, user_consents_to_analytics)
+    ON orgkeeper.users TO orgkeeper_app;
+GRANT UPDATE (email, current_org_id, accepted_tos, enable_sound_notifications, language, user_consents_to_analytics)
+    ON orgkeeper.users TO orgkeeper_app;
+GRANT SELECT (id, org_id, email, role_id, invited_by, created_at, expires_at, accepted_at, accepted_by, revoked_at)
+    ON orgkeeper.invitation TO orgkeeper_app;
+-- Financial records: read only (the daemon writes Stripe customers).
+GRANT SELECT ON orgkeeper.stripe_customers TO orgkeeper_app;
+GRANT SELECT, INSERT, UPDATE ON orgkeeper.billing_sessions TO orgkeeper_app;
+-- The organization's own data.
+GRANT SELECT, INSERT, UPDATE, DELETE
+    ON orgkeeper.slack_users, orgkeeper.slack_conversation, orgkeeper.api_keys, orgkeeper.custom_secrets,
+       orgkeeper.user_repos, orgkeeper.gitlab_webhook, orgkeeper.conversation_metadata_saas
+    TO orgkeeper_app;
+GRANT USAGE ON SEQUENCE
+    orgkeeper.slack_users_id_seq, orgkeeper.slack_conversation_id_seq, orgkeeper.api_keys_id_seq,
+    orgkeeper.custom_secrets_id_seq, orgkeeper.user_repos_id_seq, orgkeeper.gitlab_webhook_id_seq
+    TO orgkeeper_app;
+
+GRANT EXECUTE ON FUNCTION
+    orgkeeper.create_org(text, uuid, text),
+    orgkeeper.create_personal_org(uuid),
+    orgkeeper.personal_org_name(uuid, text),
+    orgkeeper.role_id(text),
+    orgkeeper.current_app_user(),
+    orgkeeper.rls_member_org_ids(),
+    orgkeeper.rls_admin_org_ids(),
+    orgkeeper.rls_co_member_ids(),
+    orgkeeper.rls_org_has_no_members(uuid),
+    orgkeeper.rename_org(uuid, uuid, text),
+    orgkeeper.delete_org(uuid, uuid),
+    orgkeeper.transfer_ownership(uuid, uuid, uuid),
+    orgkeeper.add_member(uuid, uuid, uuid, text),
+    orgkeeper.change_member_role(uuid, uuid, uuid, text),
+    orgkeeper.remove_member(uuid, uuid, uuid),
+    orgkeeper.leave_org(uuid, uuid),
+    orgkeeper.list_orgs(uuid),
+    orgkeeper.list_members(uuid, uuid),
+    orgkeeper.create_invitation(uuid, uuid, text, text, interval),
+    orgkeeper.list_invitations(uuid, uuid),
+    orgkeeper.revoke_invitation(uuid, text),
+    orgkeeper.revoke_invitation_by_id(uuid, bigint),
+    orgkeeper.accept_invitation(uuid, text)
+    TO orgkeeper_app;
+
+-- The daemon ---------------------------------------------------------------
+-- Reads everything and writes results back; deletes nothing.
+GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_daemon;
+REVOKE INSERT, UPDATE ON orgkeeper.role, orgkeeper.rls_exempt, orgkeeper.sql_library, orgkeeper.schema_history,
+                         orgkeeper.org_creator_allowlist, orgkeeper.invitation FROM orgkeeper_daemon;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_daemon;
+-- The daemon's functions are those whose COMMENT starts with "Daemon:"
+-- (claim, record, sweep, ...), plus what handlers enqueue with.
+DO $daemon$
+DECLARE
+    v_fn regprocedure;
+BEGIN
+    FOR v_fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+         WHERE p.pronamespace = 'orgkeeper'::regnamespace
+           AND (obj_description(p.oid, 'pg_proc') LIKE 'Daemon:%'
+                OR p.proname IN ('enqueue_action', 'role_id', 'error_entry', 'current_app_user'))
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO orgkeeper_daemon', v_fn);
+    END LOOP;
+END
+$daemon$;
+
+-- DBAs ---------------------------------------------------------------------
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_dba;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_dba;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA orgkeeper TO orgkeeper_dba;

@@ -31,6 +31,13 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Run the daemon: perform outbox actions against LiteLLM and Stripe until SIGTERM/SIGINT
     Listen(Box<crate::listen::ListenArgs>),
+    /// Manage organizations as a user would: create, rename, delete, transfer, members, invitations
+    Org {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: crate::orgs::OrgCommand,
+    },
     /// Inspect, retry or cancel outbox actions
     Actions {
         #[command(flatten)]
@@ -126,6 +133,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             crate::listen::run(config, crate::listen::shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Org { database, command } => {
+            let pool = crate::db::connect(&database.url()?, 2).await?;
+            crate::orgs::run(&pool, command).await
         }
         Command::Actions { database, command } => {
             let pool = crate::db::connect(&database.url()?, 2).await?;

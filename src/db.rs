@@ -20,8 +20,8 @@ pub const SQL_LIBRARY: &[(&str, &str)] = &[
     ("provisioning.sql", include_str!("../sql/provisioning.sql")),
     ("members.sql", include_str!("../sql/members.sql")),
     ("invitations.sql", include_str!("../sql/invitations.sql")),
-    ("rls.sql", include_str!("../sql/rls.sql")),
     ("migration.sql", include_str!("../sql/migration.sql")),
+    ("rls.sql", include_str!("../sql/rls.sql")),
 ];
 
 /// Advisory-lock key that serialises concurrent `migrate` runs ("orgkeeper" in ASCII).

@@ -11,6 +11,7 @@ pub mod dev;
 pub mod listen;
 pub mod litellm;
 pub mod operator;
+pub mod orgs;
 pub mod ops;
 pub mod outbox;
 pub mod pgcluster;

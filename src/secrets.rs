@@ -22,6 +22,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -50,10 +51,11 @@ pub enum SecretError {
     NoLegacyKey,
 }
 
-/// One 32-byte key and its id.
+/// One 32-byte key, its id, and a sub-key for deriving values from it.
 struct Key {
     id: String,
     cipher: XChaCha20Poly1305,
+    derive: [u8; 32],
 }
 
 impl Key {
@@ -70,7 +72,12 @@ impl Key {
             .finalize();
         let id = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
         let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| SecretError::BadKey { setting })?;
-        Ok(Key { id, cipher })
+        let derive = Sha256::new()
+            .chain_update(b"orgkeeper-derive:")
+            .chain_update(&bytes)
+            .finalize()
+            .into();
+        Ok(Key { id, cipher, derive })
     }
 
     fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
@@ -132,6 +139,21 @@ impl Keyring {
     /// The id of the key that encrypts new secrets.
     pub fn current_key_id(&self) -> &str {
         &self.current.id
+    }
+
+    /// A LiteLLM key value derived from the current key and `context` with
+    /// HMAC-SHA-256: `sk-` and 48 hex digits. The same context always gives
+    /// the same key, so a retry that lost its saved progress still finds the
+    /// key it created instead of making another.
+    pub fn derive_api_key(&self, context: &str) -> SecretString {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.current.derive).expect("HMAC takes any key length");
+        mac.update(b"litellm-key:");
+        mac.update(context.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        SecretString::from(format!(
+            "sk-{}",
+            digest[..24].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ))
     }
 
     /// Encrypts `plaintext` under the current key (format `ok1:<key-id>:<data>`).
@@ -196,16 +218,6 @@ pub fn generate_key() -> SecretString {
     SecretString::from(STANDARD.encode(bytes))
 }
 
-/// A fresh LiteLLM virtual key: `sk-` followed by 48 random hex digits.
-pub fn generate_api_key() -> SecretString {
-    let mut bytes = [0u8; 24];
-    OsRng.fill_bytes(&mut bytes);
-    SecretString::from(format!(
-        "sk-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +251,19 @@ mod tests {
             stranger.decrypt(&ct).unwrap_err(),
             SecretError::UnknownKey(old_ring.current_key_id().to_string())
         );
+    }
+
+    #[test]
+    fn derived_api_keys_are_stable_per_context_and_key() {
+        let (ring, key) = ring(false);
+        let a = ring.derive_api_key("org-1");
+        assert_eq!(a.expose_secret(), ring.derive_api_key("org-1").expose_secret());
+        assert_ne!(a.expose_secret(), ring.derive_api_key("org-2").expose_secret());
+        assert!(a.expose_secret().starts_with("sk-") && a.expose_secret().len() == 51);
+        let same = Keyring::new(&key, &[], None).unwrap();
+        assert_eq!(a.expose_secret(), same.derive_api_key("org-1").expose_secret());
+        let (other, _) = super::tests::ring(false);
+        assert_ne!(a.expose_secret(), other.derive_api_key("org-1").expose_secret());
     }
 
     #[test]

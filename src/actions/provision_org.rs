@@ -10,6 +10,9 @@
 //!   and asks `/key/info` first, so it never generates a second key; a
 //!   `/key/generate` answer is only trusted once `/key/info` agrees (the
 //!   proxy can answer 200 writing nothing, or 400 for a key it already has).
+//!   The value is derived (HMAC) from the secret key and the org, so even a
+//!   retry whose saved progress was lost (an asynchronous commit lost in a
+//!   database crash) chooses the same key and finds it.
 //!
 //! The write-back (`orgkeeper.record_org_provisioned`) stores the results
 //! and marks the action done in one transaction, fenced on the lease.
@@ -82,17 +85,20 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
     })
     .await?;
 
-    let (key, ciphertext, resumed) = match action.progress.get("key").and_then(Value::as_str) {
-        Some(ct) => (services.keyring.decrypt(ct)?, ct.to_string(), true),
+    let (key, ciphertext) = match action.progress.get("key").and_then(Value::as_str) {
+        Some(ct) => (services.keyring.decrypt(ct)?, ct.to_string()),
         None => {
-            let key = crate::secrets::generate_api_key();
+            let key = services.keyring.derive_api_key(&format!("org {team_id} user {owner}"));
             let ct = services.keyring.encrypt(&key);
             if !outbox.save_progress(action.id, &json!({ "key": ct })).await? {
                 return Err(ActionError::LeaseLost);
             }
-            (key, ct, false)
+            (key, ct)
         }
     };
+    // Any earlier attempt may have created the key, even one whose saved
+    // progress was lost (the key value is derived, so it is the same).
+    let resumed = action.attempts > 1 || action.progress.get("key").is_some();
     let alias = format!("{} - user {owner} - org {team_id}", defaults.key_alias_prefix);
     let new_key = NewKey {
         key: &key,
@@ -106,7 +112,7 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
         // An earlier attempt may have created the key: /key/info decides.
         call(services, "litellm", "key_ensure", || litellm.ensure_key(&new_key)).await?
     } else {
-        generate_fresh_key(services, &new_key).await?
+        generate_first_key(services, &new_key).await?
     };
 
     let result = json!({
@@ -134,11 +140,11 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
     }
 }
 
-/// Calls `/key/generate` for a key value chosen just now. Such a key cannot
-/// already exist, so a 200 is trusted; an "alias already exists" answer or an
+/// Calls `/key/generate` on a first attempt, when no earlier attempt can have
+/// created the key, so a 200 is trusted; an "alias already exists" answer or an
 /// error (the call may have succeeded before failing) is settled by
 /// `/key/info`.
-async fn generate_fresh_key(services: &Services, new_key: &NewKey<'_>) -> Result<Created, ActionError> {
+async fn generate_first_key(services: &Services, new_key: &NewKey<'_>) -> Result<Created, ActionError> {
     let litellm = &services.litellm;
     let generated = call(services, "litellm", "key_generate", || litellm.generate_key(new_key)).await;
     if let Ok(Created::New) = generated {

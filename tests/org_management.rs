@@ -1,0 +1,1310 @@
+//! Stories about managing organizations through the SQL functions: renaming,
+//! deleting, transferring ownership, members and their ranks, invitations,
+//! and the outbox actions member changes enqueue. Every refusal is asserted
+//! with its SQLSTATE, its message and the presence of a hint, and that it
+//! changed nothing.
+
+mod common;
+
+use common::{db_error, TestDb};
+use sqlx::postgres::PgDatabaseError;
+use sqlx::{Connection, PgPool};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------
+
+/// Records a user with an email, as the identity sync would.
+async fn user(db: &TestDb, email: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query("INSERT INTO orgkeeper.users (id, email) VALUES ($1, $2)")
+        .bind(id)
+        .bind(email)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    id
+}
+
+async fn team(db: &TestDb, name: &str, owner: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT orgkeeper.create_org($1, $2)")
+        .bind(name)
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .expect("create_org")
+}
+
+async fn personal(db: &TestDb, owner: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT orgkeeper.create_personal_org($1)")
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .expect("create_personal_org")
+}
+
+async fn rename(pool: &PgPool, actor: Uuid, org: Uuid, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT orgkeeper.rename_org($1, $2, $3)")
+        .bind(actor)
+        .bind(org)
+        .bind(name)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+async fn delete(pool: &PgPool, actor: Uuid, org: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT orgkeeper.delete_org($1, $2)")
+        .bind(actor)
+        .bind(org)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+async fn transfer(pool: &PgPool, actor: Uuid, org: Uuid, to: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT orgkeeper.transfer_ownership($1, $2, $3)")
+        .bind(actor)
+        .bind(org)
+        .bind(to)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+async fn add(
+    pool: &PgPool,
+    actor: Uuid,
+    org: Uuid,
+    who: Uuid,
+    role: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, $4)")
+        .bind(actor)
+        .bind(org)
+        .bind(who)
+        .bind(role)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+async fn set_role(
+    pool: &PgPool,
+    actor: Uuid,
+    org: Uuid,
+    who: Uuid,
+    role: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT orgkeeper.change_member_role($1, $2, $3, $4)")
+        .bind(actor)
+        .bind(org)
+        .bind(who)
+        .bind(role)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+async fn remove(pool: &PgPool, actor: Uuid, org: Uuid, who: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT orgkeeper.remove_member($1, $2, $3)")
+        .bind(actor)
+        .bind(org)
+        .bind(who)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+async fn leave(pool: &PgPool, actor: Uuid, org: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT orgkeeper.leave_org($1, $2)")
+        .bind(actor)
+        .bind(org)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+async fn invite(
+    pool: &PgPool,
+    actor: Uuid,
+    org: Uuid,
+    email: &str,
+    role: &str,
+) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT orgkeeper.create_invitation($1, $2, $3, $4)")
+        .bind(actor)
+        .bind(org)
+        .bind(email)
+        .bind(role)
+        .fetch_one(pool)
+        .await
+}
+
+async fn accept<'c, E>(executor: E, who: Uuid, token: &str) -> Result<Uuid, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    sqlx::query_scalar("SELECT orgkeeper.accept_invitation($1, $2)")
+        .bind(who)
+        .bind(token)
+        .fetch_one(executor)
+        .await
+}
+
+async fn revoke(pool: &PgPool, actor: Uuid, token: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT orgkeeper.revoke_invitation($1, $2)")
+        .bind(actor)
+        .bind(token)
+        .execute(pool)
+        .await
+        .map(drop)
+}
+
+async fn role_of(db: &TestDb, org: Uuid, who: Uuid) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT r.name FROM orgkeeper.org_member m JOIN orgkeeper.role r ON r.id = m.role_id
+          WHERE m.org_id = $1 AND m.user_id = $2",
+    )
+    .bind(org)
+    .bind(who)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn current_org(db: &TestDb, who: Uuid) -> Option<Uuid> {
+    sqlx::query_scalar("SELECT current_org_id FROM orgkeeper.users WHERE id = $1")
+        .bind(who)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// (kind, user_id, payload) of the member actions enqueued for an org, in order.
+async fn member_actions(db: &TestDb, org: Uuid) -> Vec<(String, Uuid, serde_json::Value)> {
+    sqlx::query_as(
+        "SELECT kind, user_id, payload FROM orgkeeper.pending_external_actions
+          WHERE org_id = $1 AND kind IN ('litellm.add_member', 'litellm.remove_member') ORDER BY id",
+    )
+    .bind(org)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Everything the functions could change, as one comparable value.
+async fn state(db: &TestDb) -> String {
+    sqlx::query_scalar(
+        "SELECT concat_ws(' | ',
+            (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM orgkeeper.org t),
+            (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM orgkeeper.org_member t),
+            (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM orgkeeper.users t),
+            (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM orgkeeper.invitation t),
+            (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM orgkeeper.pending_external_actions t),
+            (SELECT string_agg(t::text, ',' ORDER BY t::text) FROM orgkeeper.api_keys t))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+fn hint(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|e| e.try_downcast_ref::<PgDatabaseError>())
+        .and_then(|e| e.hint())
+        .map(str::to_string)
+}
+
+/// Asserts a refusal: its SQLSTATE, that its message contains every fragment,
+/// and that it says what to do next. Returns the hint.
+#[track_caller]
+fn refused<T: std::fmt::Debug>(
+    result: Result<T, sqlx::Error>,
+    sqlstate: &str,
+    fragments: &[&str],
+) -> String {
+    let err = result.expect_err("the call must be refused");
+    let (code, message) = db_error(&err);
+    assert_eq!(code, sqlstate, "SQLSTATE of: {message}");
+    for f in fragments {
+        assert!(
+            message.contains(f),
+            "message {message:?} should contain {f:?}"
+        );
+    }
+    let hint = hint(&err).unwrap_or_default();
+    assert!(!hint.is_empty(), "refusal {message:?} has no hint");
+    hint
+}
+
+/// An organization with an owner, an admin and a member (each with a personal org).
+struct Team {
+    org: Uuid,
+    owner: Uuid,
+    admin: Uuid,
+    member: Uuid,
+}
+
+async fn acme(db: &TestDb) -> Team {
+    let owner = user(db, "olive@acme.test").await;
+    let admin = user(db, "adam@acme.test").await;
+    let member = user(db, "mia@acme.test").await;
+    for u in [owner, admin, member] {
+        personal(db, u).await;
+    }
+    let org = team(db, "Acme", owner).await;
+    add(&db.pool, owner, org, admin, "admin").await.unwrap();
+    add(&db.pool, owner, org, member, "member").await.unwrap();
+    Team {
+        org,
+        owner,
+        admin,
+        member,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// rename
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn owners_and_admins_rename_members_cannot() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+
+    rename(&db.pool, t.owner, t.org, "Acme Corp").await.unwrap();
+    rename(&db.pool, t.admin, t.org, "  Acme Inc  ")
+        .await
+        .unwrap();
+    let name: String = sqlx::query_scalar("SELECT name FROM orgkeeper.org WHERE id = $1")
+        .bind(t.org)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(name, "Acme Inc", "trimmed by the name rules");
+
+    let stranger = user(&db, "sam@else.test").await;
+    let before = state(&db).await;
+    refused(
+        rename(&db.pool, t.member, t.org, "Mine").await,
+        "42501",
+        &[
+            &t.member.to_string(),
+            "role member",
+            "\"Acme Inc\"",
+            "only owners and admins",
+        ],
+    );
+    let hint = refused(
+        rename(&db.pool, stranger, t.org, "Mine").await,
+        "42501",
+        &["is not a member of organization", &t.org.to_string()],
+    );
+    assert!(hint.contains("ask one of its owners"));
+    assert_eq!(state(&db).await, before, "refusals change nothing");
+}
+
+#[tokio::test]
+async fn renaming_follows_the_name_rules_and_refuses_unknown_orgs_and_nulls() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    team(&db, "Globex", t.owner).await;
+    let before = state(&db).await;
+
+    refused(
+        rename(&db.pool, t.owner, t.org, "GLOBEX").await,
+        "23505",
+        &["\"Globex\" already exists"],
+    );
+    let err = rename(&db.pool, t.owner, t.org, "   ").await.unwrap_err();
+    assert_eq!(db_error(&err).0, "23514");
+    let unknown = Uuid::new_v4();
+    refused(
+        rename(&db.pool, t.owner, unknown, "X").await,
+        "P0002",
+        &[&format!("organization {unknown} does not exist")],
+    );
+    refused(
+        sqlx::query("SELECT orgkeeper.rename_org($1, $2, NULL)")
+            .bind(t.owner)
+            .bind(t.org)
+            .execute(&db.pool)
+            .await,
+        "22004",
+        &["rename_org: new_name is NULL"],
+    );
+    refused(
+        sqlx::query("SELECT orgkeeper.rename_org(NULL, $1, 'X')")
+            .bind(t.org)
+            .execute(&db.pool)
+            .await,
+        "22004",
+        &["rename_org: the acting user is NULL"],
+    );
+    assert_eq!(state(&db).await, before);
+}
+
+// ---------------------------------------------------------------------------
+// delete
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn only_owners_delete_and_never_a_personal_org() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let before = state(&db).await;
+
+    refused(
+        delete(&db.pool, t.admin, t.org).await,
+        "42501",
+        &["role admin", "\"Acme\"", "only its owners can delete it"],
+    );
+    refused(
+        delete(&db.pool, t.member, t.org).await,
+        "42501",
+        &["role member", "only its owners"],
+    );
+    let hint = refused(
+        delete(&db.pool, t.owner, t.owner).await,
+        "23514",
+        &[
+            "personal organization of user",
+            &t.owner.to_string(),
+            "cannot be deleted",
+        ],
+    );
+    assert!(hint.contains("team organizations"));
+    assert_eq!(state(&db).await, before);
+}
+
+#[tokio::test]
+async fn a_users_last_organization_cannot_be_deleted() {
+    let db = TestDb::migrated().await;
+    // No personal org: Acme is all the owner has.
+    let owner = user(&db, "solo@acme.test").await;
+    let org = team(&db, "Solo", owner).await;
+    let before = state(&db).await;
+    let hint = refused(
+        delete(&db.pool, owner, org).await,
+        "23514",
+        &[
+            "\"Solo\" is the last organization of user",
+            &owner.to_string(),
+        ],
+    );
+    assert!(hint.contains("another organization"));
+    assert_eq!(state(&db).await, before);
+
+    // With a second org of their own, the owner could delete it — but a member
+    // for whom it is the last organization blocks it, named in the message.
+    personal(&db, owner).await;
+    let member = user(&db, "only@acme.test").await;
+    add(&db.pool, owner, org, member, "member").await.unwrap();
+    let hint = refused(
+        delete(&db.pool, owner, org).await,
+        "23514",
+        &["last organization of 1 member(s)", &member.to_string()],
+    );
+    assert!(hint.contains("remove those members first"));
+    assert!(role_of(&db, org, member).await.is_some());
+
+    remove(&db.pool, owner, org, member).await.unwrap();
+    delete(&db.pool, owner, org).await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_an_org_detaches_billing_deletes_its_data_and_moves_current_users() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let other = team(&db, "Other", t.owner).await;
+    // Everyone works in Acme right now.
+    sqlx::query("UPDATE orgkeeper.users SET current_org_id = $1 WHERE id = ANY($2)")
+        .bind(t.org)
+        .bind(vec![t.owner, t.admin, t.member])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    invite(&db.pool, t.owner, t.org, "new@acme.test", "member")
+        .await
+        .unwrap();
+    for (table, extra_cols, extra_vals) in [
+        ("stripe_customers", ", stripe_customer_id", ", 'cus_1'"),
+        ("billing_sessions", ", status", ", 'completed'"),
+        ("api_keys", ", name", ", 'k'"),
+        ("custom_secrets", ", secret_name", ", 's'"),
+        ("slack_users", ", slack_user_id", ", 'U1'"),
+        ("slack_conversation", ", channel_id", ", 'C1'"),
+        ("user_repos", ", repo_id", ", 'r1'"),
+        ("gitlab_webhook", ", group_id", ", 'g1'"),
+        (
+            "conversation_metadata_saas",
+            ", conversation_id",
+            ", 'conv-1'",
+        ),
+    ] {
+        for org in [t.org, other] {
+            let sql = format!(
+                "INSERT INTO orgkeeper.{table} (user_id, org_id{extra_cols}) VALUES ($1, $2{})",
+                if table == "conversation_metadata_saas" {
+                    ", gen_random_uuid()::text"
+                } else {
+                    extra_vals
+                }
+            );
+            sqlx::query(&sql)
+                .bind(t.owner)
+                .bind(org)
+                .execute(&db.pool)
+                .await
+                .unwrap_or_else(|e| panic!("{table}: {e}"));
+        }
+    }
+
+    delete(&db.pool, t.owner, t.org).await.unwrap();
+
+    let gone: bool =
+        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM orgkeeper.org WHERE id = $1)")
+            .bind(t.org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(gone);
+    for table in ["stripe_customers", "billing_sessions"] {
+        let (detached, still): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT count(*) FILTER (WHERE org_id IS NULL), count(*) FILTER (WHERE org_id = $1) FROM orgkeeper.{table}"
+        ))
+        .bind(other)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!((detached, still), (1, 1), "{table}: kept, detached");
+    }
+    for table in [
+        "api_keys",
+        "custom_secrets",
+        "slack_users",
+        "slack_conversation",
+        "user_repos",
+        "gitlab_webhook",
+        "conversation_metadata_saas",
+    ] {
+        let (total, other_rows): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT count(*), count(*) FILTER (WHERE org_id = $1) FROM orgkeeper.{table}"
+        ))
+        .bind(other)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (total, other_rows),
+            (1, 1),
+            "{table}: the deleted org's row is gone, the other org's stays"
+        );
+    }
+    let leftovers: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM orgkeeper.org_member WHERE org_id = $1)
+              + (SELECT count(*) FROM orgkeeper.invitation WHERE org_id = $1)",
+    )
+    .bind(t.org)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(leftovers, 0, "memberships and invitations go with it");
+    for u in [t.owner, t.admin, t.member] {
+        assert_eq!(
+            current_org(&db, u).await,
+            Some(u),
+            "moved to the personal org"
+        );
+    }
+    let team_deletions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE org_id = $1 AND kind = 'litellm.delete_team'",
+    )
+    .bind(t.org)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(team_deletions, 1);
+}
+
+// ---------------------------------------------------------------------------
+// transfer ownership
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ownership_goes_to_an_active_member_and_the_old_owner_becomes_admin() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let stranger = user(&db, "sam@else.test").await;
+    let before = state(&db).await;
+    let hint = refused(
+        transfer(&db.pool, t.owner, t.org, stranger).await,
+        "P0002",
+        &[
+            &stranger.to_string(),
+            "is not a member of organization \"Acme\"",
+        ],
+    );
+    assert!(hint.contains("add them first"));
+    refused(
+        transfer(&db.pool, t.admin, t.org, t.member).await,
+        "42501",
+        &["role admin", "only an owner can transfer"],
+    );
+    refused(
+        transfer(&db.pool, t.owner, t.org, t.owner).await,
+        "22023",
+        &["already owns organization \"Acme\""],
+    );
+    refused(
+        sqlx::query("SELECT orgkeeper.transfer_ownership($1, $2, NULL)")
+            .bind(t.owner)
+            .bind(t.org)
+            .execute(&db.pool)
+            .await,
+        "22004",
+        &["new_owner is NULL"],
+    );
+    assert_eq!(state(&db).await, before);
+    sqlx::query(
+        "UPDATE orgkeeper.org_member SET status = 'disabled' WHERE org_id = $1 AND user_id = $2",
+    )
+    .bind(t.org)
+    .bind(t.member)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let before_disabled = state(&db).await;
+    refused(
+        transfer(&db.pool, t.owner, t.org, t.member).await,
+        "55000",
+        &["membership in organization \"Acme\" is disabled"],
+    );
+    assert_eq!(state(&db).await, before_disabled);
+
+    transfer(&db.pool, t.owner, t.org, t.admin).await.unwrap();
+    assert_eq!(role_of(&db, t.org, t.admin).await.as_deref(), Some("owner"));
+    assert_eq!(role_of(&db, t.org, t.owner).await.as_deref(), Some("admin"));
+    // The former owner is now outranked by the new one.
+    refused(
+        remove(&db.pool, t.owner, t.org, t.admin).await,
+        "42501",
+        &["who outranks them"],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// members and ranks
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_member_cannot_promote_themselves_nor_manage_anyone() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let newcomer = Uuid::new_v4();
+    let before = state(&db).await;
+
+    let hint = refused(
+        set_role(&db.pool, t.member, t.org, t.member, "admin").await,
+        "42501",
+        &[
+            &t.member.to_string(),
+            "has role member in organization \"Acme\"",
+            "only owners and admins",
+        ],
+    );
+    assert!(hint.contains("ask an owner or admin of \"Acme\""));
+    refused(
+        add(&db.pool, t.member, t.org, newcomer, "member").await,
+        "42501",
+        &["only owners and admins can add members"],
+    );
+    refused(
+        remove(&db.pool, t.member, t.org, t.admin).await,
+        "42501",
+        &["only owners and admins can remove members"],
+    );
+    refused(
+        invite(&db.pool, t.member, t.org, "x@acme.test", "member").await,
+        "42501",
+        &["only owners and admins can invite"],
+    );
+    assert_eq!(state(&db).await, before);
+}
+
+#[tokio::test]
+async fn an_admin_cannot_touch_the_owner_nor_grant_ownership() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let before = state(&db).await;
+
+    let hint = refused(
+        remove(&db.pool, t.admin, t.org, t.owner).await,
+        "42501",
+        &[
+            &format!(
+                "user {} (role admin) cannot remove user {} (role owner)",
+                t.admin, t.owner
+            ),
+            "who outranks them",
+        ],
+    );
+    assert!(hint.contains("ask an owner"));
+    refused(
+        set_role(&db.pool, t.admin, t.org, t.owner, "member").await,
+        "42501",
+        &["cannot change the role of user", "(role owner)"],
+    );
+    refused(
+        set_role(&db.pool, t.admin, t.org, t.admin, "owner").await,
+        "42501",
+        &["cannot grant role owner in organization \"Acme\": it outranks their own"],
+    );
+    refused(
+        add(&db.pool, t.admin, t.org, Uuid::new_v4(), "owner").await,
+        "42501",
+        &["cannot grant role owner"],
+    );
+    refused(
+        invite(&db.pool, t.admin, t.org, "boss@acme.test", "owner").await,
+        "42501",
+        &["cannot grant role owner"],
+    );
+    assert_eq!(state(&db).await, before);
+
+    // What an admin may do: add and manage members and admins.
+    let newcomer = user(&db, "nora@acme.test").await;
+    add(&db.pool, t.admin, t.org, newcomer, "admin")
+        .await
+        .unwrap();
+    set_role(&db.pool, t.admin, t.org, newcomer, "member")
+        .await
+        .unwrap();
+    remove(&db.pool, t.admin, t.org, newcomer).await.unwrap();
+    assert_eq!(role_of(&db, t.org, newcomer).await, None);
+}
+
+#[tokio::test]
+async fn unknown_roles_duplicates_and_non_members_are_refused() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let before = state(&db).await;
+
+    let hint = refused(
+        add(&db.pool, t.owner, t.org, Uuid::new_v4(), "superuser").await,
+        "22023",
+        &["role \"superuser\" does not exist"],
+    );
+    assert!(hint.contains("owner, admin, member"));
+    let hint = refused(
+        add(&db.pool, t.owner, t.org, t.member, "member").await,
+        "23505",
+        &[
+            &t.member.to_string(),
+            "already a member of organization \"Acme\" (role member)",
+        ],
+    );
+    assert!(hint.contains("change_member_role"));
+    let stranger = Uuid::new_v4();
+    refused(
+        set_role(&db.pool, t.owner, t.org, stranger, "admin").await,
+        "P0002",
+        &[&format!(
+            "user {stranger} is not a member of organization \"Acme\""
+        )],
+    );
+    refused(
+        remove(&db.pool, t.owner, t.org, stranger).await,
+        "P0002",
+        &["is not a member"],
+    );
+    refused(
+        leave(&db.pool, stranger, t.org).await,
+        "P0002",
+        &["is not a member"],
+    );
+    refused(
+        add(&db.pool, t.owner, Uuid::new_v4(), stranger, "member").await,
+        "P0002",
+        &["does not exist"],
+    );
+    refused(
+        sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, NULL)")
+            .bind(t.owner)
+            .bind(t.org)
+            .bind(stranger)
+            .execute(&db.pool)
+            .await,
+        "22004",
+        &["add_member: role is NULL"],
+    );
+    assert_eq!(state(&db).await, before);
+}
+
+#[tokio::test]
+async fn the_last_owner_cannot_leave_be_demoted_or_removed() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let before = state(&db).await;
+
+    let hint = refused(
+        leave(&db.pool, t.owner, t.org).await,
+        "23514",
+        &[
+            &t.owner.to_string(),
+            "is the last owner of organization \"Acme\" and cannot leave it",
+        ],
+    );
+    assert!(hint.contains("transfer ownership first"));
+    refused(
+        set_role(&db.pool, t.owner, t.org, t.owner, "admin").await,
+        "23514",
+        &["last owner", "cannot be demoted to admin"],
+    );
+    refused(
+        remove(&db.pool, t.owner, t.org, t.owner).await,
+        "23514",
+        &["last owner"],
+    );
+    assert_eq!(state(&db).await, before);
+
+    // With a second owner, the first may step down and then leave.
+    set_role(&db.pool, t.owner, t.org, t.admin, "owner")
+        .await
+        .unwrap();
+    set_role(&db.pool, t.owner, t.org, t.owner, "member")
+        .await
+        .unwrap();
+    leave(&db.pool, t.owner, t.org).await.unwrap();
+    assert_eq!(role_of(&db, t.org, t.owner).await, None);
+    assert_eq!(role_of(&db, t.org, t.admin).await.as_deref(), Some("owner"));
+}
+
+#[tokio::test]
+async fn member_changes_enqueue_litellm_actions() {
+    let db = TestDb::migrated().await;
+    let owner = user(&db, "olive@acme.test").await;
+    let org = team(&db, "Acme", owner).await;
+    let (a, b) = (
+        user(&db, "a@acme.test").await,
+        user(&db, "b@acme.test").await,
+    );
+
+    add(&db.pool, owner, org, a, "member").await.unwrap();
+    add(&db.pool, owner, org, b, "admin").await.unwrap();
+    set_role(&db.pool, owner, org, b, "member").await.unwrap(); // no action for a role change
+    remove(&db.pool, owner, org, a).await.unwrap();
+    leave(&db.pool, b, org).await.unwrap();
+
+    let team_id = serde_json::json!(org.to_string());
+    let expected: Vec<(String, Uuid, serde_json::Value)> = vec![
+        (
+            "litellm.add_member".into(),
+            a,
+            serde_json::json!({"user_id": a, "team_id": team_id}),
+        ),
+        (
+            "litellm.add_member".into(),
+            b,
+            serde_json::json!({"user_id": b, "team_id": team_id}),
+        ),
+        (
+            "litellm.remove_member".into(),
+            a,
+            serde_json::json!({"user_id": a, "team_id": team_id}),
+        ),
+        (
+            "litellm.remove_member".into(),
+            b,
+            serde_json::json!({"user_id": b, "team_id": team_id}),
+        ),
+    ];
+    assert_eq!(member_actions(&db, org).await, expected);
+    // A new member's first org becomes current; leaving moves them off it.
+    assert_eq!(current_org(&db, a).await, None);
+}
+
+#[tokio::test]
+async fn a_removed_member_loses_their_api_keys_and_current_org() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    sqlx::query("UPDATE orgkeeper.users SET current_org_id = $1 WHERE id = $2")
+        .bind(t.org)
+        .bind(t.member)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO orgkeeper.api_keys (user_id, org_id, name) VALUES ($1, $2, 'mine'), ($1, $1, 'personal')")
+        .bind(t.member)
+        .bind(t.org)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    remove(&db.pool, t.admin, t.org, t.member).await.unwrap();
+
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM orgkeeper.api_keys WHERE user_id = $1 ORDER BY name")
+            .bind(t.member)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(keys, vec!["personal".to_string()]);
+    assert_eq!(current_org(&db, t.member).await, Some(t.member));
+}
+
+// ---------------------------------------------------------------------------
+// the acting user
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_application_cannot_act_for_another_user() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let before = state(&db).await;
+    let mut conn = db.connect().await;
+    sqlx::query("SET ROLE orgkeeper_app")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    // Without naming its user, the application may not act at all.
+    let err = sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
+        .bind(t.owner)
+        .bind(t.org)
+        .bind(Uuid::new_v4())
+        .execute(&mut conn)
+        .await;
+    let hint = refused(
+        err,
+        "42501",
+        &["add_member: role orgkeeper_app must name its user in orgkeeper.user_id"],
+    );
+    assert!(hint.contains("SET LOCAL orgkeeper.user_id"));
+
+    // Naming the member but acting as the owner is impersonation.
+    sqlx::query("SELECT set_config('orgkeeper.user_id', $1, false)")
+        .bind(t.member.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
+        .bind(t.owner)
+        .bind(t.org)
+        .bind(Uuid::new_v4())
+        .execute(&mut conn)
+        .await;
+    refused(
+        err,
+        "42501",
+        &[&format!("user {} cannot act as user {}", t.member, t.owner)],
+    );
+    let err = sqlx::query("SELECT orgkeeper.accept_invitation($1, 'okinv_x')")
+        .bind(t.owner)
+        .execute(&mut conn)
+        .await;
+    refused(err, "42501", &["cannot act as user"]);
+    assert_eq!(state(&db).await, before);
+}
+
+// ---------------------------------------------------------------------------
+// invitations
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_invitation_is_accepted_once_and_writes_the_membership() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let ada = user(&db, "Ada@Example.test").await;
+
+    let token = invite(&db.pool, t.admin, t.org, "ada@example.TEST", "admin")
+        .await
+        .unwrap();
+    assert!(
+        token.starts_with("okinv_") && token.len() == 6 + 64,
+        "{token}"
+    );
+    let (stored, plain): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE position(convert_to($1, 'UTF8') IN token_hash) > 0
+                                            OR t::text LIKE '%' || $1 || '%')
+           FROM orgkeeper.invitation t",
+    )
+    .bind(&token)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((stored, plain), (1, 0), "only the hash is stored");
+    let hashed: bool = sqlx::query_scalar(
+        "SELECT token_hash = sha256(convert_to($1, 'UTF8')) FROM orgkeeper.invitation",
+    )
+    .bind(&token)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(hashed);
+
+    let org = accept(&db.pool, ada, &token).await.unwrap();
+    assert_eq!(org, t.org);
+    assert_eq!(role_of(&db, t.org, ada).await.as_deref(), Some("admin"));
+    assert_eq!(current_org(&db, ada).await, Some(t.org));
+    let actions = member_actions(&db, t.org).await;
+    assert_eq!(
+        actions.last().unwrap(),
+        &(
+            "litellm.add_member".to_string(),
+            ada,
+            serde_json::json!({"user_id": ada, "team_id": t.org.to_string()})
+        )
+    );
+
+    let someone = user(&db, "ada@example.test").await;
+    let before = state(&db).await;
+    let hint = refused(
+        accept(&db.pool, ada, &token).await,
+        "55000",
+        &[&format!(
+            "user {ada} already accepted the invitation to organization \"Acme\""
+        )],
+    );
+    assert!(hint.contains("used once"));
+    refused(
+        accept(&db.pool, someone, &token).await,
+        "55000",
+        &["invitation to organization \"Acme\" has already been used"],
+    );
+    assert_eq!(
+        state(&db).await,
+        before,
+        "no second membership, nothing changed"
+    );
+
+    let listed: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT email, role, status FROM orgkeeper.list_invitations($1, $2)")
+            .bind(t.owner)
+            .bind(t.org)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        listed,
+        vec![("ada@example.TEST".into(), "admin".into(), "accepted".into())]
+    );
+}
+
+#[tokio::test]
+async fn expired_revoked_wrong_email_and_unknown_invitations_are_refused() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let bob = user(&db, "bob@example.test").await;
+
+    // Expired.
+    let expired = invite(&db.pool, t.owner, t.org, "bob@example.test", "member")
+        .await
+        .unwrap();
+    sqlx::query("UPDATE orgkeeper.invitation SET expires_at = now() - interval '1 minute'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let before = state(&db).await;
+    let hint = refused(
+        accept(&db.pool, bob, &expired).await,
+        "55000",
+        &["the invitation to organization \"Acme\" expired at"],
+    );
+    assert!(hint.contains("new invitation"));
+    assert_eq!(state(&db).await, before);
+
+    // Re-inviting replaces the open invitation: the old token stops working.
+    let fresh = invite(&db.pool, t.owner, t.org, "bob@example.test", "member")
+        .await
+        .unwrap();
+    refused(
+        accept(&db.pool, bob, &expired).await,
+        "55000",
+        &["was revoked at"],
+    );
+
+    // Revoked.
+    revoke(&db.pool, t.admin, &fresh).await.unwrap();
+    let before = state(&db).await;
+    refused(
+        accept(&db.pool, bob, &fresh).await,
+        "55000",
+        &["the invitation to organization \"Acme\" was revoked at"],
+    );
+    refused(
+        revoke(&db.pool, t.admin, &fresh).await,
+        "55000",
+        &["bob@example.test", "already revoked"],
+    );
+    assert_eq!(state(&db).await, before);
+
+    // Wrong email.
+    let carol = user(&db, "carol@example.test").await;
+    let for_bob = invite(&db.pool, t.owner, t.org, "bob@example.test", "member")
+        .await
+        .unwrap();
+    let before = state(&db).await;
+    let hint = refused(
+        accept(&db.pool, carol, &for_bob).await,
+        "42501",
+        &[
+            "the invitation to organization \"Acme\" was sent to another address",
+            &carol.to_string(),
+            "carol@example.test",
+        ],
+    );
+    assert!(hint.contains("invited address"));
+    // Unknown user, unknown token, NULL token.
+    refused(
+        accept(&db.pool, Uuid::new_v4(), &for_bob).await,
+        "P0002",
+        &["is not known to orgkeeper"],
+    );
+    refused(
+        accept(&db.pool, bob, "okinv_0000").await,
+        "P0002",
+        &["accept_invitation: no invitation matches this token"],
+    );
+    refused(
+        sqlx::query_scalar::<_, Uuid>("SELECT orgkeeper.accept_invitation($1, NULL)")
+            .bind(bob)
+            .fetch_one(&db.pool)
+            .await,
+        "22004",
+        &["accept_invitation: token is NULL"],
+    );
+    assert_eq!(state(&db).await, before);
+
+    // The right person, finally.
+    assert_eq!(accept(&db.pool, bob, &for_bob).await.unwrap(), t.org);
+    refused(
+        revoke(&db.pool, t.owner, &for_bob).await,
+        "55000",
+        &["already accepted", &bob.to_string()],
+    );
+}
+
+#[tokio::test]
+async fn invitation_arguments_and_inviters_are_checked() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let before = state(&db).await;
+
+    refused(
+        invite(&db.pool, t.owner, t.org, "not-an-email", "member").await,
+        "22023",
+        &["'not-an-email' is not an email address"],
+    );
+    refused(
+        invite(&db.pool, t.owner, t.org, "x@acme.test", "wizard").await,
+        "22023",
+        &["role \"wizard\" does not exist"],
+    );
+    refused(
+        sqlx::query_scalar::<_, String>(
+            "SELECT orgkeeper.create_invitation($1, $2, 'x@acme.test', 'member', interval '-1 day')",
+        )
+        .bind(t.owner)
+        .bind(t.org)
+        .fetch_one(&db.pool)
+        .await,
+        "22023",
+        &["at most 90 days"],
+    );
+    refused(
+        invite(&db.pool, t.owner, t.org, "MIA@acme.test", "member").await,
+        "23505",
+        &["MIA@acme.test", "already a member of organization \"Acme\""],
+    );
+    refused(
+        sqlx::query("SELECT * FROM orgkeeper.list_invitations($1, $2)")
+            .bind(t.member)
+            .bind(t.org)
+            .fetch_all(&db.pool)
+            .await,
+        "42501",
+        &["only owners and admins can list its invitations"],
+    );
+    assert_eq!(state(&db).await, before);
+
+    // An admin cannot revoke an owner-level invitation.
+    let for_owner = invite(&db.pool, t.owner, t.org, "co@acme.test", "owner")
+        .await
+        .unwrap();
+    refused(
+        revoke(&db.pool, t.admin, &for_owner).await,
+        "42501",
+        &["co@acme.test", "as owner, a role that outranks theirs"],
+    );
+
+    // An invitation is only as good as its inviter's authority today.
+    let dan = user(&db, "dan@example.test").await;
+    let from_admin = invite(&db.pool, t.admin, t.org, "dan@example.test", "member")
+        .await
+        .unwrap();
+    set_role(&db.pool, t.owner, t.org, t.admin, "member")
+        .await
+        .unwrap();
+    let before = state(&db).await;
+    refused(
+        accept(&db.pool, dan, &from_admin).await,
+        "55000",
+        &["is no longer valid: its inviter", &t.admin.to_string()],
+    );
+    assert_eq!(state(&db).await, before);
+
+    // Revoking by id (admins never see tokens).
+    let id: i64 = sqlx::query_scalar(
+        "SELECT id FROM orgkeeper.list_invitations($1, $2) WHERE email = 'co@acme.test'",
+    )
+    .bind(t.owner)
+    .bind(t.org)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("SELECT orgkeeper.revoke_invitation_by_id($1, $2)")
+        .bind(t.owner)
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let statuses: Vec<(String, String)> = sqlx::query_as(
+        "SELECT email, status FROM orgkeeper.list_invitations($1, $2) ORDER BY email",
+    )
+    .bind(t.owner)
+    .bind(t.org)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        statuses,
+        vec![
+            ("co@acme.test".into(), "revoked".into()),
+            ("dan@example.test".into(), "pending".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn two_concurrent_accepts_of_one_invitation_give_one_membership() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let eve = user(&db, "eve@example.test").await;
+    let token = invite(&db.pool, t.owner, t.org, "eve@example.test", "member")
+        .await
+        .unwrap();
+
+    // Deterministic interleaving: the first accept holds the invitation row
+    // until it commits; the second waits for it, then sees it used.
+    let mut first = db.connect().await;
+    let mut second = db.connect().await;
+    let mut tx = first.begin().await.unwrap();
+    accept(&mut *tx, eve, &token).await.unwrap();
+    let waiting = tokio::spawn({
+        let token = token.clone();
+        async move {
+            let result = accept(&mut second, eve, &token).await;
+            (result, second)
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second accept waits for the row lock"
+    );
+    tx.commit().await.unwrap();
+    let (result, _second) = waiting.await.unwrap();
+    refused(result, "55000", &["already accepted the invitation"]);
+
+    // And truly at once, many times over: exactly one wins each time.
+    for round in 0..5 {
+        let who = user(&db, &format!("p{round}@example.test")).await;
+        let token = invite(
+            &db.pool,
+            t.owner,
+            t.org,
+            &format!("p{round}@example.test"),
+            "member",
+        )
+        .await
+        .unwrap();
+        let (a, b) = tokio::join!(accept(&db.pool, who, &token), accept(&db.pool, who, &token));
+        assert_eq!(
+            [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count(),
+            1,
+            "round {round}: {a:?} {b:?}"
+        );
+        let loser = if a.is_ok() { b } else { a };
+        assert_eq!(db_error(&loser.unwrap_err()).0, "55000");
+    }
+
+    let memberships: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $2",
+    )
+    .bind(t.org)
+    .bind(eve)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(memberships, 1);
+    let adds: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.add_member' AND user_id = $1",
+    )
+    .bind(eve)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(adds, 1, "one add_member action");
+}
+
+#[tokio::test]
+async fn listings_show_a_users_orgs_and_an_orgs_members() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let orgs: Vec<(String, String, String, bool)> =
+        sqlx::query_as("SELECT name, kind, role, is_current FROM orgkeeper.list_orgs($1)")
+            .bind(t.admin)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        orgs,
+        vec![
+            (
+                "adam@acme.test (personal)".into(),
+                "personal".into(),
+                "owner".into(),
+                true
+            ),
+            ("Acme".into(), "team".into(), "admin".into(), false),
+        ]
+    );
+    let members: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT user_id, role FROM orgkeeper.list_members($1, $2)")
+            .bind(t.member)
+            .bind(t.org)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        members,
+        vec![
+            (t.owner, "owner".into()),
+            (t.admin, "admin".into()),
+            (t.member, "member".into())
+        ]
+    );
+    let stranger = Uuid::new_v4();
+    refused(
+        sqlx::query("SELECT * FROM orgkeeper.list_members($1, $2)")
+            .bind(stranger)
+            .bind(t.org)
+            .fetch_all(&db.pool)
+            .await,
+        "42501",
+        &["is not a member of organization"],
+    );
+}
