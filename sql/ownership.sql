@@ -148,12 +148,19 @@ BEGIN
     VALUES (NEW.id, NEW.created_by, orgkeeper.role_id('owner'), 'active');
     UPDATE orgkeeper.users SET current_org_id = NEW.id, updated_at = now()
      WHERE id = NEW.created_by AND current_org_id IS NULL;
-    PERFORM orgkeeper.enqueue_action('litellm.provision_org', NEW.id, NEW.created_by, '{}'::jsonb);
+    -- User migration (sql/migration.sql) provisions the personal orgs it
+    -- creates through litellm.migrate_user, which creates the team with the
+    -- user's remaining credits; it sets the transaction-local setting
+    -- orgkeeper.skip_provision = 'on' around its INSERT (and resets it), so
+    -- that no second, conflicting team is created here.
+    IF coalesce(current_setting('orgkeeper.skip_provision', true), '') <> 'on' THEN
+        PERFORM orgkeeper.enqueue_action('litellm.provision_org', NEW.id, NEW.created_by, '{}'::jsonb);
+    END IF;
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_after_insert() IS
-  'Trigger: gives a new organization its owner (created_by, role resolved by name), makes it the owner''s current org if they had none, and enqueues litellm.provision_org.';
+  'Trigger: gives a new organization its owner (created_by, role resolved by name), makes it the owner''s current org if they had none, and enqueues litellm.provision_org (unless the transaction-local setting orgkeeper.skip_provision is ''on'': user migration provisions its personal orgs through litellm.migrate_user).';
 
 DROP TRIGGER IF EXISTS org_after_insert ON orgkeeper.org;
 CREATE TRIGGER org_after_insert

@@ -72,3 +72,23 @@ END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_provisioning_failed(bigint, text, text, text, jsonb) IS
   'Daemon: after compensation, ends the provisioning action (compensated, or failed when cleanup failed) and marks its org failed with {"error": original error, "cleanup": cleanup result}. Fenced on the lease.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.record_team_ready(p_action_id bigint, p_worker text, p_team_id text, p_result jsonb)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org_id uuid;
+BEGIN
+    SELECT org_id INTO v_org_id FROM orgkeeper.pending_external_actions WHERE id = p_action_id;
+    PERFORM 1 FROM orgkeeper.org WHERE id = v_org_id FOR NO KEY UPDATE;
+    IF NOT orgkeeper.complete_action(p_action_id, p_worker, p_result) THEN
+        RETURN false;
+    END IF;
+    UPDATE orgkeeper.org
+       SET litellm_team_id = p_team_id, provisioning_status = 'active', provisioning_error = NULL
+     WHERE id = v_org_id;
+    RETURN true;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_team_ready(bigint, text, text, jsonb) IS
+  'Daemon: marks an action that built an org''s LiteLLM team (user migration) done and the org active with its team id, in one transaction. Fenced on the lease.';

@@ -31,6 +31,13 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Run the daemon: perform outbox actions against LiteLLM and Stripe until SIGTERM/SIGINT
     Listen(Box<crate::listen::ListenArgs>),
+    /// Move pre-organization users into personal organizations, verify, roll back
+    Users {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: crate::users::UsersCommand,
+    },
     /// Manage organizations as a user would: create, rename, delete, transfer, members, invitations
     Org {
         #[command(flatten)]
@@ -72,7 +79,10 @@ enum Simulated {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -87,7 +97,10 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
             None => {
-                eprintln!("error: {}", crate::redact::redact_secrets(&format!("{e:#}")));
+                eprintln!(
+                    "error: {}",
+                    crate::redact::redact_secrets(&format!("{e:#}"))
+                );
                 ExitCode::from(1)
             }
         },
@@ -97,7 +110,9 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -115,7 +130,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             println!(
                 "function library: {}",
-                if report.library_applied { "applied" } else { "unchanged" }
+                if report.library_applied {
+                    "applied"
+                } else {
+                    "unchanged"
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -133,6 +152,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             crate::listen::run(config, crate::listen::shutdown_on_signals()).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Users { database, command } => {
+            let pool = crate::db::connect(&database.url()?, 2).await?;
+            crate::users::run(&pool, command).await
         }
         Command::Org { database, command } => {
             let pool = crate::db::connect(&database.url()?, 2).await?;

@@ -21,7 +21,12 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-fn required<T: Clone>(value: &Option<T>, env: &'static str, flag: &'static str, what: &str) -> Result<T, ConfigError> {
+fn required<T: Clone>(
+    value: &Option<T>,
+    env: &'static str,
+    flag: &'static str,
+    what: &str,
+) -> Result<T, ConfigError> {
     value.clone().ok_or_else(|| ConfigError {
         env,
         flag,
@@ -73,7 +78,11 @@ pub struct LiteLlmArgs {
     #[arg(long, env = "LITELLM_TIMEOUT_SECS", default_value_t = 30)]
     pub litellm_timeout_secs: u64,
     /// Model that new organizations use (stored on the org and allowed on its team and key)
-    #[arg(long, env = "ORGKEEPER_DEFAULT_MODEL", default_value = "litellm_proxy/claude-sonnet-4-20250514")]
+    #[arg(
+        long,
+        env = "ORGKEEPER_DEFAULT_MODEL",
+        default_value = "litellm_proxy/claude-sonnet-4-20250514"
+    )]
     pub default_model: String,
     /// LLM base URL stored on new organizations (defaults to the LiteLLM base URL)
     #[arg(long, env = "ORGKEEPER_LLM_BASE_URL")]
@@ -82,7 +91,11 @@ pub struct LiteLlmArgs {
     #[arg(long, env = "ORGKEEPER_TEAM_MAX_BUDGET")]
     pub team_max_budget: Option<f64>,
     /// Prefix of key aliases: "<prefix> - user <user_id> - org <org_id>"
-    #[arg(long, env = "ORGKEEPER_KEY_ALIAS_PREFIX", default_value = "OpenHands Cloud")]
+    #[arg(
+        long,
+        env = "ORGKEEPER_KEY_ALIAS_PREFIX",
+        default_value = "OpenHands Cloud"
+    )]
     pub key_alias_prefix: String,
 }
 
@@ -108,7 +121,13 @@ pub struct ProvisioningDefaults {
     pub key_alias_prefix: String,
 }
 
-const AUTH_HEADERS: [&str; 5] = ["x-goog-api-key", "authorization", "x-litellm-api-key", "x-api-key", "api-key"];
+const AUTH_HEADERS: [&str; 5] = [
+    "x-goog-api-key",
+    "authorization",
+    "x-litellm-api-key",
+    "x-api-key",
+    "api-key",
+];
 
 impl LiteLlmArgs {
     /// Validates the LiteLLM settings.
@@ -149,7 +168,10 @@ impl LiteLlmArgs {
                 });
             }
         }
-        let llm_base_url = self.llm_base_url.clone().unwrap_or_else(|| base_url.clone());
+        let llm_base_url = self
+            .llm_base_url
+            .clone()
+            .unwrap_or_else(|| base_url.clone());
         Ok(LiteLlmSettings {
             client: crate::litellm::LiteLlmConfig {
                 base_url,
@@ -171,7 +193,11 @@ impl LiteLlmArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StripeArgs {
     /// Stripe API base URL
-    #[arg(long, env = "STRIPE_BASE_URL", default_value = "https://api.stripe.com")]
+    #[arg(
+        long,
+        env = "STRIPE_BASE_URL",
+        default_value = "https://api.stripe.com"
+    )]
     pub stripe_base_url: String,
     /// Stripe secret key (sk_…); without it, Stripe actions fail with a message saying to set it
     #[arg(long, env = "STRIPE_API_KEY", hide_env_values = true)]
@@ -207,7 +233,12 @@ pub struct SecretArgs {
     #[arg(long, env = "ORGKEEPER_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
     /// Earlier keys still able to decrypt, comma-separated (key rotation)
-    #[arg(long, env = "ORGKEEPER_OLD_SECRET_KEYS", hide_env_values = true, value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ORGKEEPER_OLD_SECRET_KEYS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     pub old_secret_keys: Vec<String>,
     /// Key of the pre-organization (legacy) secrets, needed to re-encrypt them on user migration
     #[arg(long, env = "ORGKEEPER_LEGACY_SECRET_KEY", hide_env_values = true)]
@@ -223,24 +254,32 @@ impl SecretArgs {
             "secret-key",
             "32 random bytes, base64 (generate: openssl rand -base64 32)",
         )?;
-        let old: Vec<SecretString> = self.old_secret_keys.iter().map(|k| SecretString::from(k.clone())).collect();
+        let old: Vec<SecretString> = self
+            .old_secret_keys
+            .iter()
+            .map(|k| SecretString::from(k.clone()))
+            .collect();
         let legacy = self.legacy_secret_key.clone().map(SecretString::from);
-        crate::secrets::Keyring::new(&SecretString::from(current), &old, legacy.as_ref()).map_err(|e| {
-            let (env, flag) = match &e {
-                crate::secrets::SecretError::BadKey {
-                    setting: "ORGKEEPER_LEGACY_SECRET_KEY",
-                } => ("ORGKEEPER_LEGACY_SECRET_KEY", "legacy-secret-key"),
-                crate::secrets::SecretError::BadKey {
-                    setting: "ORGKEEPER_OLD_SECRET_KEYS",
-                } => ("ORGKEEPER_OLD_SECRET_KEYS", "old-secret-keys"),
-                _ => ("ORGKEEPER_SECRET_KEY", "secret-key"),
-            };
-            ConfigError {
-                env,
-                flag,
-                problem: "must be 32 bytes encoded as base64 (generate: openssl rand -base64 32)".into(),
-            }
-        })
+        crate::secrets::Keyring::new(&SecretString::from(current), &old, legacy.as_ref()).map_err(
+            |e| {
+                let (env, flag) = match &e {
+                    crate::secrets::SecretError::BadKey {
+                        setting: "ORGKEEPER_LEGACY_SECRET_KEY",
+                    } => ("ORGKEEPER_LEGACY_SECRET_KEY", "legacy-secret-key"),
+                    crate::secrets::SecretError::BadKey {
+                        setting: "ORGKEEPER_OLD_SECRET_KEYS",
+                    } => ("ORGKEEPER_OLD_SECRET_KEYS", "old-secret-keys"),
+                    _ => ("ORGKEEPER_SECRET_KEY", "secret-key"),
+                };
+                ConfigError {
+                    env,
+                    flag,
+                    problem:
+                        "must be 32 bytes encoded as base64 (generate: openssl rand -base64 32)"
+                            .into(),
+                }
+            },
+        )
     }
 }
 
@@ -306,16 +345,32 @@ impl DaemonArgs {
             problem: problem.to_string(),
         };
         if !(1..=4096).contains(&self.concurrency) {
-            return Err(bad("ORGKEEPER_CONCURRENCY", "concurrency", "must be between 1 and 4096"));
+            return Err(bad(
+                "ORGKEEPER_CONCURRENCY",
+                "concurrency",
+                "must be between 1 and 4096",
+            ));
         }
         if !(self.lease_secs.is_finite() && self.lease_secs >= 0.5) {
-            return Err(bad("ORGKEEPER_LEASE_SECS", "lease-secs", "must be at least 0.5 seconds"));
+            return Err(bad(
+                "ORGKEEPER_LEASE_SECS",
+                "lease-secs",
+                "must be at least 0.5 seconds",
+            ));
         }
         if self.poll_ms == 0 {
-            return Err(bad("ORGKEEPER_POLL_MS", "poll-ms", "must be at least 1 millisecond"));
+            return Err(bad(
+                "ORGKEEPER_POLL_MS",
+                "poll-ms",
+                "must be at least 1 millisecond",
+            ));
         }
         if self.max_attempts < 1 {
-            return Err(bad("ORGKEEPER_MAX_ATTEMPTS", "max-attempts", "must be at least 1"));
+            return Err(bad(
+                "ORGKEEPER_MAX_ATTEMPTS",
+                "max-attempts",
+                "must be at least 1",
+            ));
         }
         let metrics_addr = match self.metrics_addr.as_str() {
             "off" | "" => None,
@@ -347,7 +402,11 @@ fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());
-    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6])
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
 }
 
 fn check_http_url(url: &str, env: &'static str, flag: &'static str) -> Result<(), ConfigError> {

@@ -21,6 +21,7 @@ pub const SQL_LIBRARY: &[(&str, &str)] = &[
     ("members.sql", include_str!("../sql/members.sql")),
     ("invitations.sql", include_str!("../sql/invitations.sql")),
     ("migration.sql", include_str!("../sql/migration.sql")),
+    ("secrets.sql", include_str!("../sql/secrets.sql")),
     ("rls.sql", include_str!("../sql/rls.sql")),
 ];
 
@@ -75,10 +76,11 @@ pub async fn check_migrated(pool: &PgPool) -> anyhow::Result<()> {
         .map(|m| m.version() as i64)
         .max()
         .unwrap_or(0);
-    let has_history: bool = sqlx::query_scalar("SELECT to_regclass('orgkeeper.schema_history') IS NOT NULL")
-        .fetch_one(pool)
-        .await
-        .context("cannot read the schema version")?;
+    let has_history: bool =
+        sqlx::query_scalar("SELECT to_regclass('orgkeeper.schema_history') IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .context("cannot read the schema version")?;
     let applied: Option<i64> = if has_history {
         sqlx::query_scalar("SELECT max(version)::bigint FROM orgkeeper.schema_history")
             .fetch_one(pool)
@@ -108,8 +110,10 @@ fn library_checksum() -> String {
 
 /// Names of the embedded versioned migrations, in order (`V1__roles_users_orgs`, …).
 pub fn migration_names() -> Vec<String> {
-    embedded::migrations::runner()
-        .get_migrations()
+    let runner = embedded::migrations::runner();
+    let mut migrations: Vec<_> = runner.get_migrations().iter().collect();
+    migrations.sort_by_key(|m| m.version());
+    migrations
         .iter()
         .map(|m| format!("V{}__{}", m.version(), m.name()))
         .collect()

@@ -25,7 +25,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     // If this process dies without cleaning up, the watchdog removes the cluster.
     cluster.stop_when_process_exits(std::process::id())?;
     let admin = crate::db::connect(&cluster.url("postgres"), 1).await?;
-    sqlx::query("CREATE DATABASE orgkeeper").execute(&admin).await?;
+    sqlx::query("CREATE DATABASE orgkeeper")
+        .execute(&admin)
+        .await?;
     admin.close().await;
     let url = cluster.url("orgkeeper");
     crate::db::migrate(&url).await?;
@@ -58,7 +60,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             api_key: SecretString::from(stripe.api_key()),
             timeout: Duration::from_secs(10),
         }),
-        keyring: crate::secrets::Keyring::new(&secret_key, &[], Some(&crate::secrets::generate_key()))?,
+        keyring: crate::secrets::Keyring::new(
+            &secret_key,
+            &[],
+            Some(&crate::secrets::generate_key()),
+        )?,
         daemon: DaemonSettings {
             concurrency: 32,
             lease: Duration::from_secs(30),

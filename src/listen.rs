@@ -2,7 +2,10 @@
 //! it until SIGTERM or SIGINT.
 
 use crate::actions::Services;
-use crate::config::{ConfigError, DaemonArgs, DaemonSettings, DatabaseArgs, LiteLlmArgs, LiteLlmSettings, SecretArgs, StripeArgs};
+use crate::config::{
+    ConfigError, DaemonArgs, DaemonSettings, DatabaseArgs, LiteLlmArgs, LiteLlmSettings,
+    SecretArgs, StripeArgs,
+};
 use crate::litellm::LiteLlmClient;
 use crate::ops::Metrics;
 use crate::outbox::{Daemon, Shutdown};

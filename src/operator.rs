@@ -42,7 +42,12 @@ pub enum ActionsCommand {
 /// Runs an actions command.
 pub async fn run(pool: &PgPool, command: ActionsCommand) -> anyhow::Result<ExitCode> {
     match command {
-        ActionsCommand::List { status, kind, org, limit } => {
+        ActionsCommand::List {
+            status,
+            kind,
+            org,
+            limit,
+        } => {
             let rows = sqlx::query(
                 "SELECT id, kind, status, attempts, coalesce(org_id::text, '-') AS org,
                         to_char(updated_at, 'YYYY-MM-DD HH24:MI:SS') AS updated,
@@ -72,7 +77,18 @@ pub async fn run(pool: &PgPool, command: ActionsCommand) -> anyhow::Result<ExitC
                     ]
                 })
                 .collect();
-            print_table(&["id", "kind", "status", "attempts", "org", "updated", "last error"], &table);
+            print_table(
+                &[
+                    "id",
+                    "kind",
+                    "status",
+                    "attempts",
+                    "org",
+                    "updated",
+                    "last error",
+                ],
+                &table,
+            );
             Ok(ExitCode::SUCCESS)
         }
         ActionsCommand::Show { id } => {
@@ -93,8 +109,18 @@ pub async fn run(pool: &PgPool, command: ActionsCommand) -> anyhow::Result<ExitC
                 }
             }
         }
-        ActionsCommand::Retry { id } => sql_command(pool, "SELECT orgkeeper.retry_action($1)", id, "back to pending").await,
-        ActionsCommand::Cancel { id } => sql_command(pool, "SELECT orgkeeper.cancel_action($1)", id, "cancelled").await,
+        ActionsCommand::Retry { id } => {
+            sql_command(
+                pool,
+                "SELECT orgkeeper.retry_action($1)",
+                id,
+                "back to pending",
+            )
+            .await
+        }
+        ActionsCommand::Cancel { id } => {
+            sql_command(pool, "SELECT orgkeeper.cancel_action($1)", id, "cancelled").await
+        }
     }
 }
 

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 #[derive(Debug, Default, Clone)]
 struct Histogram {
@@ -47,7 +49,12 @@ pub struct Metrics {
 impl Metrics {
     /// Counts an action outcome (`done`, `retried`, `compensated`, `failed`, `lease_lost`, `released`).
     pub fn action(&self, kind: &str, outcome: &'static str) {
-        *self.actions.lock().unwrap().entry((kind.to_string(), outcome)).or_default() += 1;
+        *self
+            .actions
+            .lock()
+            .unwrap()
+            .entry((kind.to_string(), outcome))
+            .or_default() += 1;
     }
 
     /// Records how long one claim statement took.
@@ -87,16 +94,29 @@ impl Metrics {
         out.push_str("# HELP orgkeeper_actions_total Actions finished by this replica, by kind and outcome.\n");
         out.push_str("# TYPE orgkeeper_actions_total counter\n");
         for ((kind, outcome), n) in self.actions.lock().unwrap().iter() {
-            let _ = writeln!(out, "orgkeeper_actions_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "orgkeeper_actions_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            );
         }
         out.push_str("# HELP orgkeeper_claim_duration_seconds Time of one claim statement.\n");
         out.push_str("# TYPE orgkeeper_claim_duration_seconds histogram\n");
-        write_histogram(&mut out, "orgkeeper_claim_duration_seconds", "", &self.claim.lock().unwrap());
+        write_histogram(
+            &mut out,
+            "orgkeeper_claim_duration_seconds",
+            "",
+            &self.claim.lock().unwrap(),
+        );
         out.push_str("# HELP orgkeeper_external_call_duration_seconds Time of one call to LiteLLM or Stripe.\n");
         out.push_str("# TYPE orgkeeper_external_call_duration_seconds histogram\n");
         for ((service, call), h) in self.calls.lock().unwrap().iter() {
             let labels = format!("service=\"{service}\",call=\"{call}\",");
-            write_histogram(&mut out, "orgkeeper_external_call_duration_seconds", &labels, h);
+            write_histogram(
+                &mut out,
+                "orgkeeper_external_call_duration_seconds",
+                &labels,
+                h,
+            );
         }
         out.push_str("# HELP orgkeeper_queue_depth Unfinished outbox actions, by status.\n");
         out.push_str("# TYPE orgkeeper_queue_depth gauge\n");
@@ -105,7 +125,11 @@ impl Metrics {
         }
         out.push_str("# HELP orgkeeper_in_flight Actions this replica is performing now.\n");
         out.push_str("# TYPE orgkeeper_in_flight gauge\n");
-        let _ = writeln!(out, "orgkeeper_in_flight {}", self.in_flight.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "orgkeeper_in_flight {}",
+            self.in_flight.load(Ordering::Relaxed)
+        );
         out
     }
 }
@@ -116,7 +140,11 @@ fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     }
     let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", h.count);
     let trimmed = labels.trim_end_matches(',');
-    let braces = if trimmed.is_empty() { String::new() } else { format!("{{{trimmed}}}") };
+    let braces = if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("{{{trimmed}}}")
+    };
     let _ = writeln!(out, "{name}_sum{braces} {}", h.sum);
     let _ = writeln!(out, "{name}_count{braces} {}", h.count);
 }
@@ -128,7 +156,11 @@ struct OpsState {
 }
 
 /// Serves `/healthz` and `/metrics` on `addr` until the process ends; returns the bound address.
-pub async fn serve(addr: SocketAddr, pool: PgPool, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
@@ -151,8 +183,14 @@ async fn healthz(State(state): State<OpsState>) -> impl IntoResponse {
     .await;
     match probe {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("database unreachable: {e}\n")),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable: no answer within 2 s\n".to_string()),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unreachable: {e}\n"),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database unreachable: no answer within 2 s\n".to_string(),
+        ),
     }
 }
 

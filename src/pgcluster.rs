@@ -92,7 +92,18 @@ impl PgCluster {
         let log = self.dir.join("server.log");
         self.run(
             "pg_ctl",
-            &["-D", path_str(&data)?, "-l", path_str(&log)?, "-o", &options, "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                path_str(&data)?,
+                "-l",
+                path_str(&log)?,
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         )
         .with_context(|| {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();

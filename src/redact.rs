@@ -36,7 +36,13 @@ mod tests {
     fn keys_and_bearer_tokens_are_redacted() {
         let text = r#"{"key":"sk-abcdef123456","h":"Bearer sk_live_XYZ0987"} sk-1"#;
         let red = redact_secrets(text);
-        assert!(!red.contains("abcdef123456") && !red.contains("XYZ0987"), "{red}");
-        assert_eq!(red, r#"{"key":"sk-[REDACTED]","h":"Bearer [REDACTED]"} sk-1"#);
+        assert!(
+            !red.contains("abcdef123456") && !red.contains("XYZ0987"),
+            "{red}"
+        );
+        assert_eq!(
+            red,
+            r#"{"key":"sk-[REDACTED]","h":"Bearer [REDACTED]"} sk-1"#
+        );
     }
 }

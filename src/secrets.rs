@@ -35,7 +35,9 @@ const NONCE_LEN: usize = 24;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
     /// The configured key is not 32 bytes of base64.
-    #[error("{setting} must be 32 bytes encoded as base64 (generate one with: openssl rand -base64 32)")]
+    #[error(
+        "{setting} must be 32 bytes encoded as base64 (generate one with: openssl rand -base64 32)"
+    )]
     BadKey {
         /// The environment variable holding the key.
         setting: &'static str,
@@ -71,7 +73,8 @@ impl Key {
             .chain_update(&bytes)
             .finalize();
         let id = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-        let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| SecretError::BadKey { setting })?;
+        let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
+            .map_err(|_| SecretError::BadKey { setting })?;
         let derive = Sha256::new()
             .chain_update(b"orgkeeper-derive:")
             .chain_update(&bytes)
@@ -114,7 +117,10 @@ impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyring")
             .field("current_key_id", &self.current.id)
-            .field("old_key_ids", &self.old.iter().map(|k| &k.id).collect::<Vec<_>>())
+            .field(
+                "old_key_ids",
+                &self.old.iter().map(|k| &k.id).collect::<Vec<_>>(),
+            )
             .field("legacy", &self.legacy.is_some())
             .finish()
     }
@@ -123,7 +129,11 @@ impl fmt::Debug for Keyring {
 impl Keyring {
     /// Builds the keyring from base64 keys (`ORGKEEPER_SECRET_KEY`, optional
     /// old keys, optional `ORGKEEPER_LEGACY_SECRET_KEY`).
-    pub fn new(current: &SecretString, old: &[SecretString], legacy: Option<&SecretString>) -> Result<Self, SecretError> {
+    pub fn new(
+        current: &SecretString,
+        old: &[SecretString],
+        legacy: Option<&SecretString>,
+    ) -> Result<Self, SecretError> {
         Ok(Keyring {
             current: Key::from_base64(current.expose_secret(), "ORGKEEPER_SECRET_KEY")?,
             old: old
@@ -146,33 +156,44 @@ impl Keyring {
     /// the same key, so a retry that lost its saved progress still finds the
     /// key it created instead of making another.
     pub fn derive_api_key(&self, context: &str) -> SecretString {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.current.derive).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.current.derive)
+            .expect("HMAC takes any key length");
         mac.update(b"litellm-key:");
         mac.update(context.as_bytes());
         let digest = mac.finalize().into_bytes();
         SecretString::from(format!(
             "sk-{}",
-            digest[..24].iter().map(|b| format!("{b:02x}")).collect::<String>()
+            digest[..24]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         ))
     }
 
     /// Encrypts `plaintext` under the current key (format `ok1:<key-id>:<data>`).
     pub fn encrypt(&self, plaintext: &SecretString) -> String {
         let sealed = self.current.seal(plaintext.expose_secret().as_bytes());
-        format!("{PREFIX}:{}:{}", self.current.id, URL_SAFE_NO_PAD.encode(sealed))
+        format!(
+            "{PREFIX}:{}:{}",
+            self.current.id,
+            URL_SAFE_NO_PAD.encode(sealed)
+        )
     }
 
     /// Decrypts a version-1 ciphertext with whichever configured key made it.
     pub fn decrypt(&self, ciphertext: &str) -> Result<SecretString, SecretError> {
         let mut parts = ciphertext.splitn(3, ':');
-        let (Some(PREFIX), Some(key_id), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(PREFIX), Some(key_id), Some(data)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Err(SecretError::Corrupt);
         };
         let key = std::iter::once(&self.current)
             .chain(&self.old)
             .find(|k| k.id == key_id)
             .ok_or_else(|| SecretError::UnknownKey(key_id.to_string()))?;
-        let sealed = URL_SAFE_NO_PAD.decode(data).map_err(|_| SecretError::Corrupt)?;
+        let sealed = URL_SAFE_NO_PAD
+            .decode(data)
+            .map_err(|_| SecretError::Corrupt)?;
         to_secret(key.open(&sealed)?)
     }
 
@@ -184,7 +205,9 @@ impl Keyring {
     /// Decrypts a legacy-scheme ciphertext with the legacy key.
     pub fn decrypt_legacy(&self, ciphertext: &str) -> Result<SecretString, SecretError> {
         let key = self.legacy.as_ref().ok_or(SecretError::NoLegacyKey)?;
-        let sealed = URL_SAFE_NO_PAD.decode(ciphertext.trim()).map_err(|_| SecretError::Corrupt)?;
+        let sealed = URL_SAFE_NO_PAD
+            .decode(ciphertext.trim())
+            .map_err(|_| SecretError::Corrupt)?;
         to_secret(key.open(&sealed)?)
     }
 
@@ -236,7 +259,10 @@ mod tests {
         let ct = ring.encrypt(&secret);
         assert!(ct.starts_with(&format!("ok1:{}:", ring.current_key_id())));
         assert!(!ct.contains("very-secret"));
-        assert_eq!(ring.decrypt(&ct).unwrap().expose_secret(), "sk-very-secret-value-123");
+        assert_eq!(
+            ring.decrypt(&ct).unwrap().expose_secret(),
+            "sk-very-secret-value-123"
+        );
         assert_ne!(ct, ring.encrypt(&secret), "fresh nonce every time");
     }
 
@@ -245,7 +271,10 @@ mod tests {
         let (old_ring, old_key) = ring(false);
         let ct = old_ring.encrypt(&SecretString::from("sk-rotated-key-0000"));
         let new_ring = Keyring::new(&generate_key(), &[old_key], None).unwrap();
-        assert_eq!(new_ring.decrypt(&ct).unwrap().expose_secret(), "sk-rotated-key-0000");
+        assert_eq!(
+            new_ring.decrypt(&ct).unwrap().expose_secret(),
+            "sk-rotated-key-0000"
+        );
         let stranger = Keyring::new(&generate_key(), &[], None).unwrap();
         assert_eq!(
             stranger.decrypt(&ct).unwrap_err(),
@@ -257,13 +286,25 @@ mod tests {
     fn derived_api_keys_are_stable_per_context_and_key() {
         let (ring, key) = ring(false);
         let a = ring.derive_api_key("org-1");
-        assert_eq!(a.expose_secret(), ring.derive_api_key("org-1").expose_secret());
-        assert_ne!(a.expose_secret(), ring.derive_api_key("org-2").expose_secret());
+        assert_eq!(
+            a.expose_secret(),
+            ring.derive_api_key("org-1").expose_secret()
+        );
+        assert_ne!(
+            a.expose_secret(),
+            ring.derive_api_key("org-2").expose_secret()
+        );
         assert!(a.expose_secret().starts_with("sk-") && a.expose_secret().len() == 51);
         let same = Keyring::new(&key, &[], None).unwrap();
-        assert_eq!(a.expose_secret(), same.derive_api_key("org-1").expose_secret());
+        assert_eq!(
+            a.expose_secret(),
+            same.derive_api_key("org-1").expose_secret()
+        );
         let (other, _) = super::tests::ring(false);
-        assert_ne!(a.expose_secret(), other.derive_api_key("org-1").expose_secret());
+        assert_ne!(
+            a.expose_secret(),
+            other.derive_api_key("org-1").expose_secret()
+        );
     }
 
     #[test]
@@ -273,23 +314,36 @@ mod tests {
         let last = ct.pop().unwrap();
         ct.push(if last == 'A' { 'B' } else { 'A' });
         assert_eq!(ring.decrypt(&ct).unwrap_err(), SecretError::Corrupt);
-        assert_eq!(ring.decrypt("plain text").unwrap_err(), SecretError::Corrupt);
+        assert_eq!(
+            ring.decrypt("plain text").unwrap_err(),
+            SecretError::Corrupt
+        );
     }
 
     #[test]
     fn legacy_ciphertext_is_read_only_with_the_legacy_key() {
         let (ring, _) = ring(true);
-        let legacy = ring.encrypt_legacy(&SecretString::from("sk-legacy-0001")).unwrap();
+        let legacy = ring
+            .encrypt_legacy(&SecretString::from("sk-legacy-0001"))
+            .unwrap();
         assert!(!Keyring::is_current_format(&legacy));
-        assert_eq!(ring.decrypt_any(&legacy).unwrap().expose_secret(), "sk-legacy-0001");
+        assert_eq!(
+            ring.decrypt_any(&legacy).unwrap().expose_secret(),
+            "sk-legacy-0001"
+        );
         let (no_legacy, _) = super::tests::ring(false);
-        assert_eq!(no_legacy.decrypt_any(&legacy).unwrap_err(), SecretError::NoLegacyKey);
+        assert_eq!(
+            no_legacy.decrypt_any(&legacy).unwrap_err(),
+            SecretError::NoLegacyKey
+        );
     }
 
     #[test]
     fn bad_keys_name_the_setting_and_debug_shows_no_key_material() {
         let err = Keyring::new(&SecretString::from("c2hvcnQ="), &[], None).unwrap_err();
-        assert!(err.to_string().starts_with("ORGKEEPER_SECRET_KEY must be 32 bytes"));
+        assert!(err
+            .to_string()
+            .starts_with("ORGKEEPER_SECRET_KEY must be 32 bytes"));
         let key = generate_key();
         let ring = Keyring::new(&key, &[], None).unwrap();
         assert!(!format!("{ring:?}").contains(key.expose_secret()));

@@ -615,7 +615,7 @@ async fn a_legacy_users_budget_and_keys_move_to_the_personal_team() {
         "tokens, not keys"
     );
     for k in &listed {
-        c.move_key_to_team(&k.token, legacy).await.unwrap();
+        c.move_key_to_team(&k.token, Some(legacy)).await.unwrap();
     }
     let listed = c.list_user_keys(legacy).await.unwrap();
     assert!(listed.iter().all(|k| k.team_id.as_deref() == Some(legacy)));
@@ -640,7 +640,7 @@ async fn a_legacy_users_budget_and_keys_move_to_the_personal_team() {
 
     // Moving a key to a team that does not exist fails permanently.
     let e = c
-        .move_key_to_team(&listed[0].token, "no-such-team")
+        .move_key_to_team(&listed[0].token, Some("no-such-team"))
         .await
         .unwrap_err();
     assert!(!e.is_transient(), "{e}");

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{daemon_config, daemon_settings, insert_orgs, status_counts, wait_until, TestDaemon, TestDb};
+use common::{
+    daemon_config, daemon_settings, insert_orgs, status_counts, wait_until, TestDaemon, TestDb,
+};
 use orgkeeper::litellm::{Faults, LiteLlmSimulator};
 use secrecy::ExposeSecret;
 use std::io::{BufRead, BufReader};
@@ -14,7 +16,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_orgkeeper");
 const LONG: Duration = Duration::from_secs(60);
 
 fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -25,7 +30,10 @@ fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(Instant::now() < deadline, "process did not exit within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -72,7 +80,10 @@ async fn dev_runs_everything_and_ctrl_c_leaves_nothing_behind() {
     assert!(status.success(), "dev exits cleanly on Ctrl-C: {status:?}");
     assert!(!dir.exists(), "the cluster directory is removed");
     let server = format!("bin/postgres -D {}", dir.join("data").display());
-    let leftovers = Command::new("pgrep").args(["-f", &server]).output().unwrap();
+    let leftovers = Command::new("pgrep")
+        .args(["-f", &server])
+        .output()
+        .unwrap();
     assert!(leftovers.stdout.is_empty(), "no server process is left");
 }
 
@@ -103,14 +114,23 @@ async fn sigterm_during_a_burst_exits_within_the_deadline_and_a_restart_finishes
     };
     let mut first = spawn();
     wait_until(LONG, "work in flight", || async {
-        status_counts(&db.pool).await.get("active").copied().unwrap_or(0) >= 10
+        status_counts(&db.pool)
+            .await
+            .get("active")
+            .copied()
+            .unwrap_or(0)
+            >= 10
     })
     .await;
     let sent = Instant::now();
     signal(first.id(), "-TERM");
     let status = wait_exit(&mut first, Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
-    assert!(sent.elapsed() < Duration::from_secs(5), "exited within its 2 s grace (+ margin): {:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "exited within its 2 s grace (+ margin): {:?}",
+        sent.elapsed()
+    );
     let running: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE status = 'running' OR locked_by IS NOT NULL",
     )
@@ -118,7 +138,11 @@ async fn sigterm_during_a_burst_exits_within_the_deadline_and_a_restart_finishes
     .await
     .unwrap();
     assert_eq!(running, 0, "nothing left running or leased after shutdown");
-    let active = status_counts(&db.pool).await.get("active").copied().unwrap_or(0);
+    let active = status_counts(&db.pool)
+        .await
+        .get("active")
+        .copied()
+        .unwrap_or(0);
     assert!(active < 300, "the burst was interrupted ({active} active)");
 
     sim.set_faults(Faults::default());
@@ -133,7 +157,11 @@ async fn sigterm_during_a_burst_exits_within_the_deadline_and_a_restart_finishes
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The value of the first sample of `metric` with all of `labels`.
@@ -152,20 +180,33 @@ fn assert_prometheus_text(text: &str) {
         if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
-        assert!(value.parse::<f64>().is_ok() || value == "+Inf", "bad value in {line:?}");
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert!(
+            value.parse::<f64>().is_ok() || value == "+Inf",
+            "bad value in {line:?}"
+        );
         let name_end = series.find('{').unwrap_or(series.len());
         let name = &series[..name_end];
         assert!(
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name in {line:?}"
         );
         if name_end < series.len() {
             let labels = &series[name_end + 1..series.len() - 1];
             assert!(series.ends_with('}'), "unclosed labels in {line:?}");
             for pair in labels.split("\",").filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("bad label in {line:?}"));
-                assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "bad label name in {line:?}");
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "bad label name in {line:?}"
+                );
                 assert!(!v.contains('\n'));
             }
         }
@@ -174,7 +215,9 @@ fn assert_prometheus_text(text: &str) {
 
 #[tokio::test]
 async fn metrics_move_with_work_and_healthz_fails_without_the_database() {
-    let cluster = orgkeeper::pgcluster::PgCluster::start(orgkeeper::pgcluster::Durability::Throwaway).unwrap();
+    let cluster =
+        orgkeeper::pgcluster::PgCluster::start(orgkeeper::pgcluster::Durability::Throwaway)
+            .unwrap();
     let url = cluster.url("postgres");
     orgkeeper::db::migrate(&url).await.unwrap();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
@@ -182,35 +225,78 @@ async fn metrics_move_with_work_and_healthz_fails_without_the_database() {
     let port = free_port();
     let mut settings = daemon_settings("w1", Duration::from_secs(30));
     settings.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
-    let d = TestDaemon::start(daemon_config(&url, &sim, &orgkeeper::secrets::generate_key(), settings));
+    let d = TestDaemon::start(daemon_config(
+        &url,
+        &sim,
+        &orgkeeper::secrets::generate_key(),
+        settings,
+    ));
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_until(LONG, "the endpoint to answer", || async {
-        http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success())
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     })
     .await;
 
-    let before = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let before = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_prometheus_text(&before);
     let done = ["kind=\"litellm.provision_org\"", "outcome=\"done\""];
     assert_eq!(sample(&before, "orgkeeper_actions_total", &done), None);
 
     insert_orgs(&pool, "Metered", 5).await;
-    wait_until(LONG, "5 active", || async { status_counts(&pool).await.get("active") == Some(&5) }).await;
-    let after = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    wait_until(LONG, "5 active", || async {
+        status_counts(&pool).await.get("active") == Some(&5)
+    })
+    .await;
+    let after = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_prometheus_text(&after);
     assert_eq!(sample(&after, "orgkeeper_actions_total", &done), Some(5.0));
-    assert!(sample(&after, "orgkeeper_external_call_duration_seconds_count", &["call=\"team_new\""]).unwrap() >= 5.0);
+    assert!(
+        sample(
+            &after,
+            "orgkeeper_external_call_duration_seconds_count",
+            &["call=\"team_new\""]
+        )
+        .unwrap()
+            >= 5.0
+    );
     assert!(sample(&after, "orgkeeper_claim_duration_seconds_count", &[]).unwrap() >= 1.0);
-    assert_eq!(sample(&after, "orgkeeper_queue_depth", &["status=\"pending\""]), Some(0.0));
+    assert_eq!(
+        sample(&after, "orgkeeper_queue_depth", &["status=\"pending\""]),
+        Some(0.0)
+    );
 
     cluster.pause().unwrap();
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 503);
-    assert!(health.text().await.unwrap().contains("database unreachable"));
+    assert!(health
+        .text()
+        .await
+        .unwrap()
+        .contains("database unreachable"));
     cluster.resume().unwrap();
     wait_until(LONG, "healthy again", || async {
-        http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success())
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     })
     .await;
     d.stop().await;
@@ -225,7 +311,10 @@ fn listen_with(env: &[(&str, &str)], extra: &[&str]) -> (i32, String) {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -252,14 +341,21 @@ async fn missing_or_malformed_settings_give_one_line_naming_the_setting_and_exit
         ("STRIPE_API_KEY", Some("pk_live_public")),
     ];
     for (setting, value) in cases {
-        let mut env: Vec<(&str, &str)> = good.iter().filter(|(k, _)| *k != setting).copied().collect();
+        let mut env: Vec<(&str, &str)> = good
+            .iter()
+            .filter(|(k, _)| *k != setting)
+            .copied()
+            .collect();
         if let Some(v) = value {
             env.push((setting, v));
         }
         let (code, stderr) = listen_with(&env, &["--check"]);
         assert_eq!(code, 2, "{setting}={value:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-        assert!(stderr.contains(setting), "{setting}={value:?} named: {stderr}");
+        assert!(
+            stderr.contains(setting),
+            "{setting}={value:?} named: {stderr}"
+        );
         assert!(!stderr.contains(key.expose_secret()), "no secret echoed");
     }
 }
@@ -277,8 +373,16 @@ async fn listen_check_validates_and_exits() {
     let (code, stderr) = listen_with(&env, &["--check"]);
     assert_eq!(code, 0, "{stderr}");
     let unmigrated = TestDb::empty().await;
-    let env = [("DATABASE_URL", unmigrated.url.as_str()), env[1], env[2], env[3]];
+    let env = [
+        ("DATABASE_URL", unmigrated.url.as_str()),
+        env[1],
+        env[2],
+        env[3],
+    ];
     let (code, stderr) = listen_with(&env, &["--check"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("orgkeeper migrate"), "says what to run: {stderr}");
+    assert!(
+        stderr.contains("orgkeeper migrate"),
+        "says what to run: {stderr}"
+    );
 }

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{daemon_config, daemon_settings, insert_orgs, status_counts, wait_until, TestDaemon, TestDb};
+use common::{
+    daemon_config, daemon_settings, insert_orgs, status_counts, wait_until, TestDaemon, TestDb,
+};
 use orgkeeper::litellm::{Faults, LiteLlmSimulator};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -13,8 +15,19 @@ use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn daemon(db: &TestDb, sim: &LiteLlmSimulator, key: &SecretString, worker: &str, lease: Duration) -> TestDaemon {
-    TestDaemon::start(daemon_config(&db.url, sim, key, daemon_settings(worker, lease)))
+fn daemon(
+    db: &TestDb,
+    sim: &LiteLlmSimulator,
+    key: &SecretString,
+    worker: &str,
+    lease: Duration,
+) -> TestDaemon {
+    TestDaemon::start(daemon_config(
+        &db.url,
+        sim,
+        key,
+        daemon_settings(worker, lease),
+    ))
 }
 
 async fn all_active(pool: &PgPool, n: i64) -> bool {
@@ -30,9 +43,15 @@ async fn assert_one_of_each(db: &TestDb, sim: &LiteLlmSimulator, orgs: &[Uuid]) 
             .fetch_one(&db.pool)
             .await
             .unwrap();
-        let team = sim.team(&org.to_string()).unwrap_or_else(|| panic!("no team for org {org}"));
+        let team = sim
+            .team(&org.to_string())
+            .unwrap_or_else(|| panic!("no team for org {org}"));
         let members: Vec<&str> = team.members.iter().map(|m| m.user_id.as_str()).collect();
-        assert_eq!(members, vec![owner.to_string().as_str()], "members of {org}");
+        assert_eq!(
+            members,
+            vec![owner.to_string().as_str()],
+            "members of {org}"
+        );
         assert_eq!(team.keys.len(), 1, "keys of {org}");
         assert_eq!(
             team.keys[0].alias.as_deref(),
@@ -68,19 +87,26 @@ async fn two_hundred_orgs_become_active_with_one_team_membership_and_encrypted_k
     .unwrap();
     assert_eq!(rows.len(), 200);
     for (org_key, member_key, team_id, model) in rows {
-        assert!(org_key.starts_with("ok1:") && !org_key.contains("sk-"), "ciphertext at rest");
+        assert!(
+            org_key.starts_with("ok1:") && !org_key.contains("sk-"),
+            "ciphertext at rest"
+        );
         assert_eq!(org_key, member_key);
         let plain = keyring.decrypt(&org_key).unwrap();
         assert!(plain.expose_secret().starts_with("sk-"));
-        assert!(sim.has_key(plain.expose_secret()), "the stored key is the one LiteLLM knows");
+        assert!(
+            sim.has_key(plain.expose_secret()),
+            "the stored key is the one LiteLLM knows"
+        );
         assert!(Uuid::parse_str(&team_id).is_ok());
         assert_eq!(model.as_deref(), Some("litellm_proxy/test-model"));
     }
-    let statuses: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM orgkeeper.pending_external_actions GROUP BY 1")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let statuses: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM orgkeeper.pending_external_actions GROUP BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(statuses, vec![("done".to_string(), 200)]);
 }
 
@@ -112,7 +138,10 @@ async fn kill_after_step(step: usize) {
     }
     let first = daemon(&db, &sim, &key, "doomed", Duration::from_secs(1));
     let done_step = STEPS[step - 1];
-    wait_until(LONG, "the step to succeed", || async { sim.stats().succeeded(done_step) >= 1 }).await;
+    wait_until(LONG, "the step to succeed", || async {
+        sim.stats().succeeded(done_step) >= 1
+    })
+    .await;
     first.kill().await;
     sim.set_faults(Faults::default());
 
@@ -135,12 +164,16 @@ async fn kill_after_step(step: usize) {
     second.stop().await;
     assert_one_of_each(&db, &sim, &orgs).await;
     if step == STEPS.len() {
-        let reused: serde_json::Value =
-            sqlx::query_scalar("SELECT result->'key_reused' FROM orgkeeper.pending_external_actions")
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
-        assert_eq!(reused, true, "the retry found the key it had chosen instead of making another");
+        let reused: serde_json::Value = sqlx::query_scalar(
+            "SELECT result->'key_reused' FROM orgkeeper.pending_external_actions",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            reused, true,
+            "the retry found the key it had chosen instead of making another"
+        );
     }
 }
 
@@ -177,7 +210,10 @@ async fn calls_that_succeed_but_answer_502_create_nothing_twice() {
     let d = daemon(&db, &sim, &key, "w1", LONG);
     wait_until(LONG, "20 orgs active", || all_active(&db.pool, 20)).await;
     d.stop().await;
-    assert!(sim.stats().status_count(502) >= 20 * 4, "every first call answered 502");
+    assert!(
+        sim.stats().status_count(502) >= 20 * 4,
+        "every first call answered 502"
+    );
     assert_one_of_each(&db, &sim, &orgs).await;
 }
 
@@ -193,7 +229,10 @@ async fn thirty_percent_server_errors_and_latency_still_end_active_with_attempts
     let key = orgkeeper::secrets::generate_key();
     let orgs = insert_orgs(&db.pool, "Flaky", 100).await;
     let d = daemon(&db, &sim, &key, "w1", LONG);
-    wait_until(Duration::from_secs(120), "100 orgs active", || all_active(&db.pool, 100)).await;
+    wait_until(Duration::from_secs(120), "100 orgs active", || {
+        all_active(&db.pool, 100)
+    })
+    .await;
     d.stop().await;
     assert_one_of_each(&db, &sim, &orgs).await;
     let (retried, max_attempts): (i64, i32) = sqlx::query_as(
@@ -203,7 +242,10 @@ async fn thirty_percent_server_errors_and_latency_still_end_active_with_attempts
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert!(retried > 0 && max_attempts > 1, "retries were needed and recorded");
+    assert!(
+        retried > 0 && max_attempts > 1,
+        "retries were needed and recorded"
+    );
     let (errors, attempts): (i64, i32) = sqlx::query_as(
         "SELECT jsonb_array_length(errors)::int8, attempts FROM orgkeeper.pending_external_actions
           WHERE jsonb_array_length(errors) > 0 LIMIT 1",
@@ -231,20 +273,31 @@ async fn a_permanent_key_error_deletes_the_team_and_fails_the_org_with_both_erro
     .await;
     d.stop().await;
 
-    assert!(sim.team(&orgs[0].to_string()).is_none(), "team deleted at LiteLLM");
+    assert!(
+        sim.team(&orgs[0].to_string()).is_none(),
+        "team deleted at LiteLLM"
+    );
     assert_eq!(sim.stats().teams, 0);
-    let error: serde_json::Value = sqlx::query_scalar("SELECT provisioning_error FROM orgkeeper.org")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert!(error["error"].as_str().unwrap().contains("key/generate"), "{error}");
+    let error: serde_json::Value =
+        sqlx::query_scalar("SELECT provisioning_error FROM orgkeeper.org")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("key/generate"),
+        "{error}"
+    );
     assert_eq!(error["cleanup"]["team_deleted"], true, "{error}");
     let (status, attempts): (String, i32) =
         sqlx::query_as("SELECT status, attempts FROM orgkeeper.pending_external_actions")
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert_eq!((status.as_str(), attempts), ("compensated", 1), "a 400 is not retried");
+    assert_eq!(
+        (status.as_str(), attempts),
+        ("compensated", 1),
+        "a 400 is not retried"
+    );
 }
 
 #[tokio::test]
@@ -259,7 +312,10 @@ async fn an_org_deleted_while_provisioning_is_in_flight_leaves_nothing_dangling(
     let key = orgkeeper::secrets::generate_key();
     let orgs = insert_orgs(&db.pool, "Fleeting", 1).await;
     let d = daemon(&db, &sim, &key, "w1", LONG);
-    wait_until(LONG, "the team to exist", || async { sim.stats().teams == 1 }).await;
+    wait_until(LONG, "the team to exist", || async {
+        sim.stats().teams == 1
+    })
+    .await;
     sqlx::query("DELETE FROM orgkeeper.org WHERE id = $1")
         .bind(orgs[0])
         .execute(&db.pool)
@@ -279,7 +335,11 @@ async fn an_org_deleted_while_provisioning_is_in_flight_leaves_nothing_dangling(
     d.stop().await;
 
     let stats = sim.stats();
-    assert_eq!((stats.teams, stats.keys, stats.memberships), (0, 0, 0), "nothing dangling at LiteLLM");
+    assert_eq!(
+        (stats.teams, stats.keys, stats.memberships),
+        (0, 0, 0),
+        "nothing dangling at LiteLLM"
+    );
     let actions: Vec<(String, String)> =
         sqlx::query_as("SELECT kind, status FROM orgkeeper.pending_external_actions ORDER BY id")
             .fetch_all(&db.pool)
@@ -300,12 +360,19 @@ async fn replicas_provision_every_org_once(replicas: usize) {
     let daemons: Vec<TestDaemon> = (0..replicas)
         .map(|i| daemon(&db, &sim, &key, &format!("replica-{i}"), LONG))
         .collect();
-    wait_until(Duration::from_secs(180), "1000 orgs active", || all_active(&db.pool, 1000)).await;
+    wait_until(Duration::from_secs(180), "1000 orgs active", || {
+        all_active(&db.pool, 1000)
+    })
+    .await;
     for d in daemons {
         d.stop().await;
     }
     assert_one_of_each(&db, &sim, &orgs).await;
-    assert_eq!(sim.stats().calls("team/new"), 1000, "each team created by exactly one call");
+    assert_eq!(
+        sim.stats().calls("team/new"),
+        1000,
+        "each team created by exactly one call"
+    );
 }
 
 #[tokio::test]
@@ -320,13 +387,20 @@ async fn four_daemons_provision_a_thousand_orgs_each_exactly_once() {
 
 #[tokio::test]
 async fn a_database_restart_under_the_daemon_is_survived_without_operator_action() {
-    let cluster = orgkeeper::pgcluster::PgCluster::start(orgkeeper::pgcluster::Durability::Throwaway).unwrap();
+    let cluster =
+        orgkeeper::pgcluster::PgCluster::start(orgkeeper::pgcluster::Durability::Throwaway)
+            .unwrap();
     let url = cluster.url("postgres");
     orgkeeper::db::migrate(&url).await.unwrap();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let sim = LiteLlmSimulator::start_local().await.unwrap();
     let key = orgkeeper::secrets::generate_key();
-    let config = daemon_config(&url, &sim, &key, daemon_settings("w1", Duration::from_secs(2)));
+    let config = daemon_config(
+        &url,
+        &sim,
+        &key,
+        daemon_settings("w1", Duration::from_secs(2)),
+    );
     let d = TestDaemon::start(config);
     insert_orgs(&pool, "Before", 20).await;
     wait_until(LONG, "the first 20 active", || all_active(&pool, 20)).await;
@@ -334,7 +408,10 @@ async fn a_database_restart_under_the_daemon_is_survived_without_operator_action
     cluster.restart().unwrap();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     insert_orgs(&pool, "After", 20).await;
-    wait_until(LONG, "all 40 active after the restart", || all_active(&pool, 40)).await;
+    wait_until(LONG, "all 40 active after the restart", || {
+        all_active(&pool, 40)
+    })
+    .await;
     d.stop().await;
     assert_eq!(sim.stats().teams, 40);
 }
@@ -347,7 +424,11 @@ async fn an_expired_lease_passes_the_action_to_another_replica_and_fences_the_la
     let orgs = insert_orgs(&db.pool, "Frozen", 1).await;
 
     // A replica claims the action, then freezes past its lease.
-    let frozen = orgkeeper::outbox::Outbox::new(db.pool.clone(), "frozen".into(), Duration::from_millis(300));
+    let frozen = orgkeeper::outbox::Outbox::new(
+        db.pool.clone(),
+        "frozen".into(),
+        Duration::from_millis(300),
+    );
     let claimed = frozen.claim(10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -358,8 +439,14 @@ async fn an_expired_lease_passes_the_action_to_another_replica_and_fences_the_la
 
     // The frozen replica wakes up and tries to write its outcome: refused.
     let id = claimed[0].id;
-    assert!(!frozen.complete(id, &serde_json::json!({"late": true})).await.unwrap());
-    assert!(!frozen.retry_later(id, "late", Duration::ZERO).await.unwrap());
+    assert!(!frozen
+        .complete(id, &serde_json::json!({"late": true}))
+        .await
+        .unwrap());
+    assert!(!frozen
+        .retry_later(id, "late", Duration::ZERO)
+        .await
+        .unwrap());
     assert!(!frozen.begin_compensation(id, "late").await.unwrap());
     let late: String = sqlx::query_scalar(
         "SELECT orgkeeper.record_org_provisioned($1, 'frozen', 'bogus-team', gen_random_uuid(), 'm', 'u', 'ok1:x:y', '{}')",

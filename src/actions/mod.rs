@@ -7,7 +7,10 @@
 
 mod delete_team;
 mod members;
+mod migrate_user;
 mod provision_org;
+mod reencrypt;
+mod stripe_customer;
 
 use crate::config::ProvisioningDefaults;
 use crate::litellm::{LiteLlmClient, LiteLlmError};
@@ -128,7 +131,9 @@ where
     loop {
         let started = Instant::now();
         let result = f().await;
-        services.metrics.call_latency(service, name, started.elapsed());
+        services
+            .metrics
+            .call_latency(service, name, started.elapsed());
         match result {
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() => match retries.next() {
@@ -144,12 +149,21 @@ where
 }
 
 /// Performs `action`'s forward work with the handler for its kind.
-pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> Result<Finish, ActionError> {
+pub async fn perform(
+    services: &Services,
+    outbox: &Outbox,
+    action: &Action,
+) -> Result<Finish, ActionError> {
     match action.kind.as_str() {
         "litellm.provision_org" => provision_org::perform(services, outbox, action).await,
         "litellm.delete_team" => delete_team::perform(services, action).await,
         "litellm.add_member" => members::add(services, action).await,
         "litellm.remove_member" => members::remove(services, action).await,
+        "litellm.migrate_user" => migrate_user::migrate(services, outbox, action).await,
+        "litellm.rollback_user" => migrate_user::rollback(services, action).await,
+        "stripe.migrate_customer" => stripe_customer::migrate(services, action).await,
+        "stripe.rollback_customer" => stripe_customer::rollback(services, action).await,
+        "secrets.reencrypt" => reencrypt::perform(services, action).await,
         other => Err(ActionError::Permanent(format!(
             "this daemon has no handler for action kind {other:?}; run a daemon version that knows it, then orgkeeper actions retry"
         ))),
@@ -168,10 +182,17 @@ pub async fn compensate(
     may_retry: bool,
 ) -> sqlx::Result<&'static str> {
     match action.kind.as_str() {
-        "litellm.provision_org" => provision_org::compensate(services, outbox, action, error, may_retry).await,
+        "litellm.provision_org" => {
+            provision_org::compensate(services, outbox, action, error, may_retry).await
+        }
         _ => {
             outbox
-                .finish(action.id, "failed", &json!({ "cleanup": "nothing to undo" }), None)
+                .finish(
+                    action.id,
+                    "failed",
+                    &json!({ "cleanup": "nothing to undo" }),
+                    None,
+                )
                 .await?;
             Ok("failed")
         }
@@ -180,10 +201,14 @@ pub async fn compensate(
 
 /// A required string field of an action's payload.
 pub(crate) fn payload_str<'a>(action: &'a Action, field: &str) -> Result<&'a str, ActionError> {
-    action.payload.get(field).and_then(Value::as_str).ok_or_else(|| {
-        ActionError::Permanent(format!(
-            "action {} ({}) has no {field:?} in its payload",
-            action.id, action.kind
-        ))
-    })
+    action
+        .payload
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ActionError::Permanent(format!(
+                "action {} ({}) has no {field:?} in its payload",
+                action.id, action.kind
+            ))
+        })
 }

@@ -57,7 +57,11 @@ fn org_id(action: &Action) -> Result<Uuid, ActionError> {
 }
 
 /// Runs the saga's forward steps and the write-back.
-pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> Result<Finish, ActionError> {
+pub async fn perform(
+    services: &Services,
+    outbox: &Outbox,
+    action: &Action,
+) -> Result<Finish, ActionError> {
     let org_id = org_id(action)?;
     let org = load(services, org_id)
         .await?
@@ -75,7 +79,10 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
         models: &models,
         metadata: json!({ "org_id": team_id, "kind": org.kind, "managed_by": "orgkeeper" }),
     };
-    let team = call(services, "litellm", "team_new", || litellm.create_team(&new_team)).await?;
+    let team = call(services, "litellm", "team_new", || {
+        litellm.create_team(&new_team)
+    })
+    .await?;
     call(services, "litellm", "user_new", || {
         litellm.create_user(&owner, org.owner_email.as_deref())
     })
@@ -88,9 +95,14 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
     let (key, ciphertext) = match action.progress.get("key").and_then(Value::as_str) {
         Some(ct) => (services.keyring.decrypt(ct)?, ct.to_string()),
         None => {
-            let key = services.keyring.derive_api_key(&format!("org {team_id} user {owner}"));
+            let key = services
+                .keyring
+                .derive_api_key(&format!("org {team_id} user {owner}"));
             let ct = services.keyring.encrypt(&key);
-            if !outbox.save_progress(action.id, &json!({ "key": ct })).await? {
+            if !outbox
+                .save_progress(action.id, &json!({ "key": ct }))
+                .await?
+            {
                 return Err(ActionError::LeaseLost);
             }
             (key, ct)
@@ -99,7 +111,10 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
     // Any earlier attempt may have created the key, even one whose saved
     // progress was lost (the key value is derived, so it is the same).
     let resumed = action.attempts > 1 || action.progress.get("key").is_some();
-    let alias = format!("{} - user {owner} - org {team_id}", defaults.key_alias_prefix);
+    let alias = format!(
+        "{} - user {owner} - org {team_id}",
+        defaults.key_alias_prefix
+    );
     let new_key = NewKey {
         key: &key,
         key_alias: &alias,
@@ -110,7 +125,10 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
     };
     let key_created = if resumed {
         // An earlier attempt may have created the key: /key/info decides.
-        call(services, "litellm", "key_ensure", || litellm.ensure_key(&new_key)).await?
+        call(services, "litellm", "key_ensure", || {
+            litellm.ensure_key(&new_key)
+        })
+        .await?
     } else {
         generate_first_key(services, &new_key).await?
     };
@@ -122,17 +140,19 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
         "key_alias": alias,
         "key_reused": matches!(key_created, Created::Existing),
     });
-    let recorded: String = sqlx::query_scalar("SELECT orgkeeper.record_org_provisioned($1, $2, $3, $4, $5, $6, $7, $8)")
-        .bind(action.id)
-        .bind(outbox.worker())
-        .bind(&team_id)
-        .bind(org.owner)
-        .bind(&defaults.model)
-        .bind(&defaults.llm_base_url)
-        .bind(&ciphertext)
-        .bind(&result)
-        .fetch_one(&services.pool)
-        .await?;
+    let recorded: String = sqlx::query_scalar(
+        "SELECT orgkeeper.record_org_provisioned($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(action.id)
+    .bind(outbox.worker())
+    .bind(&team_id)
+    .bind(org.owner)
+    .bind(&defaults.model)
+    .bind(&defaults.llm_base_url)
+    .bind(&ciphertext)
+    .bind(&result)
+    .fetch_one(&services.pool)
+    .await?;
     match recorded.as_str() {
         "done" => Ok(Finish::Recorded),
         "org_gone" => Err(ActionError::Permanent(ORG_GONE.into())),
@@ -144,13 +164,23 @@ pub async fn perform(services: &Services, outbox: &Outbox, action: &Action) -> R
 /// created the key, so a 200 is trusted; an "alias already exists" answer or an
 /// error (the call may have succeeded before failing) is settled by
 /// `/key/info`.
-async fn generate_first_key(services: &Services, new_key: &NewKey<'_>) -> Result<Created, ActionError> {
+async fn generate_first_key(
+    services: &Services,
+    new_key: &NewKey<'_>,
+) -> Result<Created, ActionError> {
     let litellm = &services.litellm;
-    let generated = call(services, "litellm", "key_generate", || litellm.generate_key(new_key)).await;
+    let generated = call(services, "litellm", "key_generate", || {
+        litellm.generate_key(new_key)
+    })
+    .await;
     if let Ok(Created::New) = generated {
         return Ok(Created::New);
     }
-    if call(services, "litellm", "key_info", || litellm.key_exists(new_key.key)).await? {
+    if call(services, "litellm", "key_info", || {
+        litellm.key_exists(new_key.key)
+    })
+    .await?
+    {
         return Ok(Created::New);
     }
     match generated {
@@ -179,11 +209,19 @@ pub async fn compensate(
     })
     .await
     {
-        Ok(Deleted::Deleted) => (json!({ "team_id": team_id, "team_deleted": true }), "compensated"),
-        Ok(Deleted::AlreadyGone) => (json!({ "team_id": team_id, "team_deleted": false, "team_absent": true }), "compensated"),
+        Ok(Deleted::Deleted) => (
+            json!({ "team_id": team_id, "team_deleted": true }),
+            "compensated",
+        ),
+        Ok(Deleted::AlreadyGone) => (
+            json!({ "team_id": team_id, "team_deleted": false, "team_absent": true }),
+            "compensated",
+        ),
         Err(ActionError::Transient(m)) if may_retry => {
             let delay = std::time::Duration::from_secs(5);
-            outbox.retry_later(action.id, &format!("cleanup: {m}"), delay).await?;
+            outbox
+                .retry_later(action.id, &format!("cleanup: {m}"), delay)
+                .await?;
             return Ok("cleanup_retried");
         }
         Err(e) => {
@@ -191,16 +229,21 @@ pub async fn compensate(
                 ActionError::Transient(m) | ActionError::Permanent(m) => m,
                 ActionError::LeaseLost => return Ok("lease_lost"),
             };
-            (json!({ "team_id": team_id, "team_deleted": false, "error": message }), "failed")
+            (
+                json!({ "team_id": team_id, "team_deleted": false, "error": message }),
+                "failed",
+            )
         }
     };
-    sqlx::query_scalar::<_, bool>("SELECT orgkeeper.record_provisioning_failed($1, $2, $3, $4, $5)")
-        .bind(action.id)
-        .bind(outbox.worker())
-        .bind(status)
-        .bind(error)
-        .bind(&cleanup)
-        .fetch_one(&services.pool)
-        .await?;
+    sqlx::query_scalar::<_, bool>(
+        "SELECT orgkeeper.record_provisioning_failed($1, $2, $3, $4, $5)",
+    )
+    .bind(action.id)
+    .bind(outbox.worker())
+    .bind(status)
+    .bind(error)
+    .bind(&cleanup)
+    .fetch_one(&services.pool)
+    .await?;
     Ok(status)
 }

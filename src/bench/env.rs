@@ -20,14 +20,20 @@ impl BenchEnv {
         let (admin_url, cluster) = match database_url {
             Some(url) => (url.to_string(), None),
             None => {
-                let cluster = tokio::task::spawn_blocking(|| PgCluster::start(Durability::Default)).await??;
+                let cluster =
+                    tokio::task::spawn_blocking(|| PgCluster::start(Durability::Default)).await??;
                 cluster.stop_when_process_exits(std::process::id())?;
                 (cluster.url("postgres"), Some(cluster))
             }
         };
-        let name = format!("orgkeeper_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let name = format!(
+            "orgkeeper_bench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let admin = crate::db::connect(&admin_url, 1).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await?;
         admin.close().await;
         let mut parsed = reqwest::Url::parse(&admin_url)?;
         parsed.set_path(&format!("/{name}"));
@@ -77,7 +83,9 @@ impl BenchEnv {
     /// Stops the daemon with SIGTERM and waits for it.
     pub fn stop_daemon(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.daemon.take() {
-            Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()?;
             child.wait()?;
         }
         Ok(())

@@ -48,12 +48,18 @@ pub async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
     env.spawn_daemon(&[
         ("LITELLM_BASE_URL", sim.base_url()),
         ("LITELLM_MASTER_KEY", sim.master_key()),
-        ("ORGKEEPER_SECRET_KEY", crate::secrets::generate_key().expose_secret().to_string()),
+        (
+            "ORGKEEPER_SECRET_KEY",
+            crate::secrets::generate_key().expose_secret().to_string(),
+        ),
         ("ORGKEEPER_CONCURRENCY", args.concurrency.to_string()),
     ])?;
     let pool = crate::db::connect(&env.url, args.clients as u32 + 2).await?;
 
-    println!("throughput: inserting {} orgs from {} connections", args.orgs, args.clients);
+    println!(
+        "throughput: inserting {} orgs from {} connections",
+        args.orgs, args.clients
+    );
     let started = Instant::now();
     insert_all(&pool, "bench", args.orgs, args.clients, None).await?;
     let insert_secs = started.elapsed().as_secs_f64();
@@ -64,12 +70,18 @@ pub async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
     println!("  inserts/s            {inserts_per_s:>10.0}");
     println!("  provisioned orgs/s   {provisioned_per_s:>10.0}  (first insert to last active)");
 
-    println!("latency: {} orgs/s for {} s", args.light_rate, args.light_secs);
+    println!(
+        "latency: {} orgs/s for {} s",
+        args.light_rate, args.light_secs
+    );
     let (p50, p99) = light_load_latency(&pool, args.light_rate, args.light_secs).await?;
     println!("  insert->active p50   {p50:>10.1} ms");
     println!("  insert->active p99   {p99:>10.1} ms");
 
-    println!("sustained: {} s at full insert speed (backlog capped at 5000)", args.sustained_secs);
+    println!(
+        "sustained: {} s at full insert speed (backlog capped at 5000)",
+        args.sustained_secs
+    );
     let sustained_ratio = sustained(&pool, args.clients, args.sustained_secs).await?;
     println!("  last/first minute    {sustained_ratio:>10.2}");
 
@@ -111,7 +123,13 @@ async fn insert_all(
     let bar = progress(n as u64);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients {
-        let (pool, next, bar, pause, prefix) = (pool.clone(), next.clone(), bar.clone(), pause.clone(), prefix.to_string());
+        let (pool, next, bar, pause, prefix) = (
+            pool.clone(),
+            next.clone(),
+            bar.clone(),
+            pause.clone(),
+            prefix.to_string(),
+        );
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -121,10 +139,12 @@ async fn insert_all(
                 while pause.as_ref().is_some_and(|p| p.load(Ordering::Relaxed)) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())")
-                    .bind(format!("{prefix} {i} {}", uuid::Uuid::new_v4().simple()))
-                    .execute(&pool)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())",
+                )
+                .bind(format!("{prefix} {i} {}", uuid::Uuid::new_v4().simple()))
+                .execute(&pool)
+                .await?;
                 bar.inc(1);
             }
         });
@@ -139,16 +159,19 @@ async fn insert_all(
 fn progress(total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("  {bar:40} {pos}/{len} {per_sec} eta {eta}").expect("valid progress template"),
+        ProgressStyle::with_template("  {bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid progress template"),
     );
     bar
 }
 
 async fn wait_active(pool: &PgPool, n: i64) -> anyhow::Result<()> {
     loop {
-        let active: i64 = sqlx::query_scalar("SELECT count(*) FROM orgkeeper.org WHERE provisioning_status = 'active'")
-            .fetch_one(pool)
-            .await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orgkeeper.org WHERE provisioning_status = 'active'",
+        )
+        .fetch_one(pool)
+        .await?;
         if active >= n {
             return Ok(());
         }
@@ -159,7 +182,9 @@ async fn wait_active(pool: &PgPool, n: i64) -> anyhow::Result<()> {
 /// Inserts at `rate`/s for `secs` and returns the p50 and p99 of
 /// insert-to-active latency (org created_at to the write-back's updated_at).
 async fn light_load_latency(pool: &PgPool, rate: u32, secs: u64) -> anyhow::Result<(f64, f64)> {
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM orgkeeper.org").fetch_one(pool).await?;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM orgkeeper.org")
+        .fetch_one(pool)
+        .await?;
     let n = rate as u64 * secs;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     let bar = progress(n);
@@ -167,10 +192,12 @@ async fn light_load_latency(pool: &PgPool, rate: u32, secs: u64) -> anyhow::Resu
         tick.tick().await;
         let pool = pool.clone();
         tokio::spawn(async move {
-            let _ = sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())")
-                .bind(format!("light {i} {}", uuid::Uuid::new_v4().simple()))
-                .execute(&pool)
-                .await;
+            let _ = sqlx::query(
+                "INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())",
+            )
+            .bind(format!("light {i} {}", uuid::Uuid::new_v4().simple()))
+            .execute(&pool)
+            .await;
         });
         bar.inc(1);
     }
@@ -206,7 +233,8 @@ async fn sustained(pool: &PgPool, clients: usize, secs: u64) -> anyhow::Result<f
             }
         })
     };
-    let start: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    let start: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
     let inserting = tokio::spawn({
         let pool = pool.clone();
         let pause = pause.clone();

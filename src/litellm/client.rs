@@ -893,8 +893,13 @@ impl LiteLlmClient {
         }
     }
 
-    /// `POST /key/update {key, team_id}`: moves a key (by hashed token) into a team.
-    pub async fn move_key_to_team(&self, token: &str, team_id: &str) -> Result<(), LiteLlmError> {
+    /// `POST /key/update {key, team_id}`: moves a key (by hashed token) into a
+    /// team, or out of any team with `None`.
+    pub async fn move_key_to_team(
+        &self,
+        token: &str,
+        team_id: Option<&str>,
+    ) -> Result<(), LiteLlmError> {
         const CALL: &str = "key/update";
         let mut body = Map::new();
         body.insert("key".into(), json!(token));

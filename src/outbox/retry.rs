@@ -33,10 +33,20 @@ mod tests {
             base: Duration::from_millis(100),
             max: Duration::from_secs(1),
         };
-        for (attempts, ceiling) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)] {
+        for (attempts, ceiling) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
             for _ in 0..50 {
                 let d = policy.delay(attempts).as_millis() as u64;
-                assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempts}: {d} ms");
+                assert!(
+                    d <= ceiling && d >= ceiling / 2,
+                    "attempt {attempts}: {d} ms"
+                );
             }
         }
     }

@@ -40,7 +40,11 @@ pub struct Outbox {
 impl Outbox {
     /// The outbox for replica `worker`, leasing actions for `lease`.
     pub fn new(pool: PgPool, worker: String, lease: Duration) -> Self {
-        Outbox { pool, worker, lease }
+        Outbox {
+            pool,
+            worker,
+            lease,
+        }
     }
 
     /// This replica's name, as written in `locked_by`.
@@ -90,14 +94,18 @@ impl Outbox {
 
     /// Merges checkpoint data into the action's progress. False = lease lost.
     pub async fn save_progress(&self, id: i64, progress: &Value) -> sqlx::Result<bool> {
-        self.fenced("SELECT orgkeeper.save_progress($1, $2, $3)", id, |q| q.bind(progress))
-            .await
+        self.fenced("SELECT orgkeeper.save_progress($1, $2, $3)", id, |q| {
+            q.bind(progress)
+        })
+        .await
     }
 
     /// Marks the action done with `result`. False = lease lost.
     pub async fn complete(&self, id: i64, result: &Value) -> sqlx::Result<bool> {
-        self.fenced("SELECT orgkeeper.complete_action($1, $2, $3)", id, |q| q.bind(result))
-            .await
+        self.fenced("SELECT orgkeeper.complete_action($1, $2, $3)", id, |q| {
+            q.bind(result)
+        })
+        .await
     }
 
     /// Records a transient error and schedules the action again after `delay`.
@@ -112,21 +120,32 @@ impl Outbox {
 
     /// Records a permanent error and moves the action to `compensating`.
     pub async fn begin_compensation(&self, id: i64, error: &str) -> sqlx::Result<bool> {
-        self.fenced("SELECT orgkeeper.begin_compensation($1, $2, $3)", id, |q| q.bind(error))
-            .await
+        self.fenced("SELECT orgkeeper.begin_compensation($1, $2, $3)", id, |q| {
+            q.bind(error)
+        })
+        .await
     }
 
     /// Ends the action as `failed` or `compensated`, merging `result`.
-    pub async fn finish(&self, id: i64, status: &str, result: &Value, error: Option<&str>) -> sqlx::Result<bool> {
-        self.fenced("SELECT orgkeeper.finish_action($1, $2, $3, $4, $5)", id, |q| {
-            q.bind(status).bind(result).bind(error)
-        })
+    pub async fn finish(
+        &self,
+        id: i64,
+        status: &str,
+        result: &Value,
+        error: Option<&str>,
+    ) -> sqlx::Result<bool> {
+        self.fenced(
+            "SELECT orgkeeper.finish_action($1, $2, $3, $4, $5)",
+            id,
+            |q| q.bind(status).bind(result).bind(error),
+        )
         .await
     }
 
     /// Gives an unfinished action back to the queue (shutdown), not counting the attempt.
     pub async fn release(&self, id: i64) -> sqlx::Result<bool> {
-        self.fenced("SELECT orgkeeper.release_action($1, $2)", id, |q| q).await
+        self.fenced("SELECT orgkeeper.release_action($1, $2)", id, |q| q)
+            .await
     }
 
     async fn fenced<'q>(
@@ -135,7 +154,12 @@ impl Outbox {
         id: i64,
         bind: impl FnOnce(
             sqlx::query::QueryScalar<'q, sqlx::Postgres, bool, sqlx::postgres::PgArguments>,
-        ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, bool, sqlx::postgres::PgArguments>,
+        ) -> sqlx::query::QueryScalar<
+            'q,
+            sqlx::Postgres,
+            bool,
+            sqlx::postgres::PgArguments,
+        >,
     ) -> sqlx::Result<bool> {
         bind(sqlx::query_scalar(sql).bind(id).bind(&self.worker))
             .fetch_one(&self.pool)

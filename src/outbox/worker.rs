@@ -28,7 +28,11 @@ pub struct Daemon {
 impl Daemon {
     /// A replica that performs actions with `services` under `settings`.
     pub fn new(services: Arc<Services>, settings: DaemonSettings) -> Self {
-        let outbox = Outbox::new(services.pool.clone(), settings.worker_id.clone(), settings.lease);
+        let outbox = Outbox::new(
+            services.pool.clone(),
+            settings.worker_id.clone(),
+            settings.lease,
+        );
         Daemon {
             outbox,
             services,
@@ -40,7 +44,11 @@ impl Daemon {
     /// actions finish within the grace period and releases the rest.
     pub async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
         let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(self.services.pool.clone(), wake.clone(), shutdown.clone()));
+        let listener = tokio::spawn(listen(
+            self.services.pool.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        ));
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
         let mut tasks = JoinSet::new();
@@ -50,7 +58,10 @@ impl Daemon {
 
         while !*shutdown.borrow() {
             while tasks.try_join_next().is_some() {}
-            match self.tick(&slots, &in_flight, &mut tasks, &mut last_sweep).await {
+            match self
+                .tick(&slots, &in_flight, &mut tasks, &mut last_sweep)
+                .await
+            {
                 Ok(filled_all_slots) => {
                     db_backoff = Duration::from_millis(100);
                     if filled_all_slots {
@@ -75,7 +86,11 @@ impl Daemon {
             }
         }
 
-        tracing::info!(in_flight = tasks.len(), grace_s = self.settings.shutdown_grace.as_secs_f64(), "shutting down: no new claims");
+        tracing::info!(
+            in_flight = tasks.len(),
+            grace_s = self.settings.shutdown_grace.as_secs_f64(),
+            "shutting down: no new claims"
+        );
         let drained = tokio::time::timeout(self.settings.shutdown_grace, async {
             while tasks.join_next().await.is_some() {}
         })
@@ -88,7 +103,9 @@ impl Daemon {
                 match self.outbox.release(id).await {
                     Ok(true) => self.services.metrics.action("?", "released"),
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(action = id, error = %e, "could not release; its lease will expire"),
+                    Err(e) => {
+                        tracing::warn!(action = id, error = %e, "could not release; its lease will expire")
+                    }
                 }
             }
         }
@@ -122,7 +139,10 @@ impl Daemon {
         self.services.metrics.claim_latency(started.elapsed());
         let filled = claimed.len() == free;
         for action in claimed {
-            let permit = slots.clone().try_acquire_owned().expect("a slot per claimed action");
+            let permit = slots
+                .clone()
+                .try_acquire_owned()
+                .expect("a slot per claimed action");
             in_flight.lock().unwrap().insert(action.id);
             let job = Job {
                 outbox: self.outbox.clone(),
@@ -155,7 +175,10 @@ impl Job {
         let metrics = &self.services.metrics;
         metrics.in_flight(1);
         let outcome = if action.status == "compensating" {
-            let error = action.last_error.clone().unwrap_or_else(|| "unknown error".into());
+            let error = action
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "unknown error".into());
             self.compensate(&action, &error).await
         } else {
             self.perform(&action).await
@@ -175,7 +198,10 @@ impl Job {
                     tracing::info!(action = action.id, kind = %action.kind, "done");
                 } else {
                     metrics.action(&action.kind, "lease_lost");
-                    tracing::warn!(action = action.id, "lease lost before completion; another replica owns it now");
+                    tracing::warn!(
+                        action = action.id,
+                        "lease lost before completion; another replica owns it now"
+                    );
                 }
             }
             Ok(Finish::Recorded) => {
@@ -184,7 +210,10 @@ impl Job {
             }
             Err(ActionError::LeaseLost) => {
                 metrics.action(&action.kind, "lease_lost");
-                tracing::warn!(action = action.id, "lease lost; another replica owns the action now");
+                tracing::warn!(
+                    action = action.id,
+                    "lease lost; another replica owns the action now"
+                );
             }
             Err(ActionError::Transient(message)) if action.attempts < self.max_attempts => {
                 let delay = self.retry.delay(action.attempts);
@@ -195,7 +224,10 @@ impl Job {
             }
             Err(error) => {
                 let message = match error {
-                    ActionError::Transient(m) => format!("gave up after {} attempts; last error: {m}", action.attempts),
+                    ActionError::Transient(m) => format!(
+                        "gave up after {} attempts; last error: {m}",
+                        action.attempts
+                    ),
                     ActionError::Permanent(m) => m,
                     ActionError::LeaseLost => unreachable!("handled above"),
                 };
@@ -211,7 +243,8 @@ impl Job {
     async fn compensate(&self, action: &Action, error: &str) -> sqlx::Result<()> {
         // Cleanup gets as many attempts again as the forward work had.
         let may_retry = action.attempts < self.max_attempts * 2;
-        let status = actions::compensate(&self.services, &self.outbox, action, error, may_retry).await?;
+        let status =
+            actions::compensate(&self.services, &self.outbox, action, error, may_retry).await?;
         self.services.metrics.action(&action.kind, status);
         tracing::warn!(action = action.id, kind = %action.kind, outcome = status, "compensation finished");
         Ok(())

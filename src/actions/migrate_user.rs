@@ -1,0 +1,249 @@
+//! `litellm.migrate_user` and `litellm.rollback_user`: move a legacy user's
+//! LiteLLM budget and keys into their personal org's team, and back.
+//!
+//! Migration follows LiteLLM's own migration steps: read the user's budget
+//! and spend, apply the billing margin for settings versions below 4, treat
+//! a budget of NULL or the unlimited sentinel as already migrated (a budget
+//! of 0 is *not*), credit `max(budget - spend, 0)` to a new team, set the
+//! user unlimited, add them to the team with the credits, and move their
+//! keys into the team.
+//!
+//! The budget is read once: the computed credits are saved in the action's
+//! progress before anything changes, so a retry after a crash between any
+//! two steps reuses them and never counts a budget twice (after step "user
+//! unlimited" the proxy would report the sentinel).
+
+use super::{call, payload_str, ActionError, Finish, Services};
+use crate::litellm::{NewTeam, UNLIMITED_MAX_BUDGET};
+use crate::outbox::{Action, Outbox};
+use serde_json::{json, Value};
+
+/// The budget figures taken from LiteLLM before the migration changed anything.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// The user's budget as read (after the margin), `None` = unlimited.
+    max_budget: Option<f64>,
+    /// The user's spend as read (after the margin).
+    spend: f64,
+    /// What the team gets; `None` = the user was already migrated (unlimited).
+    credits: Option<f64>,
+}
+
+impl Budget {
+    fn to_json(self) -> Value {
+        json!({ "max_budget": self.max_budget, "spend": self.spend, "credits": self.credits })
+    }
+
+    fn from_json(v: &Value) -> Option<Budget> {
+        Some(Budget {
+            max_budget: v.get("max_budget")?.as_f64(),
+            spend: v.get("spend")?.as_f64()?,
+            credits: v.get("credits")?.as_f64(),
+        })
+    }
+}
+
+/// The credits rule: NULL or the sentinel is "already migrated"; otherwise
+/// `max(budget - spend, 0)` after the margin (when it applies).
+fn credits(max_budget: Option<f64>, spend: f64, margin: Option<f64>) -> Budget {
+    let factor = margin.unwrap_or(1.0);
+    let budget = max_budget.map(|b| b * factor);
+    let spend = spend * factor;
+    let credits = match max_budget {
+        None => None,
+        Some(b) if b == UNLIMITED_MAX_BUDGET => None,
+        Some(_) => Some((budget.unwrap_or(0.0) - spend).max(0.0)),
+    };
+    Budget {
+        max_budget: budget,
+        spend,
+        credits,
+    }
+}
+
+/// Moves the user's budget and keys into the personal org's team.
+pub async fn migrate(
+    services: &Services,
+    outbox: &Outbox,
+    action: &Action,
+) -> Result<Finish, ActionError> {
+    let user = payload_str(action, "user_id")?;
+    let team_id = payload_str(action, "org_id")?;
+    let alias = action
+        .payload
+        .get("team_alias")
+        .and_then(Value::as_str)
+        .unwrap_or(team_id);
+    let margin = if action.payload.get("apply_margin").and_then(Value::as_bool) == Some(true) {
+        action.payload.get("billing_margin").and_then(Value::as_f64)
+    } else {
+        None
+    };
+    let litellm = &services.litellm;
+
+    let budget = match action.progress.get("budget").and_then(Budget::from_json) {
+        Some(saved) => saved,
+        None => {
+            let info = call(services, "litellm", "user_info", || litellm.user_info(user)).await?;
+            let budget = match info {
+                Some(info) => credits(info.max_budget, info.spend, margin),
+                None => credits(None, 0.0, None),
+            };
+            if !outbox
+                .save_progress(action.id, &json!({ "budget": budget.to_json() }))
+                .await?
+            {
+                return Err(ActionError::LeaseLost);
+            }
+            budget
+        }
+    };
+
+    let models = vec![services.defaults.model.clone()];
+    let team = NewTeam {
+        team_id,
+        team_alias: alias,
+        max_budget: budget.credits,
+        models: &models,
+        metadata: json!({ "org_id": team_id, "kind": "personal", "managed_by": "orgkeeper", "migrated_user": user }),
+    };
+    call(services, "litellm", "team_new", || {
+        litellm.create_team(&team)
+    })
+    .await?;
+    call(services, "litellm", "user_update", || {
+        litellm.update_user_max_budget(user, UNLIMITED_MAX_BUDGET)
+    })
+    .await?;
+    call(services, "litellm", "team_member_add", || {
+        litellm.add_team_member(team_id, user, budget.credits)
+    })
+    .await?;
+    let keys = call(services, "litellm", "key_list", || {
+        litellm.list_user_keys(user)
+    })
+    .await?;
+    let mut moved = 0;
+    for key in keys
+        .iter()
+        .filter(|k| k.team_id.as_deref() != Some(team_id))
+    {
+        call(services, "litellm", "key_update", || {
+            litellm.move_key_to_team(&key.token, Some(team_id))
+        })
+        .await?;
+        moved += 1;
+    }
+
+    let result = json!({
+        "team_id": team_id,
+        "user_max_budget": UNLIMITED_MAX_BUDGET,
+        "credits": budget.credits,
+        "already_migrated": budget.credits.is_none(),
+        "original": budget.to_json(),
+        "keys_moved": moved,
+    });
+    record_team_ready(services, outbox, action, team_id, &result).await
+}
+
+/// Reverses a migration at LiteLLM: the user's keys leave the team and the
+/// user gets their budget back (the team itself is deleted by the
+/// `litellm.delete_team` that deleting the personal org enqueued after this).
+pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, ActionError> {
+    let user = payload_str(action, "user_id")?;
+    let team_id = payload_str(action, "team_id")?;
+    let litellm = &services.litellm;
+    let migrated: Option<Value> = sqlx::query_scalar(
+        "SELECT result FROM orgkeeper.pending_external_actions WHERE id = $1 AND kind = 'litellm.migrate_user'",
+    )
+    .bind(action.payload.get("migrate_action_id").and_then(Value::as_i64))
+    .fetch_optional(&services.pool)
+    .await?
+    .flatten();
+    let original = migrated
+        .as_ref()
+        .and_then(|r| Budget::from_json(&r["original"]));
+
+    let keys = call(services, "litellm", "key_list", || {
+        litellm.list_user_keys(user)
+    })
+    .await?;
+    let mut moved = 0;
+    for key in keys
+        .iter()
+        .filter(|k| k.team_id.as_deref() == Some(team_id))
+    {
+        call(services, "litellm", "key_update", || {
+            litellm.move_key_to_team(&key.token, None)
+        })
+        .await?;
+        moved += 1;
+    }
+    // The budget goes back to what it was; a user who was unlimited before stays so.
+    let restored = original
+        .and_then(|b| b.max_budget)
+        .unwrap_or(UNLIMITED_MAX_BUDGET);
+    call(services, "litellm", "user_update", || {
+        litellm.update_user_max_budget(user, restored)
+    })
+    .await?;
+    Ok(Finish::Result(json!({
+        "team_id": team_id,
+        "user_max_budget": restored,
+        "keys_moved_back": moved,
+        "migration_result_found": migrated.is_some(),
+    })))
+}
+
+async fn record_team_ready(
+    services: &Services,
+    outbox: &Outbox,
+    action: &Action,
+    team_id: &str,
+    result: &Value,
+) -> Result<Finish, ActionError> {
+    let recorded: bool = sqlx::query_scalar("SELECT orgkeeper.record_team_ready($1, $2, $3, $4)")
+        .bind(action.id)
+        .bind(outbox.worker())
+        .bind(team_id)
+        .bind(result)
+        .fetch_one(&services.pool)
+        .await?;
+    if recorded {
+        Ok(Finish::Recorded)
+    } else {
+        Err(ActionError::LeaseLost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credits;
+
+    #[test]
+    fn the_credits_rule_follows_litellms_migration() {
+        let c = |b, s, m| credits(b, s, m).credits;
+        assert_eq!(c(Some(10.0), 4.0, None), Some(6.0));
+        assert_eq!(
+            c(Some(0.0), 0.0, None),
+            Some(0.0),
+            "a budget of 0 is migrated, not skipped"
+        );
+        assert_eq!(
+            c(Some(3.0), 5.0, None),
+            Some(0.0),
+            "overspent users get no credits"
+        );
+        assert_eq!(c(None, 5.0, None), None, "no budget = already migrated");
+        assert_eq!(
+            c(Some(1_000_000_000.0), 5.0, None),
+            None,
+            "the sentinel = already migrated"
+        );
+        assert_eq!(
+            c(Some(10.0), 4.0, Some(2.0)),
+            Some(12.0),
+            "the margin scales budget and spend"
+        );
+    }
+}

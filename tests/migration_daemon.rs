@@ -1,0 +1,339 @@
+//! Stories of the external half of user migration: the daemon moves a
+//! legacy user's LiteLLM budget and keys into their personal org's team,
+//! tags their Stripe customer, re-encrypts their legacy secrets — once,
+//! whatever crashes — and reverses all of it on rollback.
+
+mod common;
+
+use common::{daemon_config, daemon_settings, wait_until, TestDaemon, TestDb};
+use orgkeeper::litellm::{Faults, LiteLlmSimulator};
+use orgkeeper::secrets::Keyring;
+use orgkeeper::stripe::StripeSimulator;
+use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+struct World {
+    db: TestDb,
+    litellm: LiteLlmSimulator,
+    stripe: StripeSimulator,
+    key: SecretString,
+    legacy: SecretString,
+}
+
+impl World {
+    async fn new() -> World {
+        World {
+            db: TestDb::migrated().await,
+            litellm: LiteLlmSimulator::start_local().await.unwrap(),
+            stripe: StripeSimulator::start_local().await.unwrap(),
+            key: orgkeeper::secrets::generate_key(),
+            legacy: orgkeeper::secrets::generate_key(),
+        }
+    }
+
+    fn keyring(&self) -> Keyring {
+        Keyring::new(&self.key, &[], Some(&self.legacy)).unwrap()
+    }
+
+    fn daemon(&self, worker: &str) -> TestDaemon {
+        let mut config = daemon_config(
+            &self.db.url,
+            &self.litellm,
+            &self.key,
+            daemon_settings(worker, Duration::from_secs(1)),
+        );
+        config.keyring = self.keyring();
+        config.stripe = Some(orgkeeper::stripe::StripeConfig {
+            base_url: self.stripe.base_url(),
+            api_key: SecretString::from(self.stripe.api_key()),
+            timeout: Duration::from_secs(10),
+        });
+        TestDaemon::start(config)
+    }
+
+    /// A legacy user with a LiteLLM budget, two personal keys, a Stripe
+    /// customer and legacy-encrypted credentials. Returns (user, customer).
+    async fn legacy_user(
+        &self,
+        max_budget: Option<f64>,
+        spend: f64,
+        version: i32,
+        margin: Option<f64>,
+    ) -> (Uuid, String) {
+        let user = Uuid::new_v4();
+        let email = format!("{}@example.com", &user.simple().to_string()[..8]);
+        self.litellm.seed_user(
+            &user.to_string(),
+            Some(&email),
+            max_budget,
+            spend,
+            &[
+                &format!("sk-personal-a-{}", user.simple()),
+                &format!("sk-personal-b-{}", user.simple()),
+            ],
+        );
+        let customer = self
+            .stripe
+            .seed_customer(Some(&email), &[("user_id", &user.to_string())]);
+        let ring = self.keyring();
+        let llm_key = ring
+            .encrypt_legacy(&SecretString::from("sk-users-own-provider-key"))
+            .unwrap();
+        let secret = ring
+            .encrypt_legacy(&SecretString::from("github-token-123"))
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO orgkeeper.user_settings (user_id, email, llm_model, llm_api_key, user_version, billing_margin)
+             VALUES ($1, $2, 'litellm_proxy/old-model', $3, $4, $5)",
+        )
+        .bind(user)
+        .bind(&email)
+        .bind(&llm_key)
+        .bind(version)
+        .bind(margin)
+        .execute(&self.db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO orgkeeper.stripe_customers (user_id, stripe_customer_id) VALUES ($1, $2)",
+        )
+        .bind(user)
+        .bind(&customer)
+        .execute(&self.db.pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO orgkeeper.custom_secrets (user_id, secret_name, secret_value) VALUES ($1, 'GITHUB', $2)")
+            .bind(user)
+            .bind(&secret)
+            .execute(&self.db.pool)
+            .await
+            .unwrap();
+        (user, customer)
+    }
+
+    async fn migrate(&self, user: Uuid) -> serde_json::Value {
+        sqlx::query_scalar("SELECT orgkeeper.migrate_user($1)")
+            .bind(user)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn actions_finished(&self) -> bool {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE finished_at IS NULL",
+        )
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap();
+        open == 0
+    }
+
+    async fn checks(&self, user: Uuid) -> Vec<(String, bool, String)> {
+        sqlx::query_as("SELECT check_name, ok, detail FROM orgkeeper.verify_user_migration($1)")
+            .bind(user)
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_migrated_user_ends_with_budget_keys_customer_and_secrets_in_their_org() {
+    let w = World::new().await;
+    let (user, customer) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    let report = w.migrate(user).await;
+    assert_eq!(report["status"], "migrated", "{report}");
+    let d = w.daemon("w1");
+    wait_until(LONG, "the migration's actions to finish", || {
+        w.actions_finished()
+    })
+    .await;
+    d.stop().await;
+
+    for (check, ok, detail) in w.checks(user).await {
+        assert!(ok, "{check}: {detail}");
+    }
+    let team = w
+        .litellm
+        .team(&user.to_string())
+        .expect("a team for the personal org");
+    assert_eq!(team.max_budget, Some(6.0), "credits = budget - spend");
+    assert_eq!(team.members.len(), 1);
+    assert_eq!(team.members[0].max_budget_in_team, Some(6.0));
+    assert_eq!(team.keys.len(), 2, "the user's keys moved into the team");
+    let litellm_user = w.litellm.user(&user.to_string()).unwrap();
+    assert_eq!(
+        litellm_user.max_budget,
+        Some(1_000_000_000.0),
+        "user budget set to the unlimited sentinel"
+    );
+
+    let tagged = w.stripe.customer(&customer).unwrap();
+    assert_eq!(
+        tagged.metadata.get("org_id").map(String::as_str),
+        Some(user.to_string().as_str())
+    );
+    assert!(
+        !tagged.metadata.contains_key("user_id"),
+        "the user tag is cleared"
+    );
+
+    let ring = w.keyring();
+    let (org_key, secret): (String, String) = sqlx::query_as(
+        "SELECT o.llm_api_key, s.secret_value FROM orgkeeper.org o, orgkeeper.custom_secrets s WHERE o.id = $1 AND s.user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        ring.decrypt(&org_key).unwrap().expose_secret(),
+        "sk-users-own-provider-key"
+    );
+    assert_eq!(
+        ring.decrypt(&secret).unwrap().expose_secret(),
+        "github-token-123"
+    );
+    let status: String =
+        sqlx::query_scalar("SELECT provisioning_status FROM orgkeeper.org WHERE id = $1")
+            .bind(user)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "active");
+}
+
+#[tokio::test]
+async fn budget_rules_zero_is_migrated_null_and_sentinel_are_not_and_the_margin_applies_below_version_4(
+) {
+    let w = World::new().await;
+    let cases = [
+        (Some(0.0), 0.0, 5, None, Some(0.0)),
+        (None, 3.0, 5, None, None),
+        (Some(1_000_000_000.0), 3.0, 5, None, None),
+        (Some(10.0), 4.0, 3, Some(2.0), Some(12.0)),
+        (Some(10.0), 4.0, 4, Some(2.0), Some(6.0)),
+    ];
+    let mut users = vec![];
+    for (budget, spend, version, margin, _) in cases {
+        let (user, _) = w.legacy_user(budget, spend, version, margin).await;
+        w.migrate(user).await;
+        users.push(user);
+    }
+    let d = w.daemon("w1");
+    wait_until(LONG, "all actions to finish", || w.actions_finished()).await;
+    d.stop().await;
+    for ((budget, spend, version, margin, credits), user) in cases.iter().zip(&users) {
+        let team = w.litellm.team(&user.to_string()).unwrap();
+        let case = format!("budget {budget:?} spend {spend} v{version} margin {margin:?}");
+        assert_eq!(team.max_budget, *credits, "{case}");
+        let result: serde_json::Value = sqlx::query_scalar(
+            "SELECT result FROM orgkeeper.pending_external_actions WHERE user_id = $1 AND kind = 'litellm.migrate_user'",
+        )
+        .bind(user)
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(result["already_migrated"], credits.is_none(), "{case}");
+        assert_eq!(result["user_max_budget"], 1_000_000_000.0);
+    }
+}
+
+/// Kills the daemon right after migration step `step`, then lets another
+/// finish: the budget must be counted exactly once.
+async fn kill_during_migration(step: usize) {
+    const STEPS: [&str; 4] = ["team/new", "user/update", "team/member_add", "key/list"];
+    let w = World::new().await;
+    let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    w.migrate(user).await;
+    w.litellm.set_faults(Faults {
+        fail: vec![(STEPS[step].to_string(), 503)],
+        ..Faults::default()
+    });
+    let first = w.daemon("doomed");
+    wait_until(LONG, "the step to succeed", || async {
+        w.litellm.stats().succeeded(STEPS[step - 1]) >= 1
+    })
+    .await;
+    first.kill().await;
+    w.litellm.set_faults(Faults::default());
+    let second = w.daemon("rescuer");
+    wait_until(LONG, "the migration to finish", || w.actions_finished()).await;
+    second.stop().await;
+
+    let team = w.litellm.team(&user.to_string()).unwrap();
+    assert_eq!(team.max_budget, Some(6.0), "credits counted once");
+    assert_eq!(team.members.len(), 1);
+    assert_eq!(team.members[0].max_budget_in_team, Some(6.0));
+    assert_eq!(team.keys.len(), 2);
+    assert_eq!(w.litellm.stats().teams, 1);
+    assert_eq!(
+        w.litellm.stats().calls("user/info"),
+        1,
+        "the budget was read once, before anything changed"
+    );
+}
+
+#[tokio::test]
+async fn killed_after_team_creation_the_budget_counts_once() {
+    kill_during_migration(1).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_user_went_unlimited_the_budget_counts_once() {
+    kill_during_migration(2).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_membership_the_budget_counts_once() {
+    kill_during_migration(3).await;
+}
+
+#[tokio::test]
+async fn rollback_returns_budget_keys_and_customer_to_the_user() {
+    let w = World::new().await;
+    let (user, customer) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    w.migrate(user).await;
+    let d = w.daemon("w1");
+    wait_until(LONG, "migration to finish", || w.actions_finished()).await;
+
+    let report: serde_json::Value =
+        sqlx::query_scalar("SELECT orgkeeper.rollback_user_migration($1)")
+            .bind(user)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(report["status"], "rolled_back", "{report}");
+    wait_until(LONG, "the reversals to finish", || w.actions_finished()).await;
+    d.stop().await;
+
+    let failed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT kind, status FROM orgkeeper.pending_external_actions WHERE status NOT IN ('done', 'cancelled')",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        w.litellm.team(&user.to_string()).is_none(),
+        "the org's team is deleted"
+    );
+    let keys = w.litellm.user_keys(&user.to_string());
+    assert_eq!(keys.len(), 2, "the user's keys survived the team deletion");
+    assert!(keys.iter().all(|k| k.team_id.is_none()));
+    assert_eq!(
+        w.litellm.user(&user.to_string()).unwrap().max_budget,
+        Some(10.0),
+        "budget restored"
+    );
+    let c = w.stripe.customer(&customer).unwrap();
+    assert_eq!(
+        c.metadata.get("user_id").map(String::as_str),
+        Some(user.to_string().as_str())
+    );
+    assert!(!c.metadata.contains_key("org_id"));
+}
