@@ -386,3 +386,83 @@ async fn listen_check_validates_and_exits() {
         "says what to run: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_operator_lists_shows_and_retries_a_failed_action() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    sim.set_faults(Faults {
+        fail: vec![("key/generate".into(), 400)],
+        ..Faults::default()
+    });
+    let key = orgkeeper::secrets::generate_key();
+    insert_orgs(&db.pool, "Rejected", 1).await;
+    let d = TestDaemon::start(daemon_config(
+        &db.url,
+        &sim,
+        &key,
+        daemon_settings("w1", LONG),
+    ));
+    wait_until(LONG, "the org to fail", || async {
+        status_counts(&db.pool).await.get("failed") == Some(&1)
+    })
+    .await;
+    let id: i64 = sqlx::query_scalar("SELECT id FROM orgkeeper.pending_external_actions")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let actions = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("actions")
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, list, _) = actions(&["list", "--status", "compensated"]);
+    assert_eq!(code, 0);
+    assert!(
+        list.contains(&id.to_string()) && list.contains("litellm.provision_org"),
+        "{list}"
+    );
+    let (code, show, _) = actions(&["show", &id.to_string()]);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(shown["status"], "compensated");
+    assert!(shown["errors"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("key/generate"));
+    assert!(!show.contains(sim.master_key().as_str()));
+
+    let (code, _, err) = actions(&["retry", "999999"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("action 999999 does not exist") && err.contains("SQLSTATE"),
+        "{err}"
+    );
+
+    sim.set_faults(Faults::default());
+    let (code, out, _) = actions(&["retry", &id.to_string()]);
+    assert_eq!(code, 0, "{out}");
+    wait_until(LONG, "the retried org to become active", || async {
+        status_counts(&db.pool).await.get("active") == Some(&1)
+    })
+    .await;
+    d.stop().await;
+    let (status, errors): (String, i64) = sqlx::query_as(
+        "SELECT status, jsonb_array_length(errors)::int8 FROM orgkeeper.pending_external_actions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "done");
+    assert_eq!(errors, 1, "the first failure stays in the history");
+}
