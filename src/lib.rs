@@ -17,5 +17,6 @@ pub mod outbox;
 pub mod pgcluster;
 pub mod redact;
 pub mod secrets;
+pub mod simkit;
 pub mod stripe;
 pub mod users;

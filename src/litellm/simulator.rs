@@ -9,30 +9,23 @@
 //! never hold it across an `await`; simulated latency is a `tokio` sleep.
 
 use crate::litellm::client::hash_key;
+use crate::simkit::{self, parse_fraction, ConnHandle, Roll, SimServer};
 use anyhow::Context as _;
 use axum::body::Bytes;
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
 use axum::Router;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+pub use crate::simkit::{parse_latency, Faults};
 
 /// The master key the simulator accepts unless told otherwise.
 pub const DEFAULT_MASTER_KEY: &str = "sk-orgkeeper-dev-master-key";
@@ -136,95 +129,9 @@ fn parse_secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s.trim()))
 }
 
-fn parse_fraction(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number"))?;
-    if !(0.0..=1.0).contains(&v) {
-        return Err(format!("{v} is not between 0 and 1"));
-    }
-    Ok(v)
-}
-
-/// Parses `N` or `MIN..MAX` (milliseconds).
-pub fn parse_latency(s: &str) -> Result<(u64, u64), String> {
-    let s = s.trim();
-    let num = |t: &str| {
-        t.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("{t:?} is not a whole number of milliseconds"))
-    };
-    let (min, max) = match s.split_once("..") {
-        Some((a, b)) => (num(a)?, num(b.trim_start_matches('='))?),
-        None => {
-            let n = num(s)?;
-            (n, n)
-        }
-    };
-    if min > max {
-        return Err(format!("latency range {min}..{max} is empty"));
-    }
-    Ok((min, max))
-}
-
 /// Parses `ENDPOINT=STATUS` (`key/generate=400`; a leading `/` is allowed).
 pub fn parse_fail(s: &str) -> Result<(String, u16), String> {
-    let (endpoint, status) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not ENDPOINT=STATUS (e.g. key/generate=400)"))?;
-    let endpoint = endpoint.trim().trim_start_matches('/').to_owned();
-    if !ENDPOINTS.contains(&endpoint.as_str()) {
-        return Err(format!(
-            "unknown endpoint {endpoint:?}; known: {}",
-            ENDPOINTS.join(", ")
-        ));
-    }
-    let status: u16 = status
-        .trim()
-        .parse()
-        .map_err(|_| format!("{status:?} is not an HTTP status"))?;
-    if !(400..=599).contains(&status) {
-        return Err(format!("{status} is not an error status (400..599)"));
-    }
-    Ok((endpoint, status))
-}
-
-/// Faults to inject; change them at run time with [`LiteLlmSimulator::set_faults`].
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    /// Fraction (0..1) of requests answered with a 5xx without acting.
-    pub error_rate: f64,
-    /// Added latency in milliseconds, uniformly drawn from `min..=max`.
-    pub latency_ms: (u64, u64),
-    /// A mutating call's first successful attempt per resource acts, then answers 502.
-    pub perform_then_502: bool,
-    /// Fraction (0..1) of requests whose connection is closed without an answer.
-    pub drop_rate: f64,
-    /// `(endpoint, status)`: the endpoint always fails with that status, without acting.
-    pub fail: Vec<(String, u16)>,
-}
-
-impl Faults {
-    fn normalized(mut self) -> Self {
-        self.error_rate = clamp_fraction(self.error_rate);
-        self.drop_rate = clamp_fraction(self.drop_rate);
-        if self.latency_ms.0 > self.latency_ms.1 {
-            self.latency_ms = (self.latency_ms.1, self.latency_ms.0);
-        }
-        for (endpoint, _) in &mut self.fail {
-            *endpoint = endpoint.trim_start_matches('/').to_owned();
-        }
-        self
-    }
-}
-
-fn clamp_fraction(v: f64) -> f64 {
-    if v.is_nan() {
-        0.0
-    } else {
-        v.clamp(0.0, 1.0)
-    }
+    simkit::parse_fail(s.trim_start().trim_start_matches('/'), &ENDPOINTS)
 }
 
 // ---------------------------------------------------------------------------
@@ -1538,133 +1445,6 @@ impl Shared {
     }
 }
 
-/// A per-connection switch that makes the connection fail, so that the
-/// simulator can close it without answering.
-#[derive(Clone, Default)]
-struct ConnHandle(Arc<AtomicBool>);
-
-impl ConnHandle {
-    fn kill(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-    fn killed(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-/// A TCP stream whose reads and writes fail once its [`ConnHandle`] is killed:
-/// hyper then drops the connection without writing the pending answer.
-struct SimIo {
-    inner: TcpStream,
-    conn: ConnHandle,
-}
-
-fn dropped_error() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "connection dropped by the simulator",
-    )
-}
-
-impl AsyncRead for SimIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.conn.killed() {
-            return Poll::Ready(Err(dropped_error()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SimIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.conn.killed() {
-            return Poll::Ready(Err(dropped_error()));
-        }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.conn.killed() {
-            return Poll::Ready(Err(dropped_error()));
-        }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.conn.killed() {
-            return Poll::Ready(Err(dropped_error()));
-        }
-        Pin::new(&mut this.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-struct SimListener(TcpListener);
-
-impl axum::serve::Listener for SimListener {
-    type Io = SimIo;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (SimIo, SocketAddr) {
-        loop {
-            match self.0.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    let io = SimIo {
-                        inner: stream,
-                        conn: ConnHandle::default(),
-                    };
-                    return (io, addr);
-                }
-                Err(e) => {
-                    if !matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                    ) {
-                        tracing::warn!("simulator accept error: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, SimListener>> for ConnHandle {
-    fn connect_info(stream: IncomingStream<'_, SimListener>) -> Self {
-        stream.io().conn.clone()
-    }
-}
-
 fn endpoint_name(path: &str) -> &'static str {
     let path = path.trim_start_matches('/');
     ENDPOINTS
@@ -1775,33 +1555,15 @@ async fn handle(
         return into_response(Reply::Json(200, json!("I'm alive!")));
     }
     let faults = shared.faults();
-    let (lat_min, lat_max) = faults.latency_ms;
-    let (delay, drop, error) = {
-        let mut rng = rand::thread_rng();
-        let delay = if lat_max > 0 {
-            rng.gen_range(lat_min..=lat_max)
-        } else {
-            0
-        };
-        let drop = faults.drop_rate > 0.0 && rng.gen::<f64>() < faults.drop_rate;
-        let error = if faults.error_rate > 0.0 && rng.gen::<f64>() < faults.error_rate {
-            Some(rng.gen_range(0..3u8))
-        } else {
-            None
-        };
-        (delay, drop, error)
-    };
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    if drop {
+    let roll = simkit::roll(&faults, endpoint);
+    simkit::pause(roll.delay).await;
+    if roll.drop {
         shared.record(endpoint, 0);
         shared.dropped.fetch_add(1, Ordering::Relaxed);
-        conn.kill();
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        return conn.drop_connection();
     }
     let reply = respond(
-        &shared, &faults, endpoint, &method, &uri, &headers, &body, error,
+        &shared, &faults, &roll, endpoint, &method, &uri, &headers, &body,
     );
     shared.record(endpoint, reply.status());
     into_response(reply)
@@ -1811,25 +1573,24 @@ async fn handle(
 fn respond(
     shared: &Shared,
     faults: &Faults,
+    roll: &Roll<'_>,
     endpoint: &'static str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
-    error: Option<u8>,
 ) -> Reply {
-    match error {
-        Some(0) => {
-            return proxy_error(
+    if roll.error {
+        return match rand::thread_rng().gen_range(0..3u8) {
+            0 => proxy_error(
                 500,
                 "Internal Server Error, simulated fault (--error-rate)",
                 "internal_server_error",
                 "None",
-            )
-        }
-        Some(1) => return Reply::Html(502, BAD_GATEWAY_HTML),
-        Some(_) => return Reply::Html(503, UNAVAILABLE_HTML),
-        None => {}
+            ),
+            1 => Reply::Html(502, BAD_GATEWAY_HTML),
+            _ => Reply::Html(503, UNAVAILABLE_HTML),
+        };
     }
     if endpoint == "other" {
         return Reply::Json(404, json!({"detail": "Not Found"}));
@@ -1840,11 +1601,11 @@ fn respond(
     if let Err(reply) = authenticate(headers, shared.master_key.expose_secret()) {
         return reply;
     }
-    if let Some((_, status)) = faults.fail.iter().find(|(e, _)| e == endpoint) {
+    if let Some((_, status)) = roll.fail {
         return proxy_error(
-            *status,
+            status,
             format!("simulated failure (--fail {endpoint}={status})"),
-            if *status >= 500 {
+            if status >= 500 {
                 "internal_server_error"
             } else {
                 "bad_request_error"
@@ -1899,9 +1660,7 @@ fn respond(
 /// A running simulator. Dropping it stops the server too.
 pub struct LiteLlmSimulator {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: SimServer,
 }
 
 impl std::fmt::Debug for LiteLlmSimulator {
@@ -1916,8 +1675,6 @@ impl std::fmt::Debug for LiteLlmSimulator {
 impl LiteLlmSimulator {
     /// Starts serving on `127.0.0.1:<args.port>` with the arguments' key and faults.
     pub async fn start(args: &SimulatorArgs) -> io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", args.port)).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             master_key: args.master_key.clone(),
             db: Mutex::new(Db::default()),
@@ -1925,25 +1682,9 @@ impl LiteLlmSimulator {
             requests: Mutex::new(HashMap::new()),
             dropped: AtomicU64::new(0),
         });
-        let app = Router::new()
-            .fallback(handle)
-            .with_state(shared.clone())
-            .into_make_service_with_connect_info::<ConnHandle>();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = axum::serve(SimListener(listener), app).with_graceful_shutdown(async move {
-            let _ = stopped.await;
-        });
-        let task = tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!("LiteLLM simulator stopped: {e}");
-            }
-        });
-        Ok(Self {
-            shared,
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let server = SimServer::start("LiteLLM", args.port, app).await?;
+        Ok(Self { shared, server })
     }
 
     /// Starts on any free port with the default master key and no faults.
@@ -1957,7 +1698,7 @@ impl LiteLlmSimulator {
 
     /// `http://127.0.0.1:<port>`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.base_url()
     }
 
     /// The master key clients must present.
@@ -2126,26 +1867,8 @@ impl LiteLlmSimulator {
     }
 
     /// Stops accepting, lets answers in flight finish (up to 5 s), then returns.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-            {
-                task.abort();
-            }
-        }
-    }
-}
-
-impl Drop for LiteLlmSimulator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 
@@ -2200,28 +1923,7 @@ pub async fn serve_forever(args: SimulatorArgs) -> anyhow::Result<()> {
     );
     println!("faults: {}", describe_faults(&sim.faults()));
     println!("press Ctrl-C to stop");
-    wait_for_signal().await?;
-    println!("stopping");
-    sim.shutdown().await;
-    Ok(())
-}
-
-#[cfg(unix)]
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signal() -> anyhow::Result<()> {
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot listen for Ctrl-C")
+    simkit::serve_until_signal(sim.server, "stopping").await
 }
 
 #[cfg(test)]
@@ -2230,16 +1932,13 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        assert_eq!(parse_latency("5").unwrap(), (5, 5));
-        assert_eq!(parse_latency("5..20").unwrap(), (5, 20));
-        assert!(parse_latency("20..5").is_err());
         assert_eq!(
             parse_fail("/key/generate=400").unwrap(),
             ("key/generate".into(), 400)
         );
         assert!(parse_fail("key/nope=400").is_err());
         assert!(parse_fail("key/generate=200").is_err());
-        assert!(parse_fraction("1.5").is_err());
+        assert!(parse_fail("*=503").is_err());
     }
 
     #[test]

@@ -9,5 +9,6 @@
 pub mod client;
 pub mod simulator;
 
+pub use crate::simkit::Faults;
 pub use client::{Customer, StripeClient, StripeConfig, StripeError};
-pub use simulator::{serve_forever, Faults, SimStats, SimulatorArgs, StripeSimulator};
+pub use simulator::{serve_forever, SimStats, SimulatorArgs, StripeSimulator};

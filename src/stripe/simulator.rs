@@ -31,13 +31,12 @@
 //! Executed requests keep running when the client gives up (as on real
 //! Stripe), so a timed-out request still takes effect.
 
+use crate::simkit::{self, parse_fraction, parse_latency, pause, ConnHandle, SimServer};
 use crate::stripe::client::Customer;
 use axum::body::{Body, Bytes};
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::serve::{IncomingStream, Listener};
 use axum::Router;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -45,16 +44,10 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+pub use crate::simkit::Faults;
 
 /// The port `orgkeeper simulate stripe` listens on by default.
 pub const DEFAULT_PORT: u16 = 12111;
@@ -93,7 +86,7 @@ pub struct SimulatorArgs {
     #[arg(long, env = "STRIPE_API_KEY", default_value = DEFAULT_API_KEY, hide_env_values = true)]
     pub api_key: String,
     /// Fraction of requests (0 to 1) answered 500 `api_error` without acting.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub error_rate: f64,
     /// Added latency per request in milliseconds: `N`, or `MIN..MAX` for a uniform pick.
     #[arg(long, default_value = "0", value_parser = parse_latency)]
@@ -102,7 +95,7 @@ pub struct SimulatorArgs {
     #[arg(long)]
     pub perform_then_502: bool,
     /// Fraction of requests (0 to 1) whose connection is dropped without an answer (nothing is performed).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub drop_rate: f64,
     /// Always answer ENDPOINT with STATUS without acting, e.g. `update_customer=429`
     /// (endpoints: create_customer, update_customer, get_customer, list_customers,
@@ -151,79 +144,10 @@ impl SimulatorArgs {
     }
 }
 
-/// Parses a probability between 0 and 1.
-fn parse_rate(s: &str) -> Result<f64, String> {
-    let rate: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number"))?;
-    if (0.0..=1.0).contains(&rate) {
-        Ok(rate)
-    } else {
-        Err(format!("{s} is not between 0 and 1"))
-    }
-}
-
-/// Parses `N` or `MIN..MAX` milliseconds.
-fn parse_latency(s: &str) -> Result<(u64, u64), String> {
-    let num = |t: &str| {
-        t.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("{t:?} is not a number of milliseconds (use N or MIN..MAX)"))
-    };
-    match s.split_once("..") {
-        None => num(s).map(|n| (n, n)),
-        Some((lo, hi)) => {
-            let (lo, hi) = (num(lo)?, num(hi.trim_start_matches('='))?);
-            if lo <= hi {
-                Ok((lo, hi))
-            } else {
-                Err(format!("latency range {s}: minimum above maximum"))
-            }
-        }
-    }
-}
-
-/// Parses `endpoint=status` for `--fail`.
+/// Parses `ENDPOINT=STATUS` for `--fail`: one of [`ENDPOINTS`], or `*` for every endpoint.
 fn parse_fail(s: &str) -> Result<(String, u16), String> {
-    let (endpoint, status) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected ENDPOINT=STATUS, e.g. update_customer=429"))?;
-    let endpoint = endpoint.trim();
-    if endpoint != "*" && !ENDPOINTS.contains(&endpoint) {
-        return Err(format!(
-            "unknown endpoint {endpoint:?}; known: {}, or *",
-            ENDPOINTS.join(", ")
-        ));
-    }
-    let status: u16 = status
-        .trim()
-        .parse()
-        .map_err(|_| format!("{status:?} is not an HTTP status"))?;
-    if !(400..=599).contains(&status) {
-        return Err(format!(
-            "{status}: only error statuses (400 to 599) can be injected"
-        ));
-    }
-    Ok((endpoint.to_string(), status))
-}
-
-/// Faults injected into the simulator's answers; see the module docs for
-/// the order in which they apply. `Default` injects nothing.
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    /// Fraction of requests (0 to 1) answered 500 `api_error` without acting.
-    pub error_rate: f64,
-    /// Added latency range in milliseconds (inclusive; `(0, 0)` for none).
-    pub latency_ms: (u64, u64),
-    /// Perform the first attempt of each idempotency key, then answer 502.
-    /// POSTs without an idempotency key are not affected.
-    pub perform_then_502: bool,
-    /// Fraction of requests (0 to 1) whose connection is closed without an answer.
-    pub drop_rate: f64,
-    /// `(endpoint, status)`: always answer that endpoint (or `*`, every
-    /// endpoint) with that status, without acting. The first match wins.
-    pub fail: Vec<(String, u16)>,
+    let known: Vec<&str> = ENDPOINTS.into_iter().chain(["*"]).collect();
+    simkit::parse_fail(s, &known)
 }
 
 /// What the simulator has seen, for assertions.
@@ -266,15 +190,13 @@ impl SimStats {
 /// [`shutdown`](Self::shutdown) also waits for it.
 pub struct StripeSimulator {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<io::Result<()>>>,
+    server: SimServer,
 }
 
 impl fmt::Debug for StripeSimulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StripeSimulator")
-            .field("addr", &self.addr)
+            .field("addr", &self.server.addr())
             .field("api_key", &mask_key(&self.shared.api_key))
             .finish()
     }
@@ -283,31 +205,16 @@ impl fmt::Debug for StripeSimulator {
 impl StripeSimulator {
     /// Starts a simulator on 127.0.0.1:`args.port` with `args`' key and faults.
     pub async fn start(args: &SimulatorArgs) -> io::Result<Self> {
-        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, args.port)).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             api_key: args.api_key.clone(),
             inner: Mutex::new(Inner {
-                faults: args.faults(),
+                faults: args.faults().normalized(),
                 ..Inner::default()
             }),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = axum::serve(
-            SimListener(listener),
-            app.into_make_service_with_connect_info::<ConnHandle>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stopped.await;
-        });
-        let task = tokio::spawn(async move { server.await });
-        Ok(StripeSimulator {
-            shared,
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let server = SimServer::start("Stripe", args.port, app).await?;
+        Ok(StripeSimulator { shared, server })
     }
 
     /// Starts a simulator on any free port with [`DEFAULT_API_KEY`] and no faults.
@@ -317,7 +224,7 @@ impl StripeSimulator {
 
     /// The base URL to give a [`StripeClient`](crate::stripe::StripeClient), e.g. `http://127.0.0.1:12111`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.base_url()
     }
 
     /// The API key the simulator accepts.
@@ -327,7 +234,7 @@ impl StripeSimulator {
 
     /// Replaces the injected faults (applies to requests arriving from now on).
     pub fn set_faults(&self, faults: Faults) {
-        self.shared.lock().faults = faults;
+        self.shared.lock().faults = faults.normalized();
     }
 
     /// Creates a customer directly (no request, not counted as a mutation),
@@ -391,26 +298,8 @@ impl StripeSimulator {
     }
 
     /// Stops accepting requests and waits (at most 5 s) for open connections to finish.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-            {
-                task.abort();
-            }
-        }
-    }
-}
-
-impl Drop for StripeSimulator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 
@@ -436,24 +325,7 @@ pub async fn serve_forever(args: SimulatorArgs) -> anyhow::Result<()> {
     {
         println!("  faults: {faults:?}");
     }
-    wait_for_stop_signal().await?;
-    println!("Stripe simulator stopping");
-    sim.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+    simkit::serve_until_signal(sim.server, "Stripe simulator stopping").await
 }
 
 // ---------------------------------------------------------------------------
@@ -680,102 +552,6 @@ impl Drop for ReservationGuard {
 }
 
 // ---------------------------------------------------------------------------
-// Connections that fault injection can drop
-
-/// A TCP listener whose connections can be dropped from inside a handler.
-struct SimListener(TcpListener);
-
-/// An accepted connection plus the switch that kills it.
-struct SimConn {
-    stream: TcpStream,
-    killed: Arc<AtomicBool>,
-}
-
-impl Listener for SimListener {
-    type Io = SimConn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (SimConn, SocketAddr) {
-        loop {
-            match self.0.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    let conn = SimConn {
-                        stream,
-                        killed: Arc::new(AtomicBool::new(false)),
-                    };
-                    return (conn, addr);
-                }
-                // Out of file descriptors and the like: wait instead of spinning.
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
-
-fn killed_error() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "connection dropped by fault injection",
-    )
-}
-
-impl AsyncRead for SimConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.killed.load(Ordering::Acquire) {
-            return Poll::Ready(Err(killed_error()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SimConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.killed.load(Ordering::Acquire) {
-            // The response is never written: the connection closes with no answer.
-            return Poll::Ready(Err(killed_error()));
-        }
-        Pin::new(&mut this.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.killed.load(Ordering::Acquire) {
-            return Poll::Ready(Err(killed_error()));
-        }
-        Pin::new(&mut this.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-/// Per-connection handle given to handlers (through `ConnectInfo`).
-#[derive(Clone)]
-struct ConnHandle(Arc<AtomicBool>);
-
-impl Connected<IncomingStream<'_, SimListener>> for ConnHandle {
-    fn connect_info(stream: IncomingStream<'_, SimListener>) -> Self {
-        ConnHandle(stream.io().killed.clone())
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Requests
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -825,44 +601,6 @@ fn route(method: &Method, path: &str) -> (Endpoint, Option<String>) {
     (Endpoint::Unknown, None)
 }
 
-/// An injected fault, decided before anything else.
-enum Fault {
-    Drop,
-    Status(u16, String),
-}
-
-/// Picks this request's latency and fault (no lock held, no await).
-fn roll(faults: &Faults, endpoint: Endpoint) -> (Duration, Option<Fault>) {
-    let mut rng = rand::thread_rng();
-    let (lo, hi) = faults.latency_ms;
-    let delay = if hi > lo { rng.gen_range(lo..=hi) } else { lo };
-    let delay = Duration::from_millis(delay);
-    if let Some((rule, status)) = faults
-        .fail
-        .iter()
-        .find(|(e, _)| e == "*" || e == endpoint.name())
-    {
-        let why =
-            format!("Simulated failure (--fail {rule}={status}); the request was not performed.");
-        return (delay, Some(Fault::Status(*status, why)));
-    }
-    if faults.drop_rate > 0.0 && rng.gen_bool(faults.drop_rate.min(1.0)) {
-        return (delay, Some(Fault::Drop));
-    }
-    if faults.error_rate > 0.0 && rng.gen_bool(faults.error_rate.min(1.0)) {
-        let why =
-            "An unknown error occurred (simulated; the request was not performed).".to_string();
-        return (delay, Some(Fault::Status(500, why)));
-    }
-    (delay, None)
-}
-
-async fn pause(delay: Duration) {
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-}
-
 /// The single entry point: faults, authentication, parameters, idempotency,
 /// then the endpoint itself.
 async fn handle(
@@ -876,20 +614,28 @@ async fn handle(
     let (endpoint, id) = route(&method, uri.path());
     let request_id = random_id("req_", 14);
     let faults = shared.lock().faults.clone();
-    let (delay, fault) = roll(&faults, endpoint);
-    match fault {
-        Some(Fault::Drop) => {
+    let roll = simkit::roll(&faults, endpoint.name());
+    let delay = roll.delay;
+    let injected = match roll.fail {
+        Some((rule, status)) => Some((
+            status,
+            format!("Simulated failure (--fail {rule}={status}); the request was not performed."),
+        )),
+        None if roll.drop => {
             pause(delay).await;
-            conn.0.store(true, Ordering::Release);
             shared.lock().stats.dropped_connections += 1;
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            return conn.drop_connection();
         }
-        Some(Fault::Status(status, message)) => {
-            pause(delay).await;
-            let response = injected_error(status, &message, &request_id);
-            return shared.finish(endpoint, response);
-        }
-        None => {}
+        None if roll.error => Some((
+            500,
+            "An unknown error occurred (simulated; the request was not performed).".to_string(),
+        )),
+        None => None,
+    };
+    if let Some((status, message)) = injected {
+        pause(delay).await;
+        let response = injected_error(status, &message, &request_id);
+        return shared.finish(endpoint, response);
     }
 
     if let Err(message) = check_auth(&shared.api_key, &headers) {
@@ -1528,11 +1274,6 @@ mod tests {
 
     #[test]
     fn flags_parse_and_refuse_nonsense() {
-        assert_eq!(parse_latency("50"), Ok((50, 50)));
-        assert_eq!(parse_latency("10..200"), Ok((10, 200)));
-        assert!(parse_latency("200..10").is_err());
-        assert!(parse_rate("1.5").is_err());
-        assert_eq!(parse_rate("0.25"), Ok(0.25));
         assert_eq!(
             parse_fail("update_customer=429"),
             Ok(("update_customer".into(), 429))
