@@ -2,6 +2,7 @@
 //! end with one JSON object of them). They are measurements, not tests.
 
 mod env;
+mod migrate;
 mod provision;
 
 use clap::Subcommand;
@@ -13,12 +14,15 @@ pub use env::BenchEnv;
 pub enum BenchCommand {
     /// Insert organizations and measure provisioning throughput, latency, memory and stability
     Provision(provision::ProvisionArgs),
+    /// Generate legacy users and measure user migration throughput, database and external side
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Runs a benchmark.
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Provision(args) => provision::run(args).await,
+        BenchCommand::Migrate(args) => migrate::run(args).await,
     }
 }
 
