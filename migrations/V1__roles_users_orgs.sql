@@ -83,7 +83,7 @@ CREATE TABLE orgkeeper.org (
     updated_at                             timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT org_kind_valid CHECK (kind IN ('personal', 'team')),
     CONSTRAINT org_personal_id_is_owner CHECK (kind <> 'personal' OR id = created_by),
-    CONSTRAINT org_name_trimmed_nonempty CHECK (name = btrim(name, E' \t\n\r\f\v') AND char_length(name) BETWEEN 1 AND 255),
+    CONSTRAINT org_name_trimmed_nonempty CHECK (name = btrim(name, E' \t\n\r\f\x0B') AND char_length(name) BETWEEN 1 AND 255),
     CONSTRAINT org_provisioning_status_valid
         CHECK (provisioning_status IN ('pending', 'active', 'failed', 'deprovisioning'))
 );
@@ -92,7 +92,7 @@ CREATE UNIQUE INDEX org_one_personal_per_user ON orgkeeper.org (created_by) WHER
 
 COMMENT ON TABLE orgkeeper.org IS
   'Organizations. Inserting a row (directly or via orgkeeper.create_org) makes its creator the owner and enqueues LiteLLM provisioning in the same transaction.';
-COMMENT ON COLUMN orgkeeper.org.name IS 'Unique case-insensitively; surrounding spaces are trimmed on write; 1..255 characters.';
+COMMENT ON COLUMN orgkeeper.org.name IS 'Unique case-insensitively; surrounding whitespace (space, tab, LF, CR, FF, VT) is trimmed on write; 1..255 characters.';
 COMMENT ON COLUMN orgkeeper.org.kind IS 'personal (id = created_by, one per user) or team.';
 COMMENT ON COLUMN orgkeeper.org.created_by IS 'The creating user; becomes the owner member when the row is inserted.';
 COMMENT ON COLUMN orgkeeper.org.llm_api_key IS 'The org''s LiteLLM key, AEAD ciphertext written by the daemon (format in README, "Secrets").';

@@ -38,6 +38,13 @@ $$;
 COMMENT ON FUNCTION orgkeeper.is_legacy_ciphertext(text) IS
   'True when a secret column holds legacy-scheme ciphertext: current ciphertext starts with "ok1:"; NULL and empty mean no secret.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.is_transient_sqlstate(p_sqlstate text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT left(p_sqlstate, 2) IN ('40', '53', '57', '58') OR p_sqlstate = '55P03';
+$$;
+COMMENT ON FUNCTION orgkeeper.is_transient_sqlstate(text) IS
+  'True for errors that say nothing about the data and may not happen again: transaction rollback (40xxx: serialization failure, deadlock), insufficient resources (53xxx), operator intervention (57xxx), system errors (58xxx) and lock timeouts (55P03). migrate_users re-raises these instead of recording the user as unmigratable.';
+
 CREATE OR REPLACE FUNCTION orgkeeper.lock_user_for_migration(p_user_id uuid) RETURNS void
 LANGUAGE plpgsql
 SET lock_timeout = '30s'
@@ -528,6 +535,14 @@ BEGIN
                     EXIT;
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT;
+                    -- A deadlock, serialization failure, lock timeout, lack
+                    -- of resources or operator intervention says nothing
+                    -- about the user: fail the call (the caller's transaction
+                    -- rolls back) rather than record the user as
+                    -- unmigratable, so that the next back-fill retries it.
+                    IF orgkeeper.is_transient_sqlstate(v_state) THEN
+                        RAISE;
+                    END IF;
                     -- A name taken meanwhile by a concurrent session: the
                     -- second try sees it and picks another name.
                     CONTINUE WHEN v_state = '23505' AND v_try = 1;
@@ -544,7 +559,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.migrate_users(integer) IS
-  'Back-fill: migrates up to batch_size users whose user_settings.already_migrated is false (NULL means "unknown" and is never picked: orgkeeper.migrate_user explains it), set-based, in the caller''s transaction, with the same per-user log and actions as migrate_user. Users locked by another session are skipped, so several sessions can run it side by side. Users that cannot be migrated are recorded in orgkeeper.user_migration_error and skipped from then on. Returns how many were migrated; 0 = nothing left this session can take. Raises 22004 / 22023 for a NULL or non-positive batch size.';
+  'Back-fill: migrates up to batch_size users whose user_settings.already_migrated is false (NULL means "unknown" and is never picked: orgkeeper.migrate_user explains it), set-based, in the caller''s transaction, with the same per-user log and actions as migrate_user. Users locked by another session are skipped, so several sessions can run it side by side. Users that cannot be migrated are recorded in orgkeeper.user_migration_error and skipped from then on; transient errors (orgkeeper.is_transient_sqlstate: deadlock, serialization failure, lock timeout, resources, operator intervention) are raised instead, recording nothing, so that a later call retries. Returns how many were migrated; 0 = nothing left this session can take. Raises 22004 / 22023 for a NULL or non-positive batch size.';
 
 ------------------------------------------------------------------------------
 -- verification
@@ -989,6 +1004,7 @@ COMMENT ON FUNCTION orgkeeper.rollback_user_migration(uuid) IS
 REVOKE EXECUTE ON FUNCTION
     orgkeeper.user_lock_key(uuid),
     orgkeeper.is_legacy_ciphertext(text),
+    orgkeeper.is_transient_sqlstate(text),
     orgkeeper.lock_user_for_migration(uuid),
     orgkeeper.migration_blocker(uuid),
     orgkeeper.refresh_growing_statistics(),
@@ -1005,6 +1021,7 @@ BEGIN
         GRANT EXECUTE ON FUNCTION
             orgkeeper.user_lock_key(uuid),
             orgkeeper.is_legacy_ciphertext(text),
+            orgkeeper.is_transient_sqlstate(text),
             orgkeeper.lock_user_for_migration(uuid),
             orgkeeper.migration_blocker(uuid),
             orgkeeper.refresh_growing_statistics(),

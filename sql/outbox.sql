@@ -1,8 +1,10 @@
 -- outbox.sql — enqueueing, claiming and recording external actions.
 --
 -- The daemon only calls these functions; every write-back is fenced on the
--- lease (locked_by), so a replica whose lease expired cannot overwrite the
--- replica that took the action over. Each returns whether the fence held.
+-- lease token (locked_by, "<worker>/<attempt>", set by the claim): a task
+-- whose lease expired cannot overwrite the one that took the action over.
+-- The fenced functions take that token as p_worker and return whether the
+-- fence held.
 
 ------------------------------------------------------------------------------
 -- enqueue and notify
@@ -94,7 +96,9 @@ LANGUAGE sql AS $$
     )
     UPDATE orgkeeper.pending_external_actions a
        SET status = CASE WHEN a.status = 'pending' THEN 'running' ELSE a.status END,
-           locked_by = p_worker,
+           -- The lease token names the replica and the claim, so a replica's
+           -- stale task from an earlier claim cannot pass the fence either.
+           locked_by = p_worker || '/' || (a.attempts + 1),
            locked_until = now() + p_lease,
            attempts = a.attempts + 1,
            updated_at = now()
@@ -103,7 +107,7 @@ LANGUAGE sql AS $$
     RETURNING a.*;
 $$;
 COMMENT ON FUNCTION orgkeeper.claim_actions(text, integer, interval) IS
-  'Daemon: leases up to p_limit due actions to p_worker in one statement (FOR UPDATE SKIP LOCKED), bumping attempts. An action waits while an earlier action of the same subject is unfinished.';
+  'Daemon: leases up to p_limit due actions to replica p_worker in one statement (FOR UPDATE SKIP LOCKED), bumping attempts; locked_by becomes the lease token "<worker>/<attempt>" that every fenced write must present. An action waits while an earlier action of the same subject is unfinished.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.sweep_expired_leases() RETURNS integer
 LANGUAGE sql AS $$
@@ -213,6 +217,33 @@ $$;
 COMMENT ON FUNCTION orgkeeper.finish_action(bigint, text, text, jsonb, text) IS
   'Daemon: ends an action as failed or compensated, merging p_result (e.g. the cleanup outcome) and recording p_error. Fenced on the lease.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.release_action(p_id bigint, p_worker text) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH u AS (
+        UPDATE orgkeeper.pending_external_actions
+           SET status = CASE WHEN status = 'running' THEN 'pending' ELSE status END,
+               locked_by = NULL, locked_until = NULL, run_after = now(), updated_at = now()
+         WHERE id = p_id AND locked_by = p_worker
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM u);
+$$;
+COMMENT ON FUNCTION orgkeeper.release_action(bigint, text) IS
+  'Daemon: hands an unfinished action back to the queue at shutdown (its attempt stays counted: it may have had external effects). Fenced on the lease.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.extend_lease(p_id bigint, p_worker text, p_lease interval) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH u AS (
+        UPDATE orgkeeper.pending_external_actions
+           SET locked_until = now() + p_lease
+         WHERE id = p_id AND locked_by = p_worker
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM u);
+$$;
+COMMENT ON FUNCTION orgkeeper.extend_lease(bigint, text, interval) IS
+  'Daemon: heartbeat of a running action: pushes its lease expiry to now() + p_lease while the token still holds it. False = the lease was lost; the daemon abandons the action.';
+
 ------------------------------------------------------------------------------
 -- operators
 ------------------------------------------------------------------------------
@@ -221,6 +252,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_action orgkeeper.pending_external_actions;
 BEGIN
+    -- Lock order everywhere: the org row, then the action row.
+    PERFORM 1 FROM orgkeeper.org
+     WHERE id = (SELECT org_id FROM orgkeeper.pending_external_actions WHERE id = action_id)
+       FOR NO KEY UPDATE;
     SELECT * INTO v_action FROM orgkeeper.pending_external_actions WHERE id = action_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'action % does not exist', coalesce(action_id::text, 'NULL')
@@ -233,7 +268,7 @@ BEGIN
     UPDATE orgkeeper.pending_external_actions
        SET status = 'pending', attempts = 0, run_after = now(), finished_at = NULL, updated_at = now()
      WHERE id = action_id;
-    IF v_action.kind = 'litellm.provision_org' THEN
+    IF v_action.kind IN ('litellm.provision_org', 'litellm.migrate_user') THEN
         UPDATE orgkeeper.org SET provisioning_status = 'pending', provisioning_error = NULL
          WHERE id = v_action.org_id AND provisioning_status = 'failed';
     END IF;
@@ -241,21 +276,22 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.retry_action(bigint) IS
-  'Operator: puts a failed, compensated or cancelled action back to pending with a fresh attempt budget (its error history is kept). A retried provisioning sets its org back to pending.';
+  'Operator: puts a failed, compensated or cancelled action back to pending with a fresh attempt budget (its error history is kept). A retried provisioning or user migration sets its org back to pending.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.cancel_action(action_id bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_status text;
+    v_action orgkeeper.pending_external_actions;
 BEGIN
-    SELECT status INTO v_status FROM orgkeeper.pending_external_actions WHERE id = action_id FOR UPDATE;
+    SELECT * INTO v_action FROM orgkeeper.pending_external_actions WHERE id = action_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'action % does not exist', coalesce(action_id::text, 'NULL') USING ERRCODE = 'no_data_found';
     END IF;
-    IF v_status NOT IN ('pending', 'failed') THEN
-        RAISE EXCEPTION 'action % is %, only pending or failed actions can be cancelled', action_id, v_status
+    IF NOT (v_action.status = 'failed' OR (v_action.status = 'pending' AND v_action.attempts = 0)) THEN
+        RAISE EXCEPTION 'action % (%) is % after % attempt(s); only actions that never ran, or failed ones, can be cancelled',
+                action_id, v_action.kind, v_action.status, v_action.attempts
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'a running action finishes or its lease expires first';
+                  HINT = 'an action that already ran may have had external effects: let it finish, or wait until it fails and cancel it then';
     END IF;
     UPDATE orgkeeper.pending_external_actions
        SET status = 'cancelled', finished_at = now(), updated_at = now()
@@ -263,19 +299,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.cancel_action(bigint) IS
-  'Operator: gives up on a pending or failed action (cancelled is terminal; retry_action can revive it).';
-
-CREATE OR REPLACE FUNCTION orgkeeper.release_action(p_id bigint, p_worker text) RETURNS boolean
-LANGUAGE sql AS $$
-    WITH u AS (
-        UPDATE orgkeeper.pending_external_actions
-           SET status = CASE WHEN status = 'running' THEN 'pending' ELSE status END,
-               attempts = greatest(attempts - 1, 0),
-               locked_by = NULL, locked_until = NULL, run_after = now(), updated_at = now()
-         WHERE id = p_id AND locked_by = p_worker
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM u);
-$$;
-COMMENT ON FUNCTION orgkeeper.release_action(bigint, text) IS
-  'Daemon: hands an action back to the queue at shutdown without counting the interrupted attempt. Fenced on the lease.';
+  'Operator: gives up on an action that never ran, or a failed one (cancelled is terminal; retry_action can revive it). Refuses (55000) an action that may have had external effects.';

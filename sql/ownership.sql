@@ -14,19 +14,8 @@
 CREATE OR REPLACE FUNCTION orgkeeper.protect_system_roles() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        IF NEW.is_system THEN
-            RAISE EXCEPTION 'role "%" cannot be added as a system role', NEW.name
-                USING ERRCODE = 'restrict_violation',
-                      HINT = 'system roles (owner, admin, member) ship with orgkeeper; add custom roles with is_system = false';
-        END IF;
-        IF NEW.rank <= (SELECT rank FROM orgkeeper.role WHERE name = 'owner') THEN
-            RAISE EXCEPTION 'role "%" cannot outrank the owner role (rank % <= owner rank)', NEW.name, NEW.rank
-                USING ERRCODE = 'check_violation';
-        END IF;
-        RETURN NEW;
-    END IF;
-    IF OLD.is_system THEN
+    -- System rows: frozen.
+    IF TG_OP <> 'INSERT' AND OLD.is_system THEN
         IF TG_OP = 'DELETE' THEN
             RAISE EXCEPTION 'role "%" is a system role and cannot be deleted', OLD.name
                 USING ERRCODE = 'restrict_violation';
@@ -36,12 +25,28 @@ BEGIN
             RAISE EXCEPTION 'role "%" is a system role and cannot be renamed, re-ranked or unprotected', OLD.name
                 USING ERRCODE = 'restrict_violation';
         END IF;
+        RETURN NEW;
     END IF;
-    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    -- Custom rows, inserted or updated: never system, never at or above the owner.
+    IF NEW.is_system THEN
+        RAISE EXCEPTION 'role "%" cannot be % a system role', NEW.name,
+                        CASE TG_OP WHEN 'INSERT' THEN 'added as' ELSE 'made' END
+            USING ERRCODE = 'restrict_violation',
+                  HINT = 'system roles (owner, admin, member) ship with orgkeeper; custom roles have is_system = false';
+    END IF;
+    IF NEW.rank <= (SELECT r.rank FROM orgkeeper.role r WHERE r.name = 'owner') THEN
+        RAISE EXCEPTION 'role "%" cannot outrank the owner role (rank % <= owner rank)', NEW.name, NEW.rank
+            USING ERRCODE = 'check_violation',
+                  HINT = 'lower rank = more authority; a custom role needs a rank greater than the owner''s';
+    END IF;
+    RETURN NEW;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.protect_system_roles() IS
-  'Trigger: refuses to add, rename, re-rank or delete system roles (owner, admin, member) and refuses custom roles that would outrank the owner.';
+  'Trigger: refuses to rename, re-rank, unprotect or delete system roles (owner, admin, member), and refuses custom roles — inserted or updated — that are marked system or would outrank or equal the owner.';
 
 DROP TRIGGER IF EXISTS role_protect_system ON orgkeeper.role;
 CREATE TRIGGER role_protect_system
@@ -77,7 +82,10 @@ BEGIN
         RAISE EXCEPTION 'organization % needs a name', NEW.id
             USING ERRCODE = 'not_null_violation';
     END IF;
-    NEW.name := btrim(NEW.name, E' \t\n\r\f\v');
+    -- Whitespace: space, tab, LF, CR, form feed and vertical tab. PostgreSQL
+    -- has no \v escape (E'\v' is the letter v), so the vertical tab is \x0B;
+    -- the same set is in the CHECK org_name_trimmed_nonempty (V1).
+    NEW.name := btrim(NEW.name, E' \t\n\r\f\x0B');
     IF NEW.name = '' THEN
         RAISE EXCEPTION 'organization % needs a name that is not empty or blank', NEW.id
             USING ERRCODE = 'check_violation';
@@ -152,15 +160,34 @@ BEGIN
     -- creates through litellm.migrate_user, which creates the team with the
     -- user's remaining credits; it sets the transaction-local setting
     -- orgkeeper.skip_provision = 'on' around its INSERT (and resets it), so
-    -- that no second, conflicting team is created here.
-    IF coalesce(current_setting('orgkeeper.skip_provision', true), '') <> 'on' THEN
+    -- that no second, conflicting team is created here. Any session can set
+    -- a custom setting, so it is honoured only for trusted callers (those
+    -- that may run the migration); for the application it is ignored.
+    IF NOT orgkeeper.provisioning_skipped() THEN
         PERFORM orgkeeper.enqueue_action('litellm.provision_org', NEW.id, NEW.created_by, '{}'::jsonb);
     END IF;
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_after_insert() IS
-  'Trigger: gives a new organization its owner (created_by, role resolved by name), makes it the owner''s current org if they had none, and enqueues litellm.provision_org (unless the transaction-local setting orgkeeper.skip_provision is ''on'': user migration provisions its personal orgs through litellm.migrate_user).';
+  'Trigger: gives a new organization its owner (created_by, role resolved by name), makes it the owner''s current org if they had none, and enqueues litellm.provision_org unless orgkeeper.provisioning_skipped() (user migration provisions its personal orgs through litellm.migrate_user).';
+
+CREATE OR REPLACE FUNCTION orgkeeper.provisioning_skipped() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+BEGIN
+    IF coalesce(current_setting('orgkeeper.skip_provision', true), '') <> 'on' THEN
+        RETURN false;
+    END IF;
+    -- Trusted: superusers, BYPASSRLS roles, members of orgkeeper_dba or
+    -- orgkeeper_daemon (orgkeeper.caller_is_trusted, members.sql), and the
+    -- owner of the schema's tables (the role that runs `orgkeeper migrate`).
+    RETURN orgkeeper.caller_is_trusted()
+        OR pg_has_role(orgkeeper.caller_role(),
+                       (SELECT c.relowner FROM pg_class c WHERE c.oid = 'orgkeeper.org'::regclass), 'MEMBER');
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.provisioning_skipped() IS
+  'Internal: true when the transaction-local setting orgkeeper.skip_provision is ''on'' (set by user migration around its INSERT of personal orgs) and the session''s role is trusted (orgkeeper.caller_is_trusted(), or a member of the tables'' owner). The setting is ignored for the application role, so it cannot skip the provisioning of its organizations.';
 
 DROP TRIGGER IF EXISTS org_after_insert ON orgkeeper.org;
 CREATE TRIGGER org_after_insert
@@ -256,10 +283,17 @@ LANGUAGE sql STABLE AS $$
     FROM (SELECT coalesce(nullif(btrim(p_email), ''), 'user ' || left(p_user_id::text, 8)) || ' (personal)' AS base) b;
 $$;
 COMMENT ON FUNCTION orgkeeper.personal_org_name(uuid, text) IS
-  'A readable, unique name for a user''s personal organization: "<email> (personal)", with the user id appended on a clash.';
+  'Internal: a readable, unique name for a user''s personal organization: "<email> (personal)", with the user id appended on a clash. Not granted to the application (the result tells whether an email already has an account); create_personal_org and user migration call it.';
 
+-- SECURITY DEFINER because naming the org needs personal_org_name, which
+-- the application may not call itself (it would tell whether an email has an
+-- account). Row security no longer applies inside, so check_actor enforces
+-- what the org_app_insert policy did: the application creates its own user's
+-- personal org only.
 CREATE OR REPLACE FUNCTION orgkeeper.create_personal_org(user_id uuid) RETURNS uuid
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp
+AS $$
 DECLARE
     v_email text;
 BEGIN
@@ -267,6 +301,7 @@ BEGIN
         RAISE EXCEPTION 'create_personal_org needs a user id (got NULL)'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    PERFORM orgkeeper.check_actor(user_id, 'create_personal_org');
     SELECT u.email INTO v_email FROM orgkeeper.users u WHERE u.id = create_personal_org.user_id;
     INSERT INTO orgkeeper.org (id, name, kind, created_by, contact_email)
     VALUES (user_id, orgkeeper.personal_org_name(user_id, v_email), 'personal', user_id, v_email);
@@ -274,4 +309,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.create_personal_org(uuid) IS
-  'Creates the user''s personal organization (id = user id, named after the user''s email). Refuses a second one (23505). Returns the org id.';
+  'Creates the user''s personal organization (id = user id, named after the user''s email). Refuses a second one (23505), and (42501) an application session creating one for a user other than orgkeeper.user_id. Returns the org id.';

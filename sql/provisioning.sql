@@ -13,6 +13,20 @@ $$;
 COMMENT ON FUNCTION orgkeeper.provisioning_context(uuid) IS
   'Daemon: what provisioning an organization needs (name for the team alias, owner and their email). No row = the org is gone.';
 
+-- Lock order everywhere: the org row, then the action row.
+CREATE OR REPLACE FUNCTION orgkeeper.lock_action_org(p_action_id bigint) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org_id uuid;
+BEGIN
+    SELECT a.org_id INTO v_org_id FROM orgkeeper.pending_external_actions a WHERE a.id = p_action_id;
+    PERFORM 1 FROM orgkeeper.org o WHERE o.id = v_org_id FOR NO KEY UPDATE;
+    RETURN v_org_id;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.lock_action_org(bigint) IS
+  'Internal: the org_id of an action, after locking that org''s row (FOR NO KEY UPDATE) — the first step of every provisioning write-back, which locks the org row before the action row. NULL when the action does not exist or has no org; the org may be gone (nothing locked).';
+
 CREATE OR REPLACE FUNCTION orgkeeper.record_org_provisioned(
     p_action_id bigint, p_worker text, p_team_id text, p_owner uuid,
     p_model text, p_base_url text, p_key_ciphertext text, p_result jsonb)
@@ -21,9 +35,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_org_id uuid;
 BEGIN
-    -- Lock order everywhere: the org row, then the action row.
-    SELECT org_id INTO v_org_id FROM orgkeeper.pending_external_actions WHERE id = p_action_id;
-    PERFORM 1 FROM orgkeeper.org WHERE id = v_org_id FOR NO KEY UPDATE;
+    v_org_id := orgkeeper.lock_action_org(p_action_id);
     PERFORM 1
        FROM orgkeeper.pending_external_actions
       WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
@@ -58,8 +70,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_org_id uuid;
 BEGIN
-    SELECT org_id INTO v_org_id FROM orgkeeper.pending_external_actions WHERE id = p_action_id;
-    PERFORM 1 FROM orgkeeper.org WHERE id = v_org_id FOR NO KEY UPDATE;
+    v_org_id := orgkeeper.lock_action_org(p_action_id);
     IF NOT orgkeeper.finish_action(p_action_id, p_worker, p_status, jsonb_build_object('cleanup', p_cleanup)) THEN
         RETURN false;
     END IF;
@@ -79,8 +90,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_org_id uuid;
 BEGIN
-    SELECT org_id INTO v_org_id FROM orgkeeper.pending_external_actions WHERE id = p_action_id;
-    PERFORM 1 FROM orgkeeper.org WHERE id = v_org_id FOR NO KEY UPDATE;
+    v_org_id := orgkeeper.lock_action_org(p_action_id);
     IF NOT orgkeeper.complete_action(p_action_id, p_worker, p_result) THEN
         RETURN false;
     END IF;

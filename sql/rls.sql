@@ -233,7 +233,6 @@ GRANT USAGE ON SEQUENCE
 GRANT EXECUTE ON FUNCTION
     orgkeeper.create_org(text, uuid, text),
     orgkeeper.create_personal_org(uuid),
-    orgkeeper.personal_org_name(uuid, text),
     orgkeeper.role_id(text),
     orgkeeper.current_app_user(),
     orgkeeper.rls_member_org_ids(),
@@ -262,17 +261,41 @@ GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_daem
 REVOKE INSERT, UPDATE ON orgkeeper.role, orgkeeper.rls_exempt, orgkeeper.sql_library, orgkeeper.schema_history,
                          orgkeeper.org_creator_allowlist, orgkeeper.invitation FROM orgkeeper_daemon;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_daemon;
--- The daemon's functions are those whose COMMENT starts with "Daemon:"
--- (claim, record, sweep, ...), plus what handlers enqueue with.
+-- The daemon may execute:
+--  * every function whose COMMENT starts with "Daemon:" (claim, record,
+--    sweep, read_secret, ...). This file runs last in the library, so a
+--    "Daemon:" function added to any sql/*.sql file is granted by the next
+--    `orgkeeper migrate` without being listed here;
+--  * the helpers below, which the daemon's functions (running as the daemon,
+--    they are not SECURITY DEFINER) or its handlers call. This list is the
+--    one place that names them: a "Daemon:" function that calls another
+--    orgkeeper function needs it to be "Daemon:" too or to be listed here.
+--    tests/row_security.rs checks that every orgkeeper function a "Daemon:"
+--    function calls is executable by the daemon.
 DO $daemon$
 DECLARE
-    v_fn regprocedure;
+    v_helpers CONSTANT text[] := ARRAY[
+        'enqueue_action',    -- handlers enqueue follow-up actions
+        'role_id',           -- resolves role names (the catalog is no secret)
+        'error_entry',       -- retry_action_later / begin_compensation / finish_action
+        'current_app_user',  -- the acting user of a session (NULL for the daemon)
+        'secret_row_filter', -- read_secret / replace_secret
+        'lock_action_org'    -- record_org_provisioned / record_provisioning_failed / record_team_ready
+    ];
+    v_fn      regprocedure;
+    v_missing text;
 BEGIN
+    SELECT string_agg(h, ', ') INTO v_missing
+      FROM unnest(v_helpers) AS h
+     WHERE NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'orgkeeper'::regnamespace AND p.proname = h);
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'rls.sql: daemon helper function(s) % do not exist', v_missing
+            USING HINT = 'update the helper list in sql/rls.sql when renaming or removing a function';
+    END IF;
     FOR v_fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
          WHERE p.pronamespace = 'orgkeeper'::regnamespace
-           AND (obj_description(p.oid, 'pg_proc') LIKE 'Daemon:%'
-                OR p.proname IN ('enqueue_action', 'role_id', 'error_entry', 'current_app_user'))
+           AND (obj_description(p.oid, 'pg_proc') LIKE 'Daemon:%' OR p.proname = ANY (v_helpers))
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO orgkeeper_daemon', v_fn);
     END LOOP;

@@ -17,7 +17,7 @@ BEGIN
         RAISE EXCEPTION '%.% is not a column that holds an encrypted secret', p_table, p_column
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT string_agg(format('%I::text = %L', k, v), ' AND ' ORDER BY k) INTO v_filter
+    SELECT string_agg(format('%I = %L', k, v), ' AND ' ORDER BY k) INTO v_filter
       FROM jsonb_each_text(p_key) AS e(k, v);
     IF v_filter IS NULL THEN
         RAISE EXCEPTION 'no row key given for %.%', p_table, p_column USING ERRCODE = 'invalid_parameter_value';
@@ -57,3 +57,46 @@ END;
 $$;
 COMMENT ON FUNCTION orgkeeper.replace_secret(text, text, jsonb, text, text) IS
   'Daemon: compare-and-set of one ciphertext: writes p_new only where the value is still p_old. Returns whether it wrote.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.read_secrets(p_items jsonb)
+RETURNS TABLE (item jsonb, value text)
+LANGUAGE sql STABLE AS $$
+    SELECT i, orgkeeper.read_secret(i ->> 'table', i ->> 'column', i -> 'key')
+      FROM jsonb_array_elements(p_items) AS i;
+$$;
+COMMENT ON FUNCTION orgkeeper.read_secrets(jsonb) IS
+  'Daemon: the ciphertext at each {table, column, key} item of p_items, in one round trip.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.record_reencrypted(p_action_id bigint, p_worker text, p_swaps jsonb, p_result jsonb)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_user uuid;
+    v_swap jsonb;
+BEGIN
+    SELECT user_id INTO v_user
+      FROM orgkeeper.pending_external_actions
+     WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'lease_lost';
+    END IF;
+    -- A rolled-back migration has put the legacy values back on purpose.
+    IF NOT EXISTS (SELECT 1 FROM orgkeeper.user_migration WHERE user_id = v_user AND status = 'migrated') THEN
+        PERFORM orgkeeper.complete_action(p_action_id, p_worker,
+            p_result || jsonb_build_object('skipped', 'the migration was rolled back'));
+        RETURN 'skipped';
+    END IF;
+    FOR v_swap IN SELECT * FROM jsonb_array_elements(p_swaps) LOOP
+        IF NOT orgkeeper.replace_secret(v_swap ->> 'table', v_swap ->> 'column', v_swap -> 'key',
+                                        v_swap ->> 'old', v_swap ->> 'new') THEN
+            RAISE EXCEPTION '%.% changed while it was being re-encrypted', v_swap ->> 'table', v_swap ->> 'column'
+                USING ERRCODE = 'serialization_failure', HINT = 'the daemon retries the action';
+        END IF;
+    END LOOP;
+    PERFORM orgkeeper.complete_action(p_action_id, p_worker, p_result);
+    RETURN 'done';
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_reencrypted(bigint, text, jsonb, jsonb) IS
+  'Daemon: swaps in every re-encrypted value of a secrets.reencrypt action by compare-and-set and marks it done, in one transaction fenced on the lease. A value changed meanwhile rolls everything back (40001, retried); a rolled-back migration writes nothing (skipped). Returns done, skipped or lease_lost.';

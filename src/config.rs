@@ -6,6 +6,7 @@
 
 use clap::Args;
 use secrecy::SecretString;
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ fn required<T: Clone>(
 }
 
 /// Where the database is.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL connection URL, e.g. postgres://orgkeeper@db:5432/app
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -63,7 +64,7 @@ impl DatabaseArgs {
 }
 
 /// How to reach the LiteLLM proxy, and what new organizations get there.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct LiteLlmArgs {
     /// Base URL of the LiteLLM proxy's admin API, e.g. https://llm.example.com
     #[arg(long, env = "LITELLM_BASE_URL")]
@@ -190,7 +191,7 @@ impl LiteLlmArgs {
 }
 
 /// How to reach Stripe.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct StripeArgs {
     /// Stripe API base URL
     #[arg(
@@ -227,7 +228,7 @@ impl StripeArgs {
 }
 
 /// Encryption keys for secrets at rest.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct SecretArgs {
     /// Current encryption key: 32 bytes, base64 (openssl rand -base64 32)
     #[arg(long, env = "ORGKEEPER_SECRET_KEY", hide_env_values = true)]
@@ -307,6 +308,9 @@ pub struct DaemonArgs {
     /// Seconds to let in-flight actions finish on SIGTERM/SIGINT before releasing them
     #[arg(long, env = "ORGKEEPER_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    /// Longest time one attempt of one action may take before it counts as a transient failure
+    #[arg(long, env = "ORGKEEPER_ACTION_TIMEOUT_SECS", default_value_t = 300)]
+    pub action_timeout_secs: u64,
     /// Name of this replica in leases and logs (default: host-pid)
     #[arg(long, env = "ORGKEEPER_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -330,6 +334,8 @@ pub struct DaemonSettings {
     pub retry: crate::outbox::RetryPolicy,
     /// Grace period on shutdown.
     pub shutdown_grace: Duration,
+    /// Time limit of one attempt.
+    pub action_timeout: Duration,
     /// This replica's name.
     pub worker_id: String,
     /// Where /healthz and /metrics listen, if anywhere.
@@ -365,6 +371,20 @@ impl DaemonArgs {
                 "must be at least 1 millisecond",
             ));
         }
+        if self.retry_base_ms > self.retry_max_secs.saturating_mul(1000) {
+            return Err(bad(
+                "ORGKEEPER_RETRY_BASE_MS",
+                "retry-base-ms",
+                "must not exceed ORGKEEPER_RETRY_MAX_SECS",
+            ));
+        }
+        if self.action_timeout_secs == 0 {
+            return Err(bad(
+                "ORGKEEPER_ACTION_TIMEOUT_SECS",
+                "action-timeout-secs",
+                "must be at least 1 second",
+            ));
+        }
         if self.max_attempts < 1 {
             return Err(bad(
                 "ORGKEEPER_MAX_ATTEMPTS",
@@ -392,6 +412,7 @@ impl DaemonArgs {
                 max: Duration::from_secs(self.retry_max_secs.max(1)),
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            action_timeout: Duration::from_secs(self.action_timeout_secs),
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
             metrics_addr,
         })
@@ -417,5 +438,93 @@ fn check_http_url(url: &str, env: &'static str, flag: &'static str) -> Result<()
             flag,
             problem: format!("must be an http(s) URL, got {url:?}"),
         }),
+    }
+}
+
+// Debug output of settings never shows a key or a password (it may end up in logs).
+
+impl fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(crate::db::redact_url),
+            )
+            .finish()
+    }
+}
+
+impl fmt::Debug for LiteLlmArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiteLlmArgs")
+            .field("litellm_base_url", &self.litellm_base_url)
+            .field("litellm_master_key_set", &self.litellm_master_key.is_some())
+            .field("litellm_auth_header", &self.litellm_auth_header)
+            .field("default_model", &self.default_model)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for StripeArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeArgs")
+            .field("stripe_base_url", &self.stripe_base_url)
+            .field("stripe_api_key_set", &self.stripe_api_key.is_some())
+            .finish()
+    }
+}
+
+impl fmt::Debug for SecretArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretArgs")
+            .field("secret_key_set", &self.secret_key.is_some())
+            .field("old_secret_keys", &self.old_secret_keys.len())
+            .field("legacy_secret_key_set", &self.legacy_secret_key.is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct All {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        litellm: LiteLlmArgs,
+        #[command(flatten)]
+        stripe: StripeArgs,
+        #[command(flatten)]
+        secrets: SecretArgs,
+    }
+
+    #[test]
+    fn debug_output_of_settings_shows_no_secret() {
+        let all = All::parse_from([
+            "x",
+            "--database-url",
+            "postgres://app:hunter2@db/app",
+            "--litellm-master-key",
+            "sk-master-secret-1",
+            "--stripe-api-key",
+            "sk_live_secret_2",
+            "--secret-key",
+            "c2VjcmV0LWtleS1tYXRlcmlhbA==",
+            "--legacy-secret-key",
+            "bGVnYWN5LWtleQ==",
+        ]);
+        let shown = format!("{all:?}");
+        for secret in [
+            "hunter2",
+            "sk-master-secret-1",
+            "sk_live_secret_2",
+            "c2VjcmV0",
+            "bGVnYWN5",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
     }
 }

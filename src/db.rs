@@ -39,9 +39,30 @@ pub struct MigrateReport {
 
 /// Opens a connection pool of at most `max_connections`.
 pub async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    connect_with(database_url, max_connections, &[]).await
+}
+
+/// A pool for the daemon, whose sessions never wait without bound: a
+/// statement, a lock wait or an idle transaction that takes too long fails
+/// (and the action is retried) instead of holding a slot forever.
+pub async fn connect_daemon(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let limits = [
+        ("statement_timeout", "30s"),
+        ("lock_timeout", "10s"),
+        ("idle_in_transaction_session_timeout", "60s"),
+    ];
+    connect_with(database_url, max_connections, &limits).await
+}
+
+async fn connect_with(
+    database_url: &str,
+    max_connections: u32,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(database_url)
         .context("DATABASE_URL is not a valid PostgreSQL connection URL")?
-        .application_name("orgkeeper");
+        .application_name("orgkeeper")
+        .options(settings.iter().copied());
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

@@ -75,6 +75,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 max: Duration::from_secs(10),
             },
             shutdown_grace: Duration::from_secs(5),
+            action_timeout: Duration::from_secs(60),
             worker_id: "dev".into(),
             metrics_addr,
         },

@@ -32,8 +32,7 @@ pub struct ListenArgs {
     pub check: bool,
 }
 
-/// The daemon's validated configuration.
-#[derive(Debug)]
+/// The daemon's validated configuration (its Debug output shows no secret).
 pub struct DaemonConfig {
     /// The database.
     pub database_url: String,
@@ -45,6 +44,18 @@ pub struct DaemonConfig {
     pub keyring: Keyring,
     /// Loop settings.
     pub daemon: DaemonSettings,
+}
+
+impl std::fmt::Debug for DaemonConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonConfig")
+            .field("database_url", &crate::db::redact_url(&self.database_url))
+            .field("litellm", &self.litellm)
+            .field("stripe", &self.stripe)
+            .field("keyring", &self.keyring)
+            .field("daemon", &self.daemon)
+            .finish()
+    }
 }
 
 impl ListenArgs {
@@ -63,7 +74,7 @@ impl ListenArgs {
 /// Connects, checks the schema, and builds the services the handlers share.
 pub async fn services(config: DaemonConfig) -> anyhow::Result<(Arc<Services>, DaemonSettings)> {
     let connections = (config.daemon.concurrency as u32 / 2).clamp(4, 32) + 2;
-    let pool = crate::db::connect(&config.database_url, connections).await?;
+    let pool = crate::db::connect_daemon(&config.database_url, connections).await?;
     crate::db::check_migrated(&pool).await?;
     let stripe = config.stripe.map(StripeClient::new).transpose()?;
     let services = Services {

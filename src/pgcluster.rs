@@ -162,16 +162,19 @@ impl PgCluster {
     /// directory once process `pid` has exited, however it exits (used by the
     /// test harness, whose statics are never dropped).
     pub fn stop_when_process_exits(&self, pid: u32) -> anyhow::Result<()> {
-        let pg_ctl = self.bindir.join("pg_ctl");
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {} {} -D {} -m immediate stop >/dev/null 2>&1; rm -rf {}",
-            self.run_as.as_ref().map(|u| format!("runuser -u {u} --")).unwrap_or_default(),
-            pg_ctl.display(),
-            self.data_dir().display(),
-            self.dir.display()
-        );
+        // Paths travel as positional arguments ("$1"…), never pasted into the script.
+        let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done
+if [ -n "$5" ]; then runuser -u "$5" -- "$2" -D "$3" -m immediate stop; else "$2" -D "$3" -m immediate stop; fi >/dev/null 2>&1
+rm -rf -- "$4""#;
         Command::new("sh")
-            .args(["-c", &script])
+            .arg("-c")
+            .arg(script)
+            .arg("orgkeeper-watchdog")
+            .arg(pid.to_string())
+            .arg(self.bindir.join("pg_ctl"))
+            .arg(self.data_dir())
+            .arg(&self.dir)
+            .arg(self.run_as.as_deref().unwrap_or(""))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -87,12 +87,13 @@ async fn two_hundred_orgs_become_active_with_one_team_membership_and_encrypted_k
     .unwrap();
     assert_eq!(rows.len(), 200);
     for (org_key, member_key, team_id, model) in rows {
-        assert!(
-            org_key.starts_with("ok1:") && !org_key.contains("sk-"),
-            "ciphertext at rest"
-        );
+        assert!(org_key.starts_with("ok1:"), "ciphertext at rest");
         assert_eq!(org_key, member_key);
         let plain = keyring.decrypt(&org_key).unwrap();
+        assert!(
+            !org_key.contains(&plain.expose_secret()[3..]),
+            "no plaintext at rest"
+        );
         assert!(plain.expose_secret().starts_with("sk-"));
         assert!(
             sim.has_key(plain.expose_secret()),
@@ -155,7 +156,7 @@ async fn kill_after_step(step: usize) {
                     .fetch_one(&db.pool)
                     .await
                     .unwrap();
-            owner.as_deref() == Some("rescuer")
+            owner.as_deref().is_some_and(|o| o.starts_with("rescuer/"))
         })
         .await;
         tx.rollback().await.unwrap();
@@ -438,20 +439,23 @@ async fn an_expired_lease_passes_the_action_to_another_replica_and_fences_the_la
     d.stop().await;
 
     // The frozen replica wakes up and tries to write its outcome: refused.
-    let id = claimed[0].id;
+    let stale = &claimed[0];
+    assert_eq!(stale.lease, "frozen/1");
     assert!(!frozen
-        .complete(id, &serde_json::json!({"late": true}))
+        .complete(stale, &serde_json::json!({"late": true}))
         .await
         .unwrap());
     assert!(!frozen
-        .retry_later(id, "late", Duration::ZERO)
+        .retry_later(stale, "late", Duration::ZERO)
         .await
         .unwrap());
-    assert!(!frozen.begin_compensation(id, "late").await.unwrap());
+    assert!(!frozen.begin_compensation(stale, "late").await.unwrap());
+    assert!(!frozen.extend_lease(stale).await.unwrap());
     let late: String = sqlx::query_scalar(
-        "SELECT orgkeeper.record_org_provisioned($1, 'frozen', 'bogus-team', gen_random_uuid(), 'm', 'u', 'ok1:x:y', '{}')",
+        "SELECT orgkeeper.record_org_provisioned($1, $2, 'bogus-team', gen_random_uuid(), 'm', 'u', 'ok1:x:y', '{}')",
     )
-    .bind(id)
+    .bind(stale.id)
+    .bind(&stale.lease)
     .fetch_one(&db.pool)
     .await
     .unwrap();
@@ -496,4 +500,54 @@ async fn deleting_a_provisioned_org_deletes_its_team_and_keys() {
     assert!(sim.team(&orgs[0].to_string()).is_none());
     assert!(sim.team(&orgs[1].to_string()).is_some());
     assert_eq!(sim.stats().keys, 1, "the deleted team's key went with it");
+}
+
+#[tokio::test]
+async fn a_replica_that_loses_its_lease_mid_saga_stops_calling_litellm() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    // Every call takes 1.5 s, so the daemon is inside the saga when its lease is taken.
+    sim.set_faults(Faults {
+        latency_ms: (1500, 1500),
+        ..Faults::default()
+    });
+    let key = orgkeeper::secrets::generate_key();
+    let orgs = insert_orgs(&db.pool, "Stolen", 1).await;
+    let d = daemon(&db, &sim, &key, "slow", Duration::from_secs(1));
+    wait_until(LONG, "the team step to succeed", || async {
+        sim.stats().succeeded("team/new") >= 1
+    })
+    .await;
+
+    // Another replica takes the action over (as after an expired lease).
+    sqlx::query("UPDATE orgkeeper.pending_external_actions SET locked_by = 'thief/9', locked_until = now() + interval '1 hour'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let calls_at_steal = sim.stats().total_requests();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stats = sim.stats();
+    assert!(
+        stats.total_requests() <= calls_at_steal + 1,
+        "at most the call in flight at the steal completes: {} -> {}",
+        calls_at_steal,
+        stats.total_requests()
+    );
+    assert_eq!(
+        stats.calls("key/generate"),
+        0,
+        "the abandoned saga made no key"
+    );
+
+    // The thief dies; its lease expires and the first replica finishes the work.
+    sqlx::query(
+        "UPDATE orgkeeper.pending_external_actions SET locked_until = now() - interval '1 second'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sim.set_faults(Faults::default());
+    wait_until(LONG, "the org to become active", || all_active(&db.pool, 1)).await;
+    d.stop().await;
+    assert_one_of_each(&db, &sim, &orgs).await;
 }

@@ -786,3 +786,415 @@ async fn the_application_creates_its_own_personal_org_only() {
         .unwrap();
     assert_eq!(names, ["Alpha", "alice@alpha.test (personal)"]);
 }
+
+/// A login role that is a member of a group role, for one test. Roles are
+/// cluster-wide, so it is dropped when the guard goes — also when the test
+/// panics half-way.
+struct LoginRole {
+    name: String,
+    admin_url: String,
+}
+
+impl LoginRole {
+    async fn create(db: &TestDb, prefix: &str, group: &str) -> LoginRole {
+        let name = format!("{prefix}_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE ROLE {name} LOGIN IN ROLE {group}"))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        LoginRole {
+            name,
+            admin_url: db.url.clone(),
+        }
+    }
+
+    /// A connection to the test database logged in as this role.
+    async fn connect(&self) -> PgConnection {
+        let options: sqlx::postgres::PgConnectOptions =
+            self.admin_url.parse().expect("test database URL");
+        PgConnection::connect_with(&options.username(&self.name))
+            .await
+            .unwrap_or_else(|e| panic!("log in as {}: {e}", self.name))
+    }
+}
+
+impl Drop for LoginRole {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // The test's runtime cannot be blocked on from inside: use a thread.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(async move {
+                    let mut admin = PgConnection::connect(&url)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                        .execute(&mut admin)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(())
+                })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop role {}: {e}", self.name),
+            Err(_) => eprintln!(
+                "could not drop role {}: the dropping thread panicked",
+                self.name
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_daemon_login_role_can_execute_every_function_the_daemon_uses() {
+    let db = TestDb::migrated().await;
+    let secret_id: i64 = sqlx::query_scalar(
+        "INSERT INTO orgkeeper.custom_secrets (user_id, secret_name, secret_value)
+         VALUES (gen_random_uuid(), 'GH', 'legacy:gh') RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let login = LoginRole::create(&db, "ok_daemon", "orgkeeper_daemon").await;
+    let mut conn = login.connect().await;
+    let worker = "daemon-test";
+
+    let swept: i32 = sqlx::query_scalar("SELECT orgkeeper.sweep_expired_leases()")
+        .fetch_one(&mut conn)
+        .await
+        .expect("sweep_expired_leases");
+    assert_eq!(swept, 0);
+    let claimed: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM orgkeeper.claim_actions($1, 10, interval '1 minute')")
+            .bind(worker)
+            .fetch_all(&mut conn)
+            .await
+            .expect("claim_actions on an empty queue");
+    assert!(claimed.is_empty());
+
+    // Seven organizations, seven provisioning actions, one per write-back.
+    let orgs = common::insert_orgs(&db.pool, "Daemon Test", 7).await;
+    let claimed: Vec<(i64, String, Uuid, Uuid)> = sqlx::query_as(
+        "SELECT id, locked_by, org_id, user_id FROM orgkeeper.claim_actions($1, 10, interval '1 minute') ORDER BY id",
+    )
+    .bind(worker)
+    .fetch_all(&mut conn)
+    .await
+    .expect("claim_actions");
+    assert_eq!(claimed.len(), 7);
+    let mut claimed_orgs: Vec<Uuid> = claimed.iter().map(|c| c.2).collect();
+    claimed_orgs.sort();
+    let mut sorted_orgs = orgs.clone();
+    sorted_orgs.sort();
+    assert_eq!(claimed_orgs, sorted_orgs);
+
+    // 0: progress, heartbeat, context and the full write-back.
+    let (id, token) = (claimed[0].0, claimed[0].1.clone());
+    let saved: bool = sqlx::query_scalar("SELECT orgkeeper.save_progress($1, $2, '{\"step\": 1}')")
+        .bind(id)
+        .bind(&token)
+        .fetch_one(&mut conn)
+        .await
+        .expect("save_progress");
+    assert!(saved);
+    // extend_lease is the newest daemon function; call it where it exists.
+    let has_extend: bool = sqlx::query_scalar(
+        "SELECT to_regprocedure('orgkeeper.extend_lease(bigint, text, interval)') IS NOT NULL",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    if has_extend {
+        let extended: bool =
+            sqlx::query_scalar("SELECT orgkeeper.extend_lease($1, $2, interval '1 minute')")
+                .bind(id)
+                .bind(&token)
+                .fetch_one(&mut conn)
+                .await
+                .expect("extend_lease");
+        assert!(extended);
+    }
+    let (org, owner) = (claimed[0].2, claimed[0].3);
+    let (name, context_owner): (String, Uuid) =
+        sqlx::query_as("SELECT org_name, owner_id FROM orgkeeper.provisioning_context($1)")
+            .bind(org)
+            .fetch_one(&mut conn)
+            .await
+            .expect("provisioning_context");
+    assert!(name.starts_with("Daemon Test"), "{name}");
+    assert_eq!(context_owner, owner);
+    let outcome: String = sqlx::query_scalar(
+        "SELECT orgkeeper.record_org_provisioned($1, $2, 'team-0', $3, 'model', 'https://llm', 'ok1:key', '{}')",
+    )
+    .bind(id)
+    .bind(&token)
+    .bind(owner)
+    .fetch_one(&mut conn)
+    .await
+    .expect("record_org_provisioned");
+    assert_eq!(outcome, "done");
+
+    // 1..6: the other ways an action ends or goes back to the queue.
+    let calls: [(usize, &str); 8] = [
+        (1, "SELECT orgkeeper.complete_action($1, $2, '{}')"),
+        (
+            2,
+            "SELECT orgkeeper.retry_action_later($1, $2, 'flaky', interval '1 hour')",
+        ),
+        (3, "SELECT orgkeeper.begin_compensation($1, $2, 'boom')"),
+        (
+            3,
+            "SELECT orgkeeper.record_provisioning_failed($1, $2, 'compensated', 'boom', '{}')",
+        ),
+        (4, "SELECT orgkeeper.begin_compensation($1, $2, 'boom')"),
+        (
+            4,
+            "SELECT orgkeeper.finish_action($1, $2, 'failed', '{}', 'cleanup failed')",
+        ),
+        (5, "SELECT orgkeeper.release_action($1, $2)"),
+        (
+            6,
+            "SELECT orgkeeper.record_team_ready($1, $2, 'team-6', '{}')",
+        ),
+    ];
+    for (i, sql) in calls {
+        let (id, token) = (claimed[i].0, claimed[i].1.clone());
+        let wrote: bool = sqlx::query_scalar(sql)
+            .bind(id)
+            .bind(&token)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(wrote, "{sql}");
+    }
+
+    // Re-encryption: read a ciphertext and swap it.
+    let key = serde_json::json!({ "id": secret_id });
+    let value: Option<String> =
+        sqlx::query_scalar("SELECT orgkeeper.read_secret('custom_secrets', 'secret_value', $1)")
+            .bind(&key)
+            .fetch_one(&mut conn)
+            .await
+            .expect("read_secret");
+    assert_eq!(value.as_deref(), Some("legacy:gh"));
+    let swapped: bool = sqlx::query_scalar(
+        "SELECT orgkeeper.replace_secret('custom_secrets', 'secret_value', $1, 'legacy:gh', 'ok1:gh')",
+    )
+    .bind(&key)
+    .fetch_one(&mut conn)
+    .await
+    .expect("replace_secret");
+    assert!(swapped);
+    conn.close().await.unwrap();
+
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "SELECT status FROM orgkeeper.pending_external_actions WHERE id = ANY ($1) ORDER BY id",
+    )
+    .bind(claimed.iter().map(|c| c.0).collect::<Vec<_>>())
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        statuses,
+        [
+            "done",
+            "done",
+            "pending",
+            "compensated",
+            "failed",
+            "pending",
+            "done"
+        ]
+    );
+    let (team, secret): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT (SELECT litellm_team_id FROM orgkeeper.org WHERE id = $1),
+                (SELECT secret_value FROM orgkeeper.custom_secrets WHERE id = $2)",
+    )
+    .bind(org)
+    .bind(secret_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(team.as_deref(), Some("team-0"));
+    assert_eq!(secret.as_deref(), Some("ok1:gh"));
+}
+
+#[tokio::test]
+async fn every_daemon_function_and_every_orgkeeper_function_it_calls_is_executable_by_the_daemon() {
+    let db = TestDb::migrated().await;
+    // "Daemon:" functions run as the daemon (they are not SECURITY DEFINER),
+    // so what they call needs the daemon's EXECUTE too. Calls are found in
+    // the bodies as "orgkeeper.<name>(".
+    let missing: Vec<String> = sqlx::query_scalar(
+        "WITH daemon_fn AS (
+             SELECT p.oid FROM pg_proc p
+              WHERE p.pronamespace = 'orgkeeper'::regnamespace
+                AND obj_description(p.oid, 'pg_proc') LIKE 'Daemon:%'
+         ), needed AS (
+             SELECT d.oid AS caller, d.oid AS callee FROM daemon_fn d
+             UNION
+             SELECT d.oid, c.oid
+               FROM daemon_fn d
+               JOIN pg_proc dp ON dp.oid = d.oid
+              CROSS JOIN LATERAL regexp_matches(dp.prosrc, 'orgkeeper\\.([a-z_0-9]+)\\s*\\(', 'g') AS m
+               JOIN pg_proc c ON c.pronamespace = 'orgkeeper'::regnamespace AND c.proname = m[1]
+         )
+         SELECT DISTINCT n.callee::regprocedure::text || ' (needed by ' || n.caller::regprocedure::text || ')'
+           FROM needed n
+          WHERE NOT has_function_privilege('orgkeeper_daemon', n.callee, 'EXECUTE')
+          ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        missing.is_empty(),
+        "not executable by orgkeeper_daemon: {missing:?}"
+    );
+
+    let daemon_functions: Vec<String> = sqlx::query_scalar(
+        "SELECT p.proname::text FROM pg_proc p
+          WHERE p.pronamespace = 'orgkeeper'::regnamespace
+            AND obj_description(p.oid, 'pg_proc') LIKE 'Daemon:%'
+          ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for expected in [
+        "begin_compensation",
+        "claim_actions",
+        "complete_action",
+        "finish_action",
+        "provisioning_context",
+        "read_secret",
+        "record_org_provisioned",
+        "record_provisioning_failed",
+        "record_team_ready",
+        "release_action",
+        "replace_secret",
+        "retry_action_later",
+        "save_progress",
+        "sweep_expired_leases",
+    ] {
+        assert!(
+            daemon_functions.iter().any(|f| f == expected),
+            "{expected} is not a \"Daemon:\" function: {daemon_functions:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_application_cannot_skip_the_provisioning_of_its_organizations() {
+    let db = TestDb::migrated().await;
+    let user = Uuid::new_v4();
+    let mut conn = app(&db, Some(user)).await;
+    // The setting user migration uses; any session can set a custom setting.
+    sqlx::query("SET orgkeeper.skip_provision = 'on'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ('Sneaky One', $1)")
+        .bind(user)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT orgkeeper.create_org('Sneaky Two', $1)")
+        .bind(user)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let kinds: Vec<(String, String)> = sqlx::query_as(
+        "SELECT o.name, a.kind FROM orgkeeper.org o
+           JOIN orgkeeper.pending_external_actions a ON a.org_id = o.id
+          WHERE o.created_by = $1 ORDER BY o.name",
+    )
+    .bind(user)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        vec![
+            (
+                "Sneaky One".to_string(),
+                "litellm.provision_org".to_string()
+            ),
+            (
+                "Sneaky Two".to_string(),
+                "litellm.provision_org".to_string()
+            ),
+        ]
+    );
+
+    // A trusted caller (here a superuser; user migration runs as a DBA)
+    // still skips it.
+    let mut conn = db.connect().await;
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SELECT set_config('orgkeeper.skip_provision', 'on', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let trusted: Uuid =
+        sqlx::query_scalar("SELECT orgkeeper.create_org('Trusted', gen_random_uuid())")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    let actions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE org_id = $1",
+    )
+    .bind(trusted)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(actions, 0);
+}
+
+#[tokio::test]
+async fn the_application_cannot_ask_whether_an_email_has_an_account() {
+    let db = TestDb::migrated().await;
+    let t = tenants(&db).await;
+    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+        .bind(t.bob)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // personal_org_name would answer "bob@bravo.test (personal) <id>" where
+    // Bob has an account and "bob@bravo.test (personal)" where not.
+    let mut conn = app(&db, Some(t.alice)).await;
+    let err =
+        sqlx::query_scalar::<_, String>("SELECT orgkeeper.personal_org_name($1, 'bob@bravo.test')")
+            .bind(t.alice)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501", "{message}");
+    // Creating one's own personal organization still names it.
+    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+        .bind(t.alice)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let name: String = sqlx::query_scalar("SELECT name FROM orgkeeper.org WHERE id = $1")
+        .bind(t.alice)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(name, "alice@alpha.test (personal)");
+    conn.close().await.unwrap();
+    let granted: bool = sqlx::query_scalar(
+        "SELECT has_function_privilege('orgkeeper_app', 'orgkeeper.personal_org_name(uuid, text)', 'EXECUTE')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(!granted);
+}

@@ -525,3 +525,189 @@ async fn schema_snapshot(db: &TestDb) -> Vec<String> {
     .await
     .unwrap()
 }
+
+#[tokio::test]
+async fn names_keep_their_letters_v_and_lose_surrounding_whitespace_including_vertical_tabs() {
+    let db = TestDb::migrated().await;
+    // PostgreSQL has no \v escape (E'\v' is the letter v): trimming must not
+    // eat a leading or trailing "v".
+    for name in ["vivid dev", "Prov", "v", "vv"] {
+        let org = insert_org(&db, name, Uuid::new_v4()).await;
+        let stored: String = sqlx::query_scalar("SELECT name FROM orgkeeper.org WHERE id = $1")
+            .bind(org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, name);
+    }
+    let org = insert_org(&db, "\t\u{0B} Padded \u{0B}\r\n\u{0C}", Uuid::new_v4()).await;
+    let stored: String = sqlx::query_scalar("SELECT name FROM orgkeeper.org WHERE id = $1")
+        .bind(org)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "Padded");
+    sqlx::query("UPDATE orgkeeper.org SET name = $2 WHERE id = $1")
+        .bind(org)
+        .bind("\u{0B}velvet v\u{0B}\t")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let stored: String = sqlx::query_scalar("SELECT name FROM orgkeeper.org WHERE id = $1")
+        .bind(org)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "velvet v");
+    let err = sqlx::query("SELECT orgkeeper.create_org($1, $2)")
+        .bind("\u{0B}\t\u{0B}")
+        .bind(Uuid::new_v4())
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "23514", "a name of whitespace only");
+
+    // The CHECK constraint (which backs the trigger) uses the same set:
+    // with triggers off, an untrimmed name is refused and a "v" is kept.
+    let mut conn = db.connect().await;
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO orgkeeper.org (name, created_by) VALUES ('vivid vendor v', gen_random_uuid())",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("the CHECK accepts names starting and ending with v");
+    let err =
+        sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())")
+            .bind("\u{0B}untrimmed")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "23514");
+    assert!(message.contains("org_name_trimmed_nonempty"), "{message}");
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn custom_roles_cannot_be_raised_to_the_owners_rank_or_made_system_by_an_update() {
+    let db = TestDb::migrated().await;
+    sqlx::query("INSERT INTO orgkeeper.role (name, rank) VALUES ('viewer', 2000)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for (statement, expected) in [
+        (
+            "UPDATE orgkeeper.role SET rank = 1, is_system = true WHERE name = 'viewer'",
+            "cannot be made a system role",
+        ),
+        (
+            "UPDATE orgkeeper.role SET is_system = true WHERE name = 'viewer'",
+            "cannot be made a system role",
+        ),
+        (
+            "UPDATE orgkeeper.role SET rank = 1 WHERE name = 'viewer'",
+            "cannot outrank the owner",
+        ),
+        (
+            "UPDATE orgkeeper.role SET rank = 10 WHERE name = 'viewer'",
+            "cannot outrank the owner",
+        ),
+    ] {
+        let err = sqlx::query(statement)
+            .execute(&db.pool)
+            .await
+            .expect_err(statement);
+        let (code, message) = db_error(&err);
+        assert!(code.starts_with("23"), "{statement}: {code}");
+        assert!(message.contains(expected), "{statement}: {message}");
+    }
+    let viewer: (i32, bool) =
+        sqlx::query_as("SELECT rank, is_system FROM orgkeeper.role WHERE name = 'viewer'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(viewer, (2000, false));
+
+    // Below the owner, custom roles may be renamed, re-ranked and deleted.
+    sqlx::query("UPDATE orgkeeper.role SET name = 'reviewer', rank = 11 WHERE name = 'viewer'")
+        .execute(&db.pool)
+        .await
+        .expect("a custom role may move anywhere below the owner");
+    sqlx::query("DELETE FROM orgkeeper.role WHERE name = 'reviewer'")
+        .execute(&db.pool)
+        .await
+        .expect("a custom role may be deleted");
+}
+
+#[tokio::test]
+async fn provisioning_write_backs_lock_the_actions_org_through_one_helper() {
+    let db = TestDb::migrated().await;
+    let org = insert_org(&db, "Locked Ltd", Uuid::new_v4()).await;
+    let action: i64 = sqlx::query_scalar(
+        "SELECT id FROM orgkeeper.pending_external_actions WHERE org_id = $1 AND kind = 'litellm.provision_org'",
+    )
+    .bind(org)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    let mut a = db.connect().await;
+    let mut tx = a.begin().await.unwrap();
+    let locked: Option<Uuid> = sqlx::query_scalar("SELECT orgkeeper.lock_action_org($1)")
+        .bind(action)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(locked, Some(org));
+    // The org row is locked FOR NO KEY UPDATE: writers wait, foreign-key
+    // checks (KEY SHARE) do not; the action row is not locked yet.
+    let mut b = db.connect().await;
+    let err = sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+        .bind(org)
+        .execute(&mut b)
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "55P03");
+    sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR KEY SHARE NOWAIT")
+        .bind(org)
+        .execute(&mut b)
+        .await
+        .expect("key share is not blocked");
+    sqlx::query("SELECT 1 FROM orgkeeper.pending_external_actions WHERE id = $1 FOR UPDATE NOWAIT")
+        .bind(action)
+        .execute(&mut b)
+        .await
+        .expect("the action row is locked after the org row, by the caller");
+    tx.rollback().await.unwrap();
+
+    let unknown: Option<Uuid> = sqlx::query_scalar("SELECT orgkeeper.lock_action_org(-1)")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(unknown, None);
+
+    // The three write-backs take their first lock through it.
+    let users: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT p.proname::text, p.prosrc LIKE '%orgkeeper.lock_action_org(p_action_id)%'
+           FROM pg_proc p
+          WHERE p.pronamespace = 'orgkeeper'::regnamespace
+            AND p.proname IN ('record_org_provisioned', 'record_provisioning_failed', 'record_team_ready')
+          ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        users,
+        vec![
+            ("record_org_provisioned".to_string(), true),
+            ("record_provisioning_failed".to_string(), true),
+            ("record_team_ready".to_string(), true),
+        ]
+    );
+}

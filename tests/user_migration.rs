@@ -1367,3 +1367,96 @@ async fn the_cli_back_fills_verifies_and_rolls_back() {
         "unknown user"
     );
 }
+
+#[tokio::test]
+async fn a_transient_error_fails_the_back_fill_call_without_recording_the_user_so_the_next_call_migrates_it(
+) {
+    let db = TestDb::migrated().await;
+    let (clean, contended) = (Uuid::new_v4(), Uuid::new_v4());
+    for u in [clean, contended] {
+        sqlx::query("INSERT INTO orgkeeper.user_settings (user_id, email) VALUES ($1, $1::text || '@example.com')")
+            .bind(u)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO orgkeeper.api_keys (user_id, key_hash, name) VALUES ($1, 'h', 'laptop')",
+    )
+    .bind(contended)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // A back-fill whose snapshot predates a concurrent change of one user's
+    // api key cannot move that key: serialization failure (40001), an error
+    // that says nothing about the user.
+    let mut a = db.connect().await;
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut a)
+        .await
+        .unwrap();
+    sqlx::query("SELECT count(*) FROM orgkeeper.user_settings")
+        .execute(&mut a)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE orgkeeper.api_keys SET name = 'renamed' WHERE user_id = $1")
+        .bind(contended)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let outcome = sqlx::query_scalar::<_, i32>("SELECT orgkeeper.migrate_users(10)")
+        .fetch_one(&mut a)
+        .await;
+    // COMMIT keeps whatever the call recorded (a failed transaction rolls back).
+    sqlx::query("COMMIT").execute(&mut a).await.unwrap();
+    a.close().await.unwrap();
+    let errors: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT user_id, sqlstate FROM orgkeeper.user_migration_error")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        errors.is_empty(),
+        "transient errors are not recorded: {errors:?}"
+    );
+    let err = outcome.expect_err("the back-fill call fails with the transient error");
+    assert_eq!(db_error(&err).0, "40001");
+
+    // The next back-fill (READ COMMITTED, as documented) migrates both.
+    let n: i32 = sqlx::query_scalar("SELECT orgkeeper.migrate_users(10)")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let (migrated, errors): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orgkeeper.user_settings WHERE already_migrated),
+                (SELECT count(*) FROM orgkeeper.user_migration_error)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((migrated, errors), (2, 0));
+}
+
+#[tokio::test]
+async fn only_transient_sqlstates_are_retried_rather_than_recorded() {
+    let db = TestDb::migrated().await;
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT s, orgkeeper.is_transient_sqlstate(s)
+           FROM unnest(ARRAY['40001', '40P01', '55P03', '53200', '53100', '57014', '57P01', '58030',
+                             '23505', '23514', '22001', '55000', '42501', 'XX000']) AS s",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let transient: Vec<&str> = rows
+        .iter()
+        .filter(|(_, t)| *t)
+        .map(|(s, _)| s.as_str())
+        .collect();
+    assert_eq!(
+        transient,
+        ["40001", "40P01", "55P03", "53200", "53100", "57014", "57P01", "58030"]
+    );
+}

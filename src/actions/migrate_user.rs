@@ -21,42 +21,44 @@ use serde_json::{json, Value};
 /// The budget figures taken from LiteLLM before the migration changed anything.
 #[derive(Debug, Clone, Copy)]
 struct Budget {
-    /// The user's budget as read (after the margin), `None` = unlimited.
-    max_budget: Option<f64>,
-    /// The user's spend as read (after the margin).
-    spend: f64,
-    /// What the team gets; `None` = the user was already migrated (unlimited).
+    /// The user's budget as LiteLLM reported it, `None` = unlimited.
+    reported_max_budget: Option<f64>,
+    /// The user's spend as LiteLLM reported it.
+    reported_spend: f64,
+    /// What the team gets (after the margin); `None` = already migrated (unlimited).
     credits: Option<f64>,
 }
 
 impl Budget {
     fn to_json(self) -> Value {
-        json!({ "max_budget": self.max_budget, "spend": self.spend, "credits": self.credits })
+        json!({
+            "reported_max_budget": self.reported_max_budget,
+            "reported_spend": self.reported_spend,
+            "credits": self.credits,
+        })
     }
 
     fn from_json(v: &Value) -> Option<Budget> {
         Some(Budget {
-            max_budget: v.get("max_budget")?.as_f64(),
-            spend: v.get("spend")?.as_f64()?,
+            reported_max_budget: v.get("reported_max_budget")?.as_f64(),
+            reported_spend: v.get("reported_spend")?.as_f64()?,
             credits: v.get("credits")?.as_f64(),
         })
     }
 }
 
 /// The credits rule: NULL or the sentinel is "already migrated"; otherwise
-/// `max(budget - spend, 0)` after the margin (when it applies).
+/// `max(budget - spend, 0)`, both scaled by the margin when it applies.
 fn credits(max_budget: Option<f64>, spend: f64, margin: Option<f64>) -> Budget {
     let factor = margin.unwrap_or(1.0);
-    let budget = max_budget.map(|b| b * factor);
-    let spend = spend * factor;
     let credits = match max_budget {
         None => None,
         Some(b) if b == UNLIMITED_MAX_BUDGET => None,
-        Some(_) => Some((budget.unwrap_or(0.0) - spend).max(0.0)),
+        Some(b) => Some((b * factor - spend * factor).max(0.0)),
     };
     Budget {
-        max_budget: budget,
-        spend,
+        reported_max_budget: max_budget,
+        reported_spend: spend,
         credits,
     }
 }
@@ -90,7 +92,7 @@ pub async fn migrate(
                 None => credits(None, 0.0, None),
             };
             if !outbox
-                .save_progress(action.id, &json!({ "budget": budget.to_json() }))
+                .save_progress(action, &json!({ "budget": budget.to_json() }))
                 .await?
             {
                 return Err(ActionError::LeaseLost);
@@ -119,21 +121,7 @@ pub async fn migrate(
         litellm.add_team_member(team_id, user, budget.credits)
     })
     .await?;
-    let keys = call(services, "litellm", "key_list", || {
-        litellm.list_user_keys(user)
-    })
-    .await?;
-    let mut moved = 0;
-    for key in keys
-        .iter()
-        .filter(|k| k.team_id.as_deref() != Some(team_id))
-    {
-        call(services, "litellm", "key_update", || {
-            litellm.move_key_to_team(&key.token, Some(team_id))
-        })
-        .await?;
-        moved += 1;
-    }
+    let moved = move_keys(services, user, Some(team_id), |t| t != Some(team_id)).await?;
 
     let result = json!({
         "team_id": team_id,
@@ -143,68 +131,108 @@ pub async fn migrate(
         "original": budget.to_json(),
         "keys_moved": moved,
     });
-    record_team_ready(services, outbox, action, team_id, &result).await
+    record_team_ready(services, action, team_id, &result).await
 }
 
 /// Reverses a migration at LiteLLM: the user's keys leave the team and the
-/// user gets their budget back (the team itself is deleted by the
+/// user gets back the budget LiteLLM reported before the migration (the team itself is deleted by the
 /// `litellm.delete_team` that deleting the personal org enqueued after this).
 pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, ActionError> {
     let user = payload_str(action, "user_id")?;
     let team_id = payload_str(action, "team_id")?;
     let litellm = &services.litellm;
-    let migrated: Option<Value> = sqlx::query_scalar(
-        "SELECT result FROM orgkeeper.pending_external_actions WHERE id = $1 AND kind = 'litellm.migrate_user'",
+    // The budget as LiteLLM reported it, saved before the migration changed
+    // anything; none saved means the migration never touched it.
+    let saved: Option<Value> = sqlx::query_scalar(
+        "SELECT progress -> 'budget' FROM orgkeeper.pending_external_actions
+          WHERE id = $1 AND kind = 'litellm.migrate_user'",
     )
-    .bind(action.payload.get("migrate_action_id").and_then(Value::as_i64))
+    .bind(
+        action
+            .payload
+            .get("migrate_action_id")
+            .and_then(Value::as_i64),
+    )
     .fetch_optional(&services.pool)
     .await?
     .flatten();
-    let original = migrated
-        .as_ref()
-        .and_then(|r| Budget::from_json(&r["original"]));
+    let original = saved.as_ref().and_then(Budget::from_json);
 
+    let moved = move_keys(services, user, None, |t| t == Some(team_id)).await?;
+    // A user who had no budget before (unlimited) stays unlimited.
+    let restored = original.map(|b| b.reported_max_budget.unwrap_or(UNLIMITED_MAX_BUDGET));
+    if let Some(budget) = restored {
+        call(services, "litellm", "user_update", || {
+            litellm.update_user_max_budget(user, budget)
+        })
+        .await?;
+    }
+    Ok(Finish::Result(json!({
+        "team_id": team_id,
+        "user_max_budget": restored,
+        "keys_moved_back": moved,
+        "budget_restored": restored.is_some(),
+    })))
+}
+
+/// Moves the user's keys whose current team `select` picks into `team`
+/// (`None` = out of any team); returns how many moved. Moving is idempotent:
+/// a retry finds the moved keys already where they belong.
+async fn move_keys(
+    services: &Services,
+    user: &str,
+    team: Option<&str>,
+    select: impl Fn(Option<&str>) -> bool,
+) -> Result<usize, ActionError> {
+    let litellm = &services.litellm;
     let keys = call(services, "litellm", "key_list", || {
         litellm.list_user_keys(user)
     })
     .await?;
     let mut moved = 0;
-    for key in keys
-        .iter()
-        .filter(|k| k.team_id.as_deref() == Some(team_id))
-    {
+    for key in keys.iter().filter(|k| select(k.team_id.as_deref())) {
         call(services, "litellm", "key_update", || {
-            litellm.move_key_to_team(&key.token, None)
+            litellm.move_key_to_team(&key.token, team)
         })
         .await?;
         moved += 1;
     }
-    // The budget goes back to what it was; a user who was unlimited before stays so.
-    let restored = original
-        .and_then(|b| b.max_budget)
-        .unwrap_or(UNLIMITED_MAX_BUDGET);
-    call(services, "litellm", "user_update", || {
-        litellm.update_user_max_budget(user, restored)
-    })
+    Ok(moved)
+}
+
+/// Ends a migration that failed for good as `failed` and marks the personal
+/// org `failed`. Nothing is undone automatically: every step is idempotent,
+/// so once the cause is fixed `orgkeeper actions retry` finishes the job.
+pub async fn give_up(
+    services: &Services,
+    action: &Action,
+    error: &str,
+) -> sqlx::Result<&'static str> {
+    let note = json!({
+        "undone": false,
+        "note": "LiteLLM changes made so far are kept; fix the cause, then: orgkeeper actions retry <id>",
+    });
+    sqlx::query_scalar::<_, bool>(
+        "SELECT orgkeeper.record_provisioning_failed($1, $2, 'failed', $3, $4)",
+    )
+    .bind(action.id)
+    .bind(&action.lease)
+    .bind(error)
+    .bind(&note)
+    .fetch_one(&services.pool)
     .await?;
-    Ok(Finish::Result(json!({
-        "team_id": team_id,
-        "user_max_budget": restored,
-        "keys_moved_back": moved,
-        "migration_result_found": migrated.is_some(),
-    })))
+    Ok("failed")
 }
 
 async fn record_team_ready(
     services: &Services,
-    outbox: &Outbox,
     action: &Action,
     team_id: &str,
     result: &Value,
 ) -> Result<Finish, ActionError> {
     let recorded: bool = sqlx::query_scalar("SELECT orgkeeper.record_team_ready($1, $2, $3, $4)")
         .bind(action.id)
-        .bind(outbox.worker())
+        .bind(&action.lease)
         .bind(team_id)
         .bind(result)
         .fetch_one(&services.pool)

@@ -185,10 +185,11 @@ pub async fn compensate(
         "litellm.provision_org" => {
             provision_org::compensate(services, outbox, action, error, may_retry).await
         }
+        "litellm.migrate_user" => migrate_user::give_up(services, action, error).await,
         _ => {
             outbox
                 .finish(
-                    action.id,
+                    action,
                     "failed",
                     &json!({ "cleanup": "nothing to undo" }),
                     None,

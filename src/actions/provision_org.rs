@@ -99,10 +99,7 @@ pub async fn perform(
                 .keyring
                 .derive_api_key(&format!("org {team_id} user {owner}"));
             let ct = services.keyring.encrypt(&key);
-            if !outbox
-                .save_progress(action.id, &json!({ "key": ct }))
-                .await?
-            {
+            if !outbox.save_progress(action, &json!({ "key": ct })).await? {
                 return Err(ActionError::LeaseLost);
             }
             (key, ct)
@@ -144,7 +141,7 @@ pub async fn perform(
         "SELECT orgkeeper.record_org_provisioned($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(action.id)
-    .bind(outbox.worker())
+    .bind(&action.lease)
     .bind(&team_id)
     .bind(org.owner)
     .bind(&defaults.model)
@@ -220,7 +217,7 @@ pub async fn compensate(
         Err(ActionError::Transient(m)) if may_retry => {
             let delay = std::time::Duration::from_secs(5);
             outbox
-                .retry_later(action.id, &format!("cleanup: {m}"), delay)
+                .retry_later(action, &format!("cleanup: {m}"), delay)
                 .await?;
             return Ok("cleanup_retried");
         }
@@ -239,7 +236,7 @@ pub async fn compensate(
         "SELECT orgkeeper.record_provisioning_failed($1, $2, $3, $4, $5)",
     )
     .bind(action.id)
-    .bind(outbox.worker())
+    .bind(&action.lease)
     .bind(status)
     .bind(error)
     .bind(&cleanup)

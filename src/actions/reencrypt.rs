@@ -1,8 +1,11 @@
 //! `secrets.reencrypt`: re-encrypts a migrated user's legacy ciphertext
 //! with the current key. The database never decrypts; this handler reads
-//! each listed value, decrypts it with the legacy key, encrypts it with the
-//! current one and swaps it in by compare-and-set, so a retry skips what is
-//! done and a concurrent change is never overwritten.
+//! the listed values in one call, decrypts each with the legacy key,
+//! encrypts it with the current one, and swaps them all in by
+//! compare-and-set together with marking the action done, in one
+//! transaction (`orgkeeper.record_reencrypted`). A value changed meanwhile
+//! makes the whole swap roll back and the action retry; a migration rolled
+//! back meanwhile makes it write nothing.
 
 use super::{ActionError, Finish, Services};
 use crate::outbox::Action;
@@ -14,60 +17,48 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     let items = action
         .payload
         .get("items")
-        .and_then(Value::as_array)
+        .filter(|i| i.is_array())
         .ok_or_else(|| {
             ActionError::Permanent(format!("action {} has no items to re-encrypt", action.id))
         })?;
-    let (mut reencrypted, mut already, mut gone) = (0, 0, 0);
-    for item in items {
-        let (Some(table), Some(column), Some(key)) = (
-            item.get("table").and_then(Value::as_str),
-            item.get("column").and_then(Value::as_str),
-            item.get("key"),
-        ) else {
-            return Err(ActionError::Permanent(format!(
-                "malformed item {item} in action {}",
-                action.id
-            )));
-        };
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT orgkeeper.read_secret($1, $2, $3)")
-                .bind(table)
-                .bind(column)
-                .bind(key)
-                .fetch_one(&services.pool)
-                .await?;
-        let Some(current) = current else {
-            gone += 1;
-            continue;
-        };
-        if Keyring::is_current_format(&current) {
-            already += 1;
-            continue;
-        }
-        let plain = services.keyring.decrypt_legacy(&current)?;
-        let replaced: bool =
-            sqlx::query_scalar("SELECT orgkeeper.replace_secret($1, $2, $3, $4, $5)")
-                .bind(table)
-                .bind(column)
-                .bind(key)
-                .bind(&current)
-                .bind(services.keyring.encrypt(&plain))
-                .fetch_one(&services.pool)
-                .await?;
-        if replaced {
-            reencrypted += 1;
-        } else {
-            // Changed since we read it: the next attempt looks again.
-            return Err(ActionError::Transient(format!(
-                "{table}.{column} changed while being re-encrypted"
-            )));
+    let stored: Vec<(Value, Option<String>)> =
+        sqlx::query_as("SELECT item, value FROM orgkeeper.read_secrets($1)")
+            .bind(items)
+            .fetch_all(&services.pool)
+            .await?;
+    let (mut swaps, mut already, mut gone) = (Vec::new(), 0, 0);
+    for (item, value) in stored {
+        match value {
+            None => gone += 1,
+            Some(current) if Keyring::is_current_format(&current) => already += 1,
+            Some(current) => {
+                let plain = services.keyring.decrypt_legacy(&current)?;
+                swaps.push(json!({
+                    "table": item["table"],
+                    "column": item["column"],
+                    "key": item["key"],
+                    "old": current,
+                    "new": services.keyring.encrypt(&plain),
+                }));
+            }
         }
     }
-    Ok(Finish::Result(json!({
-        "reencrypted": reencrypted,
+    let result = json!({
+        "reencrypted": swaps.len(),
         "already_current": already,
         "gone": gone,
         "key_id": services.keyring.current_key_id(),
-    })))
+    });
+    let recorded: String =
+        sqlx::query_scalar("SELECT orgkeeper.record_reencrypted($1, $2, $3, $4)")
+            .bind(action.id)
+            .bind(&action.lease)
+            .bind(Value::Array(swaps))
+            .bind(&result)
+            .fetch_one(&services.pool)
+            .await?;
+    match recorded.as_str() {
+        "lease_lost" => Err(ActionError::LeaseLost),
+        _ => Ok(Finish::Recorded),
+    }
 }

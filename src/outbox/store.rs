@@ -27,6 +27,8 @@ pub struct Action {
     pub progress: Value,
     /// The latest recorded error.
     pub last_error: Option<String>,
+    /// The lease token (`locked_by`: "<worker>/<attempt>") every write must present.
+    pub lease: String,
 }
 
 /// The outbox as seen by one daemon replica.
@@ -47,11 +49,6 @@ impl Outbox {
         }
     }
 
-    /// This replica's name, as written in `locked_by`.
-    pub fn worker(&self) -> &str {
-        &self.worker
-    }
-
     /// The pool, for handlers' fenced write-backs.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -60,7 +57,7 @@ impl Outbox {
     /// Leases up to `limit` due actions to this replica.
     pub async fn claim(&self, limit: usize) -> sqlx::Result<Vec<Action>> {
         let rows = sqlx::query(
-            "SELECT id, kind, org_id, user_id, payload, status, attempts, progress, last_error
+            "SELECT id, kind, org_id, user_id, payload, status, attempts, progress, last_error, locked_by
                FROM orgkeeper.claim_actions($1, $2, make_interval(secs => $3))",
         )
         .bind(&self.worker)
@@ -80,6 +77,7 @@ impl Outbox {
                     attempts: r.try_get("attempts")?,
                     progress: r.try_get("progress")?,
                     last_error: r.try_get("last_error")?,
+                    lease: r.try_get("locked_by")?,
                 })
             })
             .collect()
@@ -93,65 +91,84 @@ impl Outbox {
     }
 
     /// Merges checkpoint data into the action's progress. False = lease lost.
-    pub async fn save_progress(&self, id: i64, progress: &Value) -> sqlx::Result<bool> {
-        self.fenced("SELECT orgkeeper.save_progress($1, $2, $3)", id, |q| {
+    pub async fn save_progress(&self, action: &Action, progress: &Value) -> sqlx::Result<bool> {
+        self.fenced("SELECT orgkeeper.save_progress($1, $2, $3)", action, |q| {
             q.bind(progress)
         })
         .await
     }
 
+    /// Extends the action's lease by the lease length. False = lease lost.
+    pub async fn extend_lease(&self, action: &Action) -> sqlx::Result<bool> {
+        self.fenced(
+            "SELECT orgkeeper.extend_lease($1, $2, make_interval(secs => $3))",
+            action,
+            |q| q.bind(self.lease.as_secs_f64()),
+        )
+        .await
+    }
+
     /// Marks the action done with `result`. False = lease lost.
-    pub async fn complete(&self, id: i64, result: &Value) -> sqlx::Result<bool> {
-        self.fenced("SELECT orgkeeper.complete_action($1, $2, $3)", id, |q| {
-            q.bind(result)
-        })
+    pub async fn complete(&self, action: &Action, result: &Value) -> sqlx::Result<bool> {
+        self.fenced(
+            "SELECT orgkeeper.complete_action($1, $2, $3)",
+            action,
+            |q| q.bind(result),
+        )
         .await
     }
 
     /// Records a transient error and schedules the action again after `delay`.
-    pub async fn retry_later(&self, id: i64, error: &str, delay: Duration) -> sqlx::Result<bool> {
+    pub async fn retry_later(
+        &self,
+        action: &Action,
+        error: &str,
+        delay: Duration,
+    ) -> sqlx::Result<bool> {
         self.fenced(
             "SELECT orgkeeper.retry_action_later($1, $2, $3, make_interval(secs => $4))",
-            id,
+            action,
             |q| q.bind(error).bind(delay.as_secs_f64()),
         )
         .await
     }
 
     /// Records a permanent error and moves the action to `compensating`.
-    pub async fn begin_compensation(&self, id: i64, error: &str) -> sqlx::Result<bool> {
-        self.fenced("SELECT orgkeeper.begin_compensation($1, $2, $3)", id, |q| {
-            q.bind(error)
-        })
+    pub async fn begin_compensation(&self, action: &Action, error: &str) -> sqlx::Result<bool> {
+        self.fenced(
+            "SELECT orgkeeper.begin_compensation($1, $2, $3)",
+            action,
+            |q| q.bind(error),
+        )
         .await
     }
 
     /// Ends the action as `failed` or `compensated`, merging `result`.
     pub async fn finish(
         &self,
-        id: i64,
+        action: &Action,
         status: &str,
         result: &Value,
         error: Option<&str>,
     ) -> sqlx::Result<bool> {
         self.fenced(
             "SELECT orgkeeper.finish_action($1, $2, $3, $4, $5)",
-            id,
+            action,
             |q| q.bind(status).bind(result).bind(error),
         )
         .await
     }
 
-    /// Gives an unfinished action back to the queue (shutdown), not counting the attempt.
-    pub async fn release(&self, id: i64) -> sqlx::Result<bool> {
-        self.fenced("SELECT orgkeeper.release_action($1, $2)", id, |q| q)
+    /// Gives an unfinished action back to the queue (shutdown).
+    pub async fn release(&self, action: &Action) -> sqlx::Result<bool> {
+        self.fenced("SELECT orgkeeper.release_action($1, $2)", action, |q| q)
             .await
     }
 
     async fn fenced<'q>(
         &'q self,
         sql: &'q str,
-        id: i64,
+        action: &'q Action,
         bind: impl FnOnce(
             sqlx::query::QueryScalar<'q, sqlx::Postgres, bool, sqlx::postgres::PgArguments>,
         ) -> sqlx::query::QueryScalar<
@@ -161,7 +178,7 @@ impl Outbox {
             sqlx::postgres::PgArguments,
         >,
     ) -> sqlx::Result<bool> {
-        bind(sqlx::query_scalar(sql).bind(id).bind(&self.worker))
+        bind(sqlx::query_scalar(sql).bind(action.id).bind(&action.lease))
             .fetch_one(&self.pool)
             .await
     }

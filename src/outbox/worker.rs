@@ -1,28 +1,50 @@
 //! The listen/poll loop: wake on NOTIFY or the poll timer, sweep expired
 //! leases, claim as many actions as there are free slots, perform each in its
 //! own task, and record the outcome. Nothing holds a row lock across a call.
+//!
+//! While an action runs, a heartbeat extends its lease; if the lease is lost
+//! (the replica stalled and another took over) the action's task is dropped
+//! at once, so a stale task never calls the outside world again.
 
 use super::{Action, Outbox};
 use crate::actions::{self, ActionError, Finish, Services};
 use crate::config::DaemonSettings;
+use futures::FutureExt;
 use sqlx::postgres::PgListener;
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
-/// Tells the daemon to stop: send `true` (or drop the sender).
+/// Tells the daemon to stop: send `true` or drop the sender.
 pub type Shutdown = watch::Receiver<bool>;
 
 /// Most actions claimed by one statement.
 const MAX_CLAIM: usize = 256;
+
+/// Actions this replica is performing, for releasing them at shutdown.
+type InFlight = Arc<Mutex<HashMap<i64, Action>>>;
 
 /// One daemon replica.
 pub struct Daemon {
     outbox: Outbox,
     services: Arc<Services>,
     settings: DaemonSettings,
+}
+
+/// Waits until shutdown is requested (a dropped sender counts as a request).
+async fn stopping(shutdown: &mut Shutdown) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn stopped(shutdown: &Shutdown) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 
 impl Daemon {
@@ -40,8 +62,8 @@ impl Daemon {
         }
     }
 
-    /// Runs until `shutdown` turns true; then stops claiming, lets in-flight
-    /// actions finish within the grace period and releases the rest.
+    /// Runs until `shutdown`; then stops claiming, lets in-flight actions
+    /// finish within the grace period and releases the rest.
     pub async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(
@@ -50,29 +72,28 @@ impl Daemon {
             shutdown.clone(),
         ));
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
-        let in_flight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        let in_flight: InFlight = Arc::default();
         let mut tasks = JoinSet::new();
         let mut last_sweep: Option<Instant> = None;
         let mut db_backoff = Duration::from_millis(100);
         tracing::info!(worker = %self.settings.worker_id, concurrency = self.settings.concurrency, "daemon started");
 
-        while !*shutdown.borrow() {
+        while !stopped(&shutdown) {
             while tasks.try_join_next().is_some() {}
             match self
                 .tick(&slots, &in_flight, &mut tasks, &mut last_sweep)
                 .await
             {
-                Ok(filled_all_slots) => {
+                Ok(true) => {
                     db_backoff = Duration::from_millis(100);
-                    if filled_all_slots {
-                        continue; // more may be due right away
-                    }
+                    continue; // every free slot was filled: more may be due right away
                 }
+                Ok(false) => db_backoff = Duration::from_millis(100),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "cannot reach the outbox; will retry");
                     tokio::select! {
                         _ = tokio::time::sleep(db_backoff) => {}
-                        _ = shutdown.changed() => {}
+                        _ = stopping(&mut shutdown) => {}
                     }
                     db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
                     continue;
@@ -81,7 +102,7 @@ impl Daemon {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(self.settings.poll) => {}
-                _ = shutdown.changed() => {}
+                _ = stopping(&mut shutdown) => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
@@ -98,13 +119,14 @@ impl Daemon {
         if drained.is_err() {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            let unfinished: Vec<i64> = in_flight.lock().unwrap().drain().collect();
-            for id in unfinished {
-                match self.outbox.release(id).await {
-                    Ok(true) => self.services.metrics.action("?", "released"),
+            let unfinished: Vec<Action> =
+                in_flight.lock().unwrap().drain().map(|(_, a)| a).collect();
+            for action in unfinished {
+                match self.outbox.release(&action).await {
+                    Ok(true) => self.services.metrics.action(&action.kind, "released"),
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(action = id, error = %e, "could not release; its lease will expire")
+                        tracing::warn!(action = action.id, error = %e, "could not release; its lease will expire")
                     }
                 }
             }
@@ -119,7 +141,7 @@ impl Daemon {
     async fn tick(
         &self,
         slots: &Arc<Semaphore>,
-        in_flight: &Arc<Mutex<HashSet<i64>>>,
+        in_flight: &InFlight,
         tasks: &mut JoinSet<()>,
         last_sweep: &mut Option<Instant>,
     ) -> sqlx::Result<bool> {
@@ -143,17 +165,16 @@ impl Daemon {
                 .clone()
                 .try_acquire_owned()
                 .expect("a slot per claimed action");
-            in_flight.lock().unwrap().insert(action.id);
+            in_flight.lock().unwrap().insert(action.id, action.clone());
             let job = Job {
                 outbox: self.outbox.clone(),
                 services: self.services.clone(),
-                max_attempts: self.settings.max_attempts,
-                retry: self.settings.retry,
+                settings: self.settings.clone(),
             };
             let in_flight = in_flight.clone();
             tasks.spawn(async move {
                 let id = action.id;
-                job.process(action).await;
+                job.run(action).await;
                 in_flight.lock().unwrap().remove(&id);
                 drop(permit);
             });
@@ -166,34 +187,88 @@ impl Daemon {
 struct Job {
     outbox: Outbox,
     services: Arc<Services>,
-    max_attempts: i32,
-    retry: super::RetryPolicy,
+    settings: DaemonSettings,
 }
 
 impl Job {
-    async fn process(&self, action: Action) {
+    /// Performs the action while a heartbeat keeps its lease; abandons it
+    /// the moment the lease is lost.
+    async fn run(&self, action: Action) {
         let metrics = &self.services.metrics;
         metrics.in_flight(1);
-        let outcome = if action.status == "compensating" {
-            let error = action
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "unknown error".into());
-            self.compensate(&action, &error).await
-        } else {
-            self.perform(&action).await
+        let work = async {
+            if action.status == "compensating" {
+                let error = action
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "unknown error".into());
+                self.compensate(&action, &error).await
+            } else {
+                self.perform(&action).await
+            }
         };
-        if let Err(e) = outcome {
-            tracing::warn!(action = action.id, error = %e, "could not record the outcome; the lease will expire and the action run again");
+        tokio::select! {
+            outcome = work => {
+                if let Err(e) = outcome {
+                    tracing::warn!(action = action.id, error = %e, "could not record the outcome; the lease will expire and the action run again");
+                }
+            }
+            () = self.heartbeat(&action) => {
+                metrics.action(&action.kind, "lease_lost");
+                tracing::warn!(action = action.id, "lease lost (another replica took over); abandoning the action");
+            }
         }
         metrics.in_flight(-1);
     }
 
+    /// Extends the lease every third of its length; returns when it is lost.
+    async fn heartbeat(&self, action: &Action) {
+        let mut tick = tokio::time::interval(self.settings.lease / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.outbox.extend_lease(action).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::debug!(action = action.id, error = %e, "heartbeat failed; trying again")
+                }
+            }
+        }
+    }
+
+    /// The handler's outcome, with a time limit, and a panic turned into a permanent failure.
+    async fn attempt(&self, action: &Action) -> Result<Finish, ActionError> {
+        if action.attempts > self.settings.max_attempts {
+            return Err(ActionError::Permanent(format!(
+                "gave up after {} claims without a recorded outcome (crashed or stalled replicas)",
+                action.attempts - 1
+            )));
+        }
+        let handler =
+            AssertUnwindSafe(actions::perform(&self.services, &self.outbox, action)).catch_unwind();
+        match tokio::time::timeout(self.settings.action_timeout, handler).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(panic)) => Err(ActionError::Permanent(format!(
+                "the handler panicked: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)")
+            ))),
+            Err(_) => Err(ActionError::Transient(format!(
+                "did not finish within {} s",
+                self.settings.action_timeout.as_secs()
+            ))),
+        }
+    }
+
     async fn perform(&self, action: &Action) -> sqlx::Result<()> {
         let metrics = &self.services.metrics;
-        match actions::perform(&self.services, &self.outbox, action).await {
+        match self.attempt(action).await {
             Ok(Finish::Result(result)) => {
-                if self.outbox.complete(action.id, &result).await? {
+                if self.outbox.complete(action, &result).await? {
                     metrics.action(&action.kind, "done");
                     tracing::info!(action = action.id, kind = %action.kind, "done");
                 } else {
@@ -215,9 +290,11 @@ impl Job {
                     "lease lost; another replica owns the action now"
                 );
             }
-            Err(ActionError::Transient(message)) if action.attempts < self.max_attempts => {
-                let delay = self.retry.delay(action.attempts);
-                if self.outbox.retry_later(action.id, &message, delay).await? {
+            Err(ActionError::Transient(message))
+                if action.attempts < self.settings.max_attempts =>
+            {
+                let delay = self.settings.retry.delay(action.attempts);
+                if self.outbox.retry_later(action, &message, delay).await? {
                     metrics.action(&action.kind, "retried");
                     tracing::info!(action = action.id, error = %message, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
                 }
@@ -231,7 +308,7 @@ impl Job {
                     ActionError::Permanent(m) => m,
                     ActionError::LeaseLost => unreachable!("handled above"),
                 };
-                if self.outbox.begin_compensation(action.id, &message).await? {
+                if self.outbox.begin_compensation(action, &message).await? {
                     tracing::warn!(action = action.id, error = %message, "permanent failure; compensating");
                     self.compensate(action, &message).await?;
                 }
@@ -242,7 +319,7 @@ impl Job {
 
     async fn compensate(&self, action: &Action, error: &str) -> sqlx::Result<()> {
         // Cleanup gets as many attempts again as the forward work had.
-        let may_retry = action.attempts < self.max_attempts * 2;
+        let may_retry = action.attempts < self.settings.max_attempts * 2;
         let status =
             actions::compensate(&self.services, &self.outbox, action, error, may_retry).await?;
         self.services.metrics.action(&action.kind, status);
@@ -256,22 +333,21 @@ impl Job {
 /// reconnects back off up to 5 s.
 async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>, shutdown: Shutdown) {
     let mut backoff = Duration::from_millis(100);
-    while !*shutdown.borrow() {
-        let mut listener = match PgListener::connect_with(&pool).await {
+    while !stopped(&shutdown) {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen("orgkeeper_actions").await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match connected.await {
             Ok(l) => l,
             Err(e) => {
-                tracing::debug!(error = %e, "LISTEN connection failed; polling meanwhile");
+                tracing::debug!(error = %e, "LISTEN failed; polling meanwhile");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        if let Err(e) = listener.listen("orgkeeper_actions").await {
-            tracing::debug!(error = %e, "LISTEN failed; polling meanwhile");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            continue;
-        }
         backoff = Duration::from_millis(100);
         wake.notify_one();
         loop {

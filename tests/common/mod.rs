@@ -196,6 +196,7 @@ pub fn daemon_settings(
             max: std::time::Duration::from_millis(300),
         },
         shutdown_grace: std::time::Duration::from_secs(5),
+        action_timeout: std::time::Duration::from_secs(30),
         worker_id: worker.to_string(),
         metrics_addr: None,
     }
