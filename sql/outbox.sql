@@ -147,6 +147,18 @@ $$;
 COMMENT ON FUNCTION orgkeeper.save_progress(bigint, text, jsonb) IS
   'Daemon: merges checkpoint data into progress while p_worker holds the lease. False = lease lost.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.save_progress_many(p_ids bigint[], p_workers text[], p_progress jsonb[])
+RETURNS SETOF bigint
+LANGUAGE sql AS $$
+    UPDATE orgkeeper.pending_external_actions a
+       SET progress = a.progress || u.progress, updated_at = now()
+      FROM unnest(p_ids, p_workers, p_progress) AS u(id, worker, progress)
+     WHERE a.id = u.id AND a.locked_by = u.worker
+    RETURNING a.id;
+$$;
+COMMENT ON FUNCTION orgkeeper.save_progress_many(bigint[], text[], jsonb[]) IS
+  'Daemon: save_progress for a whole claim batch in one statement (element i of each array belongs together). Returns the ids whose lease held.';
+
 CREATE OR REPLACE FUNCTION orgkeeper.complete_action(p_id bigint, p_worker text, p_result jsonb) RETURNS boolean
 LANGUAGE sql AS $$
     WITH u AS (

@@ -109,6 +109,18 @@ async fn two_hundred_orgs_become_active_with_one_team_membership_and_encrypted_k
     .await
     .unwrap();
     assert_eq!(statuses, vec![("done".to_string(), 200)]);
+    let saved: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE progress ? 'key'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(saved, 200, "every key was saved before /key/generate");
+    assert_eq!(
+        sim.stats().calls("key/info"),
+        0,
+        "first attempts trust the 200 of a fresh key"
+    );
 }
 
 /// Kills the daemon right after LiteLLM step `step` succeeded for the one

@@ -155,7 +155,7 @@ pub async fn perform(
     action: &Action,
 ) -> Result<Finish, ActionError> {
     match action.kind.as_str() {
-        "litellm.provision_org" => provision_org::perform(services, outbox, action).await,
+        provision_org::KIND => provision_org::perform(services, outbox, action).await,
         "litellm.delete_team" => delete_team::perform(services, action).await,
         "litellm.add_member" => members::add(services, action).await,
         "litellm.remove_member" => members::remove(services, action).await,
@@ -168,6 +168,16 @@ pub async fn perform(
             "this daemon has no handler for action kind {other:?}; run a daemon version that knows it, then orgkeeper actions retry"
         ))),
     }
+}
+
+/// Work done once for a whole claim batch before its actions run, where one
+/// transaction can replace one per action (today: provisioning keys).
+pub async fn prepare(
+    services: &Services,
+    outbox: &Outbox,
+    batch: &mut [Action],
+) -> sqlx::Result<()> {
+    provision_org::prepare(services, outbox, batch).await
 }
 
 /// Undoes what `action` may have done after a permanent failure `error`, and

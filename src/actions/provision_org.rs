@@ -20,9 +20,13 @@
 use super::{call, ActionError, Finish, Services};
 use crate::litellm::{Created, Deleted, NewKey, NewTeam};
 use crate::outbox::{Action, Outbox};
+use secrecy::SecretString;
 use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
+
+/// The action kind this module handles.
+pub const KIND: &str = "litellm.provision_org";
 
 const ORG_GONE: &str = "the organization was deleted before provisioning finished";
 
@@ -54,6 +58,40 @@ fn org_id(action: &Action) -> Result<Uuid, ActionError> {
     action
         .org_id
         .ok_or_else(|| ActionError::Permanent(format!("action {} has no org_id", action.id)))
+}
+
+/// The key value for an org (derived, see the module doc) and its ciphertext.
+fn choose_key(services: &Services, org_id: Uuid) -> (SecretString, String) {
+    let key = services.keyring.derive_api_key(&format!("org {org_id}"));
+    let ciphertext = services.keyring.encrypt(&key);
+    (key, ciphertext)
+}
+
+/// Chooses and saves the key of every provisioning action in a claim batch
+/// that has none yet, in one transaction instead of one per action. An
+/// action whose save did not take (lease lost) is left for its handler.
+pub async fn prepare(
+    services: &Services,
+    outbox: &Outbox,
+    batch: &mut [Action],
+) -> sqlx::Result<()> {
+    let mut chosen: Vec<(usize, Value)> = batch
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.kind == KIND && a.progress.get("key").is_none())
+        .filter_map(|(i, a)| Some((i, json!({ "key": choose_key(services, a.org_id?).1 }))))
+        .collect();
+    if chosen.is_empty() {
+        return Ok(());
+    }
+    let entries: Vec<(&Action, &Value)> = chosen.iter().map(|(i, p)| (&batch[*i], p)).collect();
+    let saved = outbox.save_progress_many(&entries).await?;
+    for (i, progress) in chosen.drain(..) {
+        if saved.contains(&batch[i].id) {
+            batch[i].progress = progress;
+        }
+    }
+    Ok(())
 }
 
 /// Runs the saga's forward steps and the write-back.
@@ -92,13 +130,12 @@ pub async fn perform(
     })
     .await?;
 
+    // The key was normally chosen and saved with the whole claim batch
+    // (`prepare`); an action that missed that saves its own.
     let (key, ciphertext) = match action.progress.get("key").and_then(Value::as_str) {
         Some(ct) => (services.keyring.decrypt(ct)?, ct.to_string()),
         None => {
-            let key = services
-                .keyring
-                .derive_api_key(&format!("org {team_id} user {owner}"));
-            let ct = services.keyring.encrypt(&key);
+            let (key, ct) = choose_key(services, org_id);
             if !outbox.save_progress(action, &json!({ "key": ct })).await? {
                 return Err(ActionError::LeaseLost);
             }
@@ -107,7 +144,7 @@ pub async fn perform(
     };
     // Any earlier attempt may have created the key, even one whose saved
     // progress was lost (the key value is derived, so it is the same).
-    let resumed = action.attempts > 1 || action.progress.get("key").is_some();
+    let resumed = action.attempts > 1;
     let alias = format!(
         "{} - user {owner} - org {team_id}",
         defaults.key_alias_prefix

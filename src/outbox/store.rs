@@ -98,6 +98,23 @@ impl Outbox {
         .await
     }
 
+    /// Merges progress into several actions in one statement; returns the
+    /// ids whose lease still held (the others were left unchanged).
+    pub async fn save_progress_many(
+        &self,
+        entries: &[(&Action, &Value)],
+    ) -> sqlx::Result<Vec<i64>> {
+        let ids: Vec<i64> = entries.iter().map(|(a, _)| a.id).collect();
+        let leases: Vec<&str> = entries.iter().map(|(a, _)| a.lease.as_str()).collect();
+        let progress: Vec<&Value> = entries.iter().map(|(_, p)| *p).collect();
+        sqlx::query_scalar("SELECT orgkeeper.save_progress_many($1, $2, $3)")
+            .bind(ids)
+            .bind(leases)
+            .bind(progress)
+            .fetch_all(&self.pool)
+            .await
+    }
+
     /// Extends the action's lease by the lease length. False = lease lost.
     pub async fn extend_lease(&self, action: &Action) -> sqlx::Result<bool> {
         self.fenced(

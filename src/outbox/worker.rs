@@ -157,8 +157,12 @@ impl Daemon {
             return Ok(false);
         }
         let started = Instant::now();
-        let claimed = self.outbox.claim(free).await?;
+        let mut claimed = self.outbox.claim(free).await?;
         self.services.metrics.claim_latency(started.elapsed());
+        if let Err(e) = actions::prepare(&self.services, &self.outbox, &mut claimed).await {
+            // Not fatal: each handler saves its own checkpoint when it finds none.
+            tracing::debug!(error = %e, "could not prepare the claimed batch");
+        }
         let filled = claimed.len() == free;
         for action in claimed {
             let permit = slots
