@@ -271,6 +271,46 @@ fn read_token(token: &str) -> Result<String, Failure> {
     Ok(line.trim().to_string())
 }
 
+/// A query on a transaction, before it runs.
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// A transaction acting for `actor`, and the organization `org` resolved in it.
+async fn open_org(
+    pool: &PgPool,
+    actor: Uuid,
+    org: &str,
+) -> Result<(Transaction<'static, Postgres>, Uuid), Failure> {
+    let mut tx = begin(pool, actor).await?;
+    let id = resolve_org(&mut tx, actor, org).await?;
+    Ok((tx, id))
+}
+
+/// Runs `sql` with `$1` = actor and `$2` = organization, plus whatever `binds`
+/// adds, in one transaction acting for `actor`, and commits. Returns the
+/// organization's id.
+async fn call_on_org<'q>(
+    pool: &PgPool,
+    actor: Uuid,
+    org: &str,
+    sql: &'q str,
+    binds: impl FnOnce(PgQuery<'q>) -> PgQuery<'q>,
+) -> Result<Uuid, Failure> {
+    let (mut tx, id) = open_org(pool, actor, org).await?;
+    binds(sqlx::query(sql).bind(actor).bind(id))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Runs `query` in a transaction acting for `actor` and commits.
+async fn call(pool: &PgPool, actor: Uuid, query: PgQuery<'_>) -> Result<(), Failure> {
+    let mut tx = begin(pool, actor).await?;
+    query.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 async fn execute(pool: &PgPool, command: OrgCommand) -> Result<ExitCode, Failure> {
     match command {
         OrgCommand::List { actor } => {
@@ -297,20 +337,12 @@ async fn execute(pool: &PgPool, command: OrgCommand) -> Result<ExitCode, Failure
             org,
             new_name,
         } => {
-            let mut tx = begin(pool, actor).await?;
-            let id = resolve_org(&mut tx, actor, &org).await?;
-            sqlx::query("SELECT orgkeeper.rename_org($1, $2, $3)")
-                .bind(actor)
-                .bind(id)
-                .bind(&new_name)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            let sql = "SELECT orgkeeper.rename_org($1, $2, $3)";
+            let id = call_on_org(pool, actor, &org, sql, |q| q.bind(&new_name)).await?;
             println!("renamed organization {id} to \"{}\"", new_name.trim());
         }
         OrgCommand::Delete { actor, org, yes } => {
-            let mut tx = begin(pool, actor).await?;
-            let id = resolve_org(&mut tx, actor, &org).await?;
+            let (mut tx, id) = open_org(pool, actor, &org).await?;
             if !yes {
                 return Err(Failure::Usage(format!(
                     "deleting organization {id} removes its memberships, invitations, API keys, secrets and integrations; run again with --yes to confirm"
@@ -329,27 +361,14 @@ async fn execute(pool: &PgPool, command: OrgCommand) -> Result<ExitCode, Failure
             org,
             new_owner,
         } => {
-            let mut tx = begin(pool, actor).await?;
-            let id = resolve_org(&mut tx, actor, &org).await?;
-            sqlx::query("SELECT orgkeeper.transfer_ownership($1, $2, $3)")
-                .bind(actor)
-                .bind(id)
-                .bind(new_owner)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            let sql = "SELECT orgkeeper.transfer_ownership($1, $2, $3)";
+            let id = call_on_org(pool, actor, &org, sql, |q| q.bind(new_owner)).await?;
             println!("{new_owner} now owns organization {id}; {actor} is an admin");
         }
         OrgCommand::Members { command } => members(pool, command).await?,
         OrgCommand::Leave { actor, org } => {
-            let mut tx = begin(pool, actor).await?;
-            let id = resolve_org(&mut tx, actor, &org).await?;
-            sqlx::query("SELECT orgkeeper.leave_org($1, $2)")
-                .bind(actor)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            let sql = "SELECT orgkeeper.leave_org($1, $2)";
+            let id = call_on_org(pool, actor, &org, sql, |q| q).await?;
             println!("{actor} left organization {id}");
         }
         OrgCommand::Invite {
@@ -359,8 +378,7 @@ async fn execute(pool: &PgPool, command: OrgCommand) -> Result<ExitCode, Failure
             role,
             valid_for,
         } => {
-            let mut tx = begin(pool, actor).await?;
-            let id = resolve_org(&mut tx, actor, &org).await?;
+            let (mut tx, id) = open_org(pool, actor, &org).await?;
             let (token, expires): (String, DateTime<Utc>) = sqlx::query_as(
                 "SELECT t, now() + $5::interval
                    FROM orgkeeper.create_invitation($1, $2, $3, $4, $5::interval) t",
@@ -381,31 +399,21 @@ async fn execute(pool: &PgPool, command: OrgCommand) -> Result<ExitCode, Failure
             println!("token (shown only now; only its hash is stored): {token}");
         }
         OrgCommand::Invitations { actor, org } => {
-            let mut tx = begin(pool, actor).await?;
-            let id = resolve_org(&mut tx, actor, &org).await?;
+            let (mut tx, id) = open_org(pool, actor, &org).await?;
             list_invitations(&mut tx, actor, id).await?;
             tx.commit().await?;
         }
         OrgCommand::Revoke { actor, token, id } => {
-            let mut tx = begin(pool, actor).await?;
-            match (token, id) {
-                (Some(token), _) => {
-                    sqlx::query("SELECT orgkeeper.revoke_invitation($1, $2)")
-                        .bind(actor)
-                        .bind(read_token(&token)?)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                (None, Some(id)) => {
-                    sqlx::query("SELECT orgkeeper.revoke_invitation_by_id($1, $2)")
-                        .bind(actor)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+            let query = match (token, id) {
+                (Some(token), _) => sqlx::query("SELECT orgkeeper.revoke_invitation($1, $2)")
+                    .bind(actor)
+                    .bind(read_token(&token)?),
+                (None, Some(id)) => sqlx::query("SELECT orgkeeper.revoke_invitation_by_id($1, $2)")
+                    .bind(actor)
+                    .bind(id),
                 (None, None) => return Err(Failure::Usage("give --token or --id".into())),
-            }
-            tx.commit().await?;
+            };
+            call(pool, actor, query).await?;
             println!("invitation revoked");
         }
         OrgCommand::Accept { actor, token } => {
@@ -426,8 +434,7 @@ async fn execute(pool: &PgPool, command: OrgCommand) -> Result<ExitCode, Failure
 async fn members(pool: &PgPool, command: MembersCommand) -> Result<(), Failure> {
     match command {
         MembersCommand::List { actor, org } => {
-            let mut tx = begin(pool, actor).await?;
-            let id = resolve_org(&mut tx, actor, &org).await?;
+            let (mut tx, id) = open_org(pool, actor, &org).await?;
             let rows: Vec<MemberRow> = sqlx::query_as(
                 "SELECT user_id, email, role, status, joined_at FROM orgkeeper.list_members($1, $2)",
             )
@@ -457,16 +464,8 @@ async fn members(pool: &PgPool, command: MembersCommand) -> Result<(), Failure> 
             user,
             role,
         } => {
-            let mut tx = begin(pool, actor).await?;
-            let id = resolve_org(&mut tx, actor, &org).await?;
-            sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, $4)")
-                .bind(actor)
-                .bind(id)
-                .bind(user)
-                .bind(&role)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            let sql = "SELECT orgkeeper.add_member($1, $2, $3, $4)";
+            let id = call_on_org(pool, actor, &org, sql, |q| q.bind(user).bind(&role)).await?;
             println!("added {user} to organization {id} as {role}");
         }
         MembersCommand::SetRole {
@@ -475,28 +474,13 @@ async fn members(pool: &PgPool, command: MembersCommand) -> Result<(), Failure> 
             user,
             role,
         } => {
-            let mut tx = begin(pool, actor).await?;
-            let id = resolve_org(&mut tx, actor, &org).await?;
-            sqlx::query("SELECT orgkeeper.change_member_role($1, $2, $3, $4)")
-                .bind(actor)
-                .bind(id)
-                .bind(user)
-                .bind(&role)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            let sql = "SELECT orgkeeper.change_member_role($1, $2, $3, $4)";
+            let id = call_on_org(pool, actor, &org, sql, |q| q.bind(user).bind(&role)).await?;
             println!("{user} is now {role} in organization {id}");
         }
         MembersCommand::Remove { actor, org, user } => {
-            let mut tx = begin(pool, actor).await?;
-            let id = resolve_org(&mut tx, actor, &org).await?;
-            sqlx::query("SELECT orgkeeper.remove_member($1, $2, $3)")
-                .bind(actor)
-                .bind(id)
-                .bind(user)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            let sql = "SELECT orgkeeper.remove_member($1, $2, $3)";
+            let id = call_on_org(pool, actor, &org, sql, |q| q.bind(user)).await?;
             println!("removed {user} from organization {id}");
         }
     }

@@ -108,50 +108,54 @@ fn pretty(report: &Value) -> String {
 }
 
 async fn migrate_one(pool: &PgPool, user_id: Uuid) -> anyhow::Result<ExitCode> {
-    let report: Value = sqlx::query_scalar("SELECT orgkeeper.migrate_user($1)")
-        .bind(user_id)
-        .fetch_one(pool)
-        .await?;
-    let code = match status(&report) {
-        "migrated" => {
-            println!(
-                "migrated user {user_id} into personal organization \"{}\" ({})",
-                text(&report, "org_name"),
-                text(&report, "org_id")
-            );
-            ExitCode::SUCCESS
-        }
-        "already_migrated" => {
-            println!("user {user_id} is already migrated; nothing changed");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            println!("user {user_id}: {}", text(&report, "detail"));
-            ExitCode::from(1)
-        }
-    };
-    println!("{}", pretty(&report));
-    Ok(code)
+    let sql = "SELECT orgkeeper.migrate_user($1)";
+    report_command(pool, sql, user_id, |status, report| match status {
+        "migrated" => Some(format!(
+            "migrated user {user_id} into personal organization \"{}\" ({})",
+            text(report, "org_name"),
+            text(report, "org_id")
+        )),
+        "already_migrated" => Some(format!(
+            "user {user_id} is already migrated; nothing changed"
+        )),
+        _ => None,
+    })
+    .await
 }
 
 async fn rollback(pool: &PgPool, user_id: Uuid) -> anyhow::Result<ExitCode> {
-    let report: Value = sqlx::query_scalar("SELECT orgkeeper.rollback_user_migration($1)")
+    let sql = "SELECT orgkeeper.rollback_user_migration($1)";
+    report_command(pool, sql, user_id, |status, report| match status {
+        "rolled_back" => Some(format!(
+            "rolled back the migration of user {user_id}: personal organization \"{}\" removed, legacy rows restored",
+            text(report, "org_name")
+        )),
+        "not_migrated" => Some(format!("user {user_id} is not migrated; nothing changed")),
+        _ => None,
+    })
+    .await
+}
+
+/// Calls `sql` (a function of the user id returning a JSON report) and prints
+/// the line `describe` gives for the report's status, then the report.
+/// A status `describe` does not know (`None`) prints the report's detail and
+/// gives exit status 1.
+async fn report_command(
+    pool: &PgPool,
+    sql: &str,
+    user_id: Uuid,
+    describe: impl FnOnce(&str, &Value) -> Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let report: Value = sqlx::query_scalar(sql)
         .bind(user_id)
         .fetch_one(pool)
         .await?;
-    let code = match status(&report) {
-        "rolled_back" => {
-            println!(
-                "rolled back the migration of user {user_id}: personal organization \"{}\" removed, legacy rows restored",
-                text(&report, "org_name")
-            );
+    let code = match describe(status(&report), &report) {
+        Some(line) => {
+            println!("{line}");
             ExitCode::SUCCESS
         }
-        "not_migrated" => {
-            println!("user {user_id} is not migrated; nothing changed");
-            ExitCode::SUCCESS
-        }
-        _ => {
+        None => {
             println!("user {user_id}: {}", text(&report, "detail"));
             ExitCode::from(1)
         }
