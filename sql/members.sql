@@ -93,7 +93,7 @@ COMMENT ON FUNCTION orgkeeper.check_actor(uuid, text) IS
   'Refuses a NULL actor (22004), an actor other than orgkeeper.user_id when it is set (42501, no impersonation), and callers confined by row security that did not set orgkeeper.user_id (42501).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.refuse_null(p_function text, p_argument text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION '%: % is NULL', p_function, p_argument
         USING ERRCODE = 'null_value_not_allowed',

@@ -436,7 +436,12 @@ fn check_http_url(url: &str, env: &'static str, flag: &'static str) -> Result<()
         _ => Err(ConfigError {
             env,
             flag,
-            problem: format!("must be an http(s) URL, got {url:?}"),
+            // Only the scheme is echoed: a URL may carry credentials.
+            problem: format!(
+                "must be an http(s) URL (got {})",
+                url.split_once("://")
+                    .map_or("no scheme", |(scheme, _)| scheme)
+            ),
         }),
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -62,7 +62,9 @@ async fn connect_with(
     let options = PgConnectOptions::from_str(database_url)
         .context("DATABASE_URL is not a valid PostgreSQL connection URL")?
         .application_name("orgkeeper")
-        .options(settings.iter().copied());
+        .options(settings.iter().copied())
+        // Long statements (back-fills, benchmarks) are expected; time them in debug logs only.
+        .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

@@ -15,7 +15,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
     /// Address for the daemon's /healthz and /metrics ("off" to disable)
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        env = "ORGKEEPER_DEV_METRICS_ADDR",
+        default_value = "127.0.0.1:0"
+    )]
     pub metrics_addr: String,
 }
 

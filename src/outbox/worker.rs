@@ -27,6 +27,15 @@ const MAX_CLAIM: usize = 256;
 /// Actions this replica is performing, for releasing them at shutdown.
 type InFlight = Arc<Mutex<HashMap<i64, Action>>>;
 
+/// A task handle that aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One daemon replica.
 pub struct Daemon {
     outbox: Outbox,
@@ -66,11 +75,12 @@ impl Daemon {
     /// finish within the grace period and releases the rest.
     pub async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
         let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(
+        // Aborted when this future ends or is dropped: a killed daemon leaves no listener behind.
+        let listener = AbortOnDrop(tokio::spawn(listen(
             self.services.pool.clone(),
             wake.clone(),
             shutdown.clone(),
-        ));
+        )));
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let in_flight: InFlight = Arc::default();
         let mut tasks = JoinSet::new();
@@ -131,7 +141,7 @@ impl Daemon {
                 }
             }
         }
-        listener.abort();
+        drop(listener);
         tracing::info!("daemon stopped");
         Ok(())
     }
