@@ -139,12 +139,7 @@ DECLARE
 BEGIN
     PERFORM orgkeeper.check_actor(v_actor, 'list_invitations');
     IF v_org_id IS NULL THEN PERFORM orgkeeper.refuse_null('list_invitations', 'org_id'); END IF;
-    SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = v_org_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'organization % does not exist', v_org_id
-            USING ERRCODE = 'no_data_found',
-                  HINT = 'check the id; orgkeeper.list_orgs(actor) lists the organizations a user belongs to';
-    END IF;
+    v_org := orgkeeper.find_org(v_org_id);
     PERFORM orgkeeper.require_manager(v_actor, v_org, 'list its invitations');
     RETURN QUERY
         SELECT i.id, i.email, r.name, orgkeeper.invitation_status(i), i.invited_by, i.created_at,

@@ -106,21 +106,31 @@ COMMENT ON FUNCTION orgkeeper.refuse_null(text, text) IS
 ------------------------------------------------------------------------------
 -- organizations, memberships and ranks
 ------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION orgkeeper.lock_org(p_org_id uuid) RETURNS orgkeeper.org
-LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+CREATE OR REPLACE FUNCTION orgkeeper.find_org(p_org_id uuid) RETURNS orgkeeper.org
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
 DECLARE
     v_org orgkeeper.org;
 BEGIN
-    -- The same lock as the owner check at COMMIT: membership changes of one
-    -- organization run one at a time, so the early rank and last-owner
-    -- checks see what the COMMIT will see.
-    SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = p_org_id FOR NO KEY UPDATE;
+    SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = p_org_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'organization % does not exist', p_org_id
             USING ERRCODE = 'no_data_found',
                   HINT = 'check the id; orgkeeper.list_orgs(actor) lists the organizations a user belongs to';
     END IF;
     RETURN v_org;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.find_org(uuid) IS
+  'Returns the organization row; raises P0002 when it does not exist.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.lock_org(p_org_id uuid) RETURNS orgkeeper.org
+LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+BEGIN
+    -- The same lock as the owner check at COMMIT: membership changes of one
+    -- organization run one at a time, so the early rank and last-owner
+    -- checks see what the COMMIT will see.
+    PERFORM 1 FROM orgkeeper.org o WHERE o.id = p_org_id FOR NO KEY UPDATE;
+    RETURN orgkeeper.find_org(p_org_id);
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.lock_org(uuid) IS
@@ -610,12 +620,7 @@ DECLARE
 BEGIN
     PERFORM orgkeeper.check_actor(v_actor, 'list_members');
     IF v_org_id IS NULL THEN PERFORM orgkeeper.refuse_null('list_members', 'org_id'); END IF;
-    SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = v_org_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'organization % does not exist', v_org_id
-            USING ERRCODE = 'no_data_found',
-                  HINT = 'check the id; orgkeeper.list_orgs(actor) lists the organizations a user belongs to';
-    END IF;
+    v_org := orgkeeper.find_org(v_org_id);
     PERFORM orgkeeper.require_member(v_actor, v_org, 'list its members');
     RETURN QUERY
         SELECT m.user_id, u.email, r.name, r.rank, m.status, m.created_at
