@@ -47,7 +47,6 @@ BEGIN
        SET litellm_team_id = p_team_id,
            llm_model = coalesce(llm_model, p_model),
            llm_base_url = coalesce(llm_base_url, p_base_url),
-           llm_api_key = p_key_ciphertext,
            provisioning_status = 'active',
            provisioning_error = NULL
      WHERE id = v_org_id;
@@ -55,13 +54,13 @@ BEGIN
         RETURN 'org_gone';
     END IF;
     UPDATE orgkeeper.org_member SET llm_api_key = p_key_ciphertext, updated_at = now()
-     WHERE org_id = v_org_id AND user_id = p_owner;
+     WHERE org_id = v_org_id AND user_id = p_owner AND status = 'active';
     PERFORM orgkeeper.complete_action(p_action_id, p_worker, p_result);
     RETURN 'done';
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_org_provisioned(bigint, text, text, uuid, text, text, text, jsonb) IS
-  'Daemon: in one transaction, writes the team id, model, base URL and encrypted key to the org and its owner''s membership, sets provisioning_status = active and marks the action done. Returns done, org_gone (nothing written; compensate) or lease_lost (nothing written).';
+  'Daemon: in one transaction, writes the team id, model and base URL to the org and the owner''s own encrypted key to their membership (no key is shared by the org''s members), sets provisioning_status = active and marks the action done. Returns done, org_gone (nothing written; compensate) or lease_lost (nothing written).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.record_provisioning_failed(
     p_action_id bigint, p_worker text, p_status text, p_error text, p_cleanup jsonb)
@@ -102,3 +101,41 @@ END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_team_ready(bigint, text, text, jsonb) IS
   'Daemon: marks an action that built an org''s LiteLLM team (user migration) done and the org active with its team id, in one transaction. Fenced on the lease.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.record_member_key(
+    p_action_id bigint, p_worker text, p_user uuid, p_key_ciphertext text, p_result jsonb)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org_id uuid;
+BEGIN
+    v_org_id := orgkeeper.lock_action_org(p_action_id);
+    PERFORM 1
+       FROM orgkeeper.pending_external_actions
+      WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
+        FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'lease_lost';
+    END IF;
+    UPDATE orgkeeper.org_member SET llm_api_key = p_key_ciphertext, updated_at = now()
+     WHERE org_id = v_org_id AND user_id = p_user AND status = 'active';
+    IF NOT FOUND THEN
+        RETURN 'member_gone';
+    END IF;
+    PERFORM orgkeeper.complete_action(p_action_id, p_worker, p_result);
+    RETURN 'done';
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_member_key(bigint, text, uuid, text, jsonb) IS
+  'Daemon: stores a member''s own encrypted LiteLLM key on their membership of the action''s organization and marks the litellm.add_member action done, in one transaction fenced on the lease. Returns done, member_gone (the membership is no longer active: nothing written, the handler deletes the key) or lease_lost.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.member_key_context(p_org_id uuid, p_user_id uuid)
+RETURNS TABLE (active boolean, email text)
+LANGUAGE sql STABLE AS $$
+    SELECT m.status = 'active', u.email
+      FROM orgkeeper.org_member m
+      JOIN orgkeeper.users u ON u.id = m.user_id
+     WHERE m.org_id = p_org_id AND m.user_id = p_user_id;
+$$;
+COMMENT ON FUNCTION orgkeeper.member_key_context(uuid, uuid) IS
+  'Daemon: what litellm.add_member needs about a membership: whether it is still active, and the user''s email. No row = the membership is gone.';

@@ -6,6 +6,7 @@
 //! `stripe`, and to the database only through SQL functions.
 
 mod delete_team;
+mod keys;
 mod members;
 mod migrate_user;
 mod provision_org;
@@ -157,7 +158,7 @@ pub async fn perform(
     match action.kind.as_str() {
         provision_org::KIND => provision_org::perform(services, outbox, action).await,
         "litellm.delete_team" => delete_team::perform(services, action).await,
-        "litellm.add_member" => members::add(services, action).await,
+        "litellm.add_member" => members::add(services, outbox, action).await,
         "litellm.remove_member" => members::remove(services, action).await,
         "litellm.migrate_user" => migrate_user::migrate(services, outbox, action).await,
         "litellm.rollback_user" => migrate_user::rollback(services, action).await,

@@ -88,6 +88,17 @@ pub enum Deleted {
     AlreadyGone,
 }
 
+/// Whose a team is, by the metadata orgkeeper writes on the teams it makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TeamOwner {
+    /// No such team.
+    Absent,
+    /// orgkeeper made it for this organization.
+    Ours,
+    /// Someone else's team (its metadata, shortened): never adopted, never deleted.
+    Foreign(String),
+}
+
 /// A team to create (`POST /team/new`); `team_id` is the organization's UUID.
 #[derive(Debug, Clone)]
 pub struct NewTeam<'a> {
@@ -413,6 +424,9 @@ impl LiteLlmClient {
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(30))
+            // A redirect would carry the master key to a host nobody configured
+            // (reqwest keeps custom headers across hosts): never follow one.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("orgkeeper/", env!("CARGO_PKG_VERSION")));
         let loopback = url.host_str().is_some_and(|host| {
             host.eq_ignore_ascii_case("localhost")
@@ -459,6 +473,15 @@ impl LiteLlmClient {
             .await
             .map_err(|e| transport_error(call, e, self.timeout))?;
         let status = resp.status();
+        if status.is_redirection() {
+            let mut url = resp.url().clone();
+            url.set_query(None);
+            return Err(LiteLlmError::permanent(
+                call,
+                status.as_u16(),
+                crate::redact::redirect_refused("LITELLM_BASE_URL", url.as_str(), resp.headers()),
+            ));
+        }
         let bytes = resp
             .bytes()
             .await
@@ -560,10 +583,18 @@ impl LiteLlmClient {
             return Ok(Created::New);
         }
         if answer.status == StatusCode::BAD_REQUEST && answer.message().contains("already exists") {
-            return if self.team_exists(team.team_id).await? {
-                Ok(Created::Existing)
-            } else {
-                Err(LiteLlmError::permanent(
+            return match self.team_owner(team.team_id, &team.metadata).await? {
+                TeamOwner::Ours => Ok(Created::Existing),
+                TeamOwner::Foreign(metadata) => Err(LiteLlmError::permanent(
+                    CALL,
+                    400,
+                    format!(
+                        "LiteLLM team {} already exists and is not this organization's \
+                         (its metadata is {metadata}); orgkeeper neither adopts nor deletes a foreign team",
+                        team.team_id
+                    ),
+                )),
+                TeamOwner::Absent => Err(LiteLlmError::permanent(
                     CALL,
                     400,
                     format!(
@@ -571,25 +602,41 @@ impl LiteLlmClient {
                         team.team_id,
                         self.describe(&answer)
                     ),
-                ))
+                )),
             };
         }
         Err(self.fail(CALL, &answer))
     }
 
-    /// `GET /team/info?team_id=`: whether the team exists.
-    pub async fn team_exists(&self, team_id: &str) -> Result<bool, LiteLlmError> {
+    /// `GET /team/info?team_id=`: whether the team exists and whether it is
+    /// the one orgkeeper made for this organization — its metadata carries
+    /// the same `managed_by` and `org_id` as `ours` (the metadata orgkeeper
+    /// writes on its teams).
+    pub async fn team_owner(&self, team_id: &str, ours: &Value) -> Result<TeamOwner, LiteLlmError> {
         const CALL: &str = "team/info";
         let answer = self
             .get(CALL, "/team/info", &[("team_id", team_id)])
             .await?;
-        if answer.is_success() {
-            return Ok(true);
-        }
         if answer.status == StatusCode::NOT_FOUND {
-            return Ok(false);
+            return Ok(TeamOwner::Absent);
         }
-        Err(self.fail(CALL, &answer))
+        if !answer.is_success() {
+            return Err(self.fail(CALL, &answer));
+        }
+        let metadata = answer
+            .json
+            .pointer("/team_info/metadata")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let same = |field: &str| {
+            ours.get(field)
+                .is_some_and(|v| !v.is_null() && metadata.get(field) == Some(v))
+        };
+        Ok(if same("managed_by") && same("org_id") {
+            TeamOwner::Ours
+        } else {
+            TeamOwner::Foreign(redact_secrets(&truncate(&metadata.to_string(), 200)))
+        })
     }
 
     /// `POST /user/new` without a key or an invitation email. A 409 for the id
@@ -771,6 +818,31 @@ impl LiteLlmClient {
                 key.key_alias
             ),
         ))
+    }
+
+    /// `POST /key/delete` by alias (the aliases orgkeeper gives are unique
+    /// per member and organization). A 404 means [`Deleted::AlreadyGone`].
+    pub async fn delete_key_by_alias(&self, alias: &str) -> Result<Deleted, LiteLlmError> {
+        self.delete_keys(json!({ "key_aliases": [alias] })).await
+    }
+
+    /// `POST /key/delete` of one key, sent as its SHA-256 token so the key
+    /// itself never travels again. A 404 means [`Deleted::AlreadyGone`].
+    pub async fn delete_key(&self, key: &SecretString) -> Result<Deleted, LiteLlmError> {
+        self.delete_keys(json!({ "keys": [hash_key(key.expose_secret())] }))
+            .await
+    }
+
+    async fn delete_keys(&self, body: Value) -> Result<Deleted, LiteLlmError> {
+        const CALL: &str = "key/delete";
+        let answer = self.post(CALL, "/key/delete", &body).await?;
+        if answer.is_success() {
+            return Ok(Deleted::Deleted);
+        }
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(Deleted::AlreadyGone);
+        }
+        Err(self.fail(CALL, &answer))
     }
 
     /// `POST /team/delete`; the proxy also deletes the team's keys and
