@@ -98,6 +98,9 @@ pub struct LiteLlmArgs {
         default_value = "OpenHands Cloud"
     )]
     pub key_alias_prefix: String,
+    /// The pre-organization application's shared LiteLLM team, if it had one: user migration moves a user's keys out of it (and rollback back into it)
+    #[arg(long, env = "ORGKEEPER_LEGACY_TEAM_ID")]
+    pub legacy_team_id: Option<String>,
 }
 
 /// Validated LiteLLM settings.
@@ -120,6 +123,8 @@ pub struct ProvisioningDefaults {
     pub team_max_budget: Option<f64>,
     /// Key alias prefix.
     pub key_alias_prefix: String,
+    /// The legacy shared team whose keys user migration moves (besides keys in no team).
+    pub legacy_team_id: Option<String>,
 }
 
 const AUTH_HEADERS: [&str; 5] = [
@@ -185,6 +190,12 @@ impl LiteLlmArgs {
                 llm_base_url,
                 team_max_budget: self.team_max_budget,
                 key_alias_prefix: self.key_alias_prefix.clone(),
+                legacy_team_id: self
+                    .legacy_team_id
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned),
             },
         })
     }

@@ -57,6 +57,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 llm_base_url: litellm.base_url(),
                 team_max_budget: None,
                 key_alias_prefix: "OpenHands Cloud".into(),
+                legacy_team_id: None,
             },
         },
         stripe: Some(StripeConfig {

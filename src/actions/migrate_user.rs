@@ -13,7 +13,7 @@
 //! two steps reuses them and never counts a budget twice (after step "user
 //! unlimited" the proxy would report the sentinel).
 
-use super::{call, payload_str, ActionError, Finish, Services};
+use super::{call, keys, payload_str, ActionError, Finish, Services};
 use crate::litellm::{NewTeam, UNLIMITED_MAX_BUDGET};
 use crate::outbox::{Action, Outbox};
 use serde_json::{json, Value};
@@ -102,12 +102,18 @@ pub async fn migrate(
     };
 
     let models = vec![services.defaults.model.clone()];
+    let org_id = team_id.parse().map_err(|_| {
+        ActionError::Permanent(format!("action {}: org_id is not a UUID", action.id))
+    })?;
+    let mut metadata = keys::ownership(org_id);
+    metadata["kind"] = json!("personal");
+    metadata["migrated_user"] = json!(user);
     let team = NewTeam {
         team_id,
         team_alias: alias,
         max_budget: budget.credits,
         models: &models,
-        metadata: json!({ "org_id": team_id, "kind": "personal", "managed_by": "orgkeeper", "migrated_user": user }),
+        metadata,
     };
     call(services, "litellm", "team_new", || {
         litellm.create_team(&team)
@@ -121,7 +127,7 @@ pub async fn migrate(
         litellm.add_team_member(team_id, user, budget.credits)
     })
     .await?;
-    let moved = move_keys(services, user, Some(team_id), |t| t != Some(team_id)).await?;
+    let moved = move_legacy_keys_in(services, outbox, action, user, team_id).await?;
 
     let result = json!({
         "team_id": team_id,
@@ -134,17 +140,19 @@ pub async fn migrate(
     record_team_ready(services, action, team_id, &result).await
 }
 
-/// Reverses a migration at LiteLLM: the user's keys leave the team and the
-/// user gets back the budget LiteLLM reported before the migration (the team itself is deleted by the
+/// Reverses a migration at LiteLLM: every key the migration moved goes
+/// back to the team it came from, and the user gets back the budget LiteLLM
+/// reported before the migration (the team itself is deleted by the
 /// `litellm.delete_team` that deleting the personal org enqueued after this).
 pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, ActionError> {
     let user = payload_str(action, "user_id")?;
     let team_id = payload_str(action, "team_id")?;
     let litellm = &services.litellm;
-    // The budget as LiteLLM reported it, saved before the migration changed
-    // anything; none saved means the migration never touched it.
-    let saved: Option<Value> = sqlx::query_scalar(
-        "SELECT progress -> 'budget' FROM orgkeeper.pending_external_actions
+    // What the migration saved before changing anything: the budget as
+    // LiteLLM reported it and the keys it moved; nothing saved means the
+    // migration never touched them.
+    let progress: Value = sqlx::query_scalar(
+        "SELECT progress FROM orgkeeper.pending_external_actions
           WHERE id = $1 AND kind = 'litellm.migrate_user'",
     )
     .bind(
@@ -155,10 +163,16 @@ pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, Ac
     )
     .fetch_optional(&services.pool)
     .await?
-    .flatten();
-    let original = saved.as_ref().and_then(Budget::from_json);
+    .unwrap_or(Value::Null);
+    let original = progress.get("budget").and_then(Budget::from_json);
 
-    let moved = move_keys(services, user, None, |t| t == Some(team_id)).await?;
+    let moved = MovedKey::list(&progress);
+    for key in &moved {
+        call(services, "litellm", "key_update", || {
+            litellm.move_key_to_team(&key.token, key.from_team.as_deref())
+        })
+        .await?;
+    }
     // A user who had no budget before (unlimited) stays unlimited.
     let restored = original.map(|b| b.reported_max_budget.unwrap_or(UNLIMITED_MAX_BUDGET));
     if let Some(budget) = restored {
@@ -170,34 +184,76 @@ pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, Ac
     Ok(Finish::Result(json!({
         "team_id": team_id,
         "user_max_budget": restored,
-        "keys_moved_back": moved,
+        "keys_moved_back": moved.len(),
         "budget_restored": restored.is_some(),
     })))
 }
 
-/// Moves the user's keys whose current team `select` picks into `team`
-/// (`None` = out of any team); returns how many moved. Moving is idempotent:
-/// a retry finds the moved keys already where they belong.
-async fn move_keys(
+/// A key the migration moved into the personal team, and where it was.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct MovedKey {
+    /// The key's hashed token.
+    token: String,
+    /// Its team before the migration (`None` = no team).
+    from_team: Option<String>,
+}
+
+impl MovedKey {
+    /// The keys recorded in a migration's progress.
+    fn list(progress: &Value) -> Vec<MovedKey> {
+        progress
+            .get("moved_keys")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Moves the user's own legacy keys into `team`: keys in no team or in the
+/// legacy shared team (`ORGKEEPER_LEGACY_TEAM_ID`), never keys orgkeeper
+/// made (those belong to organizations, personal or not). The list is
+/// saved in the action's progress before any key moves, so a retry moves
+/// the same keys and a rollback puts each back where it was. Returns how
+/// many moved; moving is idempotent.
+async fn move_legacy_keys_in(
     services: &Services,
+    outbox: &Outbox,
+    action: &Action,
     user: &str,
-    team: Option<&str>,
-    select: impl Fn(Option<&str>) -> bool,
+    team: &str,
 ) -> Result<usize, ActionError> {
     let litellm = &services.litellm;
-    let keys = call(services, "litellm", "key_list", || {
-        litellm.list_user_keys(user)
-    })
-    .await?;
-    let mut moved = 0;
-    for key in keys.iter().filter(|k| select(k.team_id.as_deref())) {
-        call(services, "litellm", "key_update", || {
-            litellm.move_key_to_team(&key.token, team)
+    let mut moved = MovedKey::list(&action.progress);
+    if action.progress.get("moved_keys").is_none() {
+        let legacy_team = services.defaults.legacy_team_id.as_deref();
+        let keys = call(services, "litellm", "key_list", || {
+            litellm.list_user_keys(user)
         })
         .await?;
-        moved += 1;
+        moved = keys
+            .into_iter()
+            .filter(|k| {
+                !k.managed_by_orgkeeper
+                    && (k.team_id.is_none() || k.team_id.as_deref() == legacy_team)
+            })
+            .map(|k| MovedKey {
+                token: k.token,
+                from_team: k.team_id,
+            })
+            .collect();
+        if !outbox
+            .save_progress(action, &json!({ "moved_keys": moved }))
+            .await?
+        {
+            return Err(ActionError::LeaseLost);
+        }
     }
-    Ok(moved)
+    for key in &moved {
+        call(services, "litellm", "key_update", || {
+            litellm.move_key_to_team(&key.token, Some(team))
+        })
+        .await?;
+    }
+    Ok(moved.len())
 }
 
 /// Ends a migration that failed for good as `failed` and marks the personal

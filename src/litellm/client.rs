@@ -159,6 +159,8 @@ pub struct ListedKey {
     pub token: String,
     /// The team the key belongs to, if any.
     pub team_id: Option<String>,
+    /// Whether its metadata says orgkeeper made it (`managed_by`).
+    pub managed_by_orgkeeper: bool,
 }
 
 /// A failed LiteLLM call. Messages are redacted: they never contain a key.
@@ -929,6 +931,7 @@ impl LiteLlmClient {
                     Value::String(token) => ListedKey {
                         token: token.clone(),
                         team_id: None,
+                        managed_by_orgkeeper: false,
                     },
                     Value::Object(o) => {
                         let Some(token) = o.get("token").and_then(Value::as_str) else {
@@ -941,6 +944,11 @@ impl LiteLlmClient {
                         ListedKey {
                             token: token.to_owned(),
                             team_id: o.get("team_id").and_then(Value::as_str).map(str::to_owned),
+                            managed_by_orgkeeper: o
+                                .get("metadata")
+                                .and_then(|m| m.get("managed_by"))
+                                .and_then(Value::as_str)
+                                == Some("orgkeeper"),
                         }
                     }
                     _ => {

@@ -223,6 +223,7 @@ pub fn daemon_config(
                 llm_base_url: litellm.base_url(),
                 team_max_budget: None,
                 key_alias_prefix: "OpenHands Cloud".into(),
+                legacy_team_id: None,
             },
         },
         stripe: None,
