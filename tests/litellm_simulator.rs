@@ -431,15 +431,72 @@ async fn members_can_be_removed_once_and_member_add_follows_the_proxy() {
         c.remove_team_member(TEAM, USER).await.unwrap(),
         Deleted::Deleted
     );
-    assert_eq!(
-        c.remove_team_member(TEAM, USER).await.unwrap(),
-        Deleted::AlreadyGone
+    assert!(sim.user(USER).unwrap().teams.is_empty());
+    assert!(sim.team(TEAM).unwrap().members.is_empty());
+    // Removing them again: 400 "… not in team …", as the real proxy says.
+    let (status, body) = raw(
+        &sim,
+        reqwest::Method::POST,
+        "/team/member_delete",
+        Some(json!({"team_id": TEAM, "user_id": USER})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["detail"]["error"].as_str().unwrap();
+    assert!(
+        message.contains("not in team") && message.contains(USER),
+        "{message}"
     );
+    // By email too: a member added by email is removed by email, once.
+    let by_email = json!({"team_id": TEAM, "user_email": "mail@example.com"});
+    let (status, _) = raw(
+        &sim,
+        reqwest::Method::POST,
+        "/team/member_add",
+        Some(
+            json!({"team_id": TEAM, "member": {"user_email": "mail@example.com", "role": "user"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = raw(
+        &sim,
+        reqwest::Method::POST,
+        "/team/member_delete",
+        Some(by_email.clone()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = raw(
+        &sim,
+        reqwest::Method::POST,
+        "/team/member_delete",
+        Some(by_email),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["detail"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in team"),
+        "{body}"
+    );
+    // An unknown team: 404, which the client takes as already gone.
+    let (status, body) = raw(
+        &sim,
+        reqwest::Method::POST,
+        "/team/member_delete",
+        Some(json!({"team_id": "no-such-team", "user_id": USER})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(body["detail"]["error"].is_string(), "{body}");
     assert_eq!(
         c.remove_team_member("no-such-team", USER).await.unwrap(),
         Deleted::AlreadyGone
     );
-    assert!(sim.user(USER).unwrap().teams.is_empty());
+    assert!(sim.team(TEAM).unwrap().members.is_empty());
 
     // An unknown user is created by member_add.
     assert_eq!(

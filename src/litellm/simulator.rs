@@ -952,9 +952,10 @@ impl Db {
             ));
         }
         let Some(team) = self.teams.get_mut(&team_id) else {
+            // The real proxy answers 404 for an unknown team, as `/team/member_add` does.
             return Err(detail_error(
-                400,
-                format!("Team id={team_id} does not exist in db"),
+                404,
+                format!("Team not found for team_id={team_id}"),
             ));
         };
         let before = team.members.len();
@@ -970,7 +971,11 @@ impl Db {
             !hit
         });
         if team.members.len() == before {
-            return Err(detail_error(400, "User not found in team"));
+            let who = user_id.or(user_email).unwrap_or_default();
+            return Err(detail_error(
+                400,
+                format!("User {who} not in team {team_id}"),
+            ));
         }
         for uid in &removed_ids {
             team.budgets.remove(uid);
