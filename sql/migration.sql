@@ -33,10 +33,10 @@ COMMENT ON FUNCTION orgkeeper.user_lock_key(uuid) IS
 
 CREATE OR REPLACE FUNCTION orgkeeper.is_legacy_ciphertext(p_value text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT p_value IS NOT NULL AND p_value <> '' AND p_value NOT LIKE 'ok1:%';
+    SELECT p_value IS NOT NULL AND p_value <> '' AND p_value NOT LIKE 'ok1:%' AND p_value NOT LIKE 'ok2:%';
 $$;
 COMMENT ON FUNCTION orgkeeper.is_legacy_ciphertext(text) IS
-  'True when a secret column holds legacy-scheme ciphertext: current ciphertext starts with "ok1:"; NULL and empty mean no secret.';
+  'True when a secret column holds legacy-scheme ciphertext: orgkeeper''s ciphertext starts with "ok2:" (or "ok1:" before place binding); NULL and empty mean no secret.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.is_transient_sqlstate(p_sqlstate text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -728,14 +728,14 @@ BEGIN
      ORDER BY a.id DESC LIMIT 1;
     detail := CASE
         WHEN v_org.id IS NULL THEN 'no personal organization'
-        WHEN ok THEN 'every migrated credential is current ciphertext (ok1:)'
+        WHEN ok THEN 'every migrated credential is orgkeeper ciphertext (ok2:, or ok1: awaiting orgkeeper secrets rotate)'
         ELSE 'legacy ciphertext in ' || v_text
              || coalesce(format(' (secrets.reencrypt #%s is %s)', v_action.id, v_action.status), '') END;
     RETURN NEXT;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.verify_user_migration(uuid) IS
-  'One row per check of a user''s migration (check_name, ok, detail): migration_recorded, personal_org, current_org_is_personal, owner_membership_active, related_rows_have_org, conversations_copied, external_actions_done (the migration''s outbox actions), litellm_budget_unlimited (the litellm.migrate_user result records user_max_budget = 1000000000.0), no_legacy_ciphertext (credentials start with "ok1:"). A failing row''s detail says what is wrong. Unknown user: every check fails naming why. Read-only.';
+  'One row per check of a user''s migration (check_name, ok, detail): migration_recorded, personal_org, current_org_is_personal, owner_membership_active, related_rows_have_org, conversations_copied, external_actions_done (the migration''s outbox actions), litellm_budget_unlimited (the litellm.migrate_user result records user_max_budget = 1000000000.0), no_legacy_ciphertext (credentials start with "ok2:" or "ok1:"). A failing row''s detail says what is wrong. Unknown user: every check fails naming why. Read-only.';
 
 ------------------------------------------------------------------------------
 -- rollback

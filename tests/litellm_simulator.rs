@@ -5,7 +5,7 @@
 use orgkeeper::litellm::simulator::{LiteLlmSimulator, SimulatorArgs};
 use orgkeeper::litellm::{
     hash_key, Created, Deleted, Faults, LiteLlmClient, LiteLlmConfig, LiteLlmError, NewKey,
-    NewTeam, UserInfo, UNLIMITED_MAX_BUDGET,
+    NewTeam, TeamOwner, UserInfo, UNLIMITED_MAX_BUDGET,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -43,7 +43,7 @@ fn team<'a>(models: &'a [String]) -> NewTeam<'a> {
         team_alias: "Acme",
         max_budget: Some(50.0),
         models,
-        metadata: json!({"version": 4}),
+        metadata: json!({"managed_by": "orgkeeper", "org_id": TEAM, "version": 4}),
     }
 }
 
@@ -159,7 +159,10 @@ async fn onboarding_creates_exactly_one_team_user_membership_and_key() {
     let t = sim.team(TEAM).unwrap();
     assert_eq!(t.max_budget, Some(50.0));
     assert_eq!(t.models, models());
-    assert_eq!(t.metadata, json!({"version": 4}));
+    assert_eq!(
+        t.metadata,
+        json!({"managed_by": "orgkeeper", "org_id": TEAM, "version": 4})
+    );
     assert!(
         t.caller_admin,
         "/team/new adds the master-key caller as admin"
@@ -172,8 +175,14 @@ async fn onboarding_creates_exactly_one_team_user_membership_and_key() {
     assert_eq!(u.keys, 1, "auto_create_key:false made no extra key");
     assert!(sim.has_key(KEY));
     assert!(c.key_exists(&key).await.unwrap());
-    assert!(c.team_exists(TEAM).await.unwrap());
-    assert!(!c.team_exists("no-such-team").await.unwrap());
+    assert_ne!(
+        c.team_owner(TEAM, &json!({})).await.unwrap(),
+        TeamOwner::Absent
+    );
+    assert_eq!(
+        c.team_owner("no-such-team", &json!({})).await.unwrap(),
+        TeamOwner::Absent
+    );
 }
 
 #[tokio::test]
@@ -426,7 +435,10 @@ async fn every_documented_header_form_authenticates_and_a_bare_authorization_doe
     let c = client_with(&sim, "Authorization", &key);
     assert_eq!(c.create_team(&team(&models())).await.unwrap(), Created::New);
     let c = client_with(&sim, "x-litellm-api-key", &key);
-    assert!(c.team_exists(TEAM).await.unwrap());
+    assert_ne!(
+        c.team_owner(TEAM, &json!({})).await.unwrap(),
+        TeamOwner::Absent
+    );
 }
 
 #[tokio::test]
@@ -1115,7 +1127,10 @@ async fn every_request_body_and_query_is_kept_per_endpoint() {
     assert_eq!(teams[0]["team_alias"], "Acme");
     assert_eq!(teams[0]["max_budget"], 50.0);
     assert_eq!(teams[0]["models"], json!(models()));
-    assert_eq!(teams[0]["metadata"], json!({"version": 4}));
+    assert_eq!(
+        teams[0]["metadata"],
+        json!({"managed_by": "orgkeeper", "org_id": TEAM, "version": 4})
+    );
     let users = sim.requests("/user/new");
     assert_eq!(users[0]["user_id"], USER);
     assert_eq!(users[0]["auto_create_key"], false);
@@ -1237,5 +1252,126 @@ async fn a_redirect_fault_answers_307_to_the_same_path_and_query() {
     assert_eq!(
         resp.headers()["location"],
         format!("{}/v1/models", target.base_url()).as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_team_is_adopted_only_when_its_metadata_says_it_is_ours() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let c = client(&sim);
+    let ours = json!({"managed_by": "orgkeeper", "org_id": TEAM});
+    let foreign = NewTeam {
+        metadata: json!({"owner": "another environment"}),
+        ..team(&[])
+    };
+    assert_eq!(c.create_team(&foreign).await.unwrap(), Created::New);
+    assert!(matches!(
+        c.team_owner(TEAM, &ours).await.unwrap(),
+        TeamOwner::Foreign(m) if m.contains("another environment")
+    ));
+    let adopt = NewTeam {
+        metadata: ours.clone(),
+        ..team(&[])
+    };
+    let err = c.create_team(&adopt).await.unwrap_err();
+    assert!(!err.is_transient());
+    assert!(
+        err.to_string().contains(TEAM) && err.to_string().contains("not this organization's"),
+        "{err}"
+    );
+    assert!(
+        sim.team(TEAM).is_some(),
+        "a refused adoption deletes nothing"
+    );
+
+    assert_eq!(c.delete_team(TEAM).await.unwrap(), Deleted::Deleted);
+    assert_eq!(c.create_team(&adopt).await.unwrap(), Created::New);
+    assert_eq!(
+        c.create_team(&adopt).await.unwrap(),
+        Created::Existing,
+        "our own team is adopted on a retry"
+    );
+    assert_eq!(c.team_owner(TEAM, &ours).await.unwrap(), TeamOwner::Ours);
+    let other_org = json!({"managed_by": "orgkeeper", "org_id": USER});
+    assert!(
+        matches!(
+            c.team_owner(TEAM, &other_org).await.unwrap(),
+            TeamOwner::Foreign(_)
+        ),
+        "orgkeeper's team for another org is not this org's"
+    );
+}
+
+#[tokio::test]
+async fn keys_are_deleted_by_alias_or_by_key_and_already_gone_counts_as_done() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let c = client(&sim);
+    c.create_team(&team(&[])).await.unwrap();
+    let key = SecretString::from(KEY);
+    let alias = alias();
+    c.generate_key(&new_key(&key, &alias, &[])).await.unwrap();
+    assert_eq!(
+        c.delete_key_by_alias(&alias).await.unwrap(),
+        Deleted::Deleted
+    );
+    assert!(!sim.has_key(KEY));
+    assert_eq!(
+        c.delete_key_by_alias(&alias).await.unwrap(),
+        Deleted::AlreadyGone
+    );
+
+    c.generate_key(&new_key(&key, &alias, &[])).await.unwrap();
+    assert_eq!(c.delete_key(&key).await.unwrap(), Deleted::Deleted);
+    assert!(!sim.has_key(KEY));
+    assert_eq!(c.delete_key(&key).await.unwrap(), Deleted::AlreadyGone);
+    let sent = sim.requests("key/delete");
+    assert!(
+        sent.iter().all(|b| !b.to_string().contains(KEY)),
+        "a key is deleted by its token, never sent again: {sent:?}"
+    );
+}
+
+#[tokio::test]
+async fn removing_a_member_twice_or_from_a_missing_team_counts_as_done() {
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let c = client(&sim);
+    c.create_team(&team(&[])).await.unwrap();
+    c.create_user(USER, None).await.unwrap();
+    c.add_team_member(TEAM, USER, None).await.unwrap();
+    assert_eq!(
+        c.remove_team_member(TEAM, USER).await.unwrap(),
+        Deleted::Deleted
+    );
+    assert_eq!(
+        c.remove_team_member(TEAM, USER).await.unwrap(),
+        Deleted::AlreadyGone,
+        "400 not in team"
+    );
+    assert_eq!(
+        c.remove_team_member("no-such-team", USER).await.unwrap(),
+        Deleted::AlreadyGone,
+        "404 unknown team"
+    );
+}
+
+#[tokio::test]
+async fn a_redirecting_proxy_never_gets_the_master_key_to_the_redirect_target() {
+    let target = LiteLlmSimulator::start_local().await.unwrap();
+    let proxy = LiteLlmSimulator::start_local().await.unwrap();
+    proxy.set_redirect_to(Some(&target.base_url()));
+    let c = client(&proxy);
+    let err = c.create_team(&team(&[])).await.unwrap_err();
+    assert!(!err.is_transient(), "a redirect is a configuration error");
+    let text = err.to_string();
+    assert!(
+        text.contains(&proxy.base_url()) && text.contains(&target.base_url()),
+        "names the URL and the Location: {text}"
+    );
+    assert!(text.contains("LITELLM_BASE_URL"), "{text}");
+    assert!(!text.contains(&proxy.master_key()), "{text}");
+    assert_eq!(
+        target.stats().total_requests(),
+        0,
+        "nothing, and so no master key, reached the redirect target"
     );
 }

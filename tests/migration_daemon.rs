@@ -7,7 +7,7 @@ mod common;
 
 use common::{daemon_config, daemon_settings, wait_until, TestDaemon, TestDb};
 use orgkeeper::litellm::{Faults, LiteLlmSimulator};
-use orgkeeper::secrets::Keyring;
+use orgkeeper::secrets::{Keyring, Place};
 use orgkeeper::stripe::StripeSimulator;
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
@@ -183,20 +183,28 @@ async fn a_migrated_user_ends_with_budget_keys_customer_and_secrets_in_their_org
     );
 
     let ring = w.keyring();
-    let (org_key, secret): (String, String) = sqlx::query_as(
-        "SELECT o.llm_api_key, s.secret_value FROM orgkeeper.org o, orgkeeper.custom_secrets s WHERE o.id = $1 AND s.user_id = $1",
+    let (org_key, secret_id, secret): (String, i64, String) = sqlx::query_as(
+        "SELECT o.llm_api_key, s.id, s.secret_value FROM orgkeeper.org o, orgkeeper.custom_secrets s WHERE o.id = $1 AND s.user_id = $1",
     )
     .bind(user)
     .fetch_one(&w.db.pool)
     .await
     .unwrap();
+    let org_place = Place::new("org", "llm_api_key", user.to_string());
     assert_eq!(
-        ring.decrypt(&org_key).unwrap().expose_secret(),
+        ring.decrypt(&org_place, &org_key).unwrap().expose_secret(),
         "sk-users-own-provider-key"
     );
+    let secret_place = Place::new("custom_secrets", "secret_value", secret_id.to_string());
     assert_eq!(
-        ring.decrypt(&secret).unwrap().expose_secret(),
+        ring.decrypt(&secret_place, &secret)
+            .unwrap()
+            .expose_secret(),
         "github-token-123"
+    );
+    assert!(
+        ring.decrypt(&secret_place, &org_key).is_err(),
+        "re-encrypted values are bound to their row and column"
     );
     let status: String =
         sqlx::query_scalar("SELECT provisioning_status FROM orgkeeper.org WHERE id = $1")

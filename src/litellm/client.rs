@@ -731,6 +731,7 @@ impl LiteLlmClient {
         if answer.status == StatusCode::BAD_REQUEST {
             let m = answer.message().to_ascii_lowercase();
             if m.contains("not found in team")
+                || m.contains("not in team")
                 || m.contains("does not exist")
                 || m.contains("not found")
             {
