@@ -130,12 +130,13 @@ COMMENT ON FUNCTION orgkeeper.record_member_key(bigint, text, uuid, text, jsonb)
   'Daemon: stores a member''s own encrypted LiteLLM key on their membership of the action''s organization and marks the litellm.add_member action done, in one transaction fenced on the lease. Returns done, member_gone (the membership is no longer active: nothing written, the handler deletes the key) or lease_lost.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.member_key_context(p_org_id uuid, p_user_id uuid)
-RETURNS TABLE (active boolean, email text)
+RETURNS TABLE (active boolean, email text, org_status text)
 LANGUAGE sql STABLE AS $$
-    SELECT m.status = 'active', u.email
+    SELECT m.status = 'active', u.email, o.provisioning_status
       FROM orgkeeper.org_member m
       JOIN orgkeeper.users u ON u.id = m.user_id
+      JOIN orgkeeper.org o ON o.id = m.org_id
      WHERE m.org_id = p_org_id AND m.user_id = p_user_id;
 $$;
 COMMENT ON FUNCTION orgkeeper.member_key_context(uuid, uuid) IS
-  'Daemon: what litellm.add_member needs about a membership: whether it is still active, and the user''s email. No row = the membership is gone.';
+  'Daemon: what litellm.add_member needs about a membership: whether it is still active, the user''s email, and the organization''s provisioning status (a member joins only a team orgkeeper provisioned). No row = the membership is gone.';

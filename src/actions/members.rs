@@ -37,7 +37,18 @@ pub async fn add(
         .fetch_optional(&services.pool)
         .await?;
     let email: Option<String> = match context {
-        Some(row) if row.try_get::<bool, _>("active")? => row.try_get("email")?,
+        Some(row) if row.try_get::<bool, _>("active")? => {
+            let org_status: String = row.try_get("org_status")?;
+            if org_status != "active" {
+                // Only a team orgkeeper provisioned (and so knows is its
+                // own) is ever joined.
+                return Err(ActionError::Permanent(format!(
+                    "organization {org_id} is not provisioned (status {org_status}): its team may not be \
+                     orgkeeper's; fix and retry its litellm.provision_org action, then retry this one"
+                )));
+            }
+            row.try_get("email")?
+        }
         _ => {
             return Ok(Finish::Result(json!({
                 "team_id": team_id,
