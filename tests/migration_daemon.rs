@@ -15,6 +15,9 @@ use uuid::Uuid;
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// The pre-organization application's shared LiteLLM team (ORGKEEPER_LEGACY_TEAM_ID).
+const LEGACY_TEAM: &str = "legacy-shared-team";
+
 struct World {
     db: TestDb,
     litellm: LiteLlmSimulator,
@@ -46,6 +49,7 @@ impl World {
             daemon_settings(worker, Duration::from_secs(1)),
         );
         config.keyring = self.keyring();
+        config.litellm.provisioning.legacy_team_id = Some(LEGACY_TEAM.into());
         config.stripe = Some(orgkeeper::stripe::StripeConfig {
             base_url: self.stripe.base_url(),
             api_key: SecretString::from(self.stripe.api_key()),
@@ -344,4 +348,118 @@ async fn rollback_returns_budget_keys_and_customer_to_the_user() {
         Some(user.to_string().as_str())
     );
     assert!(!c.metadata.contains_key("org_id"));
+}
+
+/// Where each of the user's keys is at LiteLLM: token -> team.
+fn key_teams(w: &World, user: Uuid) -> std::collections::BTreeMap<String, Option<String>> {
+    w.litellm
+        .user_keys(&user.to_string())
+        .into_iter()
+        .map(|k| (k.token, k.team_id))
+        .collect()
+}
+
+#[tokio::test]
+async fn migration_moves_only_the_users_own_legacy_keys_and_rollback_puts_each_back() {
+    let w = World::new().await;
+    let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    let admin = orgkeeper::litellm::LiteLlmClient::new(orgkeeper::litellm::LiteLlmConfig::new(
+        w.litellm.base_url(),
+        w.litellm.master_key_secret(),
+    ))
+    .unwrap();
+    // A key in the legacy shared team, and one in a team that is neither
+    // the legacy team nor orgkeeper's.
+    for (team, key) in [
+        (LEGACY_TEAM, "sk-in-legacy-team-0001"),
+        ("someone-elses-team", "sk-elsewhere-0001"),
+    ] {
+        admin
+            .create_team(&orgkeeper::litellm::NewTeam {
+                team_id: team,
+                team_alias: team,
+                max_budget: None,
+                models: &[],
+                metadata: serde_json::json!({}),
+            })
+            .await
+            .unwrap();
+        admin
+            .generate_key(&orgkeeper::litellm::NewKey {
+                key: &SecretString::from(key),
+                key_alias: &format!("{team} key"),
+                team_id: team,
+                user_id: &user.to_string(),
+                models: &[],
+                metadata: serde_json::json!({}),
+            })
+            .await
+            .unwrap();
+    }
+    // The user already owns a team organization, with orgkeeper's key in it.
+    sqlx::query(
+        "INSERT INTO orgkeeper.users (id, email) VALUES ($1, 'owner-of-a-team@example.com')",
+    )
+    .bind(user)
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    let team_org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_org('Their team', $1)")
+        .bind(user)
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    let d = w.daemon("w1");
+    wait_until(LONG, "the team org to be provisioned", || {
+        w.actions_finished()
+    })
+    .await;
+    let before = key_teams(&w, user);
+    assert_eq!(
+        before.len(),
+        5,
+        "two personal, legacy team, elsewhere, team org: {before:?}"
+    );
+    let team_org_keys: Vec<String> = before
+        .iter()
+        .filter(|(_, t)| t.as_deref() == Some(team_org.to_string().as_str()))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(team_org_keys.len(), 1);
+
+    let report = w.migrate(user).await;
+    assert_eq!(report["status"], "migrated", "{report}");
+    wait_until(LONG, "the migration to finish", || w.actions_finished()).await;
+    let migrated = key_teams(&w, user);
+    let personal = Some(user.to_string());
+    for (token, team) in &before {
+        let now = &migrated[token];
+        match team.as_deref() {
+            None | Some(LEGACY_TEAM) => assert_eq!(now, &personal, "legacy key {token} moved"),
+            _ => assert_eq!(now, team, "key {token} in {team:?} untouched"),
+        }
+    }
+    let moved: serde_json::Value = sqlx::query_scalar(
+        "SELECT progress -> 'moved_keys' FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.migrate_user'",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(moved.as_array().unwrap().len(), 3, "{moved}");
+
+    let report: serde_json::Value =
+        sqlx::query_scalar("SELECT orgkeeper.rollback_user_migration($1)")
+            .bind(user)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(report["status"], "rolled_back", "{report}");
+    wait_until(LONG, "the rollback to finish", || w.actions_finished()).await;
+    d.stop().await;
+    assert_eq!(
+        key_teams(&w, user),
+        before,
+        "every key is back where it was; the team org's key never moved"
+    );
+    assert!(w.litellm.team(&team_org.to_string()).is_some());
 }
