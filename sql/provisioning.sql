@@ -140,3 +140,72 @@ LANGUAGE sql STABLE AS $$
 $$;
 COMMENT ON FUNCTION orgkeeper.member_key_context(uuid, uuid) IS
   'Daemon: what litellm.add_member needs about a membership: whether it is still active, the user''s email, and the organization''s provisioning status (a member joins only a team orgkeeper provisioned). No row = the membership is gone.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.rotate_member_keys(org_id uuid, user_id uuid DEFAULT NULL) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_org_id uuid := $1;
+    v_user   uuid := $2;
+    v_org    orgkeeper.org;
+    v_ids    bigint[];
+BEGIN
+    IF v_org_id IS NULL THEN
+        RAISE EXCEPTION 'rotate_member_keys: org_id is NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'name the organization whose members'' LiteLLM keys to replace';
+    END IF;
+    SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = v_org_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'organization % does not exist', v_org_id USING ERRCODE = 'no_data_found';
+    END IF;
+    IF v_org.provisioning_status <> 'active' THEN
+        RAISE EXCEPTION 'organization "%" is %, not active: its keys cannot be rotated', v_org.name, v_org.provisioning_status
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'wait for provisioning to finish (orgkeeper actions list --org ...), or retry it';
+    END IF;
+    IF v_user IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM orgkeeper.org_member m WHERE m.org_id = v_org_id AND m.user_id = v_user AND m.status = 'active') THEN
+        RAISE EXCEPTION 'user % is not an active member of organization "%"', v_user, v_org.name
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'only active members have a key; see orgkeeper.list_members';
+    END IF;
+    SELECT array_agg(orgkeeper.enqueue_action('litellm.rotate_key', v_org_id, m.user_id,
+               jsonb_build_object('user_id', m.user_id, 'team_id', coalesce(v_org.litellm_team_id, v_org.id::text)))
+             ORDER BY m.user_id)
+      INTO v_ids
+      FROM orgkeeper.org_member m
+     WHERE m.org_id = v_org_id AND m.status = 'active' AND (v_user IS NULL OR m.user_id = v_user);
+    RETURN coalesce(v_ids, '{}');
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.rotate_member_keys(uuid, uuid) IS
+  'DBA: enqueues litellm.rotate_key for every active member of an organization (or only user_id): the daemon stores a new random key for the member first, then deletes the old one at LiteLLM. Returns the action ids. Refuses an unknown organization or a user who is not an active member (P0002) and an organization that is not active (55000).';
+
+CREATE OR REPLACE FUNCTION orgkeeper.record_rotated_key(
+    p_action_id bigint, p_worker text, p_user uuid, p_old_ciphertext text, p_new_ciphertext text)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org_id uuid;
+BEGIN
+    v_org_id := orgkeeper.lock_action_org(p_action_id);
+    PERFORM 1
+       FROM orgkeeper.pending_external_actions
+      WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
+        FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'lease_lost';
+    END IF;
+    UPDATE orgkeeper.org_member SET llm_api_key = p_new_ciphertext, updated_at = now()
+     WHERE org_id = v_org_id AND user_id = p_user AND status = 'active'
+       AND llm_api_key IS NOT DISTINCT FROM p_old_ciphertext;
+    IF NOT FOUND THEN
+        RETURN 'changed';
+    END IF;
+    UPDATE orgkeeper.pending_external_actions
+       SET progress = progress || '{"stored": true}', updated_at = now()
+     WHERE id = p_action_id;
+    RETURN 'stored';
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_rotated_key(bigint, text, uuid, text, text) IS
+  'Daemon: stores a member''s new key in place of the old one (compare-and-set on the old ciphertext, active memberships only) and notes "stored" in the litellm.rotate_key action''s progress, in one transaction fenced on the lease. Returns stored, changed (the membership or its key changed meanwhile: nothing written) or lease_lost.';

@@ -52,6 +52,13 @@ enum Command {
         #[command(subcommand)]
         command: crate::operator::ActionsCommand,
     },
+    /// Members' LiteLLM keys: replace them
+    Keys {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: crate::keys::KeysCommand,
+    },
     /// Everything on this machine with no configuration: a private PostgreSQL, the simulators and the daemon
     Dev(crate::dev::DevArgs),
     /// Run a benchmark and print its figures
@@ -164,6 +171,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Actions { database, command } => {
             let pool = crate::db::connect(&database.url()?, 2).await?;
             crate::operator::run(&pool, command).await
+        }
+        Command::Keys { database, command } => {
+            let pool = crate::db::connect(&database.url()?, 2).await?;
+            crate::keys::run(&pool, command).await
         }
         Command::Dev(args) => {
             crate::dev::run(args).await?;

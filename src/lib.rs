@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod dev;
+pub mod keys;
 pub mod listen;
 pub mod litellm;
 pub mod operator;

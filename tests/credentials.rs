@@ -561,3 +561,97 @@ async fn a_member_added_to_an_org_whose_team_is_foreign_never_joins_that_team() 
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn rotating_keys_stores_the_new_key_first_then_deletes_the_old_one() {
+    let mut w = World::new().await;
+    let owner = w.user("owner@example.com").await;
+    let bob = w.user("bob@example.com").await;
+    let org = w.org("Rotating", owner).await;
+    w.start_daemon();
+    w.wait_status(org, "active").await;
+    sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
+        .bind(owner)
+        .bind(org)
+        .bind(bob)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    w.wait_idle().await;
+    let (owner_before, bob_before) = (w.member_key(org, owner).await, w.member_key(org, bob).await);
+
+    // Bad input changes nothing.
+    for (org_arg, user_arg, code) in [
+        (Uuid::new_v4(), None, "P0002"),
+        (org, Some(Uuid::new_v4()), "P0002"),
+    ] {
+        let err = sqlx::query("SELECT orgkeeper.rotate_member_keys($1, $2)")
+            .bind(org_arg)
+            .bind(user_arg)
+            .execute(&w.db.pool)
+            .await
+            .unwrap_err();
+        assert_eq!(db_error(&err).0, code, "{}", db_error(&err).1);
+    }
+    assert!(w.actions_finished().await, "nothing was enqueued");
+
+    // Only Bob's key first.
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT orgkeeper.rotate_member_keys($1, $2)")
+        .bind(org)
+        .bind(bob)
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    w.wait_idle().await;
+    let bob_after = w.member_key(org, bob).await;
+    assert_ne!(bob_after, bob_before);
+    assert!(works(&w.sim, &bob_after).await && !works(&w.sim, &bob_before).await);
+    assert_eq!(w.member_key(org, owner).await, owner_before, "only Bob's");
+    let at_proxy = w.sim.key(&bob_after).unwrap();
+    assert_eq!(
+        at_proxy.alias.as_deref(),
+        Some(format!("OpenHands Cloud - user {bob} - org {org}").as_str()),
+        "the new key carries the member's alias, so removing the member finds it"
+    );
+
+    // Then everyone's.
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT orgkeeper.rotate_member_keys($1)")
+        .bind(org)
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    w.wait_idle().await;
+    let owner_after = w.member_key(org, owner).await;
+    assert_ne!(owner_after, owner_before);
+    assert!(works(&w.sim, &owner_after).await && !works(&w.sim, &owner_before).await);
+    assert_eq!(
+        w.sim.team(&org.to_string()).unwrap().keys.len(),
+        2,
+        "no key left behind"
+    );
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "SELECT status FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.rotate_key'",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(statuses, vec!["done"; 3]);
+
+    // A removed member's rotated key goes with them.
+    sqlx::query("SELECT orgkeeper.remove_member($1, $2, $3)")
+        .bind(owner)
+        .bind(org)
+        .bind(bob)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    w.wait_idle().await;
+    w.stop_daemon().await;
+    let latest_bob = w.sim.team(&org.to_string()).unwrap().keys.len();
+    assert_eq!(
+        latest_bob, 1,
+        "Bob's rotated key was deleted with his membership"
+    );
+}

@@ -11,6 +11,7 @@ mod members;
 mod migrate_user;
 mod provision_org;
 mod reencrypt;
+mod rotate_key;
 mod stripe_customer;
 
 use crate::config::ProvisioningDefaults;
@@ -160,6 +161,7 @@ pub async fn perform(
         "litellm.delete_team" => delete_team::perform(services, action).await,
         "litellm.add_member" => members::add(services, outbox, action).await,
         "litellm.remove_member" => members::remove(services, action).await,
+        "litellm.rotate_key" => rotate_key::perform(services, outbox, action).await,
         "litellm.migrate_user" => migrate_user::migrate(services, outbox, action).await,
         "litellm.rollback_user" => migrate_user::rollback(services, action).await,
         "stripe.migrate_customer" => stripe_customer::migrate(services, action).await,

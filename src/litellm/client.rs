@@ -832,13 +832,34 @@ impl LiteLlmClient {
     /// `POST /key/delete` of one key, sent as its SHA-256 token so the key
     /// itself never travels again. A 404 means [`Deleted::AlreadyGone`].
     pub async fn delete_key(&self, key: &SecretString) -> Result<Deleted, LiteLlmError> {
-        self.delete_keys(json!({ "keys": [hash_key(key.expose_secret())] }))
+        self.delete_key_by_token(&hash_key(key.expose_secret()))
             .await
+    }
+
+    /// `POST /key/delete` of one key by its hashed token (as `/key/list`
+    /// returns it). A 404 means [`Deleted::AlreadyGone`].
+    pub async fn delete_key_by_token(&self, token: &str) -> Result<Deleted, LiteLlmError> {
+        self.delete_keys(json!({ "keys": [token] })).await
     }
 
     async fn delete_keys(&self, body: Value) -> Result<Deleted, LiteLlmError> {
         const CALL: &str = "key/delete";
         let answer = self.post(CALL, "/key/delete", &body).await?;
+        if answer.is_success() {
+            return Ok(Deleted::Deleted);
+        }
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(Deleted::AlreadyGone);
+        }
+        Err(self.fail(CALL, &answer))
+    }
+
+    /// `POST /key/update {key, key_alias}`: renames a key (by hashed token).
+    /// A key that is gone means [`Deleted::AlreadyGone`] (nothing to rename).
+    pub async fn rename_key(&self, token: &str, alias: &str) -> Result<Deleted, LiteLlmError> {
+        const CALL: &str = "key/update";
+        let body = json!({ "key": token, "key_alias": alias });
+        let answer = self.post(CALL, "/key/update", &body).await?;
         if answer.is_success() {
             return Ok(Deleted::Deleted);
         }
