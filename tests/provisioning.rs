@@ -79,7 +79,8 @@ async fn two_hundred_orgs_become_active_with_one_team_membership_and_encrypted_k
     assert_one_of_each(&db, &sim, &orgs).await;
 
     let keyring = orgkeeper::secrets::Keyring::new(&key, &[], None).unwrap();
-    let rows: Vec<(Uuid, Uuid, Option<String>, String, String, Option<String>)> = sqlx::query_as(
+    type Row = (Uuid, Uuid, Option<String>, String, String, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT o.id, m.user_id, o.llm_api_key, m.llm_api_key, o.litellm_team_id, o.llm_model
            FROM orgkeeper.org o JOIN orgkeeper.org_member m ON m.org_id = o.id",
     )
