@@ -199,7 +199,7 @@ BEGIN
     WITH b AS (
         SELECT s.user_id, s.email, s.user_version, s.billing_margin,
                s.llm_api_key, s.llm_api_key_for_byor, s.search_api_key, s.sandbox_api_key,
-               o.name AS org_name
+               o.name AS org_name, coalesce(o.llm_model, orgkeeper.default_llm_model(o.org_version)) AS model
           FROM orgkeeper.user_settings s
           JOIN orgkeeper.org o ON o.id = s.user_id
          WHERE s.user_id = ANY (p_users) AND o.id = ANY (p_users)
@@ -274,8 +274,9 @@ BEGIN
                        'email', b.email,
                        'user_version', b.user_version,
                        'billing_margin', b.billing_margin,
+                       'model', b.model,
                        'apply_margin', (b.user_version < 4 AND b.billing_margin IS NOT NULL
-                                        AND b.billing_margin <> 1.0),
+                                        AND b.billing_margin NOT IN (0, 1.0)),
                        'unlimited_budget', 1000000000.0) AS payload
               FROM b
             UNION ALL
@@ -335,7 +336,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.migrate_locked_users(uuid[]) IS
-  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their advisory and user_settings locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, billing_margin, apply_margin, unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}.';
+  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their advisory and user_settings locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, model, billing_margin, apply_margin (below version 4, margin not NULL, 0 or 1.0), unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.user_migration_report(p_log orgkeeper.user_migration) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -699,7 +700,8 @@ BEGIN
                    AND (v_action.result ->> 'user_max_budget')::numeric = 1000000000)), false);
     detail := CASE
         WHEN v_action.id IS NULL THEN 'no litellm.migrate_user action recorded'
-        WHEN v_action.status <> 'done' THEN format('litellm.migrate_user #%s is %s', v_action.id, v_action.status)
+        WHEN v_action.status <> 'done' THEN format('litellm.migrate_user #%s is %s%s', v_action.id, v_action.status,
+                                                   coalesce(': ' || v_action.last_error, ''))
         WHEN ok THEN format('user max_budget %s (unlimited), team credits %s',
                             v_action.result -> 'user_max_budget', coalesce(v_action.result -> 'credits', 'null'::jsonb))
         WHEN NOT (v_action.result ? 'user_max_budget') THEN format('litellm.migrate_user #%s recorded no user_max_budget in its result', v_action.id)

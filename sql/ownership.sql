@@ -95,6 +95,10 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
 
+    IF TG_OP = 'INSERT' AND NEW.org_version IS NULL THEN
+        NEW.org_version := orgkeeper.current_settings_version();
+    END IF;
+
     IF TG_OP = 'INSERT' THEN
         -- The org id is the LiteLLM team id: a tenant that could choose it
         -- could adopt or delete a team that is not its own.
@@ -150,7 +154,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_before_write() IS
-  'Trigger: chooses the id of a new organization (random; a personal org''s is its creator''s) and refuses one named by an untrusted caller (42501), trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces the team-org creator allow-list (42501) and personal org rules, keeps id/kind/created_by immutable.';
+  'Trigger: starts a new organization at the current settings version unless given one, chooses its id (random; a personal org''s is its creator''s) and refuses one named by an untrusted caller (42501), trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces the team-org creator allow-list (42501) and personal org rules, keeps id/kind/created_by immutable.';
 
 DROP TRIGGER IF EXISTS org_before_write ON orgkeeper.org;
 CREATE TRIGGER org_before_write

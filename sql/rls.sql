@@ -79,12 +79,13 @@ COMMENT ON FUNCTION orgkeeper.rls_org_has_no_members(uuid) IS
 -- the exemption register (the one place that lists tables without RLS)
 ------------------------------------------------------------------------------
 DELETE FROM orgkeeper.rls_exempt
- WHERE table_name NOT IN ('role', 'sql_library', 'schema_history', 'rls_exempt');
+ WHERE table_name NOT IN ('role', 'sql_library', 'schema_history', 'rls_exempt', 'settings_version');
 INSERT INTO orgkeeper.rls_exempt (table_name, reason) VALUES
     ('role',           'global role catalog (owner, admin, member and their ranks): no tenant data, and every role resolves role names from it'),
     ('sql_library',    'bookkeeping of orgkeeper migrate (the applied library checksum): no tenant data, not granted to the application'),
     ('schema_history', 'refinery''s history of versioned migrations: no tenant data, not granted to the application'),
-    ('rls_exempt',     'this register itself: no tenant data, not granted to the application')
+    ('rls_exempt',     'this register itself: no tenant data, not granted to the application'),
+    ('settings_version', 'the catalog of OpenHands settings versions and their default models: no tenant data, readable by every role')
 ON CONFLICT (table_name) DO UPDATE SET reason = EXCLUDED.reason;
 
 ------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgk
 GRANT USAGE ON SCHEMA orgkeeper TO orgkeeper_app, orgkeeper_daemon, orgkeeper_dba;
 
 -- The application ----------------------------------------------------------
-GRANT SELECT ON orgkeeper.role TO orgkeeper_app;
+GRANT SELECT ON orgkeeper.role, orgkeeper.settings_version TO orgkeeper_app;
 GRANT SELECT ON orgkeeper.org TO orgkeeper_app;
 -- Settings the application owns; keys, billing, provisioning and identity
 -- columns are written by the daemon and the functions only.
@@ -258,7 +259,7 @@ GRANT EXECUTE ON FUNCTION
 -- The daemon ---------------------------------------------------------------
 -- Reads everything and writes results back; deletes nothing.
 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_daemon;
-REVOKE INSERT, UPDATE ON orgkeeper.role, orgkeeper.rls_exempt, orgkeeper.sql_library, orgkeeper.schema_history,
+REVOKE INSERT, UPDATE ON orgkeeper.role, orgkeeper.settings_version, orgkeeper.rls_exempt, orgkeeper.sql_library, orgkeeper.schema_history,
                          orgkeeper.org_creator_allowlist, orgkeeper.invitation FROM orgkeeper_daemon;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_daemon;
 -- The daemon may execute:
@@ -280,7 +281,8 @@ DECLARE
         'error_entry',       -- retry_action_later / begin_compensation / finish_action
         'current_app_user',  -- the acting user of a session (NULL for the daemon)
         'secret_row_filter', -- read_secret / replace_secret
-        'lock_action_org'    -- record_org_provisioned / record_provisioning_failed / record_team_ready
+        'lock_action_org',   -- record_org_provisioned / record_provisioning_failed / record_team_ready
+        'default_llm_model'  -- provisioning_context: the model path of a settings version
     ];
     v_fn      regprocedure;
     v_missing text;

@@ -5,7 +5,7 @@
 use orgkeeper::litellm::simulator::{LiteLlmSimulator, SimulatorArgs};
 use orgkeeper::litellm::{
     hash_key, Created, Deleted, Faults, LiteLlmClient, LiteLlmConfig, LiteLlmError, NewKey,
-    NewTeam, TeamOwner, UserInfo, UNLIMITED_MAX_BUDGET,
+    NewTeam, NewUser, TeamOwner, UserInfo, UNLIMITED_MAX_BUDGET,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -64,7 +64,7 @@ async fn onboard(c: &LiteLlmClient, key: &SecretString) -> [Created; 4] {
     let alias = alias();
     let team = c.create_team(&team(&models)).await.expect("team");
     let user = c
-        .create_user(USER, Some("owner@example.com"))
+        .create_user(&NewUser::plain(USER, Some("owner@example.com")))
         .await
         .expect("user");
     let member = c
@@ -229,14 +229,16 @@ async fn a_taken_email_falls_back_to_a_user_without_email() {
     let sim = LiteLlmSimulator::start_local().await.unwrap();
     let c = client(&sim);
     assert_eq!(
-        c.create_user("first", Some("Ann@Example.com"))
+        c.create_user(&NewUser::plain("first", Some("Ann@Example.com")))
             .await
             .unwrap(),
         Created::New
     );
     // Email uniqueness is case-insensitive at the proxy.
     assert_eq!(
-        c.create_user(USER, Some("ann@example.COM")).await.unwrap(),
+        c.create_user(&NewUser::plain(USER, Some("ann@example.COM")))
+            .await
+            .unwrap(),
         Created::New
     );
     assert_eq!(sim.stats().count("user/new", 409), 1);
@@ -247,7 +249,9 @@ async fn a_taken_email_falls_back_to_a_user_without_email() {
     );
     // A retry hits the id conflict first: Existing, nothing new.
     assert_eq!(
-        c.create_user(USER, Some("ann@example.com")).await.unwrap(),
+        c.create_user(&NewUser::plain(USER, Some("ann@example.com")))
+            .await
+            .unwrap(),
         Created::Existing
     );
     assert_eq!(sim.stats().users, 2);
@@ -277,12 +281,14 @@ async fn an_answer_lost_after_the_work_was_done_is_transient_and_the_retry_finds
     );
 
     let e = c
-        .create_user(USER, Some("o@example.com"))
+        .create_user(&NewUser::plain(USER, Some("o@example.com")))
         .await
         .unwrap_err();
     assert!(e.is_transient(), "{e}");
     assert_eq!(
-        c.create_user(USER, Some("o@example.com")).await.unwrap(),
+        c.create_user(&NewUser::plain(USER, Some("o@example.com")))
+            .await
+            .unwrap(),
         Created::Existing
     );
 
@@ -815,7 +821,10 @@ async fn simulated_latency_does_not_serialize_requests() {
     let calls: Vec<_> = (0..50)
         .map(|i| {
             let c = c.clone();
-            tokio::spawn(async move { c.create_user(&format!("user-{i}"), None).await })
+            tokio::spawn(async move {
+                c.create_user(&NewUser::plain(&format!("user-{i}"), None))
+                    .await
+            })
         })
         .collect();
     for call in calls {
@@ -1336,7 +1345,7 @@ async fn removing_a_member_twice_or_from_a_missing_team_counts_as_done() {
     let sim = LiteLlmSimulator::start_local().await.unwrap();
     let c = client(&sim);
     c.create_team(&team(&[])).await.unwrap();
-    c.create_user(USER, None).await.unwrap();
+    c.create_user(&NewUser::plain(USER, None)).await.unwrap();
     c.add_team_member(TEAM, USER, None).await.unwrap();
     assert_eq!(
         c.remove_team_member(TEAM, USER).await.unwrap(),

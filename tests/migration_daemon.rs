@@ -27,14 +27,36 @@ struct World {
 }
 
 impl World {
+    /// A database, both simulators (LiteLLM with the pre-organization
+    /// application's shared team), keys.
     async fn new() -> World {
-        World {
+        let w = World {
             db: TestDb::migrated().await,
             litellm: LiteLlmSimulator::start_local().await.unwrap(),
             stripe: StripeSimulator::start_local().await.unwrap(),
             key: orgkeeper::secrets::generate_key(),
             legacy: orgkeeper::secrets::generate_key(),
-        }
+        };
+        w.admin()
+            .create_team(&orgkeeper::litellm::NewTeam {
+                team_id: LEGACY_TEAM,
+                team_alias: "OpenHands legacy",
+                max_budget: None,
+                models: &[],
+                metadata: serde_json::json!({}),
+            })
+            .await
+            .unwrap();
+        w
+    }
+
+    /// A LiteLLM client with the master key, to arrange the proxy's state.
+    fn admin(&self) -> orgkeeper::litellm::LiteLlmClient {
+        orgkeeper::litellm::LiteLlmClient::new(orgkeeper::litellm::LiteLlmConfig::new(
+            self.litellm.base_url(),
+            self.litellm.master_key_secret(),
+        ))
+        .unwrap()
     }
 
     fn keyring(&self) -> Keyring {
@@ -229,6 +251,8 @@ async fn budget_rules_zero_is_migrated_null_and_sentinel_are_not_and_the_margin_
         (Some(1_000_000_000.0), 3.0, 5, None, None),
         (Some(10.0), 4.0, 3, Some(2.0), Some(12.0)),
         (Some(10.0), 4.0, 4, Some(2.0), Some(6.0)),
+        (Some(10.0), 4.0, 3, Some(0.0), Some(6.0)),
+        (Some(10.0), 4.0, 3, Some(1.0), Some(6.0)),
     ];
     let mut users = vec![];
     for (budget, spend, version, margin, _) in cases {
@@ -251,8 +275,92 @@ async fn budget_rules_zero_is_migrated_null_and_sentinel_are_not_and_the_margin_
         .await
         .unwrap();
         assert_eq!(result["already_migrated"], credits.is_none(), "{case}");
-        assert_eq!(result["user_max_budget"], 1_000_000_000.0);
+        let at_proxy = w.litellm.user(&user.to_string()).unwrap().max_budget;
+        if credits.is_some() {
+            assert_eq!(
+                at_proxy,
+                Some(1_000_000_000.0),
+                "{case}: the user is unlimited"
+            );
+        } else {
+            assert_eq!(
+                at_proxy, *budget,
+                "{case}: already migrated, the proxy is not touched"
+            );
+            assert!(
+                w.litellm
+                    .requests("user/update")
+                    .iter()
+                    .all(|b| b["user_id"] != user.to_string()),
+                "{case}: no /user/update for an already-migrated user"
+            );
+        }
     }
+}
+
+#[tokio::test]
+async fn a_user_unknown_to_litellm_fails_for_good_and_a_retry_finishes_once_fixed() {
+    let w = World::new().await;
+    let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    w.litellm.delete_user(&user.to_string());
+    w.migrate(user).await;
+    let d = w.daemon("w1");
+    wait_until(LONG, "the actions to finish", || w.actions_finished()).await;
+    let (status, error): (String, String) = sqlx::query_as(
+        "SELECT status, last_error FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.migrate_user'",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "failed");
+    assert!(
+        error.contains(&format!("LiteLLM has no user {user}")),
+        "{error}"
+    );
+    let org_status: String =
+        sqlx::query_scalar("SELECT provisioning_status FROM orgkeeper.org WHERE id = $1")
+            .bind(user)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(org_status, "failed");
+    assert!(
+        w.litellm.team(&user.to_string()).is_none(),
+        "nothing was made"
+    );
+    let checks = w.checks(user).await;
+    let budget = checks
+        .iter()
+        .find(|c| c.0 == "litellm_budget_unlimited")
+        .unwrap();
+    assert!(
+        !budget.1 && budget.2.contains("LiteLLM has no user"),
+        "{budget:?}"
+    );
+
+    // Fixed at the proxy, the operator retries.
+    w.litellm
+        .seed_user(&user.to_string(), None, Some(10.0), 4.0, &[]);
+    let id: i64 = sqlx::query_scalar(
+        "SELECT id FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.migrate_user'",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    sqlx::query("SELECT orgkeeper.retry_action($1)")
+        .bind(id)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    wait_until(LONG, "the retry to finish", || w.actions_finished()).await;
+    d.stop().await;
+    for (check, ok, detail) in w.checks(user).await {
+        assert!(ok, "{check}: {detail}");
+    }
+    assert_eq!(
+        w.litellm.team(&user.to_string()).unwrap().max_budget,
+        Some(6.0)
+    );
 }
 
 /// Kills the daemon right after migration step `step`, then lets another
@@ -282,7 +390,11 @@ async fn kill_during_migration(step: usize) {
     assert_eq!(team.members.len(), 1);
     assert_eq!(team.members[0].max_budget_in_team, Some(6.0));
     assert_eq!(team.keys.len(), 2);
-    assert_eq!(w.litellm.stats().teams, 1);
+    assert_eq!(
+        w.litellm.stats().teams,
+        2,
+        "the personal team, besides the legacy one"
+    );
     assert_eq!(
         w.litellm.stats().calls("user/info"),
         1,
@@ -329,7 +441,13 @@ async fn rollback_returns_budget_keys_and_customer_to_the_user() {
     .fetch_all(&w.db.pool)
     .await
     .unwrap();
-    assert!(failed.is_empty(), "{failed:?}");
+    let errors: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT last_error FROM orgkeeper.pending_external_actions WHERE status = 'failed'",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap();
+    assert!(failed.is_empty(), "{failed:?} {errors:?}");
     assert!(
         w.litellm.team(&user.to_string()).is_none(),
         "the org's team is deleted"
@@ -337,10 +455,15 @@ async fn rollback_returns_budget_keys_and_customer_to_the_user() {
     let keys = w.litellm.user_keys(&user.to_string());
     assert_eq!(keys.len(), 2, "the user's keys survived the team deletion");
     assert!(keys.iter().all(|k| k.team_id.is_none()));
+    let restored = w.litellm.user(&user.to_string()).unwrap();
     assert_eq!(
-        w.litellm.user(&user.to_string()).unwrap().max_budget,
-        Some(10.0),
-        "budget restored"
+        (restored.max_budget, restored.spend),
+        (Some(6.0), 0.0),
+        "what was left of the budget in the team (10 - 4 spent) is the user's again"
+    );
+    assert!(
+        restored.teams.iter().any(|t| t == LEGACY_TEAM),
+        "back in the legacy team"
     );
     let c = w.stripe.customer(&customer).unwrap();
     assert_eq!(
@@ -363,27 +486,23 @@ fn key_teams(w: &World, user: Uuid) -> std::collections::BTreeMap<String, Option
 async fn migration_moves_only_the_users_own_legacy_keys_and_rollback_puts_each_back() {
     let w = World::new().await;
     let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
-    let admin = orgkeeper::litellm::LiteLlmClient::new(orgkeeper::litellm::LiteLlmConfig::new(
-        w.litellm.base_url(),
-        w.litellm.master_key_secret(),
-    ))
-    .unwrap();
+    let admin = w.admin();
+    admin
+        .create_team(&orgkeeper::litellm::NewTeam {
+            team_id: "someone-elses-team",
+            team_alias: "someone else's",
+            max_budget: None,
+            models: &[],
+            metadata: serde_json::json!({}),
+        })
+        .await
+        .unwrap();
     // A key in the legacy shared team, and one in a team that is neither
     // the legacy team nor orgkeeper's.
     for (team, key) in [
         (LEGACY_TEAM, "sk-in-legacy-team-0001"),
         ("someone-elses-team", "sk-elsewhere-0001"),
     ] {
-        admin
-            .create_team(&orgkeeper::litellm::NewTeam {
-                team_id: team,
-                team_alias: team,
-                max_budget: None,
-                models: &[],
-                metadata: serde_json::json!({}),
-            })
-            .await
-            .unwrap();
         admin
             .generate_key(&orgkeeper::litellm::NewKey {
                 key: &SecretString::from(key),

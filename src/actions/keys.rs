@@ -10,7 +10,7 @@
 //! before a fresh one is generated, as OpenHands does.
 
 use super::{call, ActionError, Services};
-use crate::litellm::{Created, Deleted, NewKey, TeamOwner};
+use crate::litellm::{Created, Deleted, NewKey, NewUser, TeamOwner};
 use crate::outbox::{Action, Outbox};
 use crate::secrets::{random_api_key, Place};
 use secrecy::SecretString;
@@ -24,6 +24,27 @@ const PROGRESS_KEY: &str = "key";
 /// `org_id`: `{"managed_by": "orgkeeper", "org_id": …}`.
 pub(crate) fn ownership(org_id: Uuid) -> Value {
     json!({ "managed_by": "orgkeeper", "org_id": org_id.to_string() })
+}
+
+/// What OpenHands records on teams and users: `{"version", "model"}`.
+pub(crate) fn profile(version: i32, model: &str) -> Value {
+    json!({ "version": version, "model": model })
+}
+
+/// The LiteLLM user for `user_id`, as OpenHands creates it: in the legacy
+/// shared team when one is configured, with the org's `profile`.
+pub(crate) fn new_user<'a>(
+    services: &'a Services,
+    user_id: &'a str,
+    email: Option<&'a str>,
+    profile: &Value,
+) -> NewUser<'a> {
+    NewUser {
+        user_id,
+        email,
+        teams: services.defaults.legacy_team_id.as_slice(),
+        metadata: profile.clone(),
+    }
 }
 
 /// The unique alias of a member's key in an organization's team.
@@ -91,7 +112,7 @@ pub(crate) async fn ensure(
         key_alias: &alias,
         team_id,
         user_id: &user,
-        models: &[],
+        models: &services.defaults.allowed_models,
         metadata: ownership(org_id),
     };
     let created = if earlier_attempt_may_have_it {

@@ -36,19 +36,8 @@ pub async fn add(
         .bind(user_id)
         .fetch_optional(&services.pool)
         .await?;
-    let email: Option<String> = match context {
-        Some(row) if row.try_get::<bool, _>("active")? => {
-            let org_status: String = row.try_get("org_status")?;
-            if org_status != "active" {
-                // Only a team orgkeeper provisioned (and so knows is its
-                // own) is ever joined.
-                return Err(ActionError::Permanent(format!(
-                    "organization {org_id} is not provisioned (status {org_status}): its team may not be \
-                     orgkeeper's; fix and retry its litellm.provision_org action, then retry this one"
-                )));
-            }
-            row.try_get("email")?
-        }
+    let row = match context {
+        Some(row) if row.try_get::<bool, _>("active")? => row,
         _ => {
             return Ok(Finish::Result(json!({
                 "team_id": team_id,
@@ -57,10 +46,22 @@ pub async fn add(
             })))
         }
     };
+    let org_status: String = row.try_get("org_status")?;
+    if org_status != "active" {
+        // Only a team orgkeeper provisioned (and so knows is its own) is
+        // ever joined.
+        return Err(ActionError::Permanent(format!(
+            "organization {org_id} is not provisioned (status {org_status}): its team may not be \
+             orgkeeper's; fix and retry its litellm.provision_org action, then retry this one"
+        )));
+    }
+    let email: Option<String> = row.try_get("email")?;
+    let profile = keys::profile(row.try_get("org_version")?, row.try_get("model")?);
     let litellm = &services.litellm;
     let user = user_id.to_string();
+    let new_user = keys::new_user(services, &user, email.as_deref(), &profile);
     call(services, "litellm", "user_new", || {
-        litellm.create_user(&user, email.as_deref())
+        litellm.create_user(&new_user)
     })
     .await?;
     let added = call(services, "litellm", "team_member_add", || {

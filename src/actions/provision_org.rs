@@ -26,6 +26,16 @@ use uuid::Uuid;
 /// The action kind this module handles.
 pub const KIND: &str = "litellm.provision_org";
 
+/// The team alias of personal organizations, as OpenHands names them.
+pub(crate) const PERSONAL_TEAM_ALIAS: &str = "Personal Workspace";
+
+/// Adds the fields of `extra` (an object) to `target` (an object).
+fn merge(target: &mut Value, extra: &Value) {
+    if let (Some(t), Some(e)) = (target.as_object_mut(), extra.as_object()) {
+        t.extend(e.clone());
+    }
+}
+
 const ORG_GONE: &str = "the organization was deleted before provisioning finished";
 
 /// The organization as provisioning needs it.
@@ -34,11 +44,14 @@ struct OrgContext {
     kind: String,
     owner: Uuid,
     owner_email: Option<String>,
+    version: i32,
+    model: String,
 }
 
 async fn load(services: &Services, org_id: Uuid) -> Result<Option<OrgContext>, ActionError> {
-    let row = sqlx::query("SELECT * FROM orgkeeper.provisioning_context($1)")
+    let row = sqlx::query("SELECT * FROM orgkeeper.provisioning_context($1, $2)")
         .bind(org_id)
+        .bind(&services.defaults.model)
         .fetch_optional(&services.pool)
         .await?;
     Ok(match row {
@@ -47,6 +60,8 @@ async fn load(services: &Services, org_id: Uuid) -> Result<Option<OrgContext>, A
             kind: r.try_get("org_kind")?,
             owner: r.try_get("owner_id")?,
             owner_email: r.try_get("owner_email")?,
+            version: r.try_get("org_version")?,
+            model: r.try_get("model")?,
         }),
         None => None,
     })
@@ -99,15 +114,20 @@ pub async fn perform(
     let defaults = &services.defaults;
     let team_id = org_id.to_string();
     let owner = org.owner.to_string();
-    let models = vec![defaults.model.clone()];
+    let profile = keys::profile(org.version, &org.model);
 
     let mut metadata = keys::ownership(org_id);
     metadata["kind"] = json!(org.kind);
+    merge(&mut metadata, &profile);
     let new_team = NewTeam {
         team_id: &team_id,
-        team_alias: &org.name,
+        team_alias: if org.kind == "personal" {
+            PERSONAL_TEAM_ALIAS
+        } else {
+            &org.name
+        },
         max_budget: defaults.team_max_budget,
-        models: &models,
+        models: &defaults.allowed_models,
         metadata,
     };
     let team = call(services, "litellm", "team_new", || {
@@ -121,8 +141,9 @@ pub async fn perform(
     {
         return Err(ActionError::LeaseLost);
     }
+    let new_user = keys::new_user(services, &owner, org.owner_email.as_deref(), &profile);
     call(services, "litellm", "user_new", || {
-        litellm.create_user(&owner, org.owner_email.as_deref())
+        litellm.create_user(&new_user)
     })
     .await?;
     call(services, "litellm", "team_member_add", || {
@@ -149,7 +170,7 @@ pub async fn perform(
     .bind(&action.lease)
     .bind(&team_id)
     .bind(org.owner)
-    .bind(&defaults.model)
+    .bind(&org.model)
     .bind(&defaults.llm_base_url)
     .bind(&ciphertext)
     .bind(&result)

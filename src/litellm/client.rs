@@ -99,6 +99,54 @@ pub enum TeamOwner {
     Foreign(String),
 }
 
+/// A budget and what was spent of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemberBudget {
+    /// The budget in USD; `None` = unlimited.
+    pub max_budget: Option<f64>,
+    /// What was spent.
+    pub spend: f64,
+}
+
+/// What `GET /team/info` says about a team.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeamInfo {
+    /// The team's metadata, as given at creation.
+    pub metadata: Value,
+    /// The user ids of its members.
+    pub members: Vec<String>,
+    /// Each member's budget in the team (`max_budget_in_team`) and spend.
+    pub budgets: Vec<(String, MemberBudget)>,
+    /// The team's own budget and spend.
+    pub team_budget: MemberBudget,
+}
+
+impl TeamInfo {
+    /// Whose the team is: [`TeamOwner::Ours`] when its metadata carries the
+    /// same `managed_by` and `org_id` as `ours` (the metadata orgkeeper
+    /// writes on its teams).
+    pub fn owner(&self, ours: &Value) -> TeamOwner {
+        let same = |field: &str| {
+            ours.get(field)
+                .is_some_and(|v| !v.is_null() && self.metadata.get(field) == Some(v))
+        };
+        if same("managed_by") && same("org_id") {
+            TeamOwner::Ours
+        } else {
+            TeamOwner::Foreign(redact_secrets(&truncate(&self.metadata.to_string(), 200)))
+        }
+    }
+
+    /// A member's budget in the team, else the team's own.
+    pub fn budget_of(&self, user_id: &str) -> MemberBudget {
+        self.budgets
+            .iter()
+            .find(|(u, _)| u == user_id)
+            .map(|(_, b)| *b)
+            .unwrap_or(self.team_budget)
+    }
+}
+
 /// A team to create (`POST /team/new`); `team_id` is the organization's UUID.
 #[derive(Debug, Clone)]
 pub struct NewTeam<'a> {
@@ -112,6 +160,31 @@ pub struct NewTeam<'a> {
     pub models: &'a [String],
     /// Free-form metadata stored on the team.
     pub metadata: Value,
+}
+
+/// A user to create (`POST /user/new`); `user_id` is the identity provider's subject.
+#[derive(Debug, Clone)]
+pub struct NewUser<'a> {
+    /// The user's id.
+    pub user_id: &'a str,
+    /// Their email, if known (dropped when another user has it).
+    pub email: Option<&'a str>,
+    /// Teams to put the user in at creation (the legacy shared team, if any).
+    pub teams: &'a [String],
+    /// Free-form metadata (OpenHands: `{version, model}`).
+    pub metadata: Value,
+}
+
+impl<'a> NewUser<'a> {
+    /// A user with just an id and an email.
+    pub fn plain(user_id: &'a str, email: Option<&'a str>) -> Self {
+        NewUser {
+            user_id,
+            email,
+            teams: &[],
+            metadata: json!({}),
+        }
+    }
 }
 
 /// A key to create (`POST /key/generate`) with a caller-chosen value.
@@ -575,6 +648,7 @@ impl LiteLlmClient {
             "team_id": team.team_id,
             "team_alias": team.team_alias,
             "models": team.models,
+            "spend": 0,
             "metadata": team.metadata,
         });
         if let Some(budget) = team.max_budget {
@@ -611,51 +685,79 @@ impl LiteLlmClient {
     }
 
     /// `GET /team/info?team_id=`: whether the team exists and whether it is
-    /// the one orgkeeper made for this organization — its metadata carries
-    /// the same `managed_by` and `org_id` as `ours` (the metadata orgkeeper
-    /// writes on its teams).
+    /// the one orgkeeper made for this organization (see [`TeamInfo::owner`]).
     pub async fn team_owner(&self, team_id: &str, ours: &Value) -> Result<TeamOwner, LiteLlmError> {
+        Ok(match self.team_info(team_id).await? {
+            None => TeamOwner::Absent,
+            Some(info) => info.owner(ours),
+        })
+    }
+
+    /// `GET /team/info?team_id=`: the team's metadata, members and budgets;
+    /// `None` when there is no such team.
+    pub async fn team_info(&self, team_id: &str) -> Result<Option<TeamInfo>, LiteLlmError> {
         const CALL: &str = "team/info";
         let answer = self
             .get(CALL, "/team/info", &[("team_id", team_id)])
             .await?;
         if answer.status == StatusCode::NOT_FOUND {
-            return Ok(TeamOwner::Absent);
+            return Ok(None);
         }
         if !answer.is_success() {
             return Err(self.fail(CALL, &answer));
         }
-        let metadata = answer
-            .json
-            .pointer("/team_info/metadata")
-            .cloned()
-            .unwrap_or(Value::Null);
-        let same = |field: &str| {
-            ours.get(field)
-                .is_some_and(|v| !v.is_null() && metadata.get(field) == Some(v))
-        };
-        Ok(if same("managed_by") && same("org_id") {
-            TeamOwner::Ours
-        } else {
-            TeamOwner::Foreign(redact_secrets(&truncate(&metadata.to_string(), 200)))
-        })
+        let info = &answer.json["team_info"];
+        let members = info["members_with_roles"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| m["user_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let budgets = answer.json["team_memberships"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| {
+                        Some((
+                            m["user_id"].as_str()?.to_owned(),
+                            MemberBudget {
+                                max_budget: m["litellm_budget_table"]["max_budget"].as_f64(),
+                                spend: m["spend"].as_f64().unwrap_or(0.0),
+                            },
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(TeamInfo {
+            metadata: info["metadata"].clone(),
+            members,
+            budgets,
+            team_budget: MemberBudget {
+                max_budget: info["max_budget"].as_f64(),
+                spend: info["spend"].as_f64().unwrap_or(0.0),
+            },
+        }))
     }
 
-    /// `POST /user/new` without a key or an invitation email. A 409 for the id
-    /// means [`Created::Existing`]; a 409 for the email (taken by another user,
-    /// case-insensitively) retries once without the email.
-    pub async fn create_user(
-        &self,
-        user_id: &str,
-        email: Option<&str>,
-    ) -> Result<Created, LiteLlmError> {
+    /// `POST /user/new` as OpenHands sends it (`models: []`, no key, no
+    /// invitation email). A 409 for the id means [`Created::Existing`]; a 409
+    /// for the email (taken by another user, case-insensitively) retries
+    /// once without the email.
+    pub async fn create_user(&self, user: &NewUser<'_>) -> Result<Created, LiteLlmError> {
         const CALL: &str = "user/new";
-        let mut email = email.filter(|e| !e.trim().is_empty());
+        let user_id = user.user_id;
+        let mut email = user.email.filter(|e| !e.trim().is_empty());
         loop {
             let mut body = json!({
                 "user_id": user_id,
+                "models": [],
+                "teams": user.teams,
                 "auto_create_key": false,
                 "send_invite_email": false,
+                "metadata": user.metadata,
             });
             if let Some(e) = email {
                 body["user_email"] = json!(e);
@@ -913,8 +1015,27 @@ impl LiteLlmClient {
         user_id: &str,
         max_budget: f64,
     ) -> Result<(), LiteLlmError> {
+        self.update_user(json!({"user_id": user_id, "max_budget": max_budget}))
+            .await
+    }
+
+    /// `POST /user/update {user_id, max_budget, spend}`: gives a user back a
+    /// budget and what they spent of it (migration rollback).
+    pub async fn restore_user_budget(
+        &self,
+        user_id: &str,
+        budget: MemberBudget,
+    ) -> Result<(), LiteLlmError> {
+        self.update_user(json!({
+            "user_id": user_id,
+            "max_budget": budget.max_budget.unwrap_or(UNLIMITED_MAX_BUDGET),
+            "spend": budget.spend,
+        }))
+        .await
+    }
+
+    async fn update_user(&self, body: Value) -> Result<(), LiteLlmError> {
         const CALL: &str = "user/update";
-        let body = json!({"user_id": user_id, "max_budget": max_budget});
         let answer = self.post(CALL, "/user/update", &body).await?;
         if answer.is_success() {
             return Ok(());

@@ -2088,6 +2088,14 @@ impl LiteLlmSimulator {
             .unwrap_or_default()
     }
 
+    /// Forgets a user (as if the proxy never had them); their keys stay.
+    pub fn delete_user(&self, user_id: &str) {
+        let mut db = self.shared.db();
+        if let Some(user) = db.users.remove(user_id) {
+            db.remove_email(&user.user_email);
+        }
+    }
+
     /// Adds a legacy (pre-organization) user with personal keys (no team,
     /// no alias), for migration tests. Replaces a user with the same id.
     pub fn seed_user(
