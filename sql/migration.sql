@@ -288,6 +288,12 @@ BEGIN
                        'email', b.email)
               FROM sc JOIN b ON b.user_id = sc.user_id
             UNION ALL
+            -- After the re-encryption (same subject, so in order): the
+            -- member's key is checked and replaced when invalid or missing.
+            SELECT b.user_id, 4, 0, 'litellm.verify_key',
+                   jsonb_build_object('user_id', b.user_id, 'team_id', b.user_id::text, 'regenerate', true)
+              FROM b
+            UNION ALL
             SELECT x.user_id, 3, 0, 'secrets.reencrypt',
                    jsonb_build_object(
                        'user_id', x.user_id,
@@ -336,7 +342,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.migrate_locked_users(uuid[]) IS
-  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their advisory and user_settings locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, model, billing_margin, apply_margin (below version 4, margin not NULL, 0 or 1.0), unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}.';
+  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their advisory and user_settings locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, model, billing_margin, apply_margin (below version 4, margin not NULL, 0 or 1.0), unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}; then litellm.verify_key {user_id, team_id, regenerate: true} (the member keeps a working key, else gets a new one).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.user_migration_report(p_log orgkeeper.user_migration) RETURNS jsonb
 LANGUAGE sql STABLE AS $$

@@ -133,17 +133,19 @@ COMMENT ON FUNCTION orgkeeper.record_member_key(bigint, text, uuid, text, jsonb)
 
 DROP FUNCTION IF EXISTS orgkeeper.member_key_context(uuid, uuid);
 CREATE OR REPLACE FUNCTION orgkeeper.member_key_context(p_org_id uuid, p_user_id uuid)
-RETURNS TABLE (active boolean, email text, org_status text, org_version integer, model text)
+RETURNS TABLE (active boolean, email text, org_status text, org_version integer, model text,
+               key_ciphertext text, llm_base_url text)
 LANGUAGE sql STABLE AS $$
     SELECT m.status = 'active', u.email, o.provisioning_status, o.org_version,
-           coalesce(o.llm_model, orgkeeper.default_llm_model(o.org_version))
+           coalesce(o.llm_model, orgkeeper.default_llm_model(o.org_version)),
+           m.llm_api_key, o.llm_base_url
       FROM orgkeeper.org_member m
       JOIN orgkeeper.users u ON u.id = m.user_id
       JOIN orgkeeper.org o ON o.id = m.org_id
      WHERE m.org_id = p_org_id AND m.user_id = p_user_id;
 $$;
 COMMENT ON FUNCTION orgkeeper.member_key_context(uuid, uuid) IS
-  'Daemon: what litellm.add_member needs about a membership: whether it is still active, the user''s email, the organization''s provisioning status (a member joins only a team orgkeeper provisioned), settings version and model. No row = the membership is gone.';
+  'Daemon: what litellm.add_member needs about a membership: whether it is still active, the user''s email, the organization''s provisioning status (a member joins only a team orgkeeper provisioned), settings version and model, the member''s key ciphertext and the base URL it is used with. No row = the membership is gone.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.rotate_member_keys(org_id uuid, user_id uuid DEFAULT NULL) RETURNS bigint[]
 LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
@@ -213,3 +215,26 @@ END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_rotated_key(bigint, text, uuid, text, text) IS
   'Daemon: stores a member''s new key in place of the old one (compare-and-set on the old ciphertext, active memberships only) and notes "stored" in the litellm.rotate_key action''s progress, in one transaction fenced on the lease. Returns stored, changed (the membership or its key changed meanwhile: nothing written) or lease_lost.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.verify_member_keys(org_id uuid DEFAULT NULL) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_ids bigint[];
+BEGIN
+    IF $1 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM orgkeeper.org o WHERE o.id = $1) THEN
+        RAISE EXCEPTION 'organization % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    SELECT array_agg(orgkeeper.enqueue_action('litellm.verify_key', m.org_id, m.user_id,
+               jsonb_build_object('user_id', m.user_id, 'team_id', coalesce(o.litellm_team_id, o.id::text),
+                                  'regenerate', false))
+             ORDER BY m.org_id, m.user_id)
+      INTO v_ids
+      FROM orgkeeper.org_member m
+      JOIN orgkeeper.org o ON o.id = m.org_id
+     WHERE ($1 IS NULL OR m.org_id = $1) AND m.status = 'active' AND m.llm_api_key IS NOT NULL
+       AND o.provisioning_status = 'active';
+    RETURN coalesce(v_ids, '{}');
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.verify_member_keys(uuid) IS
+  'DBA: enqueues litellm.verify_key for every active member with a key, of one organization or (NULL) of all active ones: the daemon asks the proxy whether the key still works (GET /v1/models with it; only 401/403 mean invalid) and records {"valid": true | false | null} in the action''s result. Returns the action ids. Unknown organization: P0002.';

@@ -105,8 +105,12 @@ impl World {
             .stripe
             .seed_customer(Some(&email), &[("user_id", &user.to_string())]);
         let ring = self.keyring();
+        // The user's working LiteLLM key, as OpenHands stores it.
         let llm_key = ring
-            .encrypt_legacy(&SecretString::from("sk-users-own-provider-key"))
+            .encrypt_legacy(&SecretString::from(format!(
+                "sk-personal-a-{}",
+                user.simple()
+            )))
             .unwrap();
         let secret = ring
             .encrypt_legacy(&SecretString::from("github-token-123"))
@@ -219,7 +223,21 @@ async fn a_migrated_user_ends_with_budget_keys_customer_and_secrets_in_their_org
     let org_place = Place::new("org", "llm_api_key", user.to_string());
     assert_eq!(
         ring.decrypt(&org_place, &org_key).unwrap().expose_secret(),
-        "sk-users-own-provider-key"
+        format!("sk-personal-a-{}", user.simple())
+    );
+    let member_key: String = sqlx::query_scalar(
+        "SELECT llm_api_key FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        ring.decrypt(&Place::member_key(user, user), &member_key)
+            .unwrap()
+            .expose_secret(),
+        format!("sk-personal-a-{}", user.simple()),
+        "a working legacy key is kept"
     );
     let secret_place = Place::new("custom_secrets", "secret_value", secret_id.to_string());
     assert_eq!(
@@ -581,4 +599,81 @@ async fn migration_moves_only_the_users_own_legacy_keys_and_rollback_puts_each_b
         "every key is back where it was; the team org's key never moved"
     );
     assert!(w.litellm.team(&team_org.to_string()).is_some());
+}
+
+#[tokio::test]
+async fn an_invalid_legacy_key_is_replaced_by_a_managed_one_and_a_foreign_providers_key_is_kept() {
+    let w = World::new().await;
+    let ring = w.keyring();
+    let (invalid, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    let (own_provider, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    let revoked = ring
+        .encrypt_legacy(&SecretString::from("sk-revoked-long-ago-0001"))
+        .unwrap();
+    let providers = ring
+        .encrypt_legacy(&SecretString::from("sk-ant-users-own-provider"))
+        .unwrap();
+    for (user, key, base_url) in [
+        (invalid, &revoked, None),
+        (own_provider, &providers, Some("https://api.anthropic.com")),
+    ] {
+        sqlx::query("UPDATE orgkeeper.user_settings SET llm_api_key = $2, llm_base_url = $3 WHERE user_id = $1")
+            .bind(user)
+            .bind(key)
+            .bind(base_url)
+            .execute(&w.db.pool)
+            .await
+            .unwrap();
+        w.migrate(user).await;
+    }
+    let d = w.daemon("w1");
+    wait_until(LONG, "the migrations to finish", || w.actions_finished()).await;
+    d.stop().await;
+
+    let (pool, ring) = (&w.db.pool, &ring);
+    let member_key = |user: Uuid| async move {
+        let ct: String = sqlx::query_scalar(
+            "SELECT llm_api_key FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $1",
+        )
+        .bind(user)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        ring.decrypt(&Place::member_key(user, user), &ct)
+            .unwrap()
+            .expose_secret()
+            .to_string()
+    };
+    let replaced = member_key(invalid).await;
+    assert_ne!(replaced, "sk-revoked-long-ago-0001");
+    let at_proxy = w
+        .litellm
+        .key(&replaced)
+        .expect("the new key is at the proxy");
+    assert_eq!(
+        at_proxy.team_id.as_deref(),
+        Some(invalid.to_string().as_str())
+    );
+    assert_eq!(
+        member_key(own_provider).await,
+        "sk-ant-users-own-provider",
+        "a key for another provider is neither checked nor replaced"
+    );
+    let results: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT result FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.verify_key' ORDER BY id",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(results[0]["valid"], false);
+    assert_eq!(results[0]["regenerated"], true);
+    assert!(results[1]["skipped"]
+        .as_str()
+        .unwrap()
+        .contains("api.anthropic.com"));
+    for user in [invalid, own_provider] {
+        for (check, ok, detail) in w.checks(user).await {
+            assert!(ok, "{check}: {detail}");
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod provision_org;
 mod reencrypt;
 mod rotate_key;
 mod stripe_customer;
+mod verify_key;
 
 use crate::config::ProvisioningDefaults;
 use crate::litellm::{LiteLlmClient, LiteLlmError};
@@ -162,6 +163,7 @@ pub async fn perform(
         "litellm.add_member" => members::add(services, outbox, action).await,
         "litellm.remove_member" => members::remove(services, action).await,
         "litellm.rotate_key" => rotate_key::perform(services, outbox, action).await,
+        "litellm.verify_key" => verify_key::perform(services, outbox, action).await,
         "litellm.migrate_user" => migrate_user::migrate(services, outbox, action).await,
         "litellm.rollback_user" => migrate_user::rollback(services, action).await,
         "stripe.migrate_customer" => stripe_customer::migrate(services, action).await,

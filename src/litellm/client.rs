@@ -30,6 +30,9 @@ pub const UNLIMITED_MAX_BUDGET: f64 = 1_000_000_000.0;
 /// Longest piece of a proxy's answer copied into an error message.
 const MAX_DETAIL_CHARS: usize = 400;
 
+/// How long a key check (`GET /v1/models` with the member's key) may take.
+const KEY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Page size used when listing a user's keys.
 const KEY_LIST_PAGE_SIZE: usize = 100;
 
@@ -300,6 +303,8 @@ impl LiteLlmError {
 #[derive(Clone)]
 pub struct LiteLlmClient {
     http: reqwest::Client,
+    /// Sends no master key: for asking what a member's own key may do.
+    probe: reqwest::Client,
     /// Kept only to scrub it from the proxy's answers before they become errors.
     master_key: SecretString,
     base_url: Arc<str>,
@@ -494,15 +499,6 @@ impl LiteLlmClient {
         let mut headers = HeaderMap::new();
         headers.insert(header.clone(), value);
 
-        let mut builder = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            // A redirect would carry the master key to a host nobody configured
-            // (reqwest keeps custom headers across hosts): never follow one.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("orgkeeper/", env!("CARGO_PKG_VERSION")));
         let loopback = url.host_str().is_some_and(|host| {
             host.eq_ignore_ascii_case("localhost")
                 || host
@@ -511,19 +507,34 @@ impl LiteLlmClient {
                     .parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.is_loopback())
         });
-        if loopback {
-            // A proxy from the environment must not intercept a local proxy/simulator.
-            builder = builder.no_proxy();
-        }
-        let http = builder.build().map_err(|e| {
-            LiteLlmError::permanent(
-                CALL,
-                0,
-                format!("cannot build the HTTP client: {}", chain(&e)),
-            )
-        })?;
+        let build = |headers: HeaderMap, timeout: Duration| {
+            let mut builder = reqwest::Client::builder()
+                .default_headers(headers)
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .pool_idle_timeout(Duration::from_secs(30))
+                // A redirect would carry the master key to a host nobody configured
+                // (reqwest keeps custom headers across hosts): never follow one.
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("orgkeeper/", env!("CARGO_PKG_VERSION")));
+            if loopback {
+                // A proxy from the environment must not intercept a local proxy/simulator.
+                builder = builder.no_proxy();
+            }
+            builder.build().map_err(|e| {
+                LiteLlmError::permanent(
+                    CALL,
+                    0,
+                    format!("cannot build the HTTP client: {}", chain(&e)),
+                )
+            })
+        };
+        let http = build(headers, config.timeout)?;
+        // Member keys are checked without the master key attached.
+        let probe = build(HeaderMap::new(), KEY_CHECK_TIMEOUT)?;
         Ok(Self {
             http,
+            probe,
             master_key: SecretString::from(key),
             base_url: base_url.into(),
             auth_header: header,
@@ -954,6 +965,31 @@ impl LiteLlmClient {
             return Ok(Deleted::AlreadyGone);
         }
         Err(self.fail(CALL, &answer))
+    }
+
+    /// `GET /v1/models` with `Authorization: Bearer <key>` (and no master
+    /// key), as an application calling the LLM would: `Some(false)` only for
+    /// 401/403 (the proxy refuses the key), `Some(true)` for a 2xx, `None`
+    /// when the answer says nothing about the key (other errors, time-outs).
+    pub async fn key_valid(&self, key: &SecretString) -> Option<bool> {
+        let answer = self
+            .probe
+            .get(format!("{}/v1/models", self.base_url))
+            .bearer_auth(key.expose_secret())
+            .send()
+            .await;
+        match answer.map(|a| a.status()) {
+            Ok(s) if s.is_success() => Some(true),
+            Ok(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Some(false),
+            Ok(status) => {
+                tracing::debug!(status = status.as_u16(), "key check inconclusive");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %chain(&e), "key check inconclusive");
+                None
+            }
+        }
     }
 
     /// `POST /key/update {key, key_alias}`: renames a key (by hashed token).
