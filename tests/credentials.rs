@@ -655,3 +655,76 @@ async fn rotating_keys_stores_the_new_key_first_then_deletes_the_old_one() {
         "Bob's rotated key was deleted with his membership"
     );
 }
+
+/// Runs the orgkeeper binary with `args` against `db`: (exit code, stdout, stderr).
+async fn orgkeeper(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_orgkeeper"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_operator_finds_a_revoked_key_and_replaces_it_from_the_command_line() {
+    let mut w = World::new().await;
+    let owner = w.user("owner@example.com").await;
+    let bob = w.user("bob@example.com").await;
+    let org = w.org("Checked", owner).await;
+    w.start_daemon();
+    w.wait_status(org, "active").await;
+    sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
+        .bind(owner)
+        .bind(org)
+        .bind(bob)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    w.wait_idle().await;
+    // Someone deletes Bob's key at the proxy, behind orgkeeper's back.
+    let bobs = SecretString::from(w.member_key(org, bob).await);
+    w.litellm().delete_key(&bobs).await.unwrap();
+
+    let org_arg = org.to_string();
+    let (code, out, err) = orgkeeper(&w.db, &["keys", "verify", "--org", &org_arg]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    let line = |user: Uuid| {
+        out.lines()
+            .find(|l| l.contains(&user.to_string()))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line(bob).contains("INVALID"), "{out}");
+    assert!(
+        line(owner).contains("valid") && !line(owner).contains("INVALID"),
+        "{out}"
+    );
+    assert!(out.contains("2 keys checked, 1 invalid"), "{out}");
+
+    let bob_arg = bob.to_string();
+    let (code, out, err) = orgkeeper(
+        &w.db,
+        &["keys", "rotate", "--org", &org_arg, "--user", &bob_arg],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    w.wait_idle().await;
+    let (code, out, _) = orgkeeper(&w.db, &["keys", "verify", "--all"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 keys checked, 0 invalid"), "{out}");
+    w.stop_daemon().await;
+
+    let unknown = Uuid::new_v4().to_string();
+    let (code, _, err) = orgkeeper(&w.db, &["keys", "verify", "--org", &unknown]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("organization {unknown} does not exist")) && err.contains("P0002"),
+        "{err}"
+    );
+}
