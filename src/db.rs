@@ -22,6 +22,7 @@ pub const SQL_LIBRARY: &[(&str, &str)] = &[
     ("members.sql", include_str!("../sql/members.sql")),
     ("invitations.sql", include_str!("../sql/invitations.sql")),
     ("migration.sql", include_str!("../sql/migration.sql")),
+    ("billing.sql", include_str!("../sql/billing.sql")),
     ("secrets.sql", include_str!("../sql/secrets.sql")),
     ("rls.sql", include_str!("../sql/rls.sql")),
 ];

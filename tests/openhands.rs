@@ -291,3 +291,80 @@ async fn a_new_settings_version_is_one_insert_and_upgrades_move_models_that_foll
         .unwrap_err();
     assert_eq!(common::db_error(&err).0, "P0002");
 }
+
+#[tokio::test]
+async fn a_top_up_reaches_the_team_and_every_member_and_a_payment_enables_byor_export() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let owner = user(&db, "owner@example.com").await;
+    let member = user(&db, "member@example.com").await;
+    let org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_org('Paying', $1)")
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
+        .bind(owner)
+        .bind(org)
+        .bind(member)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    provision(&db, &sim, |_| {}).await;
+
+    for (budget, code) in [(-1.0, "22023"), (f64::NAN, "22023")] {
+        let err = sqlx::query("SELECT orgkeeper.set_org_budget($1, $2)")
+            .bind(org)
+            .bind(budget)
+            .execute(&db.pool)
+            .await
+            .unwrap_err();
+        assert_eq!(common::db_error(&err).0, code);
+    }
+    let err = sqlx::query("SELECT orgkeeper.set_org_budget($1, 5)")
+        .bind(Uuid::new_v4())
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(common::db_error(&err).0, "P0002");
+
+    sqlx::query("SELECT orgkeeper.set_org_budget($1, 50)")
+        .bind(org)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    provision(&db, &sim, |_| {}).await;
+    let team = sim.team(&org.to_string()).unwrap();
+    assert_eq!(team.max_budget, Some(50.0));
+    assert_eq!(team.members.len(), 2);
+    assert!(
+        team.members
+            .iter()
+            .all(|m| m.max_budget_in_team == Some(50.0)),
+        "{team:?}"
+    );
+    let updates = sim.requests("team/member_update");
+    assert_eq!(updates.len(), 2);
+    assert_eq!(updates[0]["max_budget_in_team"], 50.0);
+
+    let byor = || async {
+        sqlx::query_scalar::<_, bool>("SELECT byor_export_enabled FROM orgkeeper.org WHERE id = $1")
+            .bind(org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    sqlx::query("INSERT INTO orgkeeper.billing_sessions (user_id, org_id, status) VALUES ($1, $2, 'in_progress')")
+        .bind(owner)
+        .bind(org)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(!byor().await, "a session in progress changes nothing");
+    sqlx::query("UPDATE orgkeeper.billing_sessions SET status = 'completed' WHERE org_id = $1")
+        .bind(org)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(byor().await, "a completed payment enables BYOR export");
+}

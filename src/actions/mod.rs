@@ -12,6 +12,7 @@ mod migrate_user;
 mod provision_org;
 mod reencrypt;
 mod rotate_key;
+mod set_budget;
 mod stripe_customer;
 mod verify_key;
 
@@ -164,6 +165,7 @@ pub async fn perform(
         "litellm.remove_member" => members::remove(services, action).await,
         "litellm.rotate_key" => rotate_key::perform(services, outbox, action).await,
         "litellm.verify_key" => verify_key::perform(services, outbox, action).await,
+        "litellm.set_budget" => set_budget::perform(services, action).await,
         "litellm.migrate_user" => migrate_user::migrate(services, outbox, action).await,
         "litellm.rollback_user" => migrate_user::rollback(services, action).await,
         "stripe.migrate_customer" => stripe_customer::migrate(services, action).await,

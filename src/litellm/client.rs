@@ -992,6 +992,51 @@ impl LiteLlmClient {
         }
     }
 
+    /// `POST /team/update {team_id, max_budget}`: the team's budget (a
+    /// top-up); `None` = unlimited.
+    pub async fn update_team_budget(
+        &self,
+        team_id: &str,
+        max_budget: Option<f64>,
+    ) -> Result<(), LiteLlmError> {
+        const CALL: &str = "team/update";
+        let body = json!({ "team_id": team_id, "max_budget": max_budget });
+        let answer = self.post(CALL, "/team/update", &body).await?;
+        if answer.is_success() {
+            return Ok(());
+        }
+        Err(self.fail(CALL, &answer))
+    }
+
+    /// `POST /team/member_update {team_id, user_id, max_budget_in_team}`.
+    /// A user who is no longer in the team means [`Deleted::AlreadyGone`].
+    pub async fn update_member_budget(
+        &self,
+        team_id: &str,
+        user_id: &str,
+        max_budget_in_team: Option<f64>,
+    ) -> Result<Deleted, LiteLlmError> {
+        const CALL: &str = "team/member_update";
+        let body = json!({
+            "team_id": team_id,
+            "user_id": user_id,
+            "max_budget_in_team": max_budget_in_team,
+        });
+        let answer = self.post(CALL, "/team/member_update", &body).await?;
+        if answer.is_success() {
+            return Ok(Deleted::Deleted);
+        }
+        if answer.status == StatusCode::BAD_REQUEST
+            && answer
+                .message()
+                .to_ascii_lowercase()
+                .contains("not in team")
+        {
+            return Ok(Deleted::AlreadyGone);
+        }
+        Err(self.fail(CALL, &answer))
+    }
+
     /// `POST /key/update {key, key_alias}`: renames a key (by hashed token).
     /// A key that is gone means [`Deleted::AlreadyGone`] (nothing to rename).
     pub async fn rename_key(&self, token: &str, alias: &str) -> Result<Deleted, LiteLlmError> {

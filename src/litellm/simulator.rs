@@ -38,11 +38,13 @@ pub const DEFAULT_MASTER_KEY: &str = "sk-orgkeeper-dev-master-key";
 pub const CALLER_ADMIN_USER_ID: &str = "default_user_id";
 
 /// The endpoints the simulator serves, as named in `--fail` and in [`SimStats`].
-pub const ENDPOINTS: [&str; 14] = [
+pub const ENDPOINTS: [&str; 16] = [
     "team/new",
     "team/info",
+    "team/update",
     "team/delete",
     "team/member_add",
+    "team/member_update",
     "team/member_delete",
     "user/new",
     "user/info",
@@ -840,6 +842,64 @@ impl Db {
         ok(json!({"deleted_teams": deleted}))
     }
 
+    /// `POST /team/update {team_id, max_budget, …}`: a top-up; 404 for an unknown team.
+    fn team_update(&mut self, body: &Map<String, Value>) -> Outcome {
+        let Some(team_id) = str_field(body, "team_id").map(str::to_owned) else {
+            return Err(validation_error("team_id", "Field required"));
+        };
+        let max_budget = opt_f64(body, "max_budget")?;
+        let Some(team) = self.teams.get_mut(&team_id) else {
+            return Err(detail_error(
+                404,
+                format!("Team not found, passed team_id={team_id}"),
+            ));
+        };
+        if body.contains_key("max_budget") {
+            team.max_budget = max_budget;
+        }
+        if body.contains_key("metadata") {
+            team.metadata = object_field(body, "metadata")?;
+        }
+        let out = self.team_json(&self.teams[&team_id]);
+        ok(json!({"team_id": team_id, "data": out}))
+    }
+
+    /// `POST /team/member_update {team_id, user_id, max_budget_in_team}`:
+    /// 404 for an unknown team, 400 for a user who is not a member.
+    fn member_update(&mut self, body: &Map<String, Value>) -> Outcome {
+        let Some(team_id) = str_field(body, "team_id").map(str::to_owned) else {
+            return Err(validation_error("team_id", "Field required"));
+        };
+        let Some(user_id) = str_field(body, "user_id").map(str::to_owned) else {
+            return Err(detail_error(
+                400,
+                "user_id or user_email needs to be passed in",
+            ));
+        };
+        let budget = opt_f64(body, "max_budget_in_team")?;
+        let Some(team) = self.teams.get_mut(&team_id) else {
+            return Err(detail_error(
+                404,
+                format!("Team not found for team_id={team_id}"),
+            ));
+        };
+        if !team
+            .members
+            .iter()
+            .any(|m| m.user_id.as_deref() == Some(&user_id))
+        {
+            return Err(detail_error(
+                400,
+                format!("User {user_id} not in team {team_id}"),
+            ));
+        }
+        match budget {
+            Some(b) => team.budgets.insert(user_id.clone(), b),
+            None => team.budgets.remove(&user_id),
+        };
+        ok(json!({"team_id": team_id, "user_id": user_id, "max_budget_in_team": budget}))
+    }
+
     /// `POST /team/member_add`.
     fn member_add(&mut self, body: &Map<String, Value>) -> Outcome {
         let Some(team_id) = str_field(body, "team_id").map(str::to_owned) else {
@@ -1474,6 +1534,8 @@ fn resource_of(endpoint: &str, body: &Map<String, Value>, reply: &Reply) -> Opti
         "team/new" => format!("team:{}", from_reply("team_id")),
         "user/new" => format!("user:{}", from_reply("user_id")),
         "user/update" => format!("user-update:{}", s("user_id")),
+        "team/update" => format!("team-update:{}", s("team_id")),
+        "team/member_update" => format!("member-update:{}:{}", s("team_id"), s("user_id")),
         "team/member_add" => {
             let member = body.get("member").map(Value::to_string).unwrap_or_default();
             format!("member:{}:{member}", s("team_id"))
@@ -1849,6 +1911,8 @@ fn respond(
         "team/delete" => db.team_delete(body),
         "team/member_add" => db.member_add(body),
         "team/member_delete" => db.member_delete(body),
+        "team/update" => db.team_update(body),
+        "team/member_update" => db.member_update(body),
         "user/new" => db.user_new(body),
         "user/info" => db.user_info(query_param(query, "user_id").as_deref()),
         "user/update" => db.user_update(body),
