@@ -551,3 +551,72 @@ async fn a_value_written_between_read_and_write_is_not_overwritten_and_the_next_
         "sk-second"
     );
 }
+
+#[tokio::test]
+async fn every_listed_secret_column_exists_and_its_row_key_is_the_primary_key() {
+    let db = TestDb::migrated().await;
+    // The list orgkeeper.secret_columns() against the catalog: the column
+    // (or jsonb column of a "<column>.<field>") exists, and the key columns
+    // are the table's primary key in order, so the row key of the
+    // associated data is what the README says.
+    let mismatches: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%s.%s: key %s, primary key %s', c.table_name, c.column_name, c.key_columns, pk.cols)
+           FROM orgkeeper.secret_columns() c
+           LEFT JOIN LATERAL (
+               SELECT array_agg(a.attname::text ORDER BY k.ord) AS cols
+                 FROM pg_index i
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                WHERE i.indrelid = format('orgkeeper.%I', c.table_name)::regclass AND i.indisprimary
+           ) pk ON true
+          WHERE pk.cols IS DISTINCT FROM c.key_columns
+             OR NOT EXISTS (SELECT 1 FROM pg_attribute a
+                             WHERE a.attrelid = format('orgkeeper.%I', c.table_name)::regclass
+                               AND a.attname = split_part(c.column_name, '.', 1) AND NOT a.attisdropped)",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(mismatches.is_empty(), "{mismatches:?}");
+
+    // The daemon's re-encryption names places by {table, column, key}
+    // items (Place::from_item); it must agree with the list's row keys.
+    let listed: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "SELECT table_name, column_name, key_columns FROM orgkeeper.secret_columns()",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(listed.len() >= 8, "{listed:?}");
+    for (table, column, keys) in listed {
+        let values: Vec<String> = (0..keys.len()).map(|i| format!("v{i}")).collect();
+        let key: serde_json::Map<String, serde_json::Value> = keys
+            .iter()
+            .zip(&values)
+            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .collect();
+        let item = serde_json::json!({ "table": table, "column": column, "key": key });
+        assert_eq!(
+            Place::from_item(&item),
+            Some(Place::new(&table, &column, values.join("/"))),
+            "{item}"
+        );
+    }
+
+    // A column that holds no secret is refused by every entry point.
+    for sql in [
+        "SELECT orgkeeper.read_secret('org', 'name', '{\"id\": 1}')",
+        "SELECT count(*) FROM orgkeeper.secrets_after('org', 'name', NULL, 10)",
+        "SELECT count(*) FROM orgkeeper.swap_secrets('org', 'name', '[]')",
+    ] {
+        let err = sqlx::query(sql).execute(&db.pool).await.unwrap_err();
+        assert_eq!(
+            common::db_error(&err),
+            (
+                "22023".to_string(),
+                "org.name is not a column that holds an encrypted secret".to_string()
+            ),
+            "{sql}"
+        );
+    }
+}
