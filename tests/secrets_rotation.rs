@@ -620,3 +620,46 @@ async fn every_listed_secret_column_exists_and_its_row_key_is_the_primary_key() 
         );
     }
 }
+
+#[tokio::test]
+async fn the_daemon_role_runs_the_rotation() {
+    let db = TestDb::migrated().await;
+    let (old_key, new_key) = (generate_key(), generate_key());
+    let (org, owner, action, secret, hook) = org_with_related_rows(&db.pool, "Role").await;
+    let spots = [
+        Spot::new("org", "search_api_key", org),
+        Spot::new("org_member", "llm_api_key", format!("{org}/{owner}")),
+        Spot::new("custom_secrets", "secret_value", secret),
+        Spot::new("gitlab_webhook", "webhook_secret", hook),
+        Spot::new("pending_external_actions", "progress.key", action),
+    ];
+    for spot in &spots {
+        spot.store(&db.pool, &ok1(&old_key, "sk-role")).await;
+    }
+    // Every session of this pool is the daemon's role (no superuser).
+    let daemon_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET ROLE orgkeeper_daemon")
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let ring = Keyring::new(&new_key, &[old_key], None).unwrap();
+    let report = run(&daemon_pool, &ring, 2, false).await;
+    assert_eq!(report.rotated, spots.len() as u64, "{report:?}");
+    assert!(report.complete());
+    for (spot, value) in every_ciphertext(&db.pool).await {
+        assert_eq!(
+            ring.decrypt(&spot.place(), &value).unwrap().expose_secret(),
+            "sk-role",
+            "{spot:?}"
+        );
+        assert!(ring.is_current(&value));
+    }
+}
