@@ -663,3 +663,115 @@ async fn the_daemon_role_runs_the_rotation() {
         assert!(ring.is_current(&value));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_key_rotation_in_flight_still_completes_after_its_key_was_re_encrypted() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let (old_key, new_key) = (generate_key(), generate_key());
+    let d = TestDaemon::start(daemon_config(
+        &db.url,
+        &sim,
+        &old_key,
+        daemon_settings("old", LONG),
+    ));
+    let org = insert_orgs(&db.pool, "Keys", 1).await[0];
+    wait_until(LONG, "org active", || active_is(&db.pool, 1)).await;
+    d.stop().await;
+    let owner: Uuid = sqlx::query_scalar("SELECT created_by FROM orgkeeper.org WHERE id = $1")
+        .bind(org)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let member = Spot::new("org_member", "llm_api_key", format!("{org}/{owner}"));
+    let ring = Keyring::new(&new_key, std::slice::from_ref(&old_key), None).unwrap();
+    let stored_key = |pool: PgPool| async move {
+        every_ciphertext(&pool)
+            .await
+            .into_iter()
+            .find(|(s, _)| s.table == "org_member")
+            .unwrap()
+            .1
+    };
+    let first = ring
+        .decrypt(&member.place(), &stored_key(db.pool.clone()).await)
+        .unwrap();
+
+    // A LiteLLM key rotation (orgkeeper keys rotate) noted the member's
+    // ciphertext, then stalled: the proxy cannot make the new key yet.
+    sim.set_faults(orgkeeper::litellm::Faults {
+        fail: vec![("key/generate".into(), 503)],
+        ..Default::default()
+    });
+    let daemon = |worker: &str| {
+        let mut config = daemon_config(&db.url, &sim, &new_key, daemon_settings(worker, LONG));
+        config.keyring = Keyring::new(&new_key, std::slice::from_ref(&old_key), None).unwrap();
+        TestDaemon::start(config)
+    };
+    let d = daemon("new");
+    sqlx::query("SELECT orgkeeper.rotate_member_keys($1)")
+        .bind(org)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_until(
+        LONG,
+        "the key rotation noted the old key and stalled",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT progress ? 'old' AND progress ? 'key' AND attempts >= 2
+               FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.rotate_key'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    d.stop().await;
+
+    // Meanwhile the secret key is rotated: the member's ciphertext changes,
+    // the key it holds does not.
+    let report = run(&db.pool, &ring, 500, false).await;
+    assert!(report.complete() && report.rotated >= 1, "{report:?}");
+    assert_eq!(
+        ring.decrypt(&member.place(), &stored_key(db.pool.clone()).await)
+            .unwrap()
+            .expose_secret(),
+        first.expose_secret()
+    );
+
+    sim.set_faults(orgkeeper::litellm::Faults::default());
+    let d = daemon("after");
+    wait_until(LONG, "the key rotation finished", || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT status IN ('done', 'failed', 'compensated', 'cancelled')
+               FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.rotate_key'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    d.stop().await;
+    let (status, result): (String, Option<serde_json::Value>) = sqlx::query_as(
+        "SELECT status, result FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.rotate_key'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "done", "{result:?}");
+    let now = stored_key(db.pool.clone()).await;
+    assert!(ring.is_current(&now));
+    let second = ring.decrypt(&member.place(), &now).unwrap();
+    assert_ne!(
+        second.expose_secret(),
+        first.expose_secret(),
+        "rotated: {result:?}"
+    );
+    assert!(
+        sim.has_key(second.expose_secret()),
+        "the member's stored key works at LiteLLM: {result:?}"
+    );
+    assert!(!sim.has_key(first.expose_secret()), "the old key is gone");
+}
