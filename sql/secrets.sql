@@ -13,7 +13,7 @@
 
 CREATE OR REPLACE FUNCTION orgkeeper.secret_columns()
 RETURNS TABLE (table_name text, column_name text, key_columns text[])
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     VALUES
         ('org',                      'llm_api_key',          ARRAY['id']),
         ('org',                      'llm_api_key_for_byor', ARRAY['id']),
