@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: crate::keys::KeysCommand,
     },
+    /// Secrets at rest: re-encrypt them under the current key
+    Secrets {
+        #[command(subcommand)]
+        command: crate::secrets_rotate::SecretsCommand,
+    },
     /// Everything on this machine with no configuration: a private PostgreSQL, the simulators and the daemon
     Dev(crate::dev::DevArgs),
     /// Run a benchmark and print its figures
@@ -176,6 +181,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let pool = crate::db::connect(&database.url()?, 2).await?;
             crate::keys::run(&pool, command).await
         }
+        Command::Secrets { command } => crate::secrets_rotate::run(command).await,
         Command::Dev(args) => {
             crate::dev::run(args).await?;
             Ok(ExitCode::SUCCESS)

@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod pgcluster;
 pub mod redact;
 pub mod secrets;
+pub mod secrets_rotate;
 pub mod simkit;
 pub mod stripe;
 pub mod users;

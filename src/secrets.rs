@@ -23,7 +23,7 @@
 //! The *legacy* scheme (secrets of pre-organization users) is
 //! `base64url-nopad(nonce || ciphertext-with-tag)` with the same cipher under
 //! `ORGKEEPER_LEGACY_SECRET_KEY` and no prefix; the daemon re-encrypts it into
-//! version 1 when a user is migrated.
+//! version 2 when a user is migrated. The README ("Secrets") has a test vector.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -90,13 +90,14 @@ impl Key {
         Ok(Key { id, cipher })
     }
 
-    fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    /// `nonce || ciphertext || tag` of `plaintext` under `nonce` (every
+    /// caller passes [`fresh_nonce`]; the test vector a fixed one).
+    fn seal(&self, nonce: &XNonce, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let mut out = nonce.to_vec();
         out.extend(
             self.cipher
                 .encrypt(
-                    &nonce,
+                    nonce,
                     Payload {
                         msg: plaintext,
                         aad,
@@ -236,7 +237,17 @@ impl Keyring {
     /// Encrypts `plaintext` under the current key, bound to `place`
     /// (format `ok2:<key-id>:<data>`).
     pub fn encrypt(&self, place: &Place, plaintext: &SecretString) -> String {
+        self.encrypt_with_nonce(place, plaintext, &fresh_nonce())
+    }
+
+    fn encrypt_with_nonce(
+        &self,
+        place: &Place,
+        plaintext: &SecretString,
+        nonce: &XNonce,
+    ) -> String {
         let sealed = self.current.seal(
+            nonce,
             plaintext.expose_secret().as_bytes(),
             place.associated_data().as_bytes(),
         );
@@ -308,8 +319,17 @@ impl Keyring {
     /// data generators that need legacy data; production never writes it.
     pub fn encrypt_legacy(&self, plaintext: &SecretString) -> Result<String, SecretError> {
         let key = self.legacy.as_ref().ok_or(SecretError::NoLegacyKey)?;
-        Ok(URL_SAFE_NO_PAD.encode(key.seal(plaintext.expose_secret().as_bytes(), b"")))
+        Ok(URL_SAFE_NO_PAD.encode(key.seal(
+            &fresh_nonce(),
+            plaintext.expose_secret().as_bytes(),
+            b"",
+        )))
     }
+}
+
+/// A random 24-byte nonce from the operating system's CSPRNG.
+fn fresh_nonce() -> XNonce {
+    XChaCha20Poly1305::generate_nonce(&mut OsRng)
 }
 
 /// A fresh LiteLLM key value from the operating system's CSPRNG: `sk-` and
@@ -401,6 +421,64 @@ mod tests {
             stranger.decrypt(&here(), &ct).unwrap_err(),
             SecretError::UnknownKey(old_ring.current_key_id().to_string())
         );
+    }
+
+    /// The test vector of the README ("Secrets"), computed independently
+    /// (libsodium's `crypto_aead_xchacha20poly1305_ietf_encrypt` via PyNaCl).
+    const VECTOR_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; // bytes 0x00..=0x1f
+    const VECTOR_NONCE: &str = "404142434445464748494a4b4c4d4e4f5051525354555657";
+    const VECTOR_ORG: &str = "11111111-1111-4111-8111-111111111111";
+    const VECTOR_USER: &str = "22222222-2222-4222-8222-222222222222";
+    const VECTOR_PLAINTEXT: &str = "sk-orgkeeper-test-vector-0001";
+    const VECTOR_OK2: &str = "ok2:be23045d:QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXp1IoH6KHEnPqhOLMgugA4eaX26FwLTzoRwHNdThstbFgEa7S9chxsJYRzYY0";
+
+    #[test]
+    fn the_documented_test_vector_is_what_encrypt_writes_and_decrypt_reads() {
+        let ring = Keyring::new(&SecretString::from(VECTOR_KEY), &[], None).unwrap();
+        assert_eq!(ring.current_key_id(), "be23045d");
+        let place = Place::member_key(
+            uuid::Uuid::parse_str(VECTOR_ORG).unwrap(),
+            uuid::Uuid::parse_str(VECTOR_USER).unwrap(),
+        );
+        assert_eq!(
+            place.associated_data(),
+            format!("orgkeeper:org_member.llm_api_key:{VECTOR_ORG}/{VECTOR_USER}")
+        );
+        let nonce: Vec<u8> = (0..VECTOR_NONCE.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&VECTOR_NONCE[i..i + 2], 16).unwrap())
+            .collect();
+        let written = ring.encrypt_with_nonce(
+            &place,
+            &SecretString::from(VECTOR_PLAINTEXT),
+            XNonce::from_slice(&nonce),
+        );
+        assert_eq!(written, VECTOR_OK2);
+        assert_eq!(
+            ring.decrypt(&place, VECTOR_OK2).unwrap().expose_secret(),
+            VECTOR_PLAINTEXT
+        );
+        assert!(ring.is_current(VECTOR_OK2));
+    }
+
+    /// A version-1 ciphertext written before version 2 existed (made
+    /// independently with libsodium, as the old code wrote them: no
+    /// associated data), kept verbatim so that a crypto-crate upgrade
+    /// provably still reads old data, wherever it is stored.
+    #[test]
+    fn a_committed_ok1_fixture_still_decrypts_at_any_place() {
+        let key = SecretString::from("SgO9P5hMsYX5Dh+pOB3meAgdtv1FVoBpva3H0MxmLow=");
+        let ok1 = "ok1:7256d344:gIGCg4SFhoeIiYqLjI2Oj5CRkpOUlZaXbxdJFjwsEF_e_IG8Ke8f1YKCvTBDfuZ1cxQdYLoduhvrCaM4iKMk7OVLsvFM";
+        // As an old key, the way rotation reads it.
+        let ring = Keyring::new(&generate_key(), &[key], None).unwrap();
+        for place in [here(), Place::action_progress(7, "key")] {
+            assert_eq!(
+                ring.decrypt(&place, ok1).unwrap().expose_secret(),
+                "sk-ok1-fixture-still-readable"
+            );
+        }
+        assert!(!ring.is_current(ok1));
+        assert!(Keyring::is_orgkeeper_format(ok1));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!    member with no key on record has whatever holds their alias deleted);
 //! 3. make the new key under the member's alias ([`keys::ensure`]);
 //! 4. store it in place of the old one, compare-and-set on the old
-//!    ciphertext (`orgkeeper.record_rotated_key`, which notes "stored");
+//!    ciphertext (`orgkeeper.record_rotated_key`, which notes "stored"), or
+//!    on the value that replaced it when that still holds the old key
+//!    (re-encrypted meanwhile by `orgkeeper secrets rotate`);
 //! 5. delete the old key (already gone = done).
 
 use super::{call, keys, payload_str, ActionError, Finish, Services};
@@ -85,15 +87,31 @@ pub async fn perform(
         };
         let (key, _) = keys::ensure(services, outbox, &current, team_id, org_id, user_id).await?;
         let ciphertext = services.keyring.encrypt(&place, &key);
-        let recorded: String =
-            sqlx::query_scalar("SELECT orgkeeper.record_rotated_key($1, $2, $3, $4, $5)")
-                .bind(action.id)
-                .bind(&action.lease)
-                .bind(user_id)
-                .bind(&old_ciphertext)
-                .bind(&ciphertext)
-                .fetch_one(&services.pool)
-                .await?;
+        let mut expected = old_ciphertext.clone();
+        let mut tries = 0;
+        let recorded = loop {
+            let recorded: String =
+                sqlx::query_scalar("SELECT orgkeeper.record_rotated_key($1, $2, $3, $4, $5)")
+                    .bind(action.id)
+                    .bind(&action.lease)
+                    .bind(user_id)
+                    .bind(&expected)
+                    .bind(&ciphertext)
+                    .fetch_one(&services.pool)
+                    .await?;
+            tries += 1;
+            if recorded == "changed" && tries < 3 {
+                // `orgkeeper secrets rotate` re-encrypts without changing
+                // the key: compare-and-set again on the value holding it.
+                if let Some(same) =
+                    reencrypted(services, &place, user_id, org_id, &old_token, &expected).await?
+                {
+                    expected = Some(same);
+                    continue;
+                }
+            }
+            break recorded;
+        };
         match recorded.as_str() {
             "stored" => {}
             "changed" => {
@@ -116,4 +134,37 @@ pub async fn perform(
         result["old_key_deleted"] = Value::Bool(deleted == Deleted::Deleted);
     }
     Ok(Finish::Result(result))
+}
+
+/// The member's stored ciphertext when it is not `noted` but still holds the
+/// key whose token is `old_token` (re-encrypted meanwhile, e.g. by
+/// `orgkeeper secrets rotate`); `None` when the membership is not active,
+/// holds no key, or holds another one.
+async fn reencrypted(
+    services: &Services,
+    place: &Place,
+    user_id: Uuid,
+    org_id: Uuid,
+    old_token: &Option<String>,
+    noted: &Option<String>,
+) -> Result<Option<String>, ActionError> {
+    let Some(old_token) = old_token else {
+        return Ok(None);
+    };
+    let stored: Option<String> = sqlx::query_scalar(
+        "SELECT llm_api_key FROM orgkeeper.org_member
+          WHERE org_id = $1 AND user_id = $2 AND status = 'active'",
+    )
+    .bind(org_id)
+    .bind(user_id)
+    .fetch_optional(&services.pool)
+    .await?
+    .flatten();
+    Ok(stored.filter(|ct| {
+        Some(ct) != noted.as_ref()
+            && services
+                .keyring
+                .decrypt(place, ct)
+                .is_ok_and(|key| hash_key(key.expose_secret()) == *old_token)
+    }))
 }
