@@ -11,6 +11,7 @@ pub mod dev;
 pub mod keys;
 pub mod listen;
 pub mod litellm;
+pub mod live_checks;
 pub mod operator;
 pub mod ops;
 pub mod orgs;

@@ -677,3 +677,56 @@ async fn an_invalid_legacy_key_is_replaced_by_a_managed_one_and_a_foreign_provid
         }
     }
 }
+
+#[tokio::test]
+async fn verify_live_catches_a_team_deleted_behind_orgkeepers_back() {
+    let w = World::new().await;
+    let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    w.migrate(user).await;
+    let d = w.daemon("w1");
+    wait_until(LONG, "the migration to finish", || w.actions_finished()).await;
+    d.stop().await;
+    let verify = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_orgkeeper"))
+            .args(["users", "verify", &user.to_string(), "--live"])
+            .env("DATABASE_URL", &w.db.url)
+            .env("LITELLM_BASE_URL", w.litellm.base_url())
+            .env("LITELLM_MASTER_KEY", w.litellm.master_key())
+            .env("STRIPE_BASE_URL", w.stripe.base_url())
+            .env("STRIPE_API_KEY", w.stripe.api_key())
+            .env("ORGKEEPER_SECRET_KEY", w.key.expose_secret())
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify().await;
+    assert_eq!(code, 0, "{out}");
+    for check in [
+        "live_litellm_user_unlimited",
+        "live_litellm_team",
+        "live_litellm_user_in_team",
+        "live_litellm_member_key",
+        "live_stripe_customer",
+    ] {
+        assert!(out.contains(check), "{check} missing: {out}");
+    }
+
+    w.admin().delete_team(&user.to_string()).await.unwrap();
+    let (code, out) = verify().await;
+    assert_eq!(code, 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("live_litellm_team "))
+        .unwrap();
+    assert!(
+        line.contains("FAIL") && line.contains("does not exist at LiteLLM"),
+        "{out}"
+    );
+    assert!(out
+        .lines()
+        .any(|l| l.starts_with("live_litellm_member_key") && l.contains("FAIL")));
+}

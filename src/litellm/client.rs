@@ -860,6 +860,26 @@ impl LiteLlmClient {
         self.token_exists(&hash_key(key.expose_secret())).await
     }
 
+    /// `GET /key/info` by the key's token: `None` when the proxy does not have
+    /// the key, else `Some(team)` with the team it spends from.
+    pub async fn key_team(
+        &self,
+        key: &SecretString,
+    ) -> Result<Option<Option<String>>, LiteLlmError> {
+        const CALL: &str = "key/info";
+        let token = hash_key(key.expose_secret());
+        let answer = self.get(CALL, "/key/info", &[("key", &token)]).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !answer.is_success() {
+            return Err(self.fail(CALL, &answer));
+        }
+        Ok(Some(
+            answer.json["info"]["team_id"].as_str().map(str::to_owned),
+        ))
+    }
+
     /// `GET /key/info?key=<token>` for a hashed token (as `/key/list` returns).
     pub async fn token_exists(&self, token: &str) -> Result<bool, LiteLlmError> {
         const CALL: &str = "key/info";
