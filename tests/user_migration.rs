@@ -1299,9 +1299,13 @@ async fn the_cli_back_fills_verifies_and_rolls_back() {
         .await
         .unwrap();
     // Actions still pending: verification fails with exit status 1.
-    let code = run(&db.pool, UsersCommand::Verify { user_id: user })
-        .await
-        .unwrap();
+    #[derive(clap::Parser)]
+    struct Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    }
+    let verify = <Users as clap::Parser>::parse_from(["users", "verify", &user.to_string()]);
+    let code = run(&db.pool, verify.command).await.unwrap();
     assert_eq!(
         format!("{code:?}"),
         format!("{:?}", std::process::ExitCode::from(1))
