@@ -36,7 +36,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT p_value IS NOT NULL AND p_value <> '' AND p_value NOT LIKE 'ok1:%' AND p_value NOT LIKE 'ok2:%';
 $$;
 COMMENT ON FUNCTION orgkeeper.is_legacy_ciphertext(text) IS
-  'True when a secret column holds legacy-scheme ciphertext: orgkeeper''s ciphertext starts with "ok2:" (or "ok1:" before place binding); NULL and empty mean no secret.';
+  'True when a secret column holds a legacy value (OpenHands'' base64-wrapped Fernet token, or a plaintext credential) rather than orgkeeper''s ciphertext, which starts with "ok2:" (or "ok1:" before place binding); NULL and empty mean no secret.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.is_transient_sqlstate(p_sqlstate text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$

@@ -1,11 +1,13 @@
 //! Stories of the external half of user migration: the daemon moves a
 //! legacy user's LiteLLM budget and keys into their personal org's team,
-//! tags their Stripe customer, re-encrypts their legacy secrets — once,
-//! whatever crashes — and reverses all of it on rollback.
+//! tags their Stripe customer, re-encrypts their legacy secrets (OpenHands'
+//! Fernet tokens, or plaintext) — once, whatever crashes — and reverses all
+//! of it on rollback.
 
 mod common;
 
 use common::{daemon_config, daemon_settings, wait_until, TestDaemon, TestDb};
+use orgkeeper::legacy_secrets::LegacyKey;
 use orgkeeper::litellm::{Faults, LiteLlmSimulator};
 use orgkeeper::secrets::{Keyring, Place};
 use orgkeeper::stripe::StripeSimulator;
@@ -23,7 +25,8 @@ struct World {
     litellm: LiteLlmSimulator,
     stripe: StripeSimulator,
     key: SecretString,
-    legacy: SecretString,
+    /// The legacy application's jwt_secret (ORGKEEPER_LEGACY_JWT_SECRET).
+    jwt_secret: SecretString,
 }
 
 impl World {
@@ -33,22 +36,31 @@ impl World {
             litellm: LiteLlmSimulator::start_local().await.unwrap(),
             stripe: StripeSimulator::start_local().await.unwrap(),
             key: orgkeeper::secrets::generate_key(),
-            legacy: orgkeeper::secrets::generate_key(),
+            jwt_secret: SecretString::from(format!("openhands-jwt-{}", Uuid::new_v4())),
         }
     }
 
     fn keyring(&self) -> Keyring {
-        Keyring::new(&self.key, &[], Some(&self.legacy)).unwrap()
+        Keyring::new(&self.key, &[], Some(&self.jwt_secret)).unwrap()
+    }
+
+    /// A credential as the legacy application stores it.
+    fn openhands_encrypt(&self, plaintext: &str) -> String {
+        LegacyKey::from_jwt_secret(&self.jwt_secret).encrypt(&SecretString::from(plaintext))
     }
 
     fn daemon(&self, worker: &str) -> TestDaemon {
+        self.daemon_with(worker, self.keyring())
+    }
+
+    fn daemon_with(&self, worker: &str, keyring: Keyring) -> TestDaemon {
         let mut config = daemon_config(
             &self.db.url,
             &self.litellm,
             &self.key,
             daemon_settings(worker, Duration::from_secs(1)),
         );
-        config.keyring = self.keyring();
+        config.keyring = keyring;
         config.litellm.provisioning.legacy_team_id = Some(LEGACY_TEAM.into());
         config.stripe = Some(orgkeeper::stripe::StripeConfig {
             base_url: self.stripe.base_url(),
@@ -59,7 +71,9 @@ impl World {
     }
 
     /// A legacy user with a LiteLLM budget, two personal keys, a Stripe
-    /// customer and legacy-encrypted credentials. Returns (user, customer).
+    /// customer and credentials as OpenHands stores them: the LLM key and a
+    /// custom secret as Fernet tokens, the search key in plaintext (an older
+    /// row). Returns (user, customer).
     async fn legacy_user(
         &self,
         max_budget: Option<f64>,
@@ -82,16 +96,11 @@ impl World {
         let customer = self
             .stripe
             .seed_customer(Some(&email), &[("user_id", &user.to_string())]);
-        let ring = self.keyring();
-        let llm_key = ring
-            .encrypt_legacy(&SecretString::from("sk-users-own-provider-key"))
-            .unwrap();
-        let secret = ring
-            .encrypt_legacy(&SecretString::from("github-token-123"))
-            .unwrap();
+        let llm_key = self.openhands_encrypt("sk-users-own-provider-key");
+        let secret = self.openhands_encrypt("github-token-123");
         sqlx::query(
-            "INSERT INTO orgkeeper.user_settings (user_id, email, llm_model, llm_api_key, user_version, billing_margin)
-             VALUES ($1, $2, 'litellm_proxy/old-model', $3, $4, $5)",
+            "INSERT INTO orgkeeper.user_settings (user_id, email, llm_model, llm_api_key, search_api_key, user_version, billing_margin)
+             VALUES ($1, $2, 'litellm_proxy/old-model', $3, 'tvly-plaintext-search-key', $4, $5)",
         )
         .bind(user)
         .bind(&email)
@@ -187,8 +196,8 @@ async fn a_migrated_user_ends_with_budget_keys_customer_and_secrets_in_their_org
     );
 
     let ring = w.keyring();
-    let (org_key, secret_id, secret): (String, i64, String) = sqlx::query_as(
-        "SELECT o.llm_api_key, s.id, s.secret_value FROM orgkeeper.org o, orgkeeper.custom_secrets s WHERE o.id = $1 AND s.user_id = $1",
+    let (org_key, search_key, secret_id, secret): (String, String, i64, String) = sqlx::query_as(
+        "SELECT o.llm_api_key, o.search_api_key, s.id, s.secret_value FROM orgkeeper.org o, orgkeeper.custom_secrets s WHERE o.id = $1 AND s.user_id = $1",
     )
     .bind(user)
     .fetch_one(&w.db.pool)
@@ -198,6 +207,14 @@ async fn a_migrated_user_ends_with_budget_keys_customer_and_secrets_in_their_org
     assert_eq!(
         ring.decrypt(&org_place, &org_key).unwrap().expose_secret(),
         "sk-users-own-provider-key"
+    );
+    let search_place = Place::new("org", "search_api_key", user.to_string());
+    assert_eq!(
+        ring.decrypt(&search_place, &search_key)
+            .unwrap()
+            .expose_secret(),
+        "tvly-plaintext-search-key",
+        "a plaintext legacy value passes through and is encrypted at its place"
     );
     let secret_place = Place::new("custom_secrets", "secret_value", secret_id.to_string());
     assert_eq!(
@@ -462,4 +479,125 @@ async fn migration_moves_only_the_users_own_legacy_keys_and_rollback_puts_each_b
         "every key is back where it was; the team org's key never moved"
     );
     assert!(w.litellm.team(&team_org.to_string()).is_some());
+}
+
+/// The secret columns a migrated user's values end in, as (place, value).
+async fn stored_secrets(w: &World, user: Uuid) -> Vec<(String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT 'org.' || c, orgkeeper.read_secret('org', c, jsonb_build_object('id', $1::uuid))
+           FROM unnest(ARRAY['llm_api_key', 'llm_api_key_for_byor', 'search_api_key', 'sandbox_api_key']) c
+         UNION ALL
+         SELECT 'org_member.llm_api_key', m.llm_api_key FROM orgkeeper.org_member m WHERE m.org_id = $1 AND m.user_id = $1
+         UNION ALL
+         SELECT 'custom_secrets.secret_value/' || s.id, s.secret_value FROM orgkeeper.custom_secrets s WHERE s.user_id = $1
+         ORDER BY 1",
+    )
+    .bind(user)
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_wrong_legacy_jwt_secret_fails_the_reencryption_naming_user_and_fields_and_writes_nothing(
+) {
+    let w = World::new().await;
+    let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    assert_eq!(w.migrate(user).await["status"], "migrated");
+    let before = stored_secrets(&w, user).await;
+    assert!(before.iter().all(|(_, v)| v
+        .as_deref()
+        .is_none_or(|v| !Keyring::is_orgkeeper_format(v))));
+
+    let wrong = Keyring::new(
+        &w.key,
+        &[],
+        Some(&SecretString::from("not-the-openhands-jwt-secret")),
+    )
+    .unwrap();
+    let d = w.daemon_with("wrong-secret", wrong);
+    wait_until(LONG, "the migration's actions to finish", || {
+        w.actions_finished()
+    })
+    .await;
+    d.stop().await;
+
+    let (id, status, attempts, error): (i64, String, i32, String) = sqlx::query_as(
+        "SELECT id, status, attempts, last_error FROM orgkeeper.pending_external_actions
+          WHERE user_id = $1 AND kind = 'secrets.reencrypt'",
+    )
+    .bind(user)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "failed", "{error}");
+    assert_eq!(attempts, 1, "a wrong secret is permanent: not retried");
+    assert!(error.contains(&user.to_string()), "names the user: {error}");
+    for field in [
+        "org.llm_api_key",
+        "org_member.llm_api_key",
+        "custom_secrets.secret_value",
+        "ORGKEEPER_LEGACY_JWT_SECRET",
+    ] {
+        assert!(error.contains(field), "names {field}: {error}");
+    }
+    assert!(
+        !error.contains("search_api_key"),
+        "the plaintext search key was readable: {error}"
+    );
+    assert!(
+        !error.contains("sk-users-own") && !error.contains("github-token"),
+        "{error}"
+    );
+    assert_eq!(
+        stored_secrets(&w, user).await,
+        before,
+        "nothing was written, not even the readable plaintext"
+    );
+    let checks = w.checks(user).await;
+    let (_, ok, detail) = checks
+        .iter()
+        .find(|(c, _, _)| c == "no_legacy_ciphertext")
+        .unwrap();
+    assert!(!ok, "{detail}");
+    let others_done: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.pending_external_actions
+          WHERE user_id = $1 AND kind <> 'secrets.reencrypt' AND status = 'done'",
+    )
+    .bind(user)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(others_done, 2, "LiteLLM and Stripe halves are unaffected");
+
+    // With the right secret, a retry re-encrypts everything.
+    sqlx::query("SELECT orgkeeper.retry_action($1)")
+        .bind(id)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    let d = w.daemon("right-secret");
+    wait_until(LONG, "the retried action to finish", || {
+        w.actions_finished()
+    })
+    .await;
+    d.stop().await;
+    for (check, ok, detail) in w.checks(user).await {
+        assert!(ok, "{check}: {detail}");
+    }
+    let org_key: String = sqlx::query_scalar("SELECT llm_api_key FROM orgkeeper.org WHERE id = $1")
+        .bind(user)
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.keyring()
+            .decrypt(
+                &Place::new("org", "llm_api_key", user.to_string()),
+                &org_key
+            )
+            .unwrap()
+            .expose_secret(),
+        "sk-users-own-provider-key"
+    );
 }

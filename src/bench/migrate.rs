@@ -13,6 +13,7 @@
 //! fraction of the secret columns.
 
 use super::{percentile, BenchEnv};
+use crate::legacy_secrets::LegacyKey;
 use crate::litellm::LiteLlmSimulator;
 use crate::secrets::Keyring;
 use crate::stripe::StripeSimulator;
@@ -64,9 +65,10 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     );
     let mut env = BenchEnv::start(args.database_url.as_deref()).await?;
     let current_key = crate::secrets::generate_key();
+    // The legacy application's jwt_secret: any string; a random one here.
     let legacy_key = crate::secrets::generate_key();
     let keyring = Keyring::new(&current_key, &[], Some(&legacy_key))?;
-    let ciphertexts = Ciphertexts::new(&keyring)?;
+    let ciphertexts = Ciphertexts::new(&keyring, &legacy_key);
     let pool = crate::db::connect(&env.url, 8).await?;
 
     // ---------------------------------------------------------------- data
@@ -183,12 +185,12 @@ struct Ciphertexts {
 }
 
 impl Ciphertexts {
-    fn new(keyring: &Keyring) -> anyhow::Result<Self> {
+    fn new(keyring: &Keyring, jwt_secret: &SecretString) -> Self {
         let plain = |i: usize| SecretString::from(format!("sk-bench-legacy-secret-{i:04}"));
-        Ok(Ciphertexts {
-            legacy: (0..16)
-                .map(|i| keyring.encrypt_legacy(&plain(i)))
-                .collect::<Result<_, _>>()?,
+        let legacy_key = LegacyKey::from_jwt_secret(jwt_secret);
+        Ciphertexts {
+            // OpenHands' format: base64-wrapped Fernet tokens.
+            legacy: (0..16).map(|i| legacy_key.encrypt(&plain(i))).collect(),
             // Bound to no real row: only their format matters to the
             // migration (they are already orgkeeper's and stay as they are).
             current: (0..16)
@@ -197,7 +199,7 @@ impl Ciphertexts {
                     keyring.encrypt(&place, &plain(100 + i))
                 })
                 .collect(),
-        })
+        }
     }
 }
 
@@ -609,7 +611,7 @@ async fn external_phase(
             current_key.expose_secret().to_string(),
         ),
         (
-            "ORGKEEPER_LEGACY_SECRET_KEY",
+            "ORGKEEPER_LEGACY_JWT_SECRET",
             legacy_key.expose_secret().to_string(),
         ),
         ("ORGKEEPER_CONCURRENCY", args.concurrency.to_string()),
