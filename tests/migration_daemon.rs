@@ -7,6 +7,7 @@
 mod common;
 
 use common::{daemon_config, daemon_settings, wait_until, TestDaemon, TestDb};
+use orgkeeper::legacy_data::{self, LegacyValues};
 use orgkeeper::legacy_secrets::LegacyKey;
 use orgkeeper::litellm::{Faults, LiteLlmSimulator};
 use orgkeeper::secrets::{Keyring, Place};
@@ -600,4 +601,131 @@ async fn a_wrong_legacy_jwt_secret_fails_the_reencryption_naming_user_and_fields
             .expose_secret(),
         "sk-users-own-provider-key"
     );
+}
+
+#[tokio::test]
+async fn generated_openhands_users_migrate_end_to_end_and_every_credential_reads_as_openhands_would(
+) {
+    let w = World::new().await;
+    let n = 30;
+    let values = LegacyValues::new(&w.jwt_secret);
+    legacy_data::generate(&w.db.pool, 1, n, &values, None)
+        .await
+        .unwrap();
+    let users = legacy_data::users(&w.db.pool, 1, n).await.unwrap();
+    assert_eq!(users.len(), n as usize);
+    legacy_data::seed_simulators(&w.db.pool, &users, &w.litellm, &w.stripe)
+        .await
+        .unwrap();
+
+    // The generator covers what a real deployment holds.
+    let (versions, margins, urls, models, no_email): (Vec<i32>, Vec<String>, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT array_agg(DISTINCT user_version ORDER BY user_version),
+                    array_agg(DISTINCT coalesce(billing_margin::text, 'NULL') ORDER BY coalesce(billing_margin::text, 'NULL')),
+                    count(DISTINCT coalesce(llm_base_url, 'NULL')), count(DISTINCT coalesce(llm_model, 'NULL')),
+                    count(*) FILTER (WHERE email IS NULL)
+               FROM orgkeeper.user_settings",
+        )
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(margins, ["0", "1", "2", "NULL"]);
+    assert!(urls >= 3 && models >= 4 && no_email >= 1);
+    let budgets: Vec<_> = users
+        .iter()
+        .map(|u| legacy_data::litellm_account(u.number).0)
+        .collect();
+    for b in [None, Some(0.0), Some(1_000_000_000.0)] {
+        assert!(budgets.contains(&b), "a LiteLLM budget {b:?}");
+    }
+
+    // What OpenHands reads in each credential, keyed by where it will live.
+    let legacy = LegacyKey::from_jwt_secret(&w.jwt_secret);
+    let stored: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT 'org', c, s.user_id::text, v
+           FROM orgkeeper.user_settings s,
+                LATERAL (VALUES ('llm_api_key', s.llm_api_key), ('llm_api_key_for_byor', s.llm_api_key_for_byor),
+                                ('search_api_key', s.search_api_key), ('sandbox_api_key', s.sandbox_api_key)) AS x(c, v)
+          WHERE v IS NOT NULL
+         UNION ALL
+         SELECT 'org_member', 'llm_api_key', s.user_id || '/' || s.user_id, s.llm_api_key
+           FROM orgkeeper.user_settings s WHERE s.llm_api_key IS NOT NULL
+         UNION ALL
+         SELECT 'custom_secrets', 'secret_value', id::text, secret_value FROM orgkeeper.custom_secrets WHERE secret_value IS NOT NULL
+         UNION ALL
+         SELECT 'gitlab_webhook', 'webhook_secret', id::text, webhook_secret FROM orgkeeper.gitlab_webhook WHERE webhook_secret IS NOT NULL",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(t, c, k, v): (String, String, String, String)| (format!("{t}.{c}:{k}"), t, v))
+    .collect();
+    let mut expected = std::collections::BTreeMap::new();
+    let mut plaintexts = 0;
+    for (place, _, value) in &stored {
+        let read = legacy.decrypt(value).expect(place);
+        plaintexts += usize::from(read.was_plaintext());
+        expected.insert(place.clone(), read.secret().expose_secret().to_string());
+    }
+    assert!(
+        plaintexts > 0 && plaintexts < stored.len() / 2,
+        "{plaintexts} plaintexts"
+    );
+
+    let migrated: i32 = sqlx::query_scalar("SELECT orgkeeper.migrate_users(100)")
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(migrated, n as i32);
+    let d = w.daemon("w1");
+    wait_until(LONG, "every migration's actions to finish", || {
+        w.actions_finished()
+    })
+    .await;
+    d.stop().await;
+    let not_done: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT kind, status, last_error FROM orgkeeper.pending_external_actions WHERE status <> 'done'",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap();
+    assert!(not_done.is_empty(), "{not_done:?}");
+    for u in &users {
+        for (check, ok, detail) in w.checks(u.user_id).await {
+            assert!(ok, "user {}: {check}: {detail}", u.number);
+        }
+    }
+
+    // Every credential is now orgkeeper's, bound to its place, and reads as
+    // OpenHands read it.
+    let ring = w.keyring();
+    for (place, table, _) in &stored {
+        let (column_key, row) = place.split_once(':').unwrap();
+        let column = column_key.split_once('.').unwrap().1;
+        let now: String = match *table == "org_member" {
+            true => sqlx::query_scalar(
+                "SELECT llm_api_key FROM orgkeeper.org_member WHERE org_id::text || '/' || user_id::text = $1",
+            )
+            .bind(row)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap(),
+            false => sqlx::query_scalar("SELECT orgkeeper.read_secret($1, $2, jsonb_build_object('id', $3::text))")
+                .bind(table)
+                .bind(column)
+                .bind(row)
+                .fetch_one(&w.db.pool)
+                .await
+                .unwrap(),
+        };
+        let at = Place::new(table, column, row);
+        assert_eq!(
+            ring.decrypt(&at, &now).expect(place).expose_secret(),
+            expected[place],
+            "{place}"
+        );
+    }
 }
