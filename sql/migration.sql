@@ -38,6 +38,14 @@ $$;
 COMMENT ON FUNCTION orgkeeper.is_legacy_ciphertext(text) IS
   'True when a secret column holds a legacy value (OpenHands'' base64-wrapped Fernet token, or a plaintext credential) rather than orgkeeper''s ciphertext, which starts with "ok2:" (or "ok1:" before place binding); NULL and empty mean no secret.';
 
+-- The legacy tables' comments (V3) predate reading OpenHands' own format.
+COMMENT ON COLUMN orgkeeper.user_settings.llm_api_key IS
+  'The legacy application''s value as OpenHands stores it: a base64-wrapped Fernet token under its jwt_secret (ORGKEEPER_LEGACY_JWT_SECRET), or a plaintext; moved as it is on migration and re-encrypted by the daemon (secrets.reencrypt).';
+COMMENT ON TABLE orgkeeper.custom_secrets IS
+  'User-defined secrets; secret_value is orgkeeper''s AEAD ciphertext ("ok2:"), or, for a user not yet migrated, the legacy application''s value (a base64-wrapped Fernet token or a plaintext).';
+COMMENT ON TABLE orgkeeper.gitlab_webhook IS
+  'GitLab webhooks installed for a user; webhook_secret is orgkeeper''s AEAD ciphertext ("ok2:"), or, for a user not yet migrated, the legacy application''s value (a base64-wrapped Fernet token or a plaintext).';
+
 CREATE OR REPLACE FUNCTION orgkeeper.is_transient_sqlstate(p_sqlstate text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT left(p_sqlstate, 2) IN ('40', '53', '57', '58') OR p_sqlstate = '55P03';
