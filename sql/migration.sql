@@ -36,7 +36,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT p_value IS NOT NULL AND p_value <> '' AND p_value NOT LIKE 'ok1:%' AND p_value NOT LIKE 'ok2:%';
 $$;
 COMMENT ON FUNCTION orgkeeper.is_legacy_ciphertext(text) IS
-  'True when a secret column holds legacy-scheme ciphertext: orgkeeper''s ciphertext starts with "ok2:" (or "ok1:" before place binding); NULL and empty mean no secret.';
+  'True when a secret column holds a legacy value (OpenHands'' base64-wrapped Fernet token, or a plaintext credential) rather than orgkeeper''s ciphertext, which starts with "ok2:" (or "ok1:" before place binding); NULL and empty mean no secret.';
+
+-- The legacy tables' comments (V3) predate reading OpenHands' own format.
+COMMENT ON COLUMN orgkeeper.user_settings.llm_api_key IS
+  'The legacy application''s value as OpenHands stores it: a base64-wrapped Fernet token under its jwt_secret (ORGKEEPER_LEGACY_JWT_SECRET), or a plaintext; moved as it is on migration and re-encrypted by the daemon (secrets.reencrypt).';
+COMMENT ON TABLE orgkeeper.custom_secrets IS
+  'User-defined secrets; secret_value is orgkeeper''s AEAD ciphertext ("ok2:"), or, for a user not yet migrated, the legacy application''s value (a base64-wrapped Fernet token or a plaintext).';
+COMMENT ON TABLE orgkeeper.gitlab_webhook IS
+  'GitLab webhooks installed for a user; webhook_secret is orgkeeper''s AEAD ciphertext ("ok2:"), or, for a user not yet migrated, the legacy application''s value (a base64-wrapped Fernet token or a plaintext).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.is_transient_sqlstate(p_sqlstate text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -288,11 +296,13 @@ BEGIN
                        'email', b.email)
               FROM sc JOIN b ON b.user_id = sc.user_id
             UNION ALL
-            -- After the re-encryption (same subject, so in order): the
-            -- member's key is checked and replaced when invalid or missing.
+            -- The member's key is checked and replaced when invalid or
+            -- missing — here when nothing needs re-encrypting, else by
+            -- secrets.reencrypt once it succeeded (record_reencrypted).
             SELECT b.user_id, 4, 0, 'litellm.verify_key',
                    jsonb_build_object('user_id', b.user_id, 'team_id', b.user_id::text, 'regenerate', true)
               FROM b
+             WHERE NOT EXISTS (SELECT 1 FROM secrets x WHERE x.user_id = b.user_id)
             UNION ALL
             SELECT x.user_id, 3, 0, 'secrets.reencrypt',
                    jsonb_build_object(
@@ -342,7 +352,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.migrate_locked_users(uuid[]) IS
-  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their advisory and user_settings locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, model, billing_margin, apply_margin (below version 4, margin not NULL, 0 or 1.0), unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}; then litellm.verify_key {user_id, team_id, regenerate: true} (the member keeps a working key, else gets a new one).';
+  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their advisory and user_settings locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, model, billing_margin, apply_margin (below version 4, margin not NULL, 0 or 1.0), unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}; litellm.verify_key {user_id, team_id, regenerate: true} (the member keeps a working key, else gets a new one) when nothing needs re-encrypting, else secrets.reencrypt enqueues it once done.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.user_migration_report(p_log orgkeeper.user_migration) RETURNS jsonb
 LANGUAGE sql STABLE AS $$

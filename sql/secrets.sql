@@ -215,8 +215,12 @@ BEGIN
         END IF;
     END LOOP;
     PERFORM orgkeeper.complete_action(p_action_id, p_worker, p_result);
+    -- Now that the member's key is readable, check it (and replace it when
+    -- the proxy refuses it).
+    PERFORM orgkeeper.enqueue_action('litellm.verify_key', v_user, v_user,
+        jsonb_build_object('user_id', v_user, 'team_id', v_user::text, 'regenerate', true));
     RETURN 'done';
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_reencrypted(bigint, text, jsonb, jsonb) IS
-  'Daemon: swaps in every re-encrypted value of a secrets.reencrypt action by compare-and-set and marks it done, in one transaction fenced on the lease. A value changed meanwhile rolls everything back (40001, retried); a rolled-back migration writes nothing (skipped). Returns done, skipped or lease_lost.';
+  'Daemon: swaps in every re-encrypted value of a secrets.reencrypt action by compare-and-set and marks it done, in one transaction fenced on the lease. A value changed meanwhile rolls everything back (40001, retried); a rolled-back migration writes nothing (skipped). Once done it enqueues litellm.verify_key for the member''s key. Returns done, skipped or lease_lost.';

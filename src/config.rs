@@ -264,9 +264,10 @@ pub struct SecretArgs {
         value_delimiter = ','
     )]
     pub old_secret_keys: Vec<String>,
-    /// Key of the pre-organization (legacy) secrets, needed to re-encrypt them on user migration
-    #[arg(long, env = "ORGKEEPER_LEGACY_SECRET_KEY", hide_env_values = true)]
-    pub legacy_secret_key: Option<String>,
+    /// The pre-organization application's (OpenHands') jwt_secret, whose Fernet key encrypted
+    /// its users' secrets; needed to re-encrypt them on user migration
+    #[arg(long, env = "ORGKEEPER_LEGACY_JWT_SECRET", hide_env_values = true)]
+    pub legacy_jwt_secret: Option<String>,
 }
 
 impl SecretArgs {
@@ -283,13 +284,18 @@ impl SecretArgs {
             .iter()
             .map(|k| SecretString::from(k.clone()))
             .collect();
-        let legacy = self.legacy_secret_key.clone().map(SecretString::from);
+        if self.legacy_jwt_secret.as_deref() == Some("") {
+            return Err(ConfigError {
+                env: "ORGKEEPER_LEGACY_JWT_SECRET",
+                flag: "legacy-jwt-secret",
+                problem: "must not be empty (leave it unset when there is no legacy application)"
+                    .into(),
+            });
+        }
+        let legacy = self.legacy_jwt_secret.clone().map(SecretString::from);
         crate::secrets::Keyring::new(&SecretString::from(current), &old, legacy.as_ref()).map_err(
             |e| {
                 let (env, flag) = match &e {
-                    crate::secrets::SecretError::BadKey {
-                        setting: "ORGKEEPER_LEGACY_SECRET_KEY",
-                    } => ("ORGKEEPER_LEGACY_SECRET_KEY", "legacy-secret-key"),
                     crate::secrets::SecretError::BadKey {
                         setting: "ORGKEEPER_OLD_SECRET_KEYS",
                     } => ("ORGKEEPER_OLD_SECRET_KEYS", "old-secret-keys"),
@@ -507,7 +513,7 @@ impl fmt::Debug for SecretArgs {
         f.debug_struct("SecretArgs")
             .field("secret_key_set", &self.secret_key.is_some())
             .field("old_secret_keys", &self.old_secret_keys.len())
-            .field("legacy_secret_key_set", &self.legacy_secret_key.is_some())
+            .field("legacy_jwt_secret_set", &self.legacy_jwt_secret.is_some())
             .finish()
     }
 }
@@ -541,8 +547,8 @@ mod tests {
             "sk_live_secret_2",
             "--secret-key",
             "c2VjcmV0LWtleS1tYXRlcmlhbA==",
-            "--legacy-secret-key",
-            "bGVnYWN5LWtleQ==",
+            "--legacy-jwt-secret",
+            "openhands-jwt-secret-value",
         ]);
         let shown = format!("{all:?}");
         for secret in [
@@ -550,7 +556,7 @@ mod tests {
             "sk-master-secret-1",
             "sk_live_secret_2",
             "c2VjcmV0",
-            "bGVnYWN5",
+            "openhands-jwt",
         ] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }

@@ -1,6 +1,7 @@
 //! `orgkeeper dev`: everything on this machine with no configuration — a
-//! private PostgreSQL cluster, the LiteLLM and Stripe simulators, and the
-//! daemon — until Ctrl-C, which stops and removes all of it.
+//! private PostgreSQL cluster, the LiteLLM and Stripe simulators, the daemon,
+//! and a few pre-organization users to migrate, their secrets in OpenHands'
+//! format — until Ctrl-C, which stops and removes all of it.
 
 use crate::config::{DaemonSettings, LiteLlmSettings, ProvisioningDefaults};
 use crate::listen::DaemonConfig;
@@ -21,6 +22,9 @@ pub struct DevArgs {
         default_value = "127.0.0.1:0"
     )]
     pub metrics_addr: String,
+    /// Pre-organization (OpenHands) users to generate, ready for user migration
+    #[arg(long, env = "ORGKEEPER_DEV_LEGACY_USERS", default_value_t = 20)]
+    pub legacy_users: u32,
 }
 
 /// Runs the embedded environment until SIGINT/SIGTERM.
@@ -43,6 +47,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         addr => Some(addr.parse()?),
     };
     let secret_key = crate::secrets::generate_key();
+    // The made-up legacy application's jwt_secret, for its generated users.
+    let jwt_secret = crate::secrets::generate_key();
+    if args.legacy_users > 0 {
+        let pool = crate::db::connect(&url, 4).await?;
+        let values = crate::legacy_data::LegacyValues::new(&jwt_secret);
+        crate::legacy_data::generate(&pool, 1, args.legacy_users, &values, None).await?;
+        let users = crate::legacy_data::users(&pool, 1, args.legacy_users).await?;
+        crate::legacy_data::seed_simulators(&pool, &users, &litellm, &stripe).await?;
+        pool.close().await;
+    }
     let config = DaemonConfig {
         database_url: url.clone(),
         litellm: LiteLlmSettings {
@@ -66,11 +80,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             api_key: SecretString::from(stripe.api_key()),
             timeout: Duration::from_secs(10),
         }),
-        keyring: crate::secrets::Keyring::new(
-            &secret_key,
-            &[],
-            Some(&crate::secrets::generate_key()),
-        )?,
+        keyring: crate::secrets::Keyring::new(&secret_key, &[], Some(&jwt_secret))?,
         daemon: DaemonSettings {
             concurrency: 32,
             lease: Duration::from_secs(30),
@@ -98,6 +108,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  INSERT INTO orgkeeper.org (name, created_by) VALUES ('Acme', gen_random_uuid());");
     println!("  SELECT name, provisioning_status, litellm_team_id FROM orgkeeper.org;   -- pending, then active");
     println!("  SELECT id, kind, status, attempts FROM orgkeeper.pending_external_actions;");
+    if args.legacy_users > 0 {
+        println!(
+            "  SELECT orgkeeper.migrate_users(100);   -- the {} generated pre-organization users",
+            args.legacy_users
+        );
+    }
     println!();
 
     let result = crate::listen::run(config, crate::listen::shutdown_on_signals()).await;

@@ -9,6 +9,8 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod keys;
+pub mod legacy_data;
+pub mod legacy_secrets;
 pub mod listen;
 pub mod litellm;
 pub mod live_checks;

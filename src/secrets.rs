@@ -20,11 +20,12 @@
 //! Version 1 (`ok1:`, same layout, no associated data) is still read, and
 //! rewritten as version 2 by `orgkeeper secrets rotate`.
 //!
-//! The *legacy* scheme (secrets of pre-organization users) is
-//! `base64url-nopad(nonce || ciphertext-with-tag)` with the same cipher under
-//! `ORGKEEPER_LEGACY_SECRET_KEY` and no prefix; the daemon re-encrypts it into
-//! version 2 when a user is migrated. The README ("Secrets") has a test vector.
+//! *Legacy* secrets (of pre-organization users) are OpenHands' Fernet
+//! tokens under its `jwt_secret` (`ORGKEEPER_LEGACY_JWT_SECRET`), or
+//! plaintext; see [`crate::legacy_secrets`]. The daemon re-encrypts them into
+//! version 2 when a user is migrated.
 
+use crate::legacy_secrets::{LegacyKey, LegacySecretError, LegacyValue};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -61,9 +62,6 @@ pub enum SecretError {
     /// copied from another row or column, or damaged.
     #[error("ciphertext does not belong at {0} (copied from another row or column, or damaged)")]
     WrongPlace(String),
-    /// Legacy ciphertext but no legacy key configured.
-    #[error("legacy ciphertext found but ORGKEEPER_LEGACY_SECRET_KEY is not set")]
-    NoLegacyKey,
 }
 
 /// One 32-byte key and its id.
@@ -193,7 +191,7 @@ impl fmt::Display for Place {
 pub struct Keyring {
     current: Key,
     old: Vec<Key>,
-    legacy: Option<Key>,
+    legacy: Option<LegacyKey>,
 }
 
 impl fmt::Debug for Keyring {
@@ -211,11 +209,12 @@ impl fmt::Debug for Keyring {
 
 impl Keyring {
     /// Builds the keyring from base64 keys (`ORGKEEPER_SECRET_KEY`, optional
-    /// old keys, optional `ORGKEEPER_LEGACY_SECRET_KEY`).
+    /// old keys) and the optional pre-organization application's
+    /// `jwt_secret` (`ORGKEEPER_LEGACY_JWT_SECRET`).
     pub fn new(
         current: &SecretString,
         old: &[SecretString],
-        legacy: Option<&SecretString>,
+        legacy_jwt_secret: Option<&SecretString>,
     ) -> Result<Self, SecretError> {
         Ok(Keyring {
             current: Key::from_base64(current.expose_secret(), "ORGKEEPER_SECRET_KEY")?,
@@ -223,9 +222,7 @@ impl Keyring {
                 .iter()
                 .map(|k| Key::from_base64(k.expose_secret(), "ORGKEEPER_OLD_SECRET_KEYS"))
                 .collect::<Result<_, _>>()?,
-            legacy: legacy
-                .map(|k| Key::from_base64(k.expose_secret(), "ORGKEEPER_LEGACY_SECRET_KEY"))
-                .transpose()?,
+            legacy: legacy_jwt_secret.map(LegacyKey::from_jwt_secret),
         })
     }
 
@@ -306,24 +303,10 @@ impl Keyring {
         ciphertext.starts_with("ok1:") || ciphertext.starts_with("ok2:")
     }
 
-    /// Decrypts a legacy-scheme ciphertext with the legacy key.
-    pub fn decrypt_legacy(&self, ciphertext: &str) -> Result<SecretString, SecretError> {
-        let key = self.legacy.as_ref().ok_or(SecretError::NoLegacyKey)?;
-        let sealed = URL_SAFE_NO_PAD
-            .decode(ciphertext.trim())
-            .map_err(|_| SecretError::Corrupt)?;
-        to_secret(key.open(&sealed, b"")?)
-    }
-
-    /// Encrypts with the legacy scheme. Exists for tests, benchmarks and
-    /// data generators that need legacy data; production never writes it.
-    pub fn encrypt_legacy(&self, plaintext: &SecretString) -> Result<String, SecretError> {
-        let key = self.legacy.as_ref().ok_or(SecretError::NoLegacyKey)?;
-        Ok(URL_SAFE_NO_PAD.encode(key.seal(
-            &fresh_nonce(),
-            plaintext.expose_secret().as_bytes(),
-            b"",
-        )))
+    /// Reads a legacy (pre-organization) value the way OpenHands does: a
+    /// Fernet token under the legacy jwt secret, or a plaintext.
+    pub fn decrypt_legacy(&self, stored: &str) -> Result<LegacyValue, LegacySecretError> {
+        crate::legacy_secrets::decrypt(self.legacy.as_ref(), stored)
     }
 }
 
@@ -511,20 +494,23 @@ mod tests {
     }
 
     #[test]
-    fn legacy_ciphertext_is_read_only_with_the_legacy_key() {
-        let (ring, _) = ring(true);
-        let legacy = ring
-            .encrypt_legacy(&SecretString::from("sk-legacy-0001"))
-            .unwrap();
+    fn legacy_tokens_are_read_only_with_the_legacy_jwt_secret() {
+        let jwt_secret = SecretString::from("openhands-jwt-secret");
+        let ring = Keyring::new(&generate_key(), &[], Some(&jwt_secret)).unwrap();
+        let legacy =
+            LegacyKey::from_jwt_secret(&jwt_secret).encrypt(&SecretString::from("sk-legacy-0001"));
         assert!(!Keyring::is_orgkeeper_format(&legacy));
         assert_eq!(
-            ring.decrypt_legacy(&legacy).unwrap().expose_secret(),
+            ring.decrypt_legacy(&legacy)
+                .unwrap()
+                .secret()
+                .expose_secret(),
             "sk-legacy-0001"
         );
         let (no_legacy, _) = super::tests::ring(false);
         assert_eq!(
-            no_legacy.decrypt_legacy(&legacy).unwrap_err(),
-            SecretError::NoLegacyKey
+            no_legacy.decrypt_legacy(&legacy).err(),
+            Some(LegacySecretError::NoSecret)
         );
     }
 

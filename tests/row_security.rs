@@ -199,6 +199,7 @@ async fn every_table_has_row_security_or_a_recorded_exemption() {
     assert_eq!(
         names,
         [
+            "daemon_waiting",
             "rls_exempt",
             "role",
             "schema_history",

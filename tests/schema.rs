@@ -63,8 +63,18 @@ async fn an_application_inserts_an_org_and_gets_an_owner_an_action_and_a_notific
     let db = TestDb::migrated().await;
     let mut listener = PgListener::connect(&db.url).await.unwrap();
     listener.listen("orgkeeper_actions").await.unwrap();
-    let owner = Uuid::new_v4();
 
+    // No daemon waits: inserts do not notify (busy daemons keep claiming).
+    insert_org(&db, "Unnoticed", Uuid::new_v4()).await;
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), listener.recv()).await;
+    assert!(quiet.is_err(), "no NOTIFY while no daemon waits");
+
+    // A daemon waits (as after a claim that found nothing): the insert notifies.
+    sqlx::query("SELECT orgkeeper.daemon_waits('listening-test', interval '1 minute')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let owner = Uuid::new_v4();
     let org = insert_org(&db, "Acme", owner).await;
 
     assert_eq!(role_of(&db, org, owner).await.as_deref(), Some("owner"));

@@ -683,27 +683,29 @@ async fn twenty_concurrent_migrations_of_one_user_migrate_it_once() {
 }
 
 /// `n` legacy users with a few related rows each, in one statement per table.
-async fn seed_many(db: &TestDb, n: i32) {
-    for sql in [
-        "INSERT INTO orgkeeper.user_settings (user_id, email, llm_api_key, user_version, billing_margin)
-         SELECT gen_random_uuid(), 'user' || g || '@example.com', 'legacy:' || g, g % 6, 1.1
-           FROM generate_series(1, $1) g",
-        "INSERT INTO orgkeeper.api_keys (user_id, key_hash) SELECT user_id, md5(user_id::text) FROM orgkeeper.user_settings",
-        "INSERT INTO orgkeeper.stripe_customers (user_id, stripe_customer_id) SELECT user_id, 'cus_' || user_id FROM orgkeeper.user_settings",
-        "INSERT INTO orgkeeper.custom_secrets (user_id, secret_value) SELECT user_id, 'legacy:x' FROM orgkeeper.user_settings",
-        "INSERT INTO orgkeeper.conversation_metadata (conversation_id, user_id)
-         SELECT user_id::text || '-' || k, user_id FROM orgkeeper.user_settings, generate_series(1, 2) k",
-    ] {
-        let q = sqlx::query(sql);
-        let q = if sql.contains("$1") { q.bind(n) } else { q };
-        q.execute(&db.pool).await.expect(sql);
-    }
+/// `n` legacy users from the generator `bench migrate` uses: OpenHands'
+/// Fernet-wrapped (or plaintext) credentials and about 20 related rows each.
+async fn seed_many(db: &TestDb, n: u32) {
+    let jwt_secret = secrecy::SecretString::from("openhands-jwt-secret");
+    let values = orgkeeper::legacy_data::LegacyValues::new(&jwt_secret);
+    orgkeeper::legacy_data::generate(&db.pool, 1, n, &values, None)
+        .await
+        .expect("generated legacy users");
 }
 
 #[tokio::test]
 async fn three_sessions_back_fill_a_thousand_users_each_exactly_once() {
     let db = TestDb::migrated().await;
     seed_many(&db, 1000).await;
+    let (customers, conversations): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orgkeeper.stripe_customers),
+                (SELECT count(*) FROM (SELECT conversation_id FROM orgkeeper.conversation_metadata
+                                       UNION SELECT conversation_id FROM orgkeeper.conversation_metadata_saas) c)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(customers >= 400 && conversations >= 5000);
 
     let mut sessions = Vec::new();
     for _ in 0..3 {
@@ -745,7 +747,9 @@ async fn three_sessions_back_fill_a_thousand_users_each_exactly_once() {
                     (SELECT count(*) FROM orgkeeper.pending_external_actions WHERE kind = 'stripe.migrate_customer'),
                     (SELECT count(*) FROM orgkeeper.user_settings WHERE already_migrated IS NOT TRUE),
                     (SELECT count(*) FROM orgkeeper.api_keys WHERE org_id IS DISTINCT FROM user_id)
-                  + (SELECT count(*) FROM orgkeeper.custom_secrets WHERE org_id IS DISTINCT FROM user_id)",
+                  + (SELECT count(*) FROM orgkeeper.custom_secrets WHERE org_id IS DISTINCT FROM user_id)
+                  + (SELECT count(*) FROM orgkeeper.stripe_customers WHERE org_id IS DISTINCT FROM user_id)
+                  + (SELECT count(*) FROM orgkeeper.gitlab_webhook WHERE org_id IS DISTINCT FROM user_id)",
         )
         .fetch_one(&db.pool)
         .await
@@ -761,7 +765,7 @@ async fn three_sessions_back_fill_a_thousand_users_each_exactly_once() {
             left,
             without_org
         ),
-        (1000, 1000, 1000, 1000, 1000, 1000, 0, 0)
+        (1000, 1000, 1000, 1000, 1000, customers, 0, 0)
     );
     let saas: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orgkeeper.conversation_metadata_saas WHERE org_id = user_id",
@@ -769,7 +773,7 @@ async fn three_sessions_back_fill_a_thousand_users_each_exactly_once() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(saas, 2000);
+    assert_eq!(saas, conversations, "every conversation is in the org");
     // A batch user is verified like a single one (after the daemon).
     let user: Uuid =
         sqlx::query_scalar("SELECT user_id FROM orgkeeper.user_migration ORDER BY id LIMIT 1")

@@ -1,11 +1,15 @@
-//! `secrets.reencrypt`: re-encrypts a migrated user's legacy ciphertext
-//! with the current key. The database never decrypts; this handler reads
-//! the listed values in one call, decrypts each with the legacy key,
-//! encrypts it with the current one, and swaps them all in by
-//! compare-and-set together with marking the action done, in one
-//! transaction (`orgkeeper.record_reencrypted`). A value changed meanwhile
-//! makes the whole swap roll back and the action retry; a migration rolled
-//! back meanwhile makes it write nothing.
+//! `secrets.reencrypt`: re-encrypts a migrated user's legacy secrets with
+//! the current key. The database never decrypts; this handler reads the
+//! listed values in one call, reads each the way OpenHands does (a Fernet
+//! token under `ORGKEEPER_LEGACY_JWT_SECRET`, or a plaintext kept as it is;
+//! see [`crate::legacy_secrets`]), encrypts it with the current key bound to
+//! its place, and swaps them all in by compare-and-set together with marking
+//! the action done, in one transaction (`orgkeeper.record_reencrypted`). A
+//! value changed meanwhile makes the whole swap roll back and the action
+//! retry; a migration rolled back meanwhile makes it write nothing. A token
+//! that does not authenticate (the wrong jwt secret, or damaged data) fails
+//! the action permanently, naming the user and every such field, and writes
+//! nothing: a ciphertext is never stored as if it were a key.
 
 use super::{ActionError, Finish, Services};
 use crate::outbox::Action;
@@ -26,7 +30,8 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
             .bind(items)
             .fetch_all(&services.pool)
             .await?;
-    let (mut swaps, mut already, mut gone) = (Vec::new(), 0, 0);
+    let (mut swaps, mut already, mut gone, mut plaintext) = (Vec::new(), 0, 0, 0);
+    let mut unreadable = Vec::new();
     for (item, value) in stored {
         match value {
             None => gone += 1,
@@ -38,22 +43,36 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
                         action.id
                     ))
                 })?;
-                let plain = services
-                    .keyring
-                    .decrypt_legacy(&current)
-                    .map_err(|e| ActionError::Permanent(format!("secrets: {place}: {e}")))?;
+                let plain = match services.keyring.decrypt_legacy(&current) {
+                    Ok(plain) => plain,
+                    Err(e) => {
+                        unreadable.push(format!("{place} {e}"));
+                        continue;
+                    }
+                };
+                plaintext += usize::from(plain.was_plaintext());
                 swaps.push(json!({
                     "table": item["table"],
                     "column": item["column"],
                     "key": item["key"],
                     "old": current,
-                    "new": services.keyring.encrypt(&place, &plain),
+                    "new": services.keyring.encrypt(&place, plain.secret()),
                 }));
             }
         }
     }
+    if !unreadable.is_empty() {
+        let user = action
+            .user_id
+            .map_or_else(|| "(unknown)".to_string(), |u| u.to_string());
+        return Err(ActionError::Permanent(format!(
+            "secrets.reencrypt of user {user}: nothing was re-encrypted, because {}",
+            unreadable.join("; ")
+        )));
+    }
     let result = json!({
         "reencrypted": swaps.len(),
+        "plaintext": plaintext,
         "already_current": already,
         "gone": gone,
         "key_id": services.keyring.current_key_id(),

@@ -4,19 +4,16 @@
 //! `litellm.migrate_user`, `stripe.migrate_customer` and `secrets.reencrypt`
 //! actions against the in-process simulators).
 //!
-//! The legacy data is generated set-based in SQL: per user a `user_settings`
-//! row and about 20 related rows (6 conversations, a Stripe customer for half
-//! of them, 2 Slack users, 2 Slack conversations, 3 API keys, 2 custom
-//! secrets, 2 billing sessions, 2 repositories, a GitLab webhook, and an
-//! org-less `conversation_metadata_saas` row for a quarter of them), with
-//! real legacy ciphertext (made here, since the database cannot encrypt) in a
-//! fraction of the secret columns.
+//! The legacy data comes from [`crate::legacy_data`], the generator the
+//! tests use too: set-based in SQL, per user a `user_settings` row and about
+//! 20 related rows, written as OpenHands stores them (Fernet-wrapped
+//! credentials under a `jwt_secret` made up here, some plaintext, some
+//! missing), with LiteLLM budgets of every kind for the external phase.
 
 use super::{percentile, BenchEnv};
+use crate::legacy_data::{self, LegacyValues};
 use crate::litellm::LiteLlmSimulator;
-use crate::secrets::Keyring;
 use crate::stripe::StripeSimulator;
-use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::{ExposeSecret, SecretString};
@@ -25,7 +22,6 @@ use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 /// Options of the user-migration benchmark.
 #[derive(Debug, Clone, Args)]
@@ -64,9 +60,9 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     );
     let mut env = BenchEnv::start(args.database_url.as_deref()).await?;
     let current_key = crate::secrets::generate_key();
-    let legacy_key = crate::secrets::generate_key();
-    let keyring = Keyring::new(&current_key, &[], Some(&legacy_key))?;
-    let ciphertexts = Ciphertexts::new(&keyring)?;
+    // The legacy application's jwt_secret: any string; a random one here.
+    let jwt_secret = crate::secrets::generate_key();
+    let values = LegacyValues::new(&jwt_secret);
     let pool = crate::db::connect(&env.url, 8).await?;
 
     // ---------------------------------------------------------------- data
@@ -75,7 +71,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         args.users
     );
     let started = Instant::now();
-    let rows = generate(&pool, 1, args.users, &ciphertexts).await?;
+    let rows = generate(&pool, 1, args.users, &values).await?;
     let generate_secs = started.elapsed().as_secs_f64();
     let started = Instant::now();
     vacuum_analyze(&pool).await?;
@@ -122,15 +118,8 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     }
 
     // ------------------------------------------------------- external side
-    let external = external_phase(
-        &args,
-        &mut env,
-        &pool,
-        &ciphertexts,
-        &current_key,
-        &legacy_key,
-    )
-    .await?;
+    let external =
+        external_phase(&args, &mut env, &pool, &values, &current_key, &jwt_secret).await?;
 
     pool.close().await;
     env.finish()?;
@@ -174,194 +163,11 @@ fn progress(total: u64, unit: &str) -> ProgressBar {
 // the generator
 // ---------------------------------------------------------------------------
 
-/// A few real ciphertexts, reused across users: the database cannot encrypt,
-/// and encrypting millions of values would measure this process, not the
-/// migration.
-struct Ciphertexts {
-    legacy: Vec<String>,
-    current: Vec<String>,
-}
-
-impl Ciphertexts {
-    fn new(keyring: &Keyring) -> anyhow::Result<Self> {
-        let plain = |i: usize| SecretString::from(format!("sk-bench-legacy-secret-{i:04}"));
-        Ok(Ciphertexts {
-            legacy: (0..16)
-                .map(|i| keyring.encrypt_legacy(&plain(i)))
-                .collect::<Result<_, _>>()?,
-            // Bound to no real row: only their format matters to the
-            // migration (they are already orgkeeper's and stay as they are).
-            current: (0..16)
-                .map(|i| {
-                    let place = crate::secrets::Place::new("bench", "filler", i.to_string());
-                    keyring.encrypt(&place, &plain(100 + i))
-                })
-                .collect(),
-        })
-    }
-}
-
-/// The user id of generated user `g` (deterministic, spread over the id space).
-const UID: &str = "md5('orgkeeper-bench-user:' || g)::uuid";
-
-/// `$1`/`$2` are the first and last user number, `$3` legacy and `$4`
-/// current ciphertexts. About 30 % of users have a legacy `llm_api_key`
-/// (and so a legacy key on the owner membership), 5 % a legacy
-/// `search_api_key`, 30 % a legacy first custom secret and 20 % a legacy
-/// GitLab webhook secret; the other secrets are current-format ciphertext.
-fn generator_statements() -> Vec<(&'static str, String)> {
-    let legacy = "$3::text[])[1 + g % cardinality($3::text[])]";
-    let current = "$4::text[])[1 + (g + k) % cardinality($4::text[])]";
-    let users = "generate_series($1::int, $2::int) g";
-    vec![
-        (
-            "user_settings",
-            format!(
-                "INSERT INTO orgkeeper.user_settings
-                   (user_id, email, language, agent, max_iterations, confirmation_mode,
-                    llm_model, llm_api_key, search_api_key, enable_default_condenser,
-                    enable_sound_notifications, user_consents_to_analytics, accepted_tos,
-                    mcp_config, max_budget_per_task, user_version, billing_margin)
-                 SELECT {UID}, 'bench-user-' || g || '@example.com',
-                        (ARRAY['en', 'de', 'fr', 'ja'])[1 + g % 4], 'CodeActAgent', 100 + (g % 3) * 50,
-                        g % 2 = 0, 'litellm_proxy/claude-sonnet-4',
-                        CASE WHEN g % 10 < 3 THEN ({legacy} END,
-                        CASE WHEN g % 20 = 5 THEN ({legacy} END,
-                        true, g % 3 = 0, CASE WHEN g % 4 <> 0 THEN true END,
-                        now() - (g % 1000) * interval '1 hour',
-                        CASE WHEN g % 7 = 0 THEN jsonb_build_object('sse_servers', jsonb_build_array('https://mcp.example.com/' || g)) END,
-                        CASE WHEN g % 4 = 0 THEN 5.0 END,
-                        2 + g % 4,
-                        CASE WHEN g % 5 = 0 THEN 1.2 WHEN g % 5 = 1 THEN 1.0 END
-                   FROM {users}"
-            ),
-        ),
-        (
-            "conversation_metadata",
-            format!(
-                "INSERT INTO orgkeeper.conversation_metadata
-                   (conversation_id, user_id, selected_repository, selected_branch, git_provider,
-                    title, trigger, accumulated_cost, prompt_tokens, completion_tokens, total_tokens,
-                    llm_model, last_updated_at, created_at)
-                 SELECT 'bench-' || g || '-' || k, {UID}, 'acme/repo-' || (g % 500), 'main', 'github',
-                        'Conversation ' || k || ' of user ' || g, 'gui', (g % 97) * 0.01 * k,
-                        1000 * k, 200 * k, 1200 * k, 'litellm_proxy/claude-sonnet-4',
-                        now() - k * interval '1 day', now() - k * interval '2 days'
-                   FROM {users}, generate_series(1, 6) k"
-            ),
-        ),
-        (
-            "conversation_metadata_saas",
-            format!(
-                "INSERT INTO orgkeeper.conversation_metadata_saas (conversation_id, user_id, created_at)
-                 SELECT 'bench-' || g || '-1', {UID}, now() - interval '2 days'
-                   FROM {users} WHERE g % 4 = 0"
-            ),
-        ),
-        (
-            "stripe_customers",
-            format!(
-                "INSERT INTO orgkeeper.stripe_customers (user_id, stripe_customer_id)
-                 SELECT {UID}, 'cus_bench' || g FROM {users} WHERE g % 2 = 0"
-            ),
-        ),
-        (
-            "slack_users",
-            format!(
-                "INSERT INTO orgkeeper.slack_users (user_id, slack_user_id, slack_display_name)
-                 SELECT {UID}, 'U' || g || 'X' || k, 'user ' || g FROM {users}, generate_series(1, 2) k"
-            ),
-        ),
-        (
-            "slack_conversation",
-            format!(
-                "INSERT INTO orgkeeper.slack_conversation (conversation_id, channel_id, user_id, parent_id)
-                 SELECT 'bench-' || g || '-' || k, 'C' || (g % 100), {UID}, g || '.' || k
-                   FROM {users}, generate_series(1, 2) k"
-            ),
-        ),
-        (
-            "api_keys",
-            format!(
-                "INSERT INTO orgkeeper.api_keys (key_hash, user_id, name, last_used_at, expires_at)
-                 SELECT md5('key:' || g || ':' || k), {UID}, 'key ' || k,
-                        now() - k * interval '3 hours', now() + interval '90 days'
-                   FROM {users}, generate_series(1, 3) k"
-            ),
-        ),
-        (
-            "custom_secrets",
-            format!(
-                "INSERT INTO orgkeeper.custom_secrets (user_id, secret_name, secret_value, description)
-                 SELECT {UID}, 'SECRET_' || k,
-                        CASE WHEN k = 1 AND g % 10 < 3 THEN ({legacy} ELSE ({current} END,
-                        'generated by orgkeeper bench migrate'
-                   FROM {users}, generate_series(1, 2) k"
-            ),
-        ),
-        (
-            "billing_sessions",
-            format!(
-                "INSERT INTO orgkeeper.billing_sessions
-                   (id, user_id, status, billing_session_type, price, price_code)
-                 SELECT 'bs-' || g || '-' || k, {UID},
-                        CASE WHEN k = 1 AND g % 3 = 0 THEN 'completed'
-                             WHEN k = 1 THEN 'cancelled' ELSE 'in_progress' END,
-                        'DIRECT_PAYMENT', 10 * k, 'price_' || k
-                   FROM {users}, generate_series(1, 2) k"
-            ),
-        ),
-        (
-            "user_repos",
-            format!(
-                "INSERT INTO orgkeeper.user_repos (user_id, repo_id, admin)
-                 SELECT {UID}, 'acme/repo-' || ((2 * g + k) % 1000), k = 1
-                   FROM {users}, generate_series(1, 2) k"
-            ),
-        ),
-        (
-            "gitlab_webhook",
-            format!(
-                "INSERT INTO orgkeeper.gitlab_webhook
-                   (group_id, project_id, user_id, webhook_exists, webhook_url, webhook_secret,
-                    webhook_uuid, scopes, last_synced)
-                 SELECT 'group-' || (g % 200), 'project-' || g, {UID}, true,
-                        'https://hooks.example.com/gitlab/' || g,
-                        CASE WHEN g % 10 < 2 THEN ({legacy} ELSE ({current} END,
-                        md5('hook:' || g), ARRAY['api', 'read_repository'], now() - interval '1 day'
-                   FROM {users}, generate_series(1, 1) k"
-            ),
-        ),
-    ]
-}
-
-/// Inserts users `first..first+n` with their related rows, one statement per
-/// table, the tables in parallel. Returns the number of rows inserted.
-async fn generate(pool: &PgPool, first: u32, n: u32, ct: &Ciphertexts) -> anyhow::Result<u64> {
-    let last = first as i64 + n as i64 - 1;
-    let statements = generator_statements();
-    let bar = progress(statements.len() as u64, "tables");
-    let mut tasks = tokio::task::JoinSet::new();
-    for (table, sql) in statements {
-        let (pool, bar) = (pool.clone(), bar.clone());
-        let (legacy, current) = (ct.legacy.clone(), ct.current.clone());
-        tasks.spawn(async move {
-            let done = sqlx::query(&sql)
-                .bind(first as i32)
-                .bind(last as i32)
-                .bind(legacy)
-                .bind(current)
-                .execute(&pool)
-                .await
-                .with_context(|| format!("generating {table}"))?;
-            bar.inc(1);
-            Ok::<_, anyhow::Error>(done.rows_affected())
-        });
-    }
-    let mut rows = 0;
-    while let Some(done) = tasks.join_next().await {
-        rows += done??;
-    }
+/// Generates users `first..first+n` (see [`legacy_data::generate`]) with a
+/// progress bar over the tables.
+async fn generate(pool: &PgPool, first: u32, n: u32, values: &LegacyValues) -> anyhow::Result<u64> {
+    let bar = progress(legacy_data::tables().len() as u64, "tables");
+    let rows = legacy_data::generate(pool, first, n, values, Some(&bar)).await?;
     bar.finish_and_clear();
     Ok(rows)
 }
@@ -369,30 +175,15 @@ async fn generate(pool: &PgPool, first: u32, n: u32, ct: &Ciphertexts) -> anyhow
 /// VACUUM ANALYZE of the generated tables, as a settled legacy database
 /// would be (visibility map set, statistics current).
 async fn vacuum_analyze(pool: &PgPool) -> anyhow::Result<()> {
-    let tables = generator_statements()
+    let tables = legacy_data::tables()
         .iter()
-        .map(|(t, _)| format!("orgkeeper.{t}"))
+        .map(|t| format!("orgkeeper.{t}"))
         .collect::<Vec<_>>()
         .join(", ");
     sqlx::query(&format!("VACUUM (ANALYZE) {tables}"))
         .execute(pool)
         .await?;
     Ok(())
-}
-
-/// The users generated as numbers `first..first+n`, with their emails.
-async fn generated_users(pool: &PgPool, first: u32, n: u32) -> anyhow::Result<Vec<(Uuid, String)>> {
-    let rows = sqlx::query_as(&format!(
-        "SELECT s.user_id, s.email
-           FROM generate_series($1::int, $2::int) g
-           JOIN orgkeeper.user_settings s ON s.user_id = {UID}
-          ORDER BY g"
-    ))
-    .bind(first as i32)
-    .bind((first as i64 + n as i64 - 1) as i32)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------
@@ -498,9 +289,9 @@ async fn external_phase(
     args: &MigrateArgs,
     env: &mut BenchEnv,
     pool: &PgPool,
-    ct: &Ciphertexts,
+    values: &LegacyValues,
     current_key: &SecretString,
-    legacy_key: &SecretString,
+    jwt_secret: &SecretString,
 ) -> anyhow::Result<External> {
     let n = args.external_users;
     let first = args.users + 1;
@@ -519,45 +310,11 @@ async fn external_phase(
     .rows_affected();
     println!("  cancelled            {cancelled:>10}  actions of the database phases");
 
-    generate(pool, first, n, ct).await?;
-    let users = generated_users(pool, first, n).await?;
+    generate(pool, first, n, values).await?;
+    let users = legacy_data::users(pool, first, n).await?;
     let litellm = LiteLlmSimulator::start_local().await?;
     let stripe = StripeSimulator::start_local().await?;
-    for (i, (user, email)) in users.iter().enumerate() {
-        let user = user.to_string();
-        let keys: Vec<String> = (0..1 + i % 2)
-            .map(|k| format!("sk-bench-{}-{k}", &user))
-            .collect();
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let budget = (i % 7 != 6).then_some(10.0 + (i % 50) as f64);
-        litellm.seed_user(&user, Some(email), budget, (i % 9) as f64 * 1.25, &keys);
-    }
-    let customers: Vec<(i64, Uuid, String)> = sqlx::query_as(
-        "SELECT c.id, c.user_id, s.email
-           FROM orgkeeper.stripe_customers c JOIN orgkeeper.user_settings s USING (user_id)
-          WHERE c.user_id = ANY ($1)",
-    )
-    .bind(users.iter().map(|(u, _)| *u).collect::<Vec<_>>())
-    .fetch_all(pool)
-    .await?;
-    let (ids, cus): (Vec<i64>, Vec<String>) = customers
-        .iter()
-        .map(|(id, user, email)| {
-            let user = user.to_string();
-            (
-                *id,
-                stripe.seed_customer(Some(email), &[("user_id", user.as_str())]),
-            )
-        })
-        .unzip();
-    sqlx::query(
-        "UPDATE orgkeeper.stripe_customers c SET stripe_customer_id = v.cus
-           FROM unnest($1::bigint[], $2::text[]) AS v(id, cus) WHERE c.id = v.id",
-    )
-    .bind(&ids)
-    .bind(&cus)
-    .execute(pool)
-    .await?;
+    legacy_data::seed_simulators(pool, &users, &litellm, &stripe).await?;
     sqlx::query("ANALYZE orgkeeper.user_settings, orgkeeper.stripe_customers")
         .execute(pool)
         .await?;
@@ -609,8 +366,8 @@ async fn external_phase(
             current_key.expose_secret().to_string(),
         ),
         (
-            "ORGKEEPER_LEGACY_SECRET_KEY",
-            legacy_key.expose_secret().to_string(),
+            "ORGKEEPER_LEGACY_JWT_SECRET",
+            jwt_secret.expose_secret().to_string(),
         ),
         ("ORGKEEPER_CONCURRENCY", args.concurrency.to_string()),
     ])?;
@@ -717,7 +474,7 @@ async fn external_phase(
            FROM unnest($1::uuid[]) AS u, LATERAL orgkeeper.verify_user_migration(u) v
           WHERE NOT v.ok",
     )
-    .bind(users.iter().map(|(u, _)| *u).collect::<Vec<_>>())
+    .bind(users.iter().map(|u| u.user_id).collect::<Vec<_>>())
     .fetch_one(pool)
     .await?;
     println!(
