@@ -249,6 +249,31 @@ CREATE CONSTRAINT TRIGGER org_member_keeps_owner
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION orgkeeper.check_owner_at_commit();
 
+-- The COMMIT-time check reads memberships with the transaction's snapshot,
+-- which at REPEATABLE READ is older than a concurrent transaction's commit:
+-- two owners could each leave, or each demote "the other", and both pass.
+-- Locking the org row does not help there (a lock is no update, so it raises
+-- no serialization failure). Writing it does: every membership change
+-- updates its organization's row, so of two transactions changing one
+-- organization's memberships the second fails with 40001 at REPEATABLE READ
+-- and SERIALIZABLE, and waits for the first (then sees it) at READ COMMITTED.
+CREATE OR REPLACE FUNCTION orgkeeper.bump_membership_version() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+BEGIN
+    -- OLD is NULL on INSERT and NEW on DELETE; a moved membership bumps both orgs.
+    UPDATE orgkeeper.org o SET membership_version = o.membership_version + 1
+     WHERE o.id IN (OLD.org_id, NEW.org_id);
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.bump_membership_version() IS
+  'Trigger: every insert, delete or change of org_id, user_id, role_id or status of a membership bumps org.membership_version of its organization(s), so concurrent membership changes of one organization conflict on the org row (40001 at REPEATABLE READ / SERIALIZABLE, serialised at READ COMMITTED) and the owner check at COMMIT cannot be outrun.';
+
+DROP TRIGGER IF EXISTS org_member_bumps_version ON orgkeeper.org_member;
+CREATE TRIGGER org_member_bumps_version
+    AFTER INSERT OR DELETE OR UPDATE OF org_id, user_id, role_id, status ON orgkeeper.org_member
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.bump_membership_version();
+
 ------------------------------------------------------------------------------
 -- creation functions
 ------------------------------------------------------------------------------

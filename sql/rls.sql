@@ -246,6 +246,8 @@ GRANT EXECUTE ON FUNCTION
     orgkeeper.change_member_role(uuid, uuid, uuid, text),
     orgkeeper.remove_member(uuid, uuid, uuid),
     orgkeeper.leave_org(uuid, uuid),
+    orgkeeper.accept_membership(uuid, uuid),
+    orgkeeper.decline_membership(uuid, uuid),
     orgkeeper.list_orgs(uuid),
     orgkeeper.list_members(uuid, uuid),
     orgkeeper.create_invitation(uuid, uuid, text, text, interval),

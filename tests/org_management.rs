@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::{db_error, TestDb};
-use sqlx::postgres::PgDatabaseError;
+use common::{db_error, refused, TestDb};
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
@@ -208,35 +207,6 @@ async fn state(db: &TestDb) -> String {
     .fetch_one(&db.pool)
     .await
     .unwrap()
-}
-
-fn hint(err: &sqlx::Error) -> Option<String> {
-    err.as_database_error()
-        .and_then(|e| e.try_downcast_ref::<PgDatabaseError>())
-        .and_then(|e| e.hint())
-        .map(str::to_string)
-}
-
-/// Asserts a refusal: its SQLSTATE, that its message contains every fragment,
-/// and that it says what to do next. Returns the hint.
-#[track_caller]
-fn refused<T: std::fmt::Debug>(
-    result: Result<T, sqlx::Error>,
-    sqlstate: &str,
-    fragments: &[&str],
-) -> String {
-    let err = result.expect_err("the call must be refused");
-    let (code, message) = db_error(&err);
-    assert_eq!(code, sqlstate, "SQLSTATE of: {message}");
-    for f in fragments {
-        assert!(
-            message.contains(f),
-            "message {message:?} should contain {f:?}"
-        );
-    }
-    let hint = hint(&err).unwrap_or_default();
-    assert!(!hint.is_empty(), "refusal {message:?} has no hint");
-    hint
 }
 
 /// An organization with an owner, an admin and a member (each with a personal org).

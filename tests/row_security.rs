@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{db_error, TestDb};
+use common::{app, db_error, LoginRole, TestDb};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -104,23 +104,6 @@ async fn tenants(db: &TestDb) -> Tenants {
         alpha: orgs[0],
         bravo: orgs[1],
     }
-}
-
-/// A connection acting as the application for `user`.
-async fn app(db: &TestDb, user: Option<Uuid>) -> PgConnection {
-    let mut conn = db.connect().await;
-    sqlx::query("SET ROLE orgkeeper_app")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    if let Some(user) = user {
-        sqlx::query("SELECT set_config('orgkeeper.user_id', $1, false)")
-            .bind(user.to_string())
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    conn
 }
 
 /// Every table of schema orgkeeper with the column naming its organization.
@@ -785,69 +768,6 @@ async fn the_application_creates_its_own_personal_org_only() {
         .await
         .unwrap();
     assert_eq!(names, ["Alpha", "alice@alpha.test (personal)"]);
-}
-
-/// A login role that is a member of a group role, for one test. Roles are
-/// cluster-wide, so it is dropped when the guard goes — also when the test
-/// panics half-way.
-struct LoginRole {
-    name: String,
-    admin_url: String,
-}
-
-impl LoginRole {
-    async fn create(db: &TestDb, prefix: &str, group: &str) -> LoginRole {
-        let name = format!("{prefix}_{}", Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE ROLE {name} LOGIN IN ROLE {group}"))
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        LoginRole {
-            name,
-            admin_url: db.url.clone(),
-        }
-    }
-
-    /// A connection to the test database logged in as this role.
-    async fn connect(&self) -> PgConnection {
-        let options: sqlx::postgres::PgConnectOptions =
-            self.admin_url.parse().expect("test database URL");
-        PgConnection::connect_with(&options.username(&self.name))
-            .await
-            .unwrap_or_else(|e| panic!("log in as {}: {e}", self.name))
-    }
-}
-
-impl Drop for LoginRole {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        // The test's runtime cannot be blocked on from inside: use a thread.
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?
-                .block_on(async move {
-                    let mut admin = PgConnection::connect(&url)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
-                        .execute(&mut admin)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok::<_, String>(())
-                })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop role {}: {e}", self.name),
-            Err(_) => eprintln!(
-                "could not drop role {}: the dropping thread panicked",
-                self.name
-            ),
-        }
-    }
 }
 
 #[tokio::test]

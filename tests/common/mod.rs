@@ -7,6 +7,7 @@
 use orgkeeper::pgcluster::{Durability, PgCluster};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::OnceLock;
+use uuid::Uuid;
 
 struct Server {
     admin_url: String,
@@ -119,7 +120,7 @@ impl TestDb {
 
     async fn create(template: Option<&str>) -> TestDb {
         let server = server();
-        let name = format!("orgkeeper_test_{}", uuid::Uuid::new_v4().simple());
+        let name = format!("orgkeeper_test_{}", Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&server.admin_url)
             .await
             .expect("admin connection");
@@ -173,6 +174,35 @@ pub fn db_error(err: &sqlx::Error) -> (String, String) {
         ),
         other => panic!("expected a database error, got {other:?}"),
     }
+}
+
+pub fn hint(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|e| e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|e| e.hint())
+        .map(str::to_string)
+}
+
+/// Asserts a refusal: its SQLSTATE, that its message contains every fragment,
+/// and that it says what to do next. Returns the hint.
+#[track_caller]
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, sqlx::Error>,
+    sqlstate: &str,
+    fragments: &[&str],
+) -> String {
+    let err = result.expect_err("the call must be refused");
+    let (code, message) = db_error(&err);
+    assert_eq!(code, sqlstate, "SQLSTATE of: {message}");
+    for f in fragments {
+        assert!(
+            message.contains(f),
+            "message {message:?} should contain {f:?}"
+        );
+    }
+    let hint = hint(&err).unwrap_or_default();
+    assert!(!hint.is_empty(), "refusal {message:?} has no hint");
+    hint
 }
 
 /// A daemon running in this process, against a test database and simulators.
@@ -281,7 +311,7 @@ pub async fn status_counts(pool: &PgPool) -> std::collections::BTreeMap<String, 
 }
 
 /// Inserts `n` organizations, each with its own new owner, as an application would.
-pub async fn insert_orgs(pool: &PgPool, prefix: &str, n: usize) -> Vec<uuid::Uuid> {
+pub async fn insert_orgs(pool: &PgPool, prefix: &str, n: usize) -> Vec<Uuid> {
     sqlx::query_scalar(
         "INSERT INTO orgkeeper.org (name, created_by)
          SELECT $1 || ' ' || g, gen_random_uuid() FROM generate_series(1, $2) g RETURNING id",
@@ -291,4 +321,84 @@ pub async fn insert_orgs(pool: &PgPool, prefix: &str, n: usize) -> Vec<uuid::Uui
     .fetch_all(pool)
     .await
     .unwrap()
+}
+
+/// A connection acting as the application for `user`.
+pub async fn app(db: &TestDb, user: Option<Uuid>) -> PgConnection {
+    let mut conn = db.connect().await;
+    sqlx::query("SET ROLE orgkeeper_app")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    if let Some(user) = user {
+        sqlx::query("SELECT set_config('orgkeeper.user_id', $1, false)")
+            .bind(user.to_string())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    conn
+}
+
+/// A login role that is a member of a group role, for one test. Roles are
+/// cluster-wide, so it is dropped when the guard goes — also when the test
+/// panics half-way.
+pub struct LoginRole {
+    pub name: String,
+    admin_url: String,
+}
+
+impl LoginRole {
+    pub async fn create(db: &TestDb, prefix: &str, group: &str) -> LoginRole {
+        let name = format!("{prefix}_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE ROLE {name} LOGIN IN ROLE {group}"))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        LoginRole {
+            name,
+            admin_url: db.url.clone(),
+        }
+    }
+
+    /// A connection to the test database logged in as this role.
+    pub async fn connect(&self) -> PgConnection {
+        let options: sqlx::postgres::PgConnectOptions =
+            self.admin_url.parse().expect("test database URL");
+        PgConnection::connect_with(&options.username(&self.name))
+            .await
+            .unwrap_or_else(|e| panic!("log in as {}: {e}", self.name))
+    }
+}
+
+impl Drop for LoginRole {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // The test's runtime cannot be blocked on from inside: use a thread.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(async move {
+                    let mut admin = PgConnection::connect(&url)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                        .execute(&mut admin)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(())
+                })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop role {}: {e}", self.name),
+            Err(_) => eprintln!(
+                "could not drop role {}: the dropping thread panicked",
+                self.name
+            ),
+        }
+    }
 }

@@ -1,0 +1,328 @@
+//! Stories about tenant boundaries against a hostile application user
+//! (issue 10, and issue 9 item 5): whatever a session granted
+//! `orgkeeper_app` can do after `SET orgkeeper.user_id = '<uuid>'` is what a
+//! malicious user can do. Each story is told by the attacker: the attack is
+//! refused with a SQLSTATE, a message naming the object and a hint, and
+//! nothing changed; the legitimate path still works.
+
+mod common;
+
+use common::{app, db_error, refused, LoginRole, TestDb};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------
+// helpers
+// ---------------------------------------------------------------------------
+
+/// Records a user with a verified email, as the identity-provider sync would.
+async fn user(db: &TestDb, email: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query("INSERT INTO orgkeeper.users (id, email, email_verified) VALUES ($1, $2, true)")
+        .bind(id)
+        .bind(email)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    id
+}
+
+/// A team organization created by its owner (through a trusted session).
+async fn team(db: &TestDb, name: &str, owner: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT orgkeeper.create_org($1, $2)")
+        .bind(name)
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .expect("create_org")
+}
+
+/// Adds an active member through a trusted session (as a DBA would).
+async fn trusted_add(db: &TestDb, actor: Uuid, org: Uuid, who: Uuid, role: &str) {
+    sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, $4)")
+        .bind(actor)
+        .bind(org)
+        .bind(who)
+        .bind(role)
+        .execute(&db.pool)
+        .await
+        .expect("add_member");
+}
+
+/// Calls `sql` with uuid arguments on a connection.
+async fn call(conn: &mut PgConnection, sql: &str, args: &[Uuid]) -> Result<u64, sqlx::Error> {
+    let mut query = sqlx::query(sql);
+    for a in args {
+        query = query.bind(*a);
+    }
+    query.execute(conn).await.map(|r| r.rows_affected())
+}
+
+/// Every table an attack could change, as one comparable value.
+async fn state(pool: &PgPool) -> String {
+    sqlx::query_scalar(
+        "SELECT string_agg(t, ' | ' ORDER BY t) FROM (
+            SELECT 'org: ' || string_agg(x::text, ',' ORDER BY x.id) AS t FROM orgkeeper.org x
+            UNION ALL SELECT 'org_member: ' || string_agg(x::text, ',' ORDER BY x.org_id, x.user_id) FROM orgkeeper.org_member x
+            UNION ALL SELECT 'users: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.users x
+            UNION ALL SELECT 'invitation: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.invitation x
+            UNION ALL SELECT 'api_keys: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.api_keys x
+            UNION ALL SELECT 'custom_secrets: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.custom_secrets x
+            UNION ALL SELECT 'gitlab_webhook: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.gitlab_webhook x
+            UNION ALL SELECT 'slack_users: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.slack_users x
+            UNION ALL SELECT 'user_repos: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.user_repos x
+            UNION ALL SELECT 'billing_sessions: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.billing_sessions x
+            UNION ALL SELECT 'conversation_metadata_saas: ' || string_agg(x::text, ',' ORDER BY x.conversation_id)
+                        FROM orgkeeper.conversation_metadata_saas x
+        ) s",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn membership(db: &TestDb, org: Uuid, who: Uuid) -> Option<(String, String)> {
+    sqlx::query_as(
+        "SELECT r.name, m.status FROM orgkeeper.org_member m JOIN orgkeeper.role r ON r.id = m.role_id
+          WHERE m.org_id = $1 AND m.user_id = $2",
+    )
+    .bind(org)
+    .bind(who)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn current_org(db: &TestDb, who: Uuid) -> Option<Uuid> {
+    sqlx::query_scalar("SELECT current_org_id FROM orgkeeper.users WHERE id = $1")
+        .bind(who)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// 2. membership without consent
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn item2_an_app_user_cannot_make_someone_a_member_or_point_their_current_org_without_consent()
+{
+    let db = TestDb::migrated().await;
+    let mallory = user(&db, "mallory@evil.test").await;
+    let evil = team(&db, "Evil Corp", mallory).await;
+    let vic = Uuid::new_v4(); // has not signed up yet
+    let mut m = app(&db, Some(mallory)).await;
+
+    // Mallory adds Vic: the membership is only an invitation, and Vic's
+    // current organization stays unset.
+    call(
+        &mut m,
+        "SELECT orgkeeper.add_member($1, $2, $3, 'member')",
+        &[mallory, evil, vic],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        membership(&db, evil, vic).await,
+        Some(("member".into(), "invited".into()))
+    );
+    assert_eq!(current_org(&db, vic).await, None);
+
+    // She can neither accept on Vic's behalf nor point Vic at her org.
+    let before = state(&db.pool).await;
+    refused(
+        call(
+            &mut m,
+            "SELECT orgkeeper.accept_membership($1, $2)",
+            &[vic, evil],
+        )
+        .await,
+        "42501",
+        &[&format!(
+            "accept_membership: user {mallory} cannot act as user {vic}"
+        )],
+    );
+    assert_eq!(
+        call(
+            &mut m,
+            "UPDATE orgkeeper.users SET current_org_id = $1 WHERE id = $2",
+            &[evil, vic]
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    assert_eq!(state(&db.pool).await, before, "nothing changed");
+
+    // Vic signs up: his personal organization is his current one, and an
+    // invited membership gives him no access to Evil Corp (nor his
+    // secrets a way into it).
+    let mut v = app(&db, Some(vic)).await;
+    call(&mut v, "SELECT orgkeeper.create_personal_org($1)", &[vic])
+        .await
+        .unwrap();
+    assert_eq!(current_org(&db, vic).await, Some(vic));
+    let visible: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM orgkeeper.org")
+        .fetch_all(&mut v)
+        .await
+        .unwrap();
+    assert_eq!(visible, [vic]);
+    let err = call(
+        &mut v,
+        "INSERT INTO orgkeeper.custom_secrets (user_id, org_id, secret_name) VALUES ($1, $2, 'GH')",
+        &[vic, evil],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(db_error(&err).0, "42501", "{err}");
+
+    // Only Vic decides: declining removes the invitation ...
+    call(
+        &mut v,
+        "SELECT orgkeeper.decline_membership($1, $2)",
+        &[vic, evil],
+    )
+    .await
+    .unwrap();
+    assert_eq!(membership(&db, evil, vic).await, None);
+    refused(
+        call(
+            &mut v,
+            "SELECT orgkeeper.accept_membership($1, $2)",
+            &[vic, evil],
+        )
+        .await,
+        "P0002",
+        &[&format!(
+            "accept_membership: user {vic} has no pending invitation to organization {evil}"
+        )],
+    );
+    // ... accepting makes him a member, and his current org stays his choice.
+    call(
+        &mut m,
+        "SELECT orgkeeper.add_member($1, $2, $3, 'member')",
+        &[mallory, evil, vic],
+    )
+    .await
+    .unwrap();
+    call(
+        &mut v,
+        "SELECT orgkeeper.accept_membership($1, $2)",
+        &[vic, evil],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        membership(&db, evil, vic).await,
+        Some(("member".into(), "active".into()))
+    );
+    assert_eq!(current_org(&db, vic).await, Some(vic));
+
+    // A DBA in psql (a trusted role) still adds active members.
+    let dba = LoginRole::create(&db, "ok_dba", "orgkeeper_dba").await;
+    let mut d = dba.connect().await;
+    let walt = Uuid::new_v4();
+    call(
+        &mut d,
+        "SELECT orgkeeper.add_member($1, $2, $3, 'member')",
+        &[mallory, evil, walt],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        membership(&db, evil, walt).await,
+        Some(("member".into(), "active".into()))
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 1. the owner invariant at every isolation level
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn item1_two_owners_racing_to_leave_and_demote_each_other_cannot_orphan_an_org_at_any_isolation_level(
+) {
+    let db = TestDb::migrated().await;
+    for (level, sqlstate) in [
+        ("READ COMMITTED", "23514"),
+        ("REPEATABLE READ", "40001"),
+        ("SERIALIZABLE", "40001"),
+    ] {
+        // Ann and Ben own both X and Y.
+        let ann = user(&db, &format!("ann-{}@x.test", level.len())).await;
+        let ben = user(&db, &format!("ben-{}@x.test", level.len())).await;
+        let x = team(&db, &format!("X {level}"), ann).await;
+        let y = team(&db, &format!("Y {level}"), ann).await;
+        trusted_add(&db, ann, x, ben, "owner").await;
+        trusted_add(&db, ann, y, ben, "owner").await;
+
+        let mut t1 = app(&db, Some(ann)).await;
+        let mut t2 = app(&db, Some(ben)).await;
+        for conn in [&mut t1, &mut t2] {
+            sqlx::query(&format!("BEGIN ISOLATION LEVEL {level}"))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            // Each reads the memberships first: the snapshot is taken.
+            sqlx::query("SELECT count(*) FROM orgkeeper.org_member")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        // Ann leaves X and demotes Ben in Y.
+        call(&mut t1, "SELECT orgkeeper.leave_org($1, $2)", &[ann, x])
+            .await
+            .unwrap();
+        call(
+            &mut t1,
+            "SELECT orgkeeper.change_member_role($1, $2, $3, 'admin')",
+            &[ann, y, ben],
+        )
+        .await
+        .unwrap();
+        // Ben, meanwhile, leaves X (and would demote Ann in Y).
+        let ben_leaves = tokio::spawn(async move {
+            let outcome = call(&mut t2, "SELECT orgkeeper.leave_org($1, $2)", &[ben, x]).await;
+            (t2, outcome)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !ben_leaves.is_finished(),
+            "{level}: Ben's change waits for Ann's transaction"
+        );
+        sqlx::query("COMMIT").execute(&mut t1).await.unwrap();
+        let (mut t2, outcome) = ben_leaves.await.unwrap();
+        let (code, message) = db_error(&outcome.unwrap_err());
+        assert_eq!(code, sqlstate, "{level}: {message}");
+        if sqlstate == "23514" {
+            assert!(
+                message.contains(&format!(
+                    "user {ben} is the last owner of organization \"X {level}\""
+                )),
+                "{message}"
+            );
+        } else {
+            assert!(message.contains("could not serialize access"), "{message}");
+        }
+        sqlx::query("ROLLBACK").execute(&mut t2).await.unwrap();
+
+        // X keeps its owner Ben; in Y Ann is the owner and Ben an admin.
+        assert_eq!(membership(&db, x, ann).await, None, "{level}");
+        assert_eq!(
+            membership(&db, x, ben).await,
+            Some(("owner".into(), "active".into())),
+            "{level}"
+        );
+        assert_eq!(
+            membership(&db, y, ann).await,
+            Some(("owner".into(), "active".into())),
+            "{level}"
+        );
+        assert_eq!(
+            membership(&db, y, ben).await,
+            Some(("admin".into(), "active".into())),
+            "{level}"
+        );
+    }
+}
