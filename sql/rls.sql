@@ -196,7 +196,26 @@ GRANT USAGE ON SCHEMA orgkeeper TO orgkeeper_app, orgkeeper_daemon, orgkeeper_db
 
 -- The application ----------------------------------------------------------
 GRANT SELECT ON orgkeeper.role TO orgkeeper_app;
-GRANT SELECT ON orgkeeper.org TO orgkeeper_app;
+-- Key ciphertext (every column of org and org_member whose name ends in
+-- api_key or api_key_for_byor) is not the application's to read: a member
+-- reads their own key through orgkeeper.my_llm_api_key(org_id), owners and
+-- admins the organization's keys through orgkeeper.org_secrets(actor,
+-- org_id) (secrets.sql). Every other column is granted, including columns
+-- added later (this runs on every `orgkeeper migrate`).
+DO $columns$
+DECLARE
+    v_table text;
+    v_cols  text;
+BEGIN
+    FOREACH v_table IN ARRAY ARRAY['org', 'org_member'] LOOP
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_cols
+          FROM pg_attribute a
+         WHERE a.attrelid = format('orgkeeper.%I', v_table)::regclass AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.attname !~ 'api_key(_for_byor)?$';
+        EXECUTE format('GRANT SELECT (%s) ON orgkeeper.%I TO orgkeeper_app', v_cols, v_table);
+    END LOOP;
+END
+$columns$;
 -- Settings the application owns; keys, billing, provisioning and identity
 -- columns are written by the daemon and the functions only.
 GRANT INSERT (id, name, kind, created_by, contact_name, contact_email, conversation_expiration, agent, max_iterations,
@@ -209,7 +228,6 @@ GRANT UPDATE (name, contact_name, contact_email, conversation_expiration, agent,
               enable_proactive_conversation_starters, sandbox_base_container_image, sandbox_runtime_container_image,
               mcp_config, enable_solvability_analysis, condenser_max_size)
     ON orgkeeper.org TO orgkeeper_app;
-GRANT SELECT ON orgkeeper.org_member TO orgkeeper_app;
 GRANT SELECT ON orgkeeper.users TO orgkeeper_app;
 GRANT INSERT (id, email, current_org_id, accepted_tos, enable_sound_notifications, language, user_consents_to_analytics)
     ON orgkeeper.users TO orgkeeper_app;
@@ -254,7 +272,9 @@ GRANT EXECUTE ON FUNCTION
     orgkeeper.list_invitations(uuid, uuid),
     orgkeeper.revoke_invitation(uuid, text),
     orgkeeper.revoke_invitation_by_id(uuid, bigint),
-    orgkeeper.accept_invitation(uuid, text)
+    orgkeeper.accept_invitation(uuid, text),
+    orgkeeper.my_llm_api_key(uuid),
+    orgkeeper.org_secrets(uuid, uuid)
     TO orgkeeper_app;
 
 -- The daemon ---------------------------------------------------------------

@@ -326,3 +326,139 @@ async fn item1_two_owners_racing_to_leave_and_demote_each_other_cannot_orphan_an
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// issue 9, item 5: who reads which ciphertext
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn issue9_item5_a_member_reads_only_their_own_key_and_never_another_members_or_the_orgs() {
+    let db = TestDb::migrated().await;
+    let ann = user(&db, "ann@keys.test").await;
+    let ben = user(&db, "ben@keys.test").await;
+    let org = team(&db, "Keyholders", ann).await;
+    trusted_add(&db, ann, org, ben, "member").await;
+    sqlx::query(
+        "UPDATE orgkeeper.org SET llm_api_key = 'ok2:k:org', llm_api_key_for_byor = 'ok2:k:byor',
+                search_api_key = 'ok2:k:search', sandbox_api_key = 'ok2:k:sandbox' WHERE id = $1;",
+    )
+    .bind(org)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE orgkeeper.org_member SET llm_api_key = 'ok2:k:' || user_id::text WHERE org_id = $1",
+    )
+    .bind(org)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // Ben, a plain member, goes for Ann's key and the organization's keys.
+    let mut b = app(&db, Some(ben)).await;
+    for sql in [
+        "SELECT llm_api_key FROM orgkeeper.org_member WHERE user_id = $1",
+        "SELECT * FROM orgkeeper.org_member WHERE user_id = $1",
+        "SELECT llm_api_key FROM orgkeeper.org WHERE created_by = $1",
+        "SELECT llm_api_key_for_byor, search_api_key, sandbox_api_key FROM orgkeeper.org WHERE created_by = $1",
+        "SELECT * FROM orgkeeper.org WHERE created_by = $1",
+    ] {
+        let err = call(&mut b, sql, &[ann]).await.unwrap_err();
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "42501", "{sql}");
+        assert!(message.contains("permission denied for table"), "{message}");
+    }
+    refused(
+        call(
+            &mut b,
+            "SELECT * FROM orgkeeper.org_secrets($1, $2)",
+            &[ben, org],
+        )
+        .await,
+        "42501",
+        &[&format!(
+            "user {ben} has role member in organization \"Keyholders\"; only owners and admins can read its keys"
+        )],
+    );
+    refused(
+        call(
+            &mut b,
+            "SELECT * FROM orgkeeper.org_secrets($1, $2)",
+            &[ann, org],
+        )
+        .await,
+        "42501",
+        &[&format!("org_secrets: user {ben} cannot act as user {ann}")],
+    );
+    // His own key he reads; everything else about the org too.
+    let mine: Option<String> = sqlx::query_scalar("SELECT orgkeeper.my_llm_api_key($1)")
+        .bind(org)
+        .fetch_one(&mut b)
+        .await
+        .unwrap();
+    assert_eq!(mine, Some(format!("ok2:k:{ben}")));
+    let (name, members): (String, i64) = sqlx::query_as(
+        "SELECT o.name, (SELECT count(*) FROM orgkeeper.org_member m WHERE m.org_id = o.id)
+           FROM orgkeeper.org o WHERE o.id = $1",
+    )
+    .bind(org)
+    .fetch_one(&mut b)
+    .await
+    .unwrap();
+    assert_eq!((name.as_str(), members), ("Keyholders", 2));
+
+    // No "my" key without naming the user, nor outside one's organizations.
+    let mut nobody = app(&db, None).await;
+    refused(
+        call(&mut nobody, "SELECT orgkeeper.my_llm_api_key($1)", &[org]).await,
+        "42501",
+        &["my_llm_api_key: orgkeeper.user_id is not set"],
+    );
+    let outsider = user(&db, "eve@keys.test").await;
+    let mut e = app(&db, Some(outsider)).await;
+    refused(
+        call(&mut e, "SELECT orgkeeper.my_llm_api_key($1)", &[org]).await,
+        "42501",
+        &[&format!(
+            "my_llm_api_key: user {outsider} is not an active member of organization {org}"
+        )],
+    );
+
+    // The owner reads the organization's keys.
+    let mut a = app(&db, Some(ann)).await;
+    let keys: (String, String, String, String) =
+        sqlx::query_as("SELECT * FROM orgkeeper.org_secrets($1, $2)")
+            .bind(ann)
+            .bind(org)
+            .fetch_one(&mut a)
+            .await
+            .unwrap();
+    assert_eq!(
+        keys,
+        (
+            "ok2:k:org".into(),
+            "ok2:k:byor".into(),
+            "ok2:k:search".into(),
+            "ok2:k:sandbox".into()
+        )
+    );
+
+    // Every key column of org and org_member is hidden, and only those.
+    let readable: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, a.attname::text,
+                has_column_privilege('orgkeeper_app', c.oid, a.attname, 'SELECT')
+           FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+          WHERE c.oid IN ('orgkeeper.org'::regclass, 'orgkeeper.org_member'::regclass)
+            AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1, 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for (table, column, granted) in readable {
+        assert_eq!(
+            granted,
+            !column.ends_with("api_key") && !column.ends_with("api_key_for_byor"),
+            "{table}.{column}"
+        );
+    }
+}
