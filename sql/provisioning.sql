@@ -2,16 +2,22 @@
 -- litellm.provision_org. Each write-back is one transaction, fenced on the
 -- action's lease, so the org row and the action can never disagree.
 
+CREATE OR REPLACE FUNCTION orgkeeper.verified_email(p_user_id uuid) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT u.email FROM orgkeeper.users u WHERE u.id = p_user_id AND u.email_verified;
+$$;
+COMMENT ON FUNCTION orgkeeper.verified_email(uuid) IS
+  'Daemon: the user''s email if the identity provider verified it (users.email_verified), else NULL. The only email sent to LiteLLM: an address the application merely asserted is never attached to anyone''s LiteLLM user.';
+
 CREATE OR REPLACE FUNCTION orgkeeper.provisioning_context(p_org_id uuid)
 RETURNS TABLE (org_name text, org_kind text, owner_id uuid, owner_email text)
 LANGUAGE sql STABLE AS $$
-    SELECT o.name, o.kind, o.created_by, coalesce(u.email, o.contact_email)
+    SELECT o.name, o.kind, o.created_by, orgkeeper.verified_email(o.created_by)
       FROM orgkeeper.org o
-      LEFT JOIN orgkeeper.users u ON u.id = o.created_by
      WHERE o.id = p_org_id;
 $$;
 COMMENT ON FUNCTION orgkeeper.provisioning_context(uuid) IS
-  'Daemon: what provisioning an organization needs (name for the team alias, owner and their email). No row = the org is gone.';
+  'Daemon: what provisioning an organization needs (name for the team alias, owner and their verified email, orgkeeper.verified_email). No row = the org is gone.';
 
 -- Lock order everywhere: the org row, then the action row.
 CREATE OR REPLACE FUNCTION orgkeeper.lock_action_org(p_action_id bigint) RETURNS uuid

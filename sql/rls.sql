@@ -156,6 +156,10 @@ CREATE POLICY users_app_update ON orgkeeper.users FOR UPDATE TO orgkeeper_app
                 AND (current_org_id IS NULL OR current_org_id IN (SELECT orgkeeper.rls_member_org_ids())));
 COMMENT ON POLICY users_app_update ON orgkeeper.users IS 'The application updates its own user only, and can only switch to an organization the user belongs to.';
 
+DROP POLICY IF EXISTS users_identity ON orgkeeper.users;
+CREATE POLICY users_identity ON orgkeeper.users FOR ALL TO orgkeeper_identity USING (true) WITH CHECK (true);
+COMMENT ON POLICY users_identity ON orgkeeper.users IS 'The identity-provider sync records every user''s email and its verification (its column grants allow nothing else).';
+
 -- Invitations: owners and admins see their organizations'' (never the token hash).
 DROP POLICY IF EXISTS invitation_app_select ON orgkeeper.invitation;
 CREATE POLICY invitation_app_select ON orgkeeper.invitation FOR SELECT TO orgkeeper_app
@@ -189,10 +193,10 @@ $related$;
 -- privileges
 ------------------------------------------------------------------------------
 -- Start from nothing, then grant deliberately.
-REVOKE ALL ON ALL TABLES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon;
-GRANT USAGE ON SCHEMA orgkeeper TO orgkeeper_app, orgkeeper_daemon, orgkeeper_dba;
+REVOKE ALL ON ALL TABLES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity;
+GRANT USAGE ON SCHEMA orgkeeper TO orgkeeper_app, orgkeeper_daemon, orgkeeper_dba, orgkeeper_identity;
 
 -- The application ----------------------------------------------------------
 GRANT SELECT ON orgkeeper.role TO orgkeeper_app;
@@ -276,6 +280,11 @@ GRANT EXECUTE ON FUNCTION
     orgkeeper.my_llm_api_key(uuid),
     orgkeeper.org_secrets(uuid, uuid)
     TO orgkeeper_app;
+
+-- The identity-provider sync -------------------------------------------------
+-- Records users and their emails, and whether the provider verified them.
+GRANT SELECT (id, email, email_verified), INSERT (id, email, email_verified), UPDATE (email, email_verified)
+    ON orgkeeper.users TO orgkeeper_identity;
 
 -- The daemon ---------------------------------------------------------------
 -- Reads everything and writes results back; deletes nothing.

@@ -14,10 +14,10 @@ use uuid::Uuid;
 // helpers
 // ---------------------------------------------------------------------------
 
-/// Records a user with an email, as the identity sync would.
+/// Records a user with a verified email, as the identity sync would.
 async fn user(db: &TestDb, email: &str) -> Uuid {
     let id = Uuid::new_v4();
-    sqlx::query("INSERT INTO orgkeeper.users (id, email) VALUES ($1, $2)")
+    sqlx::query("INSERT INTO orgkeeper.users (id, email, email_verified) VALUES ($1, $2, true)")
         .bind(id)
         .bind(email)
         .execute(&db.pool)

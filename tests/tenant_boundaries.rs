@@ -462,3 +462,108 @@ async fn issue9_item5_a_member_reads_only_their_own_key_and_never_another_member
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// 3. invitations match verified emails only
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn item3_an_app_user_who_sets_their_email_to_the_invited_one_cannot_accept_the_invitation() {
+    let db = TestDb::migrated().await;
+    let olive = user(&db, "olive@acme.test").await;
+    let acme = team(&db, "Acme", olive).await;
+    let token: String = sqlx::query_scalar(
+        "SELECT orgkeeper.create_invitation($1, $2, 'carol@acme.test', 'admin')",
+    )
+    .bind(olive)
+    .bind(acme)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    // Mallory got hold of Carol's token and claims Carol's address.
+    let mallory = user(&db, "mallory@evil.test").await;
+    let mut m = app(&db, Some(mallory)).await;
+    call(
+        &mut m,
+        "UPDATE orgkeeper.users SET email = 'carol@acme.test' WHERE id = $1",
+        &[mallory],
+    )
+    .await
+    .unwrap();
+    let verified: Option<bool> =
+        sqlx::query_scalar("SELECT email_verified FROM orgkeeper.users WHERE id = $1")
+            .bind(mallory)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        verified,
+        Some(false),
+        "changing the email resets verification"
+    );
+    // She cannot verify it herself, on update or insert.
+    for sql in [
+        "UPDATE orgkeeper.users SET email_verified = true WHERE id = $1",
+        "INSERT INTO orgkeeper.users (id, email, email_verified) VALUES ($1, 'x@y.test', true) ON CONFLICT DO NOTHING",
+    ] {
+        let err = call(&mut m, sql, &[mallory]).await.unwrap_err();
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "42501", "{sql}");
+        assert!(message.contains("permission denied for table users"), "{message}");
+    }
+    let before = state(&db.pool).await;
+    let hint = refused(
+        sqlx::query("SELECT orgkeeper.accept_invitation($1, $2)")
+            .bind(mallory)
+            .bind(&token)
+            .execute(&mut m)
+            .await,
+        "55000",
+        &[&format!(
+            "user {mallory}'s email is not verified, so the invitation to organization \"Acme\" cannot be matched to it"
+        )],
+    );
+    assert!(hint.contains("identity provider"), "{hint}");
+    assert_eq!(state(&db.pool).await, before, "nothing changed");
+
+    // The identity sync verifies Carol's real address; Carol accepts.
+    let sync = LoginRole::create(&db, "ok_idp", "orgkeeper_identity").await;
+    let mut s = sync.connect().await;
+    let carol = Uuid::new_v4();
+    call(
+        &mut s,
+        "INSERT INTO orgkeeper.users (id, email, email_verified) VALUES ($1, 'carol@acme.test', true)",
+        &[carol],
+    )
+    .await
+    .unwrap();
+    // The sync writes emails only.
+    let err = call(
+        &mut s,
+        "UPDATE orgkeeper.users SET current_org_id = NULL WHERE id = $1",
+        &[carol],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+    let mut c = app(&db, Some(carol)).await;
+    let joined: Uuid = sqlx::query_scalar("SELECT orgkeeper.accept_invitation($1, $2)")
+        .bind(carol)
+        .bind(&token)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(joined, acme);
+
+    // Only the verified address goes to LiteLLM.
+    let emails: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT owner_email FROM orgkeeper.provisioning_context($1)
+         UNION ALL SELECT orgkeeper.verified_email($2)",
+    )
+    .bind(acme)
+    .bind(mallory)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(emails, [Some("olive@acme.test".to_string()), None]);
+}

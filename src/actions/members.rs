@@ -10,12 +10,11 @@ use serde_json::json;
 pub async fn add(services: &Services, action: &Action) -> Result<Finish, ActionError> {
     let team_id = payload_str(action, "team_id")?;
     let user_id = payload_str(action, "user_id")?;
-    let email: Option<String> =
-        sqlx::query_scalar("SELECT email FROM orgkeeper.users WHERE id = $1::uuid")
-            .bind(user_id)
-            .fetch_optional(&services.pool)
-            .await?
-            .flatten();
+    let email: Option<String> = sqlx::query_scalar("SELECT orgkeeper.verified_email($1::uuid)")
+        .bind(user_id)
+        .fetch_optional(&services.pool)
+        .await?
+        .flatten();
     call(services, "litellm", "user_new", || {
         services.litellm.create_user(user_id, email.as_deref())
     })
