@@ -133,8 +133,10 @@ BEGIN
     WITH s AS MATERIALIZED (
         SELECT st.*,
                orgkeeper.personal_org_name(st.user_id, st.email) AS proposed,
+               -- BYOR export from the user's own legacy billing history only:
+               -- sessions of an organization (org_id set) are not the user's.
                EXISTS (SELECT 1 FROM orgkeeper.billing_sessions b
-                        WHERE b.user_id = st.user_id AND b.status = 'completed') AS byor
+                        WHERE b.user_id = st.user_id AND b.org_id IS NULL AND b.status = 'completed') AS byor
           FROM orgkeeper.user_settings st
          WHERE st.user_id = ANY (p_users)
     ), named AS (

@@ -68,6 +68,19 @@ $$;
 COMMENT ON FUNCTION orgkeeper.rls_co_member_ids() IS
   'Row security: the users who share an organization with orgkeeper.user_id (whose users rows it may read).';
 
+CREATE OR REPLACE FUNCTION orgkeeper.rls_managed_members() RETURNS TABLE (org_id uuid, user_id uuid)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+    SELECT o.org_id, o.user_id
+      FROM orgkeeper.org_member m
+      JOIN orgkeeper.role r ON r.id = m.role_id
+      JOIN orgkeeper.org_member o ON o.org_id = m.org_id
+      JOIN orgkeeper.role ro ON ro.id = o.role_id
+     WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active'
+       AND r.rank <= orgkeeper.manager_rank() AND ro.rank >= r.rank;
+$$;
+COMMENT ON FUNCTION orgkeeper.rls_managed_members() IS
+  'Row security: (org, user) of every member that orgkeeper.user_id manages — in organizations where it is an active owner or admin, the members of the same or a weaker rank (themselves included).';
+
 CREATE OR REPLACE FUNCTION orgkeeper.rls_org_has_no_members(p_org_id uuid) RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
     SELECT NOT EXISTS (SELECT 1 FROM orgkeeper.org_member m WHERE m.org_id = p_org_id);
@@ -168,20 +181,81 @@ COMMENT ON POLICY invitation_app_select ON orgkeeper.invitation IS 'Owners and a
 
 -- Related tables: the rows of one's organizations. (Rows with org_id NULL —
 -- legacy, not yet migrated, or detached from a deleted organization — are
--- visible to no application user.)
+-- visible to no application user.) Three kinds:
+--
+-- * shared by the organization, read and written by its members:
+--   slack_conversation, conversation_metadata_saas;
+-- * financial records, read-only for the application (written by the
+--   billing path: the daemon and DBAs): stripe_customers, billing_sessions;
+-- * owned by a user (user_id): written only by that user; owners and admins
+--   may delete the rows of members they manage (same or weaker rank); who
+--   else may read them is decided per table, below.
 DO $related$
 DECLARE
-    v_table text;
+    v_table  text;
+    v_policy text;
+    v_reader text;
+    v_why    text;
 BEGIN
-    FOREACH v_table IN ARRAY ARRAY['stripe_customers', 'slack_users', 'slack_conversation', 'api_keys', 'custom_secrets',
-                                   'billing_sessions', 'user_repos', 'gitlab_webhook', 'conversation_metadata_saas']
+    -- Start from no application policy on these tables.
+    FOR v_table, v_policy IN
+        SELECT p.tablename, p.policyname FROM pg_policies p
+         WHERE p.schemaname = 'orgkeeper' AND p.policyname LIKE p.tablename || '\_app%'
+           AND p.tablename IN ('stripe_customers', 'slack_users', 'slack_conversation', 'api_keys', 'custom_secrets',
+                               'billing_sessions', 'user_repos', 'gitlab_webhook', 'conversation_metadata_saas')
     LOOP
-        EXECUTE format('DROP POLICY IF EXISTS %I ON orgkeeper.%I', v_table || '_app', v_table);
+        EXECUTE format('DROP POLICY %I ON orgkeeper.%I', v_policy, v_table);
+    END LOOP;
+
+    FOREACH v_table IN ARRAY ARRAY['slack_conversation', 'conversation_metadata_saas'] LOOP
         EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR ALL TO orgkeeper_app '
                        'USING (org_id IN (SELECT orgkeeper.rls_member_org_ids())) '
                        'WITH CHECK (org_id IN (SELECT orgkeeper.rls_member_org_ids()))', v_table || '_app', v_table);
         EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app', v_table,
-                       'The application reads and writes the rows of its user''s organizations only; a row cannot be moved into another organization.');
+                       'Shared by the organization: its members read and write the rows of their organizations only; a row cannot be moved into another organization.');
+    END LOOP;
+
+    FOREACH v_table IN ARRAY ARRAY['stripe_customers', 'billing_sessions'] LOOP
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR SELECT TO orgkeeper_app '
+                       'USING (org_id IN (SELECT orgkeeper.rls_member_org_ids()))', v_table || '_app_select', v_table);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_select', v_table,
+                       'Financial records: members read their organizations'' rows; only the billing path (the daemon, DBAs) writes them.');
+    END LOOP;
+
+    FOR v_table, v_reader, v_why IN
+        SELECT * FROM (VALUES
+            ('custom_secrets', 'managed', 'Secrets (ciphertext) are read by their user, and by the owners and admins who manage that user (same or weaker rank), since they may delete them; never by other members.'),
+            ('api_keys',       'managed', 'API keys (hashes, names, expiry) are read by their user and by the owners and admins who manage that user, who may revoke them; never by other members.'),
+            ('gitlab_webhook', 'managed', 'GitLab webhooks (their secret is ciphertext) are read by the user who installed them and by the owners and admins who manage that user; never by other members.'),
+            ('user_repos',     'managed', 'A user''s repository access is read by that user and by the owners and admins who manage them; never by other members.'),
+            ('slack_users',    'org',     'Slack identity links are read by every member of the organization (they map Slack users to members); each is written by its own user only.')
+        ) AS t (name, reader, why)
+    LOOP
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR SELECT TO orgkeeper_app USING (%s)',
+                       v_table || '_app_select', v_table,
+                       CASE v_reader
+                           WHEN 'org' THEN 'org_id IN (SELECT orgkeeper.rls_member_org_ids())'
+                           ELSE 'org_id IN (SELECT orgkeeper.rls_member_org_ids()) AND (user_id = (SELECT orgkeeper.current_app_user()) '
+                                'OR (org_id, user_id) IN (SELECT m.org_id, m.user_id FROM orgkeeper.rls_managed_members() m))'
+                       END);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_select', v_table, v_why);
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR INSERT TO orgkeeper_app '
+                       'WITH CHECK (user_id = (SELECT orgkeeper.current_app_user()) AND org_id IN (SELECT orgkeeper.rls_member_org_ids()))',
+                       v_table || '_app_insert', v_table);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_insert', v_table,
+                       'A user creates rows of their own only (user_id = orgkeeper.user_id), in organizations they are an active member of.');
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR UPDATE TO orgkeeper_app '
+                       'USING (user_id = (SELECT orgkeeper.current_app_user()) AND org_id IN (SELECT orgkeeper.rls_member_org_ids())) '
+                       'WITH CHECK (user_id = (SELECT orgkeeper.current_app_user()) AND org_id IN (SELECT orgkeeper.rls_member_org_ids()))',
+                       v_table || '_app_update', v_table);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_update', v_table,
+                       'A user changes their own rows only, and cannot hand them to someone else or to an organization they are not an active member of.');
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR DELETE TO orgkeeper_app '
+                       'USING (org_id IN (SELECT orgkeeper.rls_member_org_ids()) AND (user_id = (SELECT orgkeeper.current_app_user()) '
+                       'OR (org_id, user_id) IN (SELECT m.org_id, m.user_id FROM orgkeeper.rls_managed_members() m)))',
+                       v_table || '_app_delete', v_table);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_delete', v_table,
+                       'A user deletes their own rows; owners and admins also those of the members they manage (same or weaker rank).');
     END LOOP;
 END
 $related$;
@@ -239,9 +313,9 @@ GRANT UPDATE (email, current_org_id, accepted_tos, enable_sound_notifications, l
     ON orgkeeper.users TO orgkeeper_app;
 GRANT SELECT (id, org_id, email, role_id, invited_by, created_at, expires_at, accepted_at, accepted_by, revoked_at)
     ON orgkeeper.invitation TO orgkeeper_app;
--- Financial records: read only (the daemon writes Stripe customers).
-GRANT SELECT ON orgkeeper.stripe_customers TO orgkeeper_app;
-GRANT SELECT, INSERT, UPDATE ON orgkeeper.billing_sessions TO orgkeeper_app;
+-- Financial records: read only (the billing path — the daemon, DBAs —
+-- writes Stripe customers and billing sessions).
+GRANT SELECT ON orgkeeper.stripe_customers, orgkeeper.billing_sessions TO orgkeeper_app;
 -- The organization's own data.
 GRANT SELECT, INSERT, UPDATE, DELETE
     ON orgkeeper.slack_users, orgkeeper.slack_conversation, orgkeeper.api_keys, orgkeeper.custom_secrets,
@@ -261,6 +335,7 @@ GRANT EXECUTE ON FUNCTION
     orgkeeper.rls_admin_org_ids(),
     orgkeeper.rls_co_member_ids(),
     orgkeeper.rls_org_has_no_members(uuid),
+    orgkeeper.rls_managed_members(),
     orgkeeper.rename_org(uuid, uuid, text),
     orgkeeper.delete_org(uuid, uuid),
     orgkeeper.transfer_ownership(uuid, uuid, uuid),

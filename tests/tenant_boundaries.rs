@@ -567,3 +567,158 @@ async fn item3_an_app_user_who_sets_their_email_to_the_invited_one_cannot_accept
     .unwrap();
     assert_eq!(emails, [Some("olive@acme.test".to_string()), None]);
 }
+
+// ---------------------------------------------------------------------------
+// 6. members act on other members' rows
+// ---------------------------------------------------------------------------
+
+/// The user-owned tables, with a column a row needs besides user_id and org_id.
+const USER_OWNED: &[(&str, &str)] = &[
+    ("custom_secrets", "secret_name"),
+    ("api_keys", "name"),
+    ("gitlab_webhook", "group_id"),
+    ("slack_users", "slack_user_id"),
+    ("user_repos", "repo_id"),
+];
+
+async fn own_row(db: &TestDb, table: &str, column: &str, who: Uuid, org: Uuid) {
+    sqlx::query(&format!(
+        "INSERT INTO orgkeeper.{table} (user_id, org_id, {column}) VALUES ($1, $2, 'x')"
+    ))
+    .bind(who)
+    .bind(org)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn item6_a_member_cannot_read_write_or_delete_the_owners_rows_in_user_owned_tables() {
+    let db = TestDb::migrated().await;
+    let olive = user(&db, "olive@acme.test").await;
+    let adam = user(&db, "adam@acme.test").await;
+    let mia = user(&db, "mia@acme.test").await;
+    let acme = team(&db, "Acme", olive).await;
+    trusted_add(&db, olive, acme, adam, "admin").await;
+    trusted_add(&db, olive, acme, mia, "member").await;
+    for (table, column) in USER_OWNED {
+        for who in [olive, mia] {
+            own_row(&db, table, column, who, acme).await;
+        }
+    }
+    let before = state(&db.pool).await;
+
+    // Mia goes after Olive's rows in every user-owned table.
+    let mut m = app(&db, Some(mia)).await;
+    for (table, column) in USER_OWNED {
+        let seen: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM orgkeeper.{table} WHERE user_id = $1"
+        ))
+        .bind(olive)
+        .fetch_one(&mut m)
+        .await
+        .unwrap();
+        // Per table: slack identity links are the organization's to read.
+        assert_eq!(seen, i64::from(*table == "slack_users"), "{table}");
+        for sql in [
+            format!("UPDATE orgkeeper.{table} SET {column} = 'pwned' WHERE user_id = $1"),
+            format!("DELETE FROM orgkeeper.{table} WHERE user_id = $1"),
+        ] {
+            assert_eq!(call(&mut m, &sql, &[olive]).await.unwrap(), 0, "{sql}");
+        }
+        // Rows attributed to Olive, new or handed over, are refused.
+        for sql in [
+            format!("INSERT INTO orgkeeper.{table} (user_id, org_id, {column}) VALUES ($1, $2, 'forged')"),
+            format!("UPDATE orgkeeper.{table} SET user_id = $1 WHERE org_id = $2"),
+        ] {
+            let err = call(&mut m, &sql, &[olive, acme]).await.unwrap_err();
+            let (code, message) = db_error(&err);
+            assert_eq!(code, "42501", "{sql}");
+            assert_eq!(
+                message,
+                format!("new row violates row-level security policy for table \"{table}\""),
+                "{sql}"
+            );
+        }
+    }
+    // An admin does not manage the owner either.
+    let mut a = app(&db, Some(adam)).await;
+    for (table, _) in USER_OWNED {
+        let sql = format!("DELETE FROM orgkeeper.{table} WHERE user_id = $1");
+        assert_eq!(call(&mut a, &sql, &[olive]).await.unwrap(), 0, "{sql}");
+    }
+    assert_eq!(state(&db.pool).await, before, "nothing changed");
+
+    // Mia keeps her own rows; the owner may delete a member's.
+    let mut o = app(&db, Some(olive)).await;
+    for (table, column) in USER_OWNED {
+        let sql = format!("UPDATE orgkeeper.{table} SET {column} = 'mine' WHERE user_id = $1");
+        assert_eq!(call(&mut m, &sql, &[mia]).await.unwrap(), 1, "{sql}");
+        let sql = format!("DELETE FROM orgkeeper.{table} WHERE user_id = $1");
+        assert_eq!(call(&mut o, &sql, &[mia]).await.unwrap(), 1, "{sql}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4. forged billing
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn item4_a_member_cannot_forge_billing_and_migration_counts_only_the_users_own_legacy_sessions(
+) {
+    let db = TestDb::migrated().await;
+    // Mallory is a legacy user (not migrated yet) who also owns an org.
+    let mallory = user(&db, "mallory@evil.test").await;
+    let evil = team(&db, "Evil Corp", mallory).await;
+    sqlx::query(
+        "INSERT INTO orgkeeper.user_settings (user_id, email) VALUES ($1, 'mallory@evil.test')",
+    )
+    .bind(mallory)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let session: String = sqlx::query_scalar(
+        "INSERT INTO orgkeeper.billing_sessions (user_id, org_id, status, price) VALUES ($1, $2, 'in_progress', 50)
+         RETURNING id",
+    )
+    .bind(mallory)
+    .bind(evil)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let before = state(&db.pool).await;
+
+    let mut m = app(&db, Some(mallory)).await;
+    for sql in [
+        "INSERT INTO orgkeeper.billing_sessions (user_id, org_id, status, price) VALUES ($1, $2, 'completed', 0)",
+        "UPDATE orgkeeper.billing_sessions SET status = 'completed', price = 0 WHERE user_id = $1 AND org_id = $2",
+        "DELETE FROM orgkeeper.billing_sessions WHERE user_id = $1 AND org_id = $2",
+    ] {
+        let err = call(&mut m, sql, &[mallory, evil]).await.unwrap_err();
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "42501", "{sql}");
+        assert_eq!(message, "permission denied for table billing_sessions", "{sql}");
+    }
+    // She still reads her organization's billing.
+    let seen: Vec<String> = sqlx::query_scalar("SELECT id FROM orgkeeper.billing_sessions")
+        .fetch_all(&mut m)
+        .await
+        .unwrap();
+    assert_eq!(seen, [session.clone()]);
+    assert_eq!(state(&db.pool).await, before, "nothing changed");
+
+    // Even completed (by the billing path), an organization's session is
+    // not the user's legacy history: migration leaves BYOR export off.
+    sqlx::query("UPDATE orgkeeper.billing_sessions SET status = 'completed' WHERE id = $1")
+        .bind(&session)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let report: serde_json::Value = sqlx::query_scalar("SELECT orgkeeper.migrate_user($1)")
+        .bind(mallory)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(report["status"], "migrated", "{report}");
+    assert_eq!(report["byor_export_enabled"], false, "{report}");
+}
