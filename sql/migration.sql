@@ -71,6 +71,20 @@ $$;
 COMMENT ON FUNCTION orgkeeper.migration_blocker(uuid) IS
   'Why a not-yet-migrated user cannot be migrated (a personal organization or a migration log entry already exists), or NULL when nothing blocks it.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.conversation_conflicts(p_user_id uuid)
+RETURNS TABLE (conversation_id text, org_id uuid, user_id uuid)
+LANGUAGE sql STABLE AS $$
+    SELECT c.conversation_id, x.org_id, x.user_id
+      FROM orgkeeper.conversation_metadata c
+      JOIN orgkeeper.conversation_metadata_saas x ON x.conversation_id = c.conversation_id
+     WHERE c.user_id = p_user_id AND (x.org_id IS DISTINCT FROM p_user_id OR x.user_id IS DISTINCT FROM p_user_id)
+       -- rows with org_id NULL of the user are adopted by the migration, not conflicts
+       AND NOT (x.org_id IS NULL AND x.user_id = p_user_id)
+     ORDER BY c.conversation_id;
+$$;
+COMMENT ON FUNCTION orgkeeper.conversation_conflicts(uuid) IS
+  'The legacy conversations of a user whose id is already taken in conversation_metadata_saas by another organization or user (the application chooses conversation ids): migration cannot copy them and reports them as conflicts (migrate_user''s report, verify_user_migration), never as copied.';
+
 CREATE OR REPLACE FUNCTION orgkeeper.refresh_growing_statistics() RETURNS text[]
 LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp
@@ -359,6 +373,10 @@ LANGUAGE sql STABLE AS $$
             'gitlab_webhook', cardinality(p_log.gitlab_webhook_ids),
             'conversation_metadata_saas', cardinality(p_log.saas_conversation_ids)),
         'conversations_copied', cardinality(p_log.copied_conversation_ids),
+        'conflicts', jsonb_build_object('conversation_metadata_saas', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('conversation_id', c.conversation_id, 'org_id', c.org_id, 'user_id', c.user_id)
+                             ORDER BY c.conversation_id)
+              FROM orgkeeper.conversation_conflicts(p_log.user_id) c), '[]'::jsonb)),
         'users_row', CASE WHEN p_log.users_before IS NULL THEN 'created' ELSE 'updated' END,
         'org_version', p_log.user_version,
         'billing_margin', p_log.billing_margin,
@@ -441,7 +459,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.migrate_user(uuid) IS
-  'Migrates one legacy user into a personal organization (id = user id) in the caller''s transaction: settings copied from user_settings, users row and owner membership, related rows pointed at the org, conversations copied to conversation_metadata_saas, legacy rows kept, user_settings.already_migrated = true, and the external halves enqueued (litellm.migrate_user, stripe.migrate_customer, secrets.reencrypt). Returns a jsonb report: status migrated (with rows moved per table and the action ids), already_migrated or not_found (nothing changed). Raises 22004 for NULL, 55P03 when another session holds the user''s migration lock for 30 s, 55000 when already_migrated is NULL or a personal org already exists. Everything is recorded in orgkeeper.user_migration for orgkeeper.rollback_user_migration.';
+  'Migrates one legacy user into a personal organization (id = user id) in the caller''s transaction: settings copied from user_settings, users row and owner membership, related rows pointed at the org, conversations copied to conversation_metadata_saas, legacy rows kept, user_settings.already_migrated = true, and the external halves enqueued (litellm.migrate_user, stripe.migrate_customer, secrets.reencrypt). Returns a jsonb report: status migrated (with rows moved per table, the action ids, and conflicts: legacy conversations whose id another organization or user already holds, which were not copied), already_migrated or not_found (nothing changed). Raises 22004 for NULL, 55P03 when another session holds the user''s migration lock for 30 s, 55000 when already_migrated is NULL or a personal org already exists. Everything is recorded in orgkeeper.user_migration for orgkeeper.rollback_user_migration.';
 
 ------------------------------------------------------------------------------
 -- a batch of users (back-fill)
@@ -663,8 +681,12 @@ BEGIN
       LEFT JOIN orgkeeper.conversation_metadata_saas x
              ON x.conversation_id = c.conversation_id AND x.org_id = v_user AND x.user_id = v_user
      WHERE c.user_id = v_user;
-    ok := coalesce(v_n = v_m AND v_org.id IS NOT NULL, false);
-    detail := format('legacy conversations: %s, in conversation_metadata_saas for the personal organization: %s', v_n, v_m);
+    SELECT string_agg(format('%s (organization %s, user %s)', c.conversation_id, coalesce(c.org_id::text, 'none'), c.user_id), ', ')
+      INTO v_text
+      FROM orgkeeper.conversation_conflicts(v_user) c;
+    ok := coalesce(v_n = v_m AND v_org.id IS NOT NULL AND v_text IS NULL, false);
+    detail := format('legacy conversations: %s, in conversation_metadata_saas for the personal organization: %s', v_n, v_m)
+              || coalesce('; conflict, owned by another organization or user: ' || v_text, '');
     RETURN NEXT;
 
     -- 7. the migration's external actions are done
@@ -1010,6 +1032,7 @@ REVOKE EXECUTE ON FUNCTION
     orgkeeper.lock_user_for_migration(uuid),
     orgkeeper.migration_blocker(uuid),
     orgkeeper.refresh_growing_statistics(),
+    orgkeeper.conversation_conflicts(uuid),
     orgkeeper.migrate_locked_users(uuid[]),
     orgkeeper.user_migration_report(orgkeeper.user_migration),
     orgkeeper.migrate_user(uuid),
@@ -1027,6 +1050,7 @@ BEGIN
             orgkeeper.lock_user_for_migration(uuid),
             orgkeeper.migration_blocker(uuid),
             orgkeeper.refresh_growing_statistics(),
+            orgkeeper.conversation_conflicts(uuid),
             orgkeeper.migrate_locked_users(uuid[]),
             orgkeeper.user_migration_report(orgkeeper.user_migration),
             orgkeeper.migrate_user(uuid),

@@ -316,15 +316,26 @@ GRANT SELECT (id, org_id, email, role_id, invited_by, created_at, expires_at, ac
 -- Financial records: read only (the billing path — the daemon, DBAs —
 -- writes Stripe customers and billing sessions).
 GRANT SELECT ON orgkeeper.stripe_customers, orgkeeper.billing_sessions TO orgkeeper_app;
--- The organization's own data.
-GRANT SELECT, INSERT, UPDATE, DELETE
-    ON orgkeeper.slack_users, orgkeeper.slack_conversation, orgkeeper.api_keys, orgkeeper.custom_secrets,
-       orgkeeper.user_repos, orgkeeper.gitlab_webhook, orgkeeper.conversation_metadata_saas
-    TO orgkeeper_app;
-GRANT USAGE ON SEQUENCE
-    orgkeeper.slack_users_id_seq, orgkeeper.slack_conversation_id_seq, orgkeeper.api_keys_id_seq,
-    orgkeeper.custom_secrets_id_seq, orgkeeper.user_repos_id_seq, orgkeeper.gitlab_webhook_id_seq
-    TO orgkeeper_app;
+-- The organization's and its users' own data. Identity columns (id) are the
+-- database's to choose: they are not granted, so neither an explicit id nor
+-- OVERRIDING SYSTEM VALUE is accepted from the application (pre-claimed ids
+-- would make other tenants' inserts fail), and no sequence is granted (an
+-- identity column's default needs none).
+DO $writable$
+DECLARE
+    v_table text;
+    v_cols  text;
+BEGIN
+    FOREACH v_table IN ARRAY ARRAY['slack_users', 'slack_conversation', 'api_keys', 'custom_secrets',
+                                   'user_repos', 'gitlab_webhook', 'conversation_metadata_saas'] LOOP
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_cols
+          FROM pg_attribute a
+         WHERE a.attrelid = format('orgkeeper.%I', v_table)::regclass AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.attidentity = '' AND a.attgenerated = '';
+        EXECUTE format('GRANT SELECT, DELETE, INSERT (%1$s), UPDATE (%1$s) ON orgkeeper.%2$I TO orgkeeper_app', v_cols, v_table);
+    END LOOP;
+END
+$writable$;
 
 GRANT EXECUTE ON FUNCTION
     orgkeeper.create_org(text, uuid, text),

@@ -722,3 +722,103 @@ async fn item4_a_member_cannot_forge_billing_and_migration_counts_only_the_users
     assert_eq!(report["status"], "migrated", "{report}");
     assert_eq!(report["byor_export_enabled"], false, "{report}");
 }
+
+// ---------------------------------------------------------------------------
+// 5. chosen primary keys in shared tables
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn item5_an_app_user_cannot_choose_ids_and_a_squatted_conversation_id_is_a_migration_conflict(
+) {
+    let db = TestDb::migrated().await;
+    let mallory = user(&db, "mallory@evil.test").await;
+    let evil = team(&db, "Evil Corp", mallory).await;
+    let before = state(&db.pool).await;
+
+    // Pre-claiming the next ids of every shared identity table is refused.
+    let tables = [
+        ("api_keys", "name"),
+        ("custom_secrets", "secret_name"),
+        ("gitlab_webhook", "group_id"),
+        ("slack_users", "slack_user_id"),
+        ("user_repos", "repo_id"),
+        ("slack_conversation", "channel_id"),
+    ];
+    let mut m = app(&db, Some(mallory)).await;
+    for (table, column) in tables {
+        for sql in [
+            format!("INSERT INTO orgkeeper.{table} (id, user_id, org_id, {column}) SELECT g, $1, $2, 'x' FROM generate_series(1, 100000) g"),
+            format!("INSERT INTO orgkeeper.{table} (id, user_id, org_id, {column}) OVERRIDING SYSTEM VALUE VALUES (1, $1, $2, 'x')"),
+        ] {
+            let err = call(&mut m, &sql, &[mallory, evil]).await.unwrap_err();
+            let (code, message) = db_error(&err);
+            assert_eq!(code, "42501", "{sql}");
+            assert_eq!(message, format!("permission denied for table {table}"), "{sql}");
+        }
+        let err = sqlx::query(&format!("SELECT nextval('orgkeeper.{table}_id_seq')"))
+            .execute(&mut m)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            db_error(&err),
+            (
+                "42501".to_string(),
+                format!("permission denied for sequence {table}_id_seq")
+            )
+        );
+    }
+    assert_eq!(state(&db.pool).await, before, "nothing changed");
+    // Without an id, the database picks one.
+    for (table, column) in tables {
+        call(
+            &mut m,
+            &format!(
+                "INSERT INTO orgkeeper.{table} (user_id, org_id, {column}) VALUES ($1, $2, 'ok')"
+            ),
+            &[mallory, evil],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{table}: {e}"));
+    }
+
+    // Vic, a legacy user, has a conversation; Mallory squats its id first.
+    let vic = Uuid::new_v4();
+    for sql in [
+        "INSERT INTO orgkeeper.user_settings (user_id, email) VALUES ($1, 'vic@example.com')",
+        "INSERT INTO orgkeeper.conversation_metadata (conversation_id, user_id, title) VALUES ('conv-vic', $1, 'mine')",
+    ] {
+        sqlx::query(sql).bind(vic).execute(&db.pool).await.unwrap();
+    }
+    call(
+        &mut m,
+        "INSERT INTO orgkeeper.conversation_metadata_saas (conversation_id, user_id, org_id) VALUES ('conv-vic', $1, $2)",
+        &[mallory, evil],
+    )
+    .await
+    .unwrap();
+    let report: serde_json::Value = sqlx::query_scalar("SELECT orgkeeper.migrate_user($1)")
+        .bind(vic)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(report["conversations_copied"], 0, "{report}");
+    assert_eq!(
+        report["conflicts"]["conversation_metadata_saas"],
+        serde_json::json!([{"conversation_id": "conv-vic", "org_id": evil, "user_id": mallory}]),
+        "{report}"
+    );
+    let (ok, detail): (bool, String) = sqlx::query_as(
+        "SELECT ok, detail FROM orgkeeper.verify_user_migration($1) WHERE check_name = 'conversations_copied'",
+    )
+    .bind(vic)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(!ok, "{detail}");
+    assert!(
+        detail.contains(&format!(
+            "conflict, owned by another organization or user: conv-vic (organization {evil}, user {mallory})"
+        )),
+        "{detail}"
+    );
+}
