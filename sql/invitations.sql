@@ -115,6 +115,7 @@ DECLARE
     v_org    orgkeeper.org;
     v_rank   integer;
     v_member uuid;
+    v_open   record;
     v_token  text;
 BEGIN
     PERFORM orgkeeper.check_actor(v_actor, 'create_invitation');
@@ -147,7 +148,22 @@ BEGIN
                   HINT = 'to change their role use orgkeeper.change_member_role';
     END IF;
 
-    -- Inviting again replaces the open invitation (its token stops working).
+    -- Inviting again replaces the open invitation (its token stops working),
+    -- by the rank rule of revoking it: not an unexpired one for a role, or
+    -- from an inviter, that outranks the actor.
+    SELECT i.invited_by, r.name AS role_name, r.rank AS role_rank,
+           coalesce((SELECT m.role_rank FROM orgkeeper.membership(v_org_id, i.invited_by) m WHERE m.status = 'active'),
+                    r.rank) AS inviter_rank
+      INTO v_open
+      FROM orgkeeper.invitation i JOIN orgkeeper.role r ON r.id = i.role_id
+     WHERE i.org_id = v_org_id AND lower(btrim(i.email)) = lower(v_email)
+       AND i.accepted_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > now();
+    IF FOUND AND least(v_open.role_rank, v_open.inviter_rank) < v_rank THEN
+        RAISE EXCEPTION 'user % cannot replace the open invitation of % to organization "%" (role %, from user %), which outranks them',
+                v_actor, v_email, v_org.name, v_open.role_name, v_open.invited_by
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('ask an owner of "%s", or invite again once that invitation expired or was revoked', v_org.name);
+    END IF;
     UPDATE orgkeeper.invitation i SET revoked_at = now()
      WHERE i.org_id = v_org_id AND lower(btrim(i.email)) = lower(v_email)
        AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
@@ -159,7 +175,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.create_invitation(uuid, uuid, text, text, interval) IS
-  'Invites an email address into an organization with a role, valid for valid_for (default 7 days, at most 90). Returns the token, shown only this once (only its SHA-256 is stored). Owners and admins only, never for a role that outranks the inviter (42501); bad email, validity or role 22023; the address already belongs to a member 23505; unknown organization P0002. An open invitation for the same address is revoked.';
+  'Invites an email address into an organization with a role, valid for valid_for (default 7 days, at most 90). Returns the token, shown only this once (only its SHA-256 is stored). Owners and admins only, never for a role that outranks the inviter (42501); bad email, validity or role 22023; the address already belongs to a member 23505; unknown organization P0002. An open invitation for the same address is revoked, unless it is unexpired and its role or its inviter outranks the actor (42501).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.list_invitations(actor uuid, org_id uuid)
 RETURNS TABLE (id bigint, email text, role text, status text, invited_by uuid, created_at timestamptz,

@@ -335,7 +335,13 @@ BEGIN
                   HINT = 'only team organizations can be deleted; a personal organization lives as long as its user';
     END IF;
 
-    -- Nobody may be left without any organization.
+    -- Nobody may be left without any organization. The members' users rows
+    -- are locked first (in id order): two deletions of organizations sharing
+    -- a member run one after the other, and the check sees the other's outcome.
+    PERFORM 1 FROM orgkeeper.users u
+     WHERE u.id IN (SELECT m.user_id FROM orgkeeper.org_member m WHERE m.org_id = v_org_id AND m.status = 'active')
+     ORDER BY u.id
+       FOR NO KEY UPDATE;
     SELECT array_agg(m.user_id ORDER BY m.user_id) INTO v_last
       FROM orgkeeper.org_member m
      WHERE m.org_id = v_org_id AND m.status = 'active'
@@ -590,6 +596,21 @@ $$;
 COMMENT ON FUNCTION orgkeeper.remove_member(uuid, uuid, uuid) IS
   'Removes a member: their API keys for the organization are deleted, their current organization moves elsewhere, litellm.remove_member is enqueued. Owners and admins only, never someone who outranks them (42501); the last owner cannot be removed (23514); not a member or unknown organization P0002. Removing oneself is leave_org.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.org_provisioning_error(actor uuid, org_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_org orgkeeper.org;
+BEGIN
+    PERFORM orgkeeper.check_actor($1, 'org_provisioning_error');
+    IF $2 IS NULL THEN PERFORM orgkeeper.refuse_null('org_provisioning_error', 'org_id'); END IF;
+    v_org := orgkeeper.find_org($2);
+    PERFORM orgkeeper.require_manager($1, v_org, 'read why its provisioning failed');
+    RETURN v_org.provisioning_error;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.org_provisioning_error(uuid, uuid) IS
+  'org.provisioning_error (the LiteLLM proxy''s own words on a failed provisioning, which the application role cannot select) for the organization''s active owners and admins; 42501 for anyone else; unknown organization P0002; NULL arguments 22004.';
+
 ------------------------------------------------------------------------------
 -- consent: the user accepts or declines a membership they were added to
 ------------------------------------------------------------------------------
@@ -653,21 +674,24 @@ DECLARE
     v_actor uuid := $1;
 BEGIN
     PERFORM orgkeeper.check_actor(v_actor, 'list_orgs');
+    -- Invited: what the user needs to decide (name, kind, role), nothing of
+    -- the organization's inside. Disabled: not listed.
     RETURN QUERY
         SELECT o.id, o.name, o.kind, r.name, m.status,
                coalesce(u.current_org_id = o.id, false),
-               o.provisioning_status,
-               (SELECT count(*)::integer FROM orgkeeper.org_member c WHERE c.org_id = o.id AND c.status = 'active')
+               CASE WHEN m.status = 'active' THEN o.provisioning_status END,
+               CASE WHEN m.status = 'active' THEN
+                   (SELECT count(*)::integer FROM orgkeeper.org_member c WHERE c.org_id = o.id AND c.status = 'active') END
           FROM orgkeeper.org_member m
           JOIN orgkeeper.org o ON o.id = m.org_id
           JOIN orgkeeper.role r ON r.id = m.role_id
           LEFT JOIN orgkeeper.users u ON u.id = m.user_id
-         WHERE m.user_id = v_actor
+         WHERE m.user_id = v_actor AND m.status IN ('active', 'invited')
          ORDER BY o.kind = 'personal' DESC, lower(o.name);
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.list_orgs(uuid) IS
-  'The organizations the actor belongs to, with their role, membership status, whether it is their current one, provisioning status and active member count.';
+  'The organizations the actor belongs to, with their role, membership status, whether it is their current one, provisioning status and active member count; memberships the actor was invited to (orgkeeper.accept_membership) with name, kind and role only; disabled memberships are not listed.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.list_members(actor uuid, org_id uuid)
 RETURNS TABLE (user_id uuid, email text, role text, rank integer, status text, joined_at timestamptz)

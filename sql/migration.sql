@@ -146,29 +146,19 @@ BEGIN
     PERFORM set_config('orgkeeper.skip_provision', 'on', true);
     WITH s AS MATERIALIZED (
         SELECT st.*,
-               orgkeeper.personal_org_name(st.user_id, st.email) AS proposed,
                -- BYOR export from the user's own legacy billing history only:
                -- sessions of an organization (org_id set) are not the user's.
                EXISTS (SELECT 1 FROM orgkeeper.billing_sessions b
                         WHERE b.user_id = st.user_id AND b.org_id IS NULL AND b.status = 'completed') AS byor
           FROM orgkeeper.user_settings st
          WHERE st.user_id = ANY (p_users)
-    ), named AS (
-        SELECT s.*,
-               CASE
-                   -- two users of this batch would get the same name: both get their id appended
-                   WHEN count(*) OVER (PARTITION BY lower(s.proposed)) > 1
-                       THEN s.proposed || ' ' || s.user_id::text
-                   ELSE s.proposed
-               END AS unique_name
-          FROM s
     ), u AS (
         INSERT INTO orgkeeper.users AS t
                (id, email, language, accepted_tos, enable_sound_notifications,
                 user_consents_to_analytics, current_org_id)
         SELECT n.user_id, n.email, n.language, n.accepted_tos, coalesce(n.enable_sound_notifications, false),
                n.user_consents_to_analytics, n.user_id
-          FROM named n
+          FROM s n
         ON CONFLICT (id) DO UPDATE
            SET email = coalesce(t.email, EXCLUDED.email),
                language = coalesce(t.language, EXCLUDED.language),
@@ -186,10 +176,7 @@ BEGIN
         sandbox_base_container_image, sandbox_runtime_container_image,
         org_version, mcp_config, search_api_key, sandbox_api_key, max_budget_per_task,
         byor_export_enabled)
-    SELECT n.user_id,
-           CASE WHEN char_length(n.unique_name) <= 255 THEN n.unique_name
-                ELSE 'user ' || n.user_id::text || ' (personal)' END,
-           'personal', n.user_id, n.email,
+    SELECT n.user_id, orgkeeper.personal_org_name(n.user_id), 'personal', n.user_id, n.email,
            n.agent, n.max_iterations, n.security_analyzer, coalesce(n.confirmation_mode, false),
            n.llm_model, n.llm_base_url, n.llm_api_key, n.llm_api_key_for_byor,
            n.remote_runtime_resource_factor, coalesce(n.enable_default_condenser, true), n.condenser_max_size,
@@ -198,7 +185,7 @@ BEGIN
            n.sandbox_base_container_image, n.sandbox_runtime_container_image,
            n.user_version, n.mcp_config, n.search_api_key, n.sandbox_api_key, n.max_budget_per_task,
            n.byor
-      FROM named n
+      FROM s n
      ORDER BY n.user_id;
     PERFORM set_config('orgkeeper.skip_provision', coalesce(v_prev_skip, ''), true);
 
@@ -446,13 +433,9 @@ BEGIN
                   HINT = 'inspect the personal organization and the orgkeeper.user_migration log; if the user is in fact migrated, set user_settings.already_migrated = true';
     END IF;
 
-    BEGIN
-        PERFORM orgkeeper.migrate_locked_users(ARRAY[v_user]);
-    EXCEPTION WHEN unique_violation THEN
-        -- The personal org's name was taken meanwhile by a concurrent
-        -- session; a second try sees it and picks another name.
-        PERFORM orgkeeper.migrate_locked_users(ARRAY[v_user]);
-    END;
+    -- Personal org names are the user's id (user_<id>_org), so no concurrent
+    -- session can take this one.
+    PERFORM orgkeeper.migrate_locked_users(ARRAY[v_user]);
     DELETE FROM orgkeeper.user_migration_error e WHERE e.user_id = v_user;
     SELECT * INTO v_log FROM orgkeeper.user_migration m WHERE m.user_id = v_user AND m.status = 'migrated';
     RETURN orgkeeper.user_migration_report(v_log);
@@ -475,7 +458,6 @@ DECLARE
     v_users      uuid[];
     v_n          integer := 0;
     v_user       uuid;
-    v_try        integer;
     r            record;
     v_state      text;
     v_msg        text;
@@ -544,35 +526,27 @@ BEGIN
     BEGIN
         v_n := orgkeeper.migrate_locked_users(v_users);
     EXCEPTION WHEN OTHERS THEN
-        -- Something in one user's data broke the set-based batch (or a name
-        -- clashed with a concurrent session): migrate one by one and record
-        -- whoever still fails.
+        -- Something in one user's data broke the set-based batch: migrate
+        -- one by one and record whoever still fails.
         v_n := 0;
         FOREACH v_user IN ARRAY v_users LOOP
-            FOR v_try IN 1..2 LOOP
-                BEGIN
-                    v_n := v_n + orgkeeper.migrate_locked_users(ARRAY[v_user]);
-                    EXIT;
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT;
-                    -- A deadlock, serialization failure, lock timeout, lack
-                    -- of resources or operator intervention says nothing
-                    -- about the user: fail the call (the caller's transaction
-                    -- rolls back) rather than record the user as
-                    -- unmigratable, so that the next back-fill retries it.
-                    IF orgkeeper.is_transient_sqlstate(v_state) THEN
-                        RAISE;
-                    END IF;
-                    -- A name taken meanwhile by a concurrent session: the
-                    -- second try sees it and picks another name.
-                    CONTINUE WHEN v_state = '23505' AND v_try = 1;
-                    INSERT INTO orgkeeper.user_migration_error (user_id, sqlstate, message, hint)
-                    VALUES (v_user, v_state, v_msg, nullif(v_hint, ''))
-                    ON CONFLICT (user_id) DO UPDATE
-                       SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, hint = EXCLUDED.hint, failed_at = now();
-                    EXIT;
-                END;
-            END LOOP;
+            BEGIN
+                v_n := v_n + orgkeeper.migrate_locked_users(ARRAY[v_user]);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT;
+                -- A deadlock, serialization failure, lock timeout, lack of
+                -- resources or operator intervention says nothing about the
+                -- user: fail the call (the caller's transaction rolls back)
+                -- rather than record the user as unmigratable, so that the
+                -- next back-fill retries it.
+                IF orgkeeper.is_transient_sqlstate(v_state) THEN
+                    RAISE;
+                END IF;
+                INSERT INTO orgkeeper.user_migration_error (user_id, sqlstate, message, hint)
+                VALUES (v_user, v_state, v_msg, nullif(v_hint, ''))
+                ON CONFLICT (user_id) DO UPDATE
+                   SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, hint = EXCLUDED.hint, failed_at = now();
+            END;
         END LOOP;
     END;
     RETURN v_n;

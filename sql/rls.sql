@@ -34,7 +34,6 @@ ALTER FUNCTION orgkeeper.org_after_insert() SECURITY DEFINER SET search_path = p
 ALTER FUNCTION orgkeeper.org_after_delete() SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
 ALTER FUNCTION orgkeeper.check_owner_at_commit() SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
 ALTER FUNCTION orgkeeper.assert_org_has_owner(uuid) SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
-ALTER FUNCTION orgkeeper.personal_org_name(uuid, text) SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
 
 ------------------------------------------------------------------------------
 -- policy helpers
@@ -81,12 +80,19 @@ $$;
 COMMENT ON FUNCTION orgkeeper.rls_managed_members() IS
   'Row security: (org, user) of every member that orgkeeper.user_id manages — in organizations where it is an active owner or admin, the members of the same or a weaker rank (themselves included).';
 
+-- The row being inserted is not in the table yet when its policies are
+-- checked, so this cannot look at the org row itself. It answers for the
+-- caller's own organizations only: for any id but one of an organization
+-- orgkeeper.user_id created that has members, it is true, so calling it
+-- tells nothing about other organizations (the policy's created_by test
+-- makes it irrelevant for them).
 CREATE OR REPLACE FUNCTION orgkeeper.rls_org_has_no_members(p_org_id uuid) RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-    SELECT NOT EXISTS (SELECT 1 FROM orgkeeper.org_member m WHERE m.org_id = p_org_id);
+    SELECT NOT EXISTS (SELECT 1 FROM orgkeeper.org_member m JOIN orgkeeper.org o ON o.id = m.org_id
+                        WHERE m.org_id = p_org_id AND o.created_by = (SELECT orgkeeper.current_app_user()));
 $$;
 COMMENT ON FUNCTION orgkeeper.rls_org_has_no_members(uuid) IS
-  'Row security: true while an organization has no membership at all — only inside the statement inserting it, before its trigger adds the owner — so INSERT ... RETURNING works for its creator.';
+  'Row security, with created_by = orgkeeper.user_id in the org_app_select policy: false only for an organization orgkeeper.user_id created that has memberships, so INSERT ... RETURNING works for its creator (the owner row is added after the check) while an organization the creator left stays hidden. True for every other id, existing or not: no existence oracle.';
 
 ------------------------------------------------------------------------------
 -- the exemption register (the one place that lists tables without RLS)
@@ -278,8 +284,10 @@ GRANT SELECT ON orgkeeper.role TO orgkeeper_app;
 -- api_key or api_key_for_byor) is not the application's to read: a member
 -- reads their own key through orgkeeper.my_llm_api_key(org_id), owners and
 -- admins the organization's keys through orgkeeper.org_secrets(actor,
--- org_id) (secrets.sql). Every other column is granted, including columns
--- added later (this runs on every `orgkeeper migrate`).
+-- org_id) (secrets.sql). Nor is org.provisioning_error (the proxy's words):
+-- owners and admins read it through orgkeeper.org_provisioning_error(actor,
+-- org_id). Every other column is granted, including columns added later
+-- (this runs on every `orgkeeper migrate`).
 DO $columns$
 DECLARE
     v_table text;
@@ -289,7 +297,8 @@ BEGIN
         SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_cols
           FROM pg_attribute a
          WHERE a.attrelid = format('orgkeeper.%I', v_table)::regclass AND a.attnum > 0 AND NOT a.attisdropped
-           AND a.attname !~ 'api_key(_for_byor)?$';
+           AND a.attname !~ 'api_key(_for_byor)?$'
+           AND (v_table, a.attname) <> ('org', 'provisioning_error');
         EXECUTE format('GRANT SELECT (%s) ON orgkeeper.%I TO orgkeeper_app', v_cols, v_table);
     END LOOP;
 END
@@ -364,6 +373,7 @@ GRANT EXECUTE ON FUNCTION
     orgkeeper.revoke_invitation_by_id(uuid, bigint),
     orgkeeper.accept_invitation(uuid, text),
     orgkeeper.my_llm_api_key(uuid),
+    orgkeeper.org_provisioning_error(uuid, uuid),
     orgkeeper.org_secrets(uuid, uuid)
     TO orgkeeper_app;
 

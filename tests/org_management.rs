@@ -1244,7 +1244,7 @@ async fn listings_show_a_users_orgs_and_an_orgs_members() {
         orgs,
         vec![
             (
-                "adam@acme.test (personal)".into(),
+                format!("user_{}_org", t.admin),
                 "personal".into(),
                 "owner".into(),
                 true

@@ -767,7 +767,10 @@ async fn the_application_creates_its_own_personal_org_only() {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-    assert_eq!(names, ["Alpha", "alice@alpha.test (personal)"]);
+    assert_eq!(
+        names,
+        ["Alpha".to_string(), format!("user_{}_org", t.alice)]
+    );
 }
 
 #[tokio::test]
@@ -1075,46 +1078,4 @@ async fn the_application_cannot_skip_the_provisioning_of_its_organizations() {
     .await
     .unwrap();
     assert_eq!(actions, 0);
-}
-
-#[tokio::test]
-async fn the_application_cannot_ask_whether_an_email_has_an_account() {
-    let db = TestDb::migrated().await;
-    let t = tenants(&db).await;
-    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
-        .bind(t.bob)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    // personal_org_name would answer "bob@bravo.test (personal) <id>" where
-    // Bob has an account and "bob@bravo.test (personal)" where not.
-    let mut conn = app(&db, Some(t.alice)).await;
-    let err =
-        sqlx::query_scalar::<_, String>("SELECT orgkeeper.personal_org_name($1, 'bob@bravo.test')")
-            .bind(t.alice)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap_err();
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "42501", "{message}");
-    // Creating one's own personal organization still names it.
-    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
-        .bind(t.alice)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let name: String = sqlx::query_scalar("SELECT name FROM orgkeeper.org WHERE id = $1")
-        .bind(t.alice)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(name, "alice@alpha.test (personal)");
-    conn.close().await.unwrap();
-    let granted: bool = sqlx::query_scalar(
-        "SELECT has_function_privilege('orgkeeper_app', 'orgkeeper.personal_org_name(uuid, text)', 'EXECUTE')",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert!(!granted);
 }

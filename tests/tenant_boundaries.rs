@@ -443,7 +443,8 @@ async fn issue9_item5_a_member_reads_only_their_own_key_and_never_another_member
         )
     );
 
-    // Every key column of org and org_member is hidden, and only those.
+    // Every key column of org and org_member is hidden (and the proxy's
+    // provisioning error, item 8), and only those.
     let readable: Vec<(String, String, bool)> = sqlx::query_as(
         "SELECT c.relname::text, a.attname::text,
                 has_column_privilege('orgkeeper_app', c.oid, a.attname, 'SELECT')
@@ -455,11 +456,10 @@ async fn issue9_item5_a_member_reads_only_their_own_key_and_never_another_member
     .await
     .unwrap();
     for (table, column, granted) in readable {
-        assert_eq!(
-            granted,
-            !column.ends_with("api_key") && !column.ends_with("api_key_for_byor"),
-            "{table}.{column}"
-        );
+        let hidden = column.ends_with("api_key")
+            || column.ends_with("api_key_for_byor")
+            || (table == "org" && column == "provisioning_error");
+        assert_eq!(granted, !hidden, "{table}.{column}");
     }
 }
 
@@ -820,5 +820,270 @@ async fn item5_an_app_user_cannot_choose_ids_and_a_squatted_conversation_id_is_a
             "conflict, owned by another organization or user: conv-vic (organization {evil}, user {mallory})"
         )),
         "{detail}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 8. small leaks
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn item8_names_invitations_deletions_listings_and_errors_leak_nothing_and_lose_no_one() {
+    let db = TestDb::migrated().await;
+    let olive = user(&db, "olive@acme.test").await;
+    let adam = user(&db, "adam@acme.test").await;
+    let mia = user(&db, "mia@acme.test").await;
+    let mallory = user(&db, "mallory@evil.test").await;
+    for u in [olive, adam, mia, mallory] {
+        sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+            .bind(u)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    let acme = team(&db, "Acme", olive).await;
+    trusted_add(&db, olive, acme, adam, "admin").await;
+    trusted_add(&db, olive, acme, mia, "member").await;
+    let mut m = app(&db, Some(mallory)).await;
+
+    // Names: a personal org is named after the id, never the email ...
+    let name: String = sqlx::query_scalar("SELECT name FROM orgkeeper.org WHERE id = $1")
+        .bind(mia)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(name, format!("user_{mia}_org"));
+    // ... nobody can squat another user's, and a creator the allow-list
+    // refuses learns nothing about which names exist.
+    let before = state(&db.pool).await;
+    refused(
+        call(
+            &mut m,
+            &format!("INSERT INTO orgkeeper.org (name, created_by) VALUES ('user_{adam}_org', $1)"),
+            &[mallory],
+        )
+        .await,
+        "23514",
+        &[&format!(
+            "organization name \"user_{adam}_org\" is reserved for the personal organization of user {adam}"
+        )],
+    );
+    sqlx::query("INSERT INTO orgkeeper.org_creator_allowlist (user_id) VALUES ($1)")
+        .bind(olive)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let before_allowlist = state(&db.pool).await;
+    for taken_or_not in ["Acme", "Nobody Has This Name"] {
+        refused(
+            call(
+                &mut m,
+                &format!("INSERT INTO orgkeeper.org (name, created_by) VALUES ('{taken_or_not}', $1)"),
+                &[mallory],
+            )
+            .await,
+            "42501",
+            &[&format!(
+                "user {mallory} may not create team organizations (cannot create \"{taken_or_not}\")"
+            )],
+        );
+    }
+    assert_eq!(state(&db.pool).await, before_allowlist, "nothing changed");
+    sqlx::query("DELETE FROM orgkeeper.org_creator_allowlist")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(state(&db.pool).await, before, "nothing changed");
+
+    // Invitations: the admin cannot replace the owner's open invitation.
+    let mut o = app(&db, Some(olive)).await;
+    let mut a = app(&db, Some(adam)).await;
+    let token: String = sqlx::query_scalar(
+        "SELECT orgkeeper.create_invitation($1, $2, 'carol@acme.test', 'admin')",
+    )
+    .bind(olive)
+    .bind(acme)
+    .fetch_one(&mut o)
+    .await
+    .unwrap();
+    let before = state(&db.pool).await;
+    refused(
+        sqlx::query("SELECT orgkeeper.create_invitation($1, $2, 'Carol@acme.test', 'member')")
+            .bind(adam)
+            .bind(acme)
+            .execute(&mut a)
+            .await,
+        "42501",
+        &[&format!(
+            "user {adam} cannot replace the open invitation of Carol@acme.test to organization \"Acme\" (role admin, from user {olive}), which outranks them"
+        )],
+    );
+    assert_eq!(
+        state(&db.pool).await,
+        before,
+        "the owner's invitation stands"
+    );
+    // (The owner may replace it.)
+    let renewed: String = sqlx::query_scalar(
+        "SELECT orgkeeper.create_invitation($1, $2, 'carol@acme.test', 'member')",
+    )
+    .bind(olive)
+    .bind(acme)
+    .fetch_one(&mut o)
+    .await
+    .unwrap();
+    assert_ne!(renewed, token);
+
+    // Listings: invited shows what it takes to decide, disabled nothing.
+    call(
+        &mut m,
+        "SELECT orgkeeper.add_member($1, $2, $3, 'member')",
+        &[mallory, mallory, mia],
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE orgkeeper.org_member SET status = 'disabled' WHERE org_id = $1 AND user_id = $2",
+    )
+    .bind(acme)
+    .bind(mia)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let listed: Vec<(String, String, Option<String>, Option<i32>)> = sqlx::query_as(
+        "SELECT name, status, provisioning_status, members FROM orgkeeper.list_orgs($1) ORDER BY status",
+    )
+    .bind(mia)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            (
+                format!("user_{mia}_org"),
+                "active".to_string(),
+                Some("pending".to_string()),
+                Some(1)
+            ),
+            (
+                format!("user_{mallory}_org"),
+                "invited".to_string(),
+                None,
+                None
+            ),
+        ]
+    );
+
+    // The policy helper answers alike for any org that is not one's own.
+    let answers: Vec<bool> = sqlx::query_scalar(
+        "SELECT orgkeeper.rls_org_has_no_members(x) FROM unnest(ARRAY[$1, gen_random_uuid()]) x",
+    )
+    .bind(acme)
+    .fetch_all(&mut m)
+    .await
+    .unwrap();
+    assert_eq!(answers, [true, true]);
+
+    // The proxy's error text is for owners and admins.
+    sqlx::query("UPDATE orgkeeper.org SET provisioning_error = '{\"error\": \"proxy: key sk-live-x invalid\"}' WHERE id = $1")
+        .bind(acme)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE orgkeeper.org_member SET status = 'active' WHERE org_id = $1 AND user_id = $2",
+    )
+    .bind(acme)
+    .bind(mia)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut mi = app(&db, Some(mia)).await;
+    let err = call(
+        &mut mi,
+        "SELECT provisioning_error FROM orgkeeper.org WHERE id = $1",
+        &[acme],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        db_error(&err),
+        (
+            "42501".to_string(),
+            "permission denied for table org".to_string()
+        )
+    );
+    refused(
+        call(
+            &mut mi,
+            "SELECT orgkeeper.org_provisioning_error($1, $2)",
+            &[mia, acme],
+        )
+        .await,
+        "42501",
+        &[&format!(
+            "user {mia} has role member in organization \"Acme\"; only owners and admins can read why its provisioning failed"
+        )],
+    );
+    let error: serde_json::Value =
+        sqlx::query_scalar("SELECT orgkeeper.org_provisioning_error($1, $2)")
+            .bind(adam)
+            .bind(acme)
+            .fetch_one(&mut a)
+            .await
+            .unwrap();
+    assert_eq!(error["error"], "proxy: key sk-live-x invalid");
+}
+
+#[tokio::test]
+async fn item8_two_concurrent_deletions_cannot_leave_a_shared_member_without_an_organization() {
+    let db = TestDb::migrated().await;
+    let ann = user(&db, "ann@x.test").await;
+    let ben = user(&db, "ben@y.test").await;
+    for u in [ann, ben] {
+        sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+            .bind(u)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    let x = team(&db, "X", ann).await;
+    let y = team(&db, "Y", ben).await;
+    // Uma belongs to X and Y and nothing else.
+    let uma = Uuid::new_v4();
+    trusted_add(&db, ann, x, uma, "member").await;
+    trusted_add(&db, ben, y, uma, "member").await;
+
+    let mut t1 = app(&db, Some(ann)).await;
+    let mut t2 = app(&db, Some(ben)).await;
+    sqlx::query("BEGIN").execute(&mut t1).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut t2).await.unwrap();
+    call(&mut t1, "SELECT orgkeeper.delete_org($1, $2)", &[ann, x])
+        .await
+        .unwrap();
+    let ben_deletes = tokio::spawn(async move {
+        let outcome = call(&mut t2, "SELECT orgkeeper.delete_org($1, $2)", &[ben, y]).await;
+        (t2, outcome)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !ben_deletes.is_finished(),
+        "the second deletion waits for the first"
+    );
+    sqlx::query("COMMIT").execute(&mut t1).await.unwrap();
+    let (mut t2, outcome) = ben_deletes.await.unwrap();
+    let hint = refused(
+        outcome,
+        "23514",
+        &[&format!(
+            "organization \"Y\" is the last organization of 1 member(s) ({uma}) and cannot be deleted"
+        )],
+    );
+    assert!(hint.contains("remove those members first"), "{hint}");
+    sqlx::query("ROLLBACK").execute(&mut t2).await.unwrap();
+    assert_eq!(
+        membership(&db, y, uma).await,
+        Some(("member".into(), "active".into()))
     );
 }
