@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{app, db_error, LoginRole, TestDb};
+use common::{app, app_at, db_error, LoginRole, TestDb};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -208,13 +208,26 @@ async fn every_table_has_row_security_or_a_recorded_exemption() {
 // isolation
 // ---------------------------------------------------------------------------
 
+/// The isolation stories run under every isolation level an application
+/// may choose: row security must not depend on it.
 #[tokio::test]
-async fn a_user_sees_only_their_organizations_rows_through_every_table() {
+async fn the_rls_suite_holds_under_read_committed_repeatable_read_and_serializable() {
+    for level in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] {
+        eprintln!("isolation level: {level}");
+        a_user_sees_only_their_organizations_rows_through_every_table(level).await;
+        guessed_ids_update_and_delete_nothing_in_another_organization(level).await;
+        rows_cannot_be_written_into_another_organization(level).await;
+        the_application_creates_and_manages_organizations_under_row_security(level).await;
+        without_a_user_the_application_sees_nothing(level).await;
+    }
+}
+
+async fn a_user_sees_only_their_organizations_rows_through_every_table(level: &str) {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
     let tables = org_scoped_tables(&db).await;
     assert!(tables.len() >= 12, "{tables:?}");
-    let mut conn = app(&db, Some(t.alice)).await;
+    let mut conn = app_at(&db, Some(t.alice), level).await;
 
     for (table, column) in &tables {
         let sql = format!("SELECT count(*) FROM orgkeeper.{table} WHERE {column} = $1");
@@ -286,14 +299,13 @@ async fn a_user_sees_only_their_organizations_rows_through_every_table() {
     assert_eq!(db_error(&err).0, "42501");
 }
 
-#[tokio::test]
-async fn guessed_ids_update_and_delete_nothing_in_another_organization() {
+async fn guessed_ids_update_and_delete_nothing_in_another_organization(level: &str) {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
     let tables = org_scoped_tables(&db).await;
     let before = bravo_rows(&db, &tables, t.bravo).await;
     assert!(before.len() >= 12);
-    let mut conn = app(&db, Some(t.alice)).await;
+    let mut conn = app_at(&db, Some(t.alice), level).await;
 
     for (table, column) in &tables {
         for sql in [
@@ -361,13 +373,12 @@ async fn guessed_ids_update_and_delete_nothing_in_another_organization() {
     );
 }
 
-#[tokio::test]
-async fn rows_cannot_be_written_into_another_organization() {
+async fn rows_cannot_be_written_into_another_organization(level: &str) {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
     let tables = org_scoped_tables(&db).await;
     let before = bravo_rows(&db, &tables, t.bravo).await;
-    let mut conn = app(&db, Some(t.alice)).await;
+    let mut conn = app_at(&db, Some(t.alice), level).await;
 
     for (table, column, value) in RELATED {
         let err = sqlx::query(&related_insert(table, column, value))
@@ -440,11 +451,10 @@ async fn rows_cannot_be_written_into_another_organization() {
 // what the application can do
 // ---------------------------------------------------------------------------
 
-#[tokio::test]
-async fn the_application_creates_and_manages_organizations_under_row_security() {
+async fn the_application_creates_and_manages_organizations_under_row_security(level: &str) {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
-    let mut conn = app(&db, Some(t.alice)).await;
+    let mut conn = app_at(&db, Some(t.alice), level).await;
 
     // A direct INSERT: the triggers (owner row, user row, outbox) work for it.
     let mut tx = conn.begin().await.unwrap();
@@ -561,11 +571,10 @@ async fn the_application_creates_and_manages_organizations_under_row_security() 
         .unwrap();
 }
 
-#[tokio::test]
-async fn without_a_user_the_application_sees_nothing() {
+async fn without_a_user_the_application_sees_nothing(level: &str) {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
-    let mut conn = app(&db, None).await;
+    let mut conn = app_at(&db, None, level).await;
     for table in ["org", "org_member", "users", "invitation", "api_keys"] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM orgkeeper.{table}"))
             .fetch_one(&mut conn)

@@ -325,7 +325,22 @@ pub async fn insert_orgs(pool: &PgPool, prefix: &str, n: usize) -> Vec<Uuid> {
 
 /// A connection acting as the application for `user`.
 pub async fn app(db: &TestDb, user: Option<Uuid>) -> PgConnection {
+    app_at(db, user, "READ COMMITTED").await
+}
+
+/// A connection acting as the application for `user` whose transactions
+/// (implicit ones included) run at isolation `level`.
+pub async fn app_at(db: &TestDb, user: Option<Uuid>, level: &str) -> PgConnection {
     let mut conn = db.connect().await;
+    sqlx::query(&format!("SET default_transaction_isolation = '{level}'"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let effective: String = sqlx::query_scalar("SELECT current_setting('transaction_isolation')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(effective, level.to_lowercase());
     sqlx::query("SET ROLE orgkeeper_app")
         .execute(&mut conn)
         .await
