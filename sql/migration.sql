@@ -5,11 +5,11 @@
 --   orgkeeper.verify_user_migration(user_id)   one row per check
 --   orgkeeper.rollback_user_migration(user_id) undo the database side, enqueue the external reversals
 --
--- Concurrency: every function that changes a user takes a transaction-scoped
--- advisory lock on orgkeeper.user_lock_key(user_id) (waiting at most 30 s,
--- SQLSTATE 55P03 naming the user otherwise) and then the user_settings row
--- lock. migrate_users only *tries* the advisory locks and skips users another
--- session holds, so any number of sessions can back-fill side by side. Run
+-- Concurrency: every function that changes a user first locks the user's
+-- user_settings row (waiting at most 30 s, SQLSTATE 55P03 naming the user and
+-- the holder otherwise). Only trusted roles can lock it, so the application
+-- cannot block a migration. migrate_users skips rows another session holds
+-- (SKIP LOCKED), so any number of sessions can back-fill side by side. Run
 -- these functions in READ COMMITTED (the default).
 --
 -- What a migration changes is recorded in orgkeeper.user_migration (V6), which
@@ -24,12 +24,9 @@
 ------------------------------------------------------------------------------
 -- small helpers
 ------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION orgkeeper.user_lock_key(p_user_id uuid) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT hashtextextended('orgkeeper.user:' || p_user_id::text, 0);
-$$;
-COMMENT ON FUNCTION orgkeeper.user_lock_key(uuid) IS
-  'The advisory-lock key (bigint) that serialises migration and rollback of one user: a 64-bit hash of the user id. See who holds it: SELECT * FROM pg_locks WHERE locktype = ''advisory''.';
+-- Until V8 a user was locked with an advisory lock on a hash of the id,
+-- which any role can take (the application could block a user's migration).
+DROP FUNCTION IF EXISTS orgkeeper.user_lock_key(uuid);
 
 CREATE OR REPLACE FUNCTION orgkeeper.is_legacy_ciphertext(p_value text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -49,16 +46,27 @@ CREATE OR REPLACE FUNCTION orgkeeper.lock_user_for_migration(p_user_id uuid) RET
 LANGUAGE plpgsql
 SET lock_timeout = '30s'
 AS $$
+DECLARE
+    v_holder text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(orgkeeper.user_lock_key(p_user_id));
+    -- The user_settings row: only trusted roles may lock it (the application
+    -- has no privilege on the table), so only a migration can hold it.
+    PERFORM 1 FROM orgkeeper.user_settings s WHERE s.user_id = p_user_id FOR UPDATE;
 EXCEPTION WHEN lock_not_available THEN
-    RAISE EXCEPTION 'user %: another session is migrating or rolling back this user (migration lock not obtained within 30 s); nothing changed', p_user_id
+    SELECT string_agg(format('pid %s (role %s, %s since %s)', a.pid, a.usename, a.state, a.xact_start), ', ')
+      INTO v_holder
+      FROM orgkeeper.user_settings s
+      JOIN pg_locks l ON l.locktype = 'transactionid' AND l.transactionid = s.xmax AND l.granted
+      JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE s.user_id = p_user_id;
+    RAISE EXCEPTION 'user %: another session is migrating or rolling back this user (its user_settings row was not free within 30 s; held by %); nothing changed',
+            p_user_id, coalesce(v_holder, 'a session that has just ended')
         USING ERRCODE = 'lock_not_available',
-              HINT = 'try again when the other session has finished; the holder shows in pg_locks (locktype advisory, key orgkeeper.user_lock_key(user_id))';
+              HINT = 'try again when the other session has finished, or end it with SELECT pg_terminate_backend(<pid>)';
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.lock_user_for_migration(uuid) IS
-  'Takes the transaction-scoped advisory lock of a user (orgkeeper.user_lock_key), waiting at most 30 s; raises 55P03 naming the user when it cannot be had.';
+  'Locks the user''s user_settings row (which only trusted roles can lock), waiting at most 30 s; raises 55P03 naming the user and the session holding it when it cannot be had. Nothing to lock (no user_settings row) is not an error.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.migration_blocker(p_user_id uuid) RETURNS text
 LANGUAGE sql STABLE AS $$
@@ -338,7 +346,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.migrate_locked_users(uuid[]) IS
-  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their advisory and user_settings locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, billing_margin, apply_margin, unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}.';
+  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their user_settings row locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, billing_margin, apply_margin, unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.user_migration_report(p_log orgkeeper.user_migration) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -454,11 +462,9 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_batch      integer := migrate_users.batch_size;
-    v_candidates uuid[] := '{}';
     v_users      uuid[];
     v_n          integer := 0;
     v_user       uuid;
-    r            record;
     v_state      text;
     v_msg        text;
     v_hint       text;
@@ -473,33 +479,18 @@ BEGIN
     END IF;
 
     LOOP
-        -- Walk the not-yet-migrated users in id order and take the advisory
-        -- lock of each one nobody else holds; users other sessions work on
-        -- are skipped.
-        v_candidates := '{}';
-        FOR r IN
-            SELECT s.user_id
-              FROM orgkeeper.user_settings s
-             WHERE s.already_migrated = false
-               AND NOT EXISTS (SELECT 1 FROM orgkeeper.user_migration_error e WHERE e.user_id = s.user_id)
-             ORDER BY s.user_id
-        LOOP
-            IF pg_try_advisory_xact_lock(orgkeeper.user_lock_key(r.user_id)) THEN
-                v_candidates := v_candidates || r.user_id;
-                EXIT WHEN cardinality(v_candidates) >= v_batch;
-            END IF;
-        END LOOP;
-        IF cardinality(v_candidates) = 0 THEN
-            RETURN 0;
-        END IF;
-
-        -- Lock the settings rows and re-check (a user may have been migrated
-        -- between the walk and the advisory lock).
+        -- The next not-yet-migrated users in id order whose user_settings
+        -- row nobody else holds; users other sessions work on are skipped.
         SELECT coalesce(array_agg(x.user_id ORDER BY x.user_id), '{}') INTO v_users
           FROM (SELECT s.user_id FROM orgkeeper.user_settings s
-                 WHERE s.user_id = ANY (v_candidates) AND s.already_migrated = false
+                 WHERE s.already_migrated = false
+                   AND NOT EXISTS (SELECT 1 FROM orgkeeper.user_migration_error e WHERE e.user_id = s.user_id)
                  ORDER BY s.user_id
-                   FOR UPDATE) x;
+                 LIMIT v_batch
+                   FOR UPDATE SKIP LOCKED) x;
+        IF cardinality(v_users) = 0 THEN
+            RETURN 0;
+        END IF;
 
         -- Users that cannot be migrated are recorded with the reason and
         -- skipped from now on, so a back-fill always ends.
@@ -1000,7 +991,6 @@ COMMENT ON FUNCTION orgkeeper.rollback_user_migration(uuid) IS
 -- (V5 default privileges), and sql/rls.sql runs before this file, so the
 -- DBA role's EXECUTE is granted here.
 REVOKE EXECUTE ON FUNCTION
-    orgkeeper.user_lock_key(uuid),
     orgkeeper.is_legacy_ciphertext(text),
     orgkeeper.is_transient_sqlstate(text),
     orgkeeper.lock_user_for_migration(uuid),
@@ -1018,7 +1008,6 @@ DO $grants$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'orgkeeper_dba') THEN
         GRANT EXECUTE ON FUNCTION
-            orgkeeper.user_lock_key(uuid),
             orgkeeper.is_legacy_ciphertext(text),
             orgkeeper.is_transient_sqlstate(text),
             orgkeeper.lock_user_for_migration(uuid),

@@ -113,10 +113,17 @@ DO $rls$
 DECLARE
     v_table text;
 BEGIN
+    -- DDL already in place is skipped: each statement here takes an ACCESS
+    -- EXCLUSIVE lock on its table, which queues every tenant's queries
+    -- behind it (see MigrateLimits in src/db.rs).
     FOR v_table IN
         SELECT c.relname FROM pg_class c
          WHERE c.relnamespace = 'orgkeeper'::regnamespace AND c.relkind IN ('r', 'p')
            AND c.relname NOT IN (SELECT e.table_name FROM orgkeeper.rls_exempt e)
+           AND (NOT c.relrowsecurity
+                OR NOT EXISTS (SELECT 1 FROM pg_policies p
+                                WHERE p.schemaname = 'orgkeeper' AND p.tablename = c.relname
+                                  AND p.policyname = c.relname || '_service'))
          ORDER BY 1
     LOOP
         EXECUTE format('ALTER TABLE orgkeeper.%I ENABLE ROW LEVEL SECURITY', v_table);

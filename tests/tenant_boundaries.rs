@@ -704,7 +704,7 @@ async fn item4_a_member_cannot_forge_billing_and_migration_counts_only_the_users
         .fetch_all(&mut m)
         .await
         .unwrap();
-    assert_eq!(seen, [session.clone()]);
+    assert_eq!(seen, std::slice::from_ref(&session));
     assert_eq!(state(&db.pool).await, before, "nothing changed");
 
     // Even completed (by the billing path), an organization's session is
@@ -1086,4 +1086,130 @@ async fn item8_two_concurrent_deletions_cannot_leave_a_shared_member_without_an_
         membership(&db, y, uma).await,
         Some(("member".into(), "active".into()))
     );
+}
+
+// ---------------------------------------------------------------------------
+// 7. anyone can block migrations
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn item7_an_app_session_cannot_block_a_users_migration_nor_stall_migrate() {
+    let db = TestDb::migrated().await;
+    let login = LoginRole::create(&db, "ok_app", "orgkeeper_app").await;
+    let vic = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO orgkeeper.user_settings (user_id, email) VALUES ($1, 'vic@example.com')",
+    )
+    .bind(vic)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // The application holds the advisory locks migrations used to wait on
+    // (a hash of the user id, the `migrate` key) and tries the row lock.
+    let mut m = login.connect().await;
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('orgkeeper.user:' || $1::text, 0))")
+        .bind(vic)
+        .execute(&mut m)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock(8030594796515324005)") // "orgkeeper", src/db.rs
+        .execute(&mut m)
+        .await
+        .unwrap();
+    let err = call(
+        &mut m,
+        "SELECT 1 FROM orgkeeper.user_settings WHERE user_id = $1 FOR UPDATE",
+        &[vic],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        db_error(&err),
+        (
+            "42501".to_string(),
+            "permission denied for table user_settings".to_string()
+        )
+    );
+    // The migration does not wait for it.
+    let started = std::time::Instant::now();
+    let report: serde_json::Value = sqlx::query_scalar("SELECT orgkeeper.migrate_user($1)")
+        .bind(vic)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(report["status"], "migrated");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // `migrate` waits a bounded time for its lock and names the holder.
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut m)
+        .await
+        .unwrap();
+    let limits = orgkeeper::db::MigrateLimits {
+        lock_wait: std::time::Duration::from_millis(500),
+        ddl_lock_timeout: std::time::Duration::from_millis(200),
+        ddl_attempts: 2,
+    };
+    let err = orgkeeper::db::migrate_with(&db.url, limits)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("pid {pid} (role {}", login.name)),
+        "{err}"
+    );
+    assert!(err.contains("SELECT pg_terminate_backend(<pid>)"), "{err}");
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut m)
+        .await
+        .unwrap();
+
+    // An idle application transaction holding a table: re-applying the
+    // library gives up after short lock waits instead of queueing everyone
+    // behind its ACCESS EXCLUSIVE locks, and says who holds the table.
+    sqlx::query("DELETE FROM orgkeeper.sql_library")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut m).await.unwrap();
+    sqlx::query("SELECT count(*) FROM orgkeeper.org")
+        .execute(&mut m)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let url = db.url.clone();
+    let migrating = tokio::spawn(async move { orgkeeper::db::migrate_with(&url, limits).await });
+    // Meanwhile a tenant's query waits at most one short lock wait.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut tenant = db.connect().await;
+    sqlx::query("SET statement_timeout = '1500ms'")
+        .execute(&mut tenant)
+        .await
+        .unwrap();
+    let orgs: i64 = sqlx::query_scalar("SELECT count(*) FROM orgkeeper.org")
+        .fetch_one(&mut tenant)
+        .await
+        .expect("a tenant's query is not queued behind migrate for long");
+    assert_eq!(orgs, 1, "Vic's personal organization");
+    let err = format!("{:#}", migrating.await.unwrap().unwrap_err());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains("migrate could not lock orgkeeper's tables within 200 ms in 2 attempts"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "pid {pid} (role {}, idle in transaction",
+            login.name
+        )),
+        "{err}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut m).await.unwrap();
+    let report = orgkeeper::db::migrate_with(&db.url, limits).await.unwrap();
+    assert!(report.library_applied);
 }

@@ -1142,10 +1142,16 @@ async fn a_user_locked_by_another_session_is_skipped_by_the_back_fill_and_times_
             .await
             .unwrap();
     }
+    // Another migration session holds the user's user_settings row.
     let mut other = db.connect().await;
-    sqlx::query("SELECT pg_advisory_lock(orgkeeper.user_lock_key($1))")
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT 1 FROM orgkeeper.user_settings WHERE user_id = $1 FOR UPDATE")
         .bind(held)
         .execute(&mut other)
+        .await
+        .unwrap();
+    let holder: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut other)
         .await
         .unwrap();
 
@@ -1163,6 +1169,10 @@ async fn a_user_locked_by_another_session_is_skipped_by_the_back_fill_and_times_
     let (code, message) = db_error(&err);
     assert_eq!(code, "55P03");
     assert!(message.contains(&held.to_string()), "{message}");
+    assert!(
+        message.contains(&format!("held by pid {holder} ")),
+        "{message}"
+    );
     assert!(
         started.elapsed() >= std::time::Duration::from_secs(29),
         "waited the 30 s lock timeout"
