@@ -10,6 +10,8 @@
 --   conflict at every isolation level (sql/ownership.sql).
 -- * orgkeeper_identity: the identity-provider sync, the only non-trusted role
 --   that may mark an email verified (sql/invitations.sql, sql/rls.sql).
+-- * orgkeeper_definer: owner of the SECURITY DEFINER functions, neither
+--   superuser nor BYPASSRLS (sql/rls.sql).
 
 ------------------------------------------------------------------------------
 -- roles
@@ -17,21 +19,31 @@
 -- Cluster-global, created only when missing; a concurrent migration of
 -- another database may win the race (see V5).
 DO $roles$
+DECLARE
+    v_role record;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'orgkeeper_identity') THEN
-        BEGIN
-            CREATE ROLE orgkeeper_identity NOLOGIN NOBYPASSRLS;
-            COMMENT ON ROLE orgkeeper_identity IS
-              'orgkeeper: the identity-provider sync. Records users'' emails and whether the provider verified them (users.email, users.email_verified); nothing else. Grant it to the sync''s login role.';
-        EXCEPTION
-            WHEN duplicate_object OR unique_violation THEN
-                NULL; -- created by a concurrent migration of another database
-            WHEN insufficient_privilege THEN
-                RAISE EXCEPTION 'cannot create database role orgkeeper_identity: %', SQLERRM
-                    USING ERRCODE = 'insufficient_privilege',
-                          HINT = 'run the migration as a superuser, or have one run first: CREATE ROLE orgkeeper_identity NOLOGIN NOBYPASSRLS;';
-        END;
-    END IF;
+    FOR v_role IN
+        SELECT * FROM (VALUES
+            ('orgkeeper_identity', 'NOLOGIN NOSUPERUSER NOBYPASSRLS',
+             'orgkeeper: the identity-provider sync. Records users'' emails and whether the provider verified them (users.email, users.email_verified); nothing else. Grant it to the sync''s login role.'),
+            ('orgkeeper_definer', 'NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE',
+             'orgkeeper: owns the SECURITY DEFINER functions (sql/rls.sql), so that they run with table privileges and a row-security policy of their own, never as a superuser. Nobody logs in as it or is granted it.')
+        ) AS r (name, attributes, comment)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_role.name) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I %s', v_role.name, v_role.attributes);
+                EXECUTE format('COMMENT ON ROLE %I IS %L', v_role.name, v_role.comment);
+            EXCEPTION
+                WHEN duplicate_object OR unique_violation THEN
+                    NULL; -- created by a concurrent migration of another database
+                WHEN insufficient_privilege THEN
+                    RAISE EXCEPTION 'cannot create database role %: %', v_role.name, SQLERRM
+                        USING ERRCODE = 'insufficient_privilege',
+                              HINT = format('run the migration as a superuser, or have one run first: CREATE ROLE %s %s;', v_role.name, v_role.attributes);
+            END;
+        END IF;
+    END LOOP;
 END
 $roles$;
 

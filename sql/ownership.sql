@@ -165,6 +165,36 @@ CREATE TRIGGER org_admit
     BEFORE INSERT OR UPDATE OF name ON orgkeeper.org
     FOR EACH ROW EXECUTE FUNCTION orgkeeper.org_admit();
 
+-- llm_base_url decides where members' LiteLLM keys are sent: the
+-- application may change it for an owner only (admins change the other
+-- settings). Trusted roles (the daemon's write-back, DBAs) may.
+CREATE OR REPLACE FUNCTION orgkeeper.org_llm_base_url_owner_only() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_actor uuid := orgkeeper.current_app_user();
+    v_m     record;
+BEGIN
+    IF NEW.llm_base_url IS NOT DISTINCT FROM OLD.llm_base_url OR orgkeeper.caller_is_trusted() THEN
+        RETURN NEW;
+    END IF;
+    SELECT * INTO v_m FROM orgkeeper.membership(NEW.id, v_actor);
+    IF v_m.role_name IS DISTINCT FROM 'owner' OR v_m.status IS DISTINCT FROM 'active' THEN
+        RAISE EXCEPTION 'user % (role %) cannot change llm_base_url of organization "%": only its owners can, since it decides where members'' keys are sent',
+                v_actor, coalesce(v_m.role_name, 'none'), OLD.name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('ask an owner of "%s"; nothing was changed', OLD.name);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.org_llm_base_url_owner_only() IS
+  'Trigger: refuses (42501) a change of org.llm_base_url unless orgkeeper.user_id is an active owner of the organization or the caller is trusted (orgkeeper.caller_is_trusted: the daemon''s write-back, DBAs).';
+
+DROP TRIGGER IF EXISTS org_llm_base_url_owner_only ON orgkeeper.org;
+CREATE TRIGGER org_llm_base_url_owner_only
+    BEFORE UPDATE OF llm_base_url ON orgkeeper.org
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.org_llm_base_url_owner_only();
+
 DROP TRIGGER IF EXISTS org_before_write ON orgkeeper.org;
 CREATE TRIGGER org_before_write
     BEFORE INSERT OR UPDATE ON orgkeeper.org

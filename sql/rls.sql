@@ -123,16 +123,17 @@ BEGIN
            AND (NOT c.relrowsecurity
                 OR NOT EXISTS (SELECT 1 FROM pg_policies p
                                 WHERE p.schemaname = 'orgkeeper' AND p.tablename = c.relname
-                                  AND p.policyname = c.relname || '_service'))
+                                  AND p.policyname = c.relname || '_service'
+                                  AND 'orgkeeper_definer' = ANY (p.roles)))
          ORDER BY 1
     LOOP
         EXECUTE format('ALTER TABLE orgkeeper.%I ENABLE ROW LEVEL SECURITY', v_table);
         -- Members of the daemon and DBA roles see and change every row.
         EXECUTE format('DROP POLICY IF EXISTS %I ON orgkeeper.%I', v_table || '_service', v_table);
-        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I AS PERMISSIVE FOR ALL TO orgkeeper_daemon, orgkeeper_dba USING (true) WITH CHECK (true)',
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I AS PERMISSIVE FOR ALL TO orgkeeper_daemon, orgkeeper_dba, orgkeeper_definer USING (true) WITH CHECK (true)',
                        v_table || '_service', v_table);
         EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_service', v_table,
-                       'The daemon and DBAs (and their members) are not confined by row security.');
+                       'The daemon and DBAs (and their members), and the SECURITY DEFINER functions (owned by orgkeeper_definer, which check their callers themselves), are not confined by row security.');
     END LOOP;
 END
 $rls$;
@@ -280,10 +281,10 @@ $related$;
 -- privileges
 ------------------------------------------------------------------------------
 -- Start from nothing, then grant deliberately.
-REVOKE ALL ON ALL TABLES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity;
-GRANT USAGE ON SCHEMA orgkeeper TO orgkeeper_app, orgkeeper_daemon, orgkeeper_dba, orgkeeper_identity;
+REVOKE ALL ON ALL TABLES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity, orgkeeper_definer;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity, orgkeeper_definer;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity, orgkeeper_definer;
+GRANT USAGE ON SCHEMA orgkeeper TO orgkeeper_app, orgkeeper_daemon, orgkeeper_dba, orgkeeper_identity, orgkeeper_definer;
 
 -- The application ----------------------------------------------------------
 GRANT SELECT ON orgkeeper.role TO orgkeeper_app;
@@ -440,3 +441,28 @@ $daemon$;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_dba;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_dba;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA orgkeeper TO orgkeeper_dba;
+
+-- The SECURITY DEFINER functions ---------------------------------------------
+-- They run as orgkeeper_definer, not as whoever ran `orgkeeper migrate`
+-- (a superuser in the README's flow): a bug or an injection in one of them
+-- gets the table privileges below and the service policy, never superuser
+-- powers, BYPASSRLS, or ownership of the tables (no DDL, no disabling row
+-- security). The one exception: refresh_growing_statistics runs ANALYZE,
+-- which PostgreSQL 15 allows only to a table's owner; it is executable by
+-- DBAs only.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_definer;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA orgkeeper TO orgkeeper_definer;
+DO $definer$
+DECLARE
+    v_fn regprocedure;
+BEGIN
+    FOR v_fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+         WHERE p.pronamespace = 'orgkeeper'::regnamespace AND p.prosecdef
+           AND p.proname <> 'refresh_growing_statistics'
+           AND p.proowner <> 'orgkeeper_definer'::regrole
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO orgkeeper_definer', v_fn);
+    END LOOP;
+END
+$definer$;

@@ -1213,3 +1213,78 @@ async fn item7_an_app_session_cannot_block_a_users_migration_nor_stall_migrate()
     let report = orgkeeper::db::migrate_with(&db.url, limits).await.unwrap();
     assert!(report.library_applied);
 }
+
+// ---------------------------------------------------------------------------
+// 9. hardening
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn item9_an_admin_cannot_redirect_members_keys_and_definer_functions_run_without_superuser_powers(
+) {
+    let db = TestDb::migrated().await;
+    let olive = user(&db, "olive@acme.test").await;
+    let adam = user(&db, "adam@acme.test").await;
+    let acme = team(&db, "Acme", olive).await;
+    trusted_add(&db, olive, acme, adam, "admin").await;
+    let before = state(&db.pool).await;
+
+    // Adam, an admin, points the organization at his own proxy.
+    let mut a = app(&db, Some(adam)).await;
+    refused(
+        call(
+            &mut a,
+            "UPDATE orgkeeper.org SET llm_base_url = 'https://llm.evil.test' WHERE id = $1",
+            &[acme],
+        )
+        .await,
+        "42501",
+        &[&format!(
+            "user {adam} (role admin) cannot change llm_base_url of organization \"Acme\": only its owners can"
+        )],
+    );
+    assert_eq!(state(&db.pool).await, before, "nothing changed");
+    // Other settings are his to change; the owner changes the URL.
+    call(
+        &mut a,
+        "UPDATE orgkeeper.org SET agent = 'CodeActAgent' WHERE id = $1",
+        &[acme],
+    )
+    .await
+    .unwrap();
+    let mut o = app(&db, Some(olive)).await;
+    call(
+        &mut o,
+        "UPDATE orgkeeper.org SET llm_base_url = 'https://llm.acme.test' WHERE id = $1",
+        &[acme],
+    )
+    .await
+    .unwrap();
+
+    // Every SECURITY DEFINER function (but the DBA-only ANALYZE helper) is
+    // owned by a role that is neither superuser nor BYPASSRLS nor the
+    // tables' owner.
+    let owners: Vec<(String, String, bool, bool, bool)> = sqlx::query_as(
+        "SELECT p.oid::regprocedure::text, r.rolname::text, r.rolsuper, r.rolbypassrls,
+                r.oid = (SELECT c.relowner FROM pg_class c WHERE c.oid = 'orgkeeper.org'::regclass)
+           FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+          WHERE p.pronamespace = 'orgkeeper'::regnamespace AND p.prosecdef ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(owners.len() > 30, "{owners:?}");
+    for (function, owner, superuser, bypassrls, owns_tables) in owners {
+        if function == "orgkeeper.refresh_growing_statistics()" {
+            let app_may: bool = sqlx::query_scalar(
+                "SELECT has_function_privilege('orgkeeper_app', 'orgkeeper.refresh_growing_statistics()', 'EXECUTE')",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            assert!(!app_may);
+            continue;
+        }
+        assert_eq!(owner, "orgkeeper_definer", "{function}");
+        assert!(!superuser && !bypassrls && !owns_tables, "{function}");
+    }
+}
