@@ -140,7 +140,7 @@ BEGIN
 
     SELECT u.id INTO v_member
       FROM orgkeeper.users u JOIN orgkeeper.org_member m ON m.user_id = u.id
-     WHERE m.org_id = v_org_id AND m.status = 'active' AND lower(btrim(u.email)) = lower(v_email)
+     WHERE m.org_id = v_org_id AND m.status = 'active' AND u.email_verified AND lower(btrim(u.email)) = lower(v_email)
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION '% (user %) is already a member of organization "%"', v_email, v_member, v_org.name
