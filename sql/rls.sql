@@ -456,6 +456,11 @@ DO $definer$
 DECLARE
     v_fn regprocedure;
 BEGIN
+    IF NOT pg_has_role(current_user, 'orgkeeper_definer', 'MEMBER') THEN
+        RAISE EXCEPTION 'role % cannot hand orgkeeper''s SECURITY DEFINER functions to orgkeeper_definer', current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('run orgkeeper migrate as a superuser, or first: GRANT orgkeeper_definer TO %I;', current_user);
+    END IF;
     FOR v_fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
          WHERE p.pronamespace = 'orgkeeper'::regnamespace AND p.prosecdef
