@@ -7,35 +7,13 @@
 
 mod common;
 
-use common::{app, db_error, refused, LoginRole, TestDb};
-use sqlx::{PgConnection, PgPool};
+use common::{app, db_error, personal, refused, state, team, user, LoginRole, TestDb};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------
 // helpers
 // ---------------------------------------------------------------------------
-
-/// Records a user with a verified email, as the identity-provider sync would.
-async fn user(db: &TestDb, email: &str) -> Uuid {
-    let id = Uuid::new_v4();
-    sqlx::query("INSERT INTO orgkeeper.users (id, email, email_verified) VALUES ($1, $2, true)")
-        .bind(id)
-        .bind(email)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    id
-}
-
-/// A team organization created by its owner (through a trusted session).
-async fn team(db: &TestDb, name: &str, owner: Uuid) -> Uuid {
-    sqlx::query_scalar("SELECT orgkeeper.create_org($1, $2)")
-        .bind(name)
-        .bind(owner)
-        .fetch_one(&db.pool)
-        .await
-        .expect("create_org")
-}
 
 /// Adds an active member through a trusted session (as a DBA would).
 async fn trusted_add(db: &TestDb, actor: Uuid, org: Uuid, who: Uuid, role: &str) {
@@ -56,29 +34,6 @@ async fn call(conn: &mut PgConnection, sql: &str, args: &[Uuid]) -> Result<u64, 
         query = query.bind(*a);
     }
     query.execute(conn).await.map(|r| r.rows_affected())
-}
-
-/// Every table an attack could change, as one comparable value.
-async fn state(pool: &PgPool) -> String {
-    sqlx::query_scalar(
-        "SELECT string_agg(t, ' | ' ORDER BY t) FROM (
-            SELECT 'org: ' || string_agg(x::text, ',' ORDER BY x.id) AS t FROM orgkeeper.org x
-            UNION ALL SELECT 'org_member: ' || string_agg(x::text, ',' ORDER BY x.org_id, x.user_id) FROM orgkeeper.org_member x
-            UNION ALL SELECT 'users: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.users x
-            UNION ALL SELECT 'invitation: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.invitation x
-            UNION ALL SELECT 'api_keys: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.api_keys x
-            UNION ALL SELECT 'custom_secrets: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.custom_secrets x
-            UNION ALL SELECT 'gitlab_webhook: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.gitlab_webhook x
-            UNION ALL SELECT 'slack_users: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.slack_users x
-            UNION ALL SELECT 'user_repos: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.user_repos x
-            UNION ALL SELECT 'billing_sessions: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.billing_sessions x
-            UNION ALL SELECT 'conversation_metadata_saas: ' || string_agg(x::text, ',' ORDER BY x.conversation_id)
-                        FROM orgkeeper.conversation_metadata_saas x
-        ) s",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap()
 }
 
 async fn membership(db: &TestDb, org: Uuid, who: Uuid) -> Option<(String, String)> {
@@ -250,8 +205,8 @@ async fn item1_two_owners_racing_to_leave_and_demote_each_other_cannot_orphan_an
         ("SERIALIZABLE", "40001"),
     ] {
         // Ann and Ben own both X and Y.
-        let ann = user(&db, &format!("ann-{}@x.test", level.len())).await;
-        let ben = user(&db, &format!("ben-{}@x.test", level.len())).await;
+        let ann = user(&db, "ann@x.test").await;
+        let ben = user(&db, "ben@x.test").await;
         let x = team(&db, &format!("X {level}"), ann).await;
         let y = team(&db, &format!("Y {level}"), ann).await;
         trusted_add(&db, ann, x, ben, "owner").await;
@@ -835,11 +790,7 @@ async fn item8_names_invitations_deletions_listings_and_errors_leak_nothing_and_
     let mia = user(&db, "mia@acme.test").await;
     let mallory = user(&db, "mallory@evil.test").await;
     for u in [olive, adam, mia, mallory] {
-        sqlx::query("SELECT orgkeeper.create_personal_org($1)")
-            .bind(u)
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        personal(&db, u).await;
     }
     let acme = team(&db, "Acme", olive).await;
     trusted_add(&db, olive, acme, adam, "admin").await;
@@ -1042,11 +993,7 @@ async fn item8_two_concurrent_deletions_cannot_leave_a_shared_member_without_an_
     let ann = user(&db, "ann@x.test").await;
     let ben = user(&db, "ben@y.test").await;
     for u in [ann, ben] {
-        sqlx::query("SELECT orgkeeper.create_personal_org($1)")
-            .bind(u)
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        personal(&db, u).await;
     }
     let x = team(&db, "X", ann).await;
     let y = team(&db, "Y", ben).await;

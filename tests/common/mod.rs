@@ -417,3 +417,60 @@ impl Drop for LoginRole {
         }
     }
 }
+
+/// Records a user with a verified email, as the identity-provider sync would.
+pub async fn user(db: &TestDb, email: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query("INSERT INTO orgkeeper.users (id, email, email_verified) VALUES ($1, $2, true)")
+        .bind(id)
+        .bind(email)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    id
+}
+
+/// A team organization created by its owner (through a trusted session).
+pub async fn team(db: &TestDb, name: &str, owner: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT orgkeeper.create_org($1, $2)")
+        .bind(name)
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .expect("create_org")
+}
+
+/// The user's personal organization, created through a trusted session.
+pub async fn personal(db: &TestDb, owner: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT orgkeeper.create_personal_org($1)")
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .expect("create_personal_org")
+}
+
+/// Every table a refused call or an attack could change, as one comparable
+/// value, for asserting that nothing changed.
+pub async fn state(pool: &PgPool) -> String {
+    sqlx::query_scalar(
+        "SELECT string_agg(t, ' | ' ORDER BY t) FROM (
+            SELECT 'org: ' || string_agg(x::text, ',' ORDER BY x.id) AS t FROM orgkeeper.org x
+            UNION ALL SELECT 'org_member: ' || string_agg(x::text, ',' ORDER BY x.org_id, x.user_id) FROM orgkeeper.org_member x
+            UNION ALL SELECT 'users: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.users x
+            UNION ALL SELECT 'invitation: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.invitation x
+            UNION ALL SELECT 'pending_external_actions: ' || string_agg(x::text, ',' ORDER BY x.id)
+                        FROM orgkeeper.pending_external_actions x
+            UNION ALL SELECT 'api_keys: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.api_keys x
+            UNION ALL SELECT 'custom_secrets: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.custom_secrets x
+            UNION ALL SELECT 'gitlab_webhook: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.gitlab_webhook x
+            UNION ALL SELECT 'slack_users: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.slack_users x
+            UNION ALL SELECT 'user_repos: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.user_repos x
+            UNION ALL SELECT 'billing_sessions: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.billing_sessions x
+            UNION ALL SELECT 'conversation_metadata_saas: ' || string_agg(x::text, ',' ORDER BY x.conversation_id)
+                        FROM orgkeeper.conversation_metadata_saas x
+        ) s",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
