@@ -174,7 +174,9 @@ BEGIN
     ELSIF v_m.status <> 'active' THEN
         RAISE EXCEPTION 'user %''s membership in organization "%" is %, so they cannot %', p_actor, p_org.name, v_m.status, p_doing
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = format('ask an owner or admin of "%s" to re-activate the membership', p_org.name);
+                  HINT = CASE v_m.status
+                      WHEN 'invited' THEN format('accept it first: SELECT orgkeeper.accept_membership(%L, %L)', p_actor, p_org.id)
+                      ELSE format('ask an owner or admin of "%s" to re-activate the membership', p_org.name) END;
     END IF;
     RETURN v_m.role_rank;
 END;
@@ -417,7 +419,7 @@ BEGIN
     ELSIF v_t.status <> 'active' THEN
         RAISE EXCEPTION 'user %''s membership in organization "%" is %; ownership can only go to an active member', v_new, v_org.name, v_t.status
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'activate the membership first (orgkeeper.add_member re-activates it), then transfer';
+                  HINT = 'the membership must be active first (an invited user accepts it with orgkeeper.accept_membership; a DBA''s orgkeeper.add_member re-activates it), then transfer';
     ELSIF v_t.role_name = 'owner' THEN
         RAISE EXCEPTION 'user % is already an owner of organization "%"', v_new, v_org.name
             USING ERRCODE = 'invalid_parameter_value',
