@@ -361,10 +361,9 @@ BEGIN
     UPDATE orgkeeper.invitation i SET accepted_at = now(), accepted_by = v_user WHERE i.id = v_inv.id;
     UPDATE orgkeeper.users u SET current_org_id = v_org.id, updated_at = now()
      WHERE u.id = v_user AND u.current_org_id IS NULL;
-    PERFORM orgkeeper.enqueue_member_action('litellm.add_member', v_org, v_user);
     RETURN v_org.id;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.accept_invitation(uuid, text) IS
-  'The user accepts an invitation: single-use, writes the active membership with the invited role in this transaction, enqueues litellm.add_member, returns the org id. '
+  'The user accepts an invitation: single-use, writes the active membership with the invited role in this transaction (the member gets their own LiteLLM key: trigger org_member_key_lifecycle enqueues litellm.add_member), returns the org id. '
   'Refusals: no such token or unknown user P0002; revoked, already used, expired, no email on record, an email the identity provider has not verified (users.email_verified), or the inviter may no longer grant the role 55000; the user''s verified email (orgkeeper.users.email, case-insensitive) is not the invited one 42501; already a member 23505.';

@@ -241,13 +241,47 @@ $$;
 COMMENT ON FUNCTION orgkeeper.refuse_last_owner(orgkeeper.org, uuid, text) IS
   'Raises 23514 when the user is the organization''s only active owner (the early, clear form of the COMMIT-time owner check).';
 
-CREATE OR REPLACE FUNCTION orgkeeper.enqueue_member_action(p_kind text, p_org orgkeeper.org, p_user_id uuid) RETURNS bigint
-LANGUAGE sql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-    SELECT orgkeeper.enqueue_action(p_kind, p_org.id, p_user_id,
-        jsonb_build_object('user_id', p_user_id, 'team_id', coalesce(p_org.litellm_team_id, p_org.id::text)));
+------------------------------------------------------------------------------
+-- every active member has their own LiteLLM key
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.org_member_key_lifecycle() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_was_active boolean := TG_OP <> 'INSERT' AND OLD.status = 'active';
+    v_is_active  boolean := TG_OP <> 'DELETE' AND NEW.status = 'active';
+    v_moved      boolean := TG_OP = 'UPDATE' AND (NEW.org_id, NEW.user_id) IS DISTINCT FROM (OLD.org_id, OLD.user_id);
+    v_org        orgkeeper.org;
+BEGIN
+    IF v_was_active AND (NOT v_is_active OR v_moved) THEN
+        -- Gone with its organization: deleting the team deletes every key.
+        SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = OLD.org_id;
+        IF FOUND THEN
+            PERFORM orgkeeper.enqueue_action('litellm.remove_member', OLD.org_id, OLD.user_id,
+                jsonb_build_object('user_id', OLD.user_id, 'team_id', coalesce(v_org.litellm_team_id, v_org.id::text)));
+        END IF;
+        IF TG_OP = 'UPDATE' THEN
+            NEW.llm_api_key := NULL;
+        END IF;
+    END IF;
+    IF v_is_active AND (NOT v_was_active OR v_moved) THEN
+        SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = NEW.org_id;
+        -- The creator of an organization still being provisioned gets their
+        -- key from litellm.provision_org (or, for a migrated user, keeps theirs).
+        IF NOT (NEW.user_id = v_org.created_by AND v_org.provisioning_status = 'pending') THEN
+            PERFORM orgkeeper.enqueue_action('litellm.add_member', NEW.org_id, NEW.user_id,
+                jsonb_build_object('user_id', NEW.user_id, 'team_id', coalesce(v_org.litellm_team_id, v_org.id::text)));
+        END IF;
+    END IF;
+    RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+END;
 $$;
-COMMENT ON FUNCTION orgkeeper.enqueue_member_action(text, orgkeeper.org, uuid) IS
-  'Enqueues litellm.add_member / litellm.remove_member for a member of an organization: payload {"user_id", "team_id"} (the team id is the org id until provisioning records another).';
+COMMENT ON FUNCTION orgkeeper.org_member_key_lifecycle() IS
+  'Trigger: a membership that becomes active enqueues litellm.add_member (the member joins the team and gets a key of their own); one that stops being active (disabled, invited, deleted, moved) enqueues litellm.remove_member (their key is deleted at LiteLLM and they leave the team) and forgets its key ciphertext. Nothing is enqueued for memberships deleted with their organization (the team''s deletion covers them), nor for the creator of an organization still pending (provisioning gives them their key). Payload {"user_id", "team_id"}.';
+
+DROP TRIGGER IF EXISTS org_member_key_lifecycle ON orgkeeper.org_member;
+CREATE TRIGGER org_member_key_lifecycle
+    BEFORE INSERT OR UPDATE OF status, org_id, user_id OR DELETE ON orgkeeper.org_member
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.org_member_key_lifecycle();
 
 CREATE OR REPLACE FUNCTION orgkeeper.relocate_current_org(p_org_id uuid, p_user_id uuid DEFAULT NULL) RETURNS integer
 LANGUAGE sql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
@@ -270,21 +304,16 @@ COMMENT ON FUNCTION orgkeeper.relocate_current_org(uuid, uuid) IS
 
 CREATE OR REPLACE FUNCTION orgkeeper.drop_membership(p_org orgkeeper.org, p_user_id uuid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-DECLARE
-    v_status text;
 BEGIN
-    DELETE FROM orgkeeper.org_member m WHERE m.org_id = p_org.id AND m.user_id = p_user_id
-    RETURNING m.status INTO v_status;
+    -- The key lifecycle trigger deletes the member's LiteLLM key.
+    DELETE FROM orgkeeper.org_member m WHERE m.org_id = p_org.id AND m.user_id = p_user_id;
     -- Keys the member made for this organization must stop working with it.
     DELETE FROM orgkeeper.api_keys k WHERE k.org_id = p_org.id AND k.user_id = p_user_id;
     PERFORM orgkeeper.relocate_current_org(p_org.id, p_user_id);
-    IF v_status IN ('active', 'disabled') THEN
-        PERFORM orgkeeper.enqueue_member_action('litellm.remove_member', p_org, p_user_id);
-    END IF;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.drop_membership(orgkeeper.org, uuid) IS
-  'Removes a membership with its consequences: the member''s API keys for the organization are deleted, their current organization moves elsewhere, and litellm.remove_member is enqueued.';
+  'Removes a membership with its consequences: the member''s API keys for the organization are deleted, their current organization moves elsewhere, and (trigger org_member_key_lifecycle) litellm.remove_member is enqueued.';
 
 ------------------------------------------------------------------------------
 -- organizations
@@ -488,11 +517,10 @@ BEGIN
         UPDATE orgkeeper.users u SET current_org_id = v_org_id, updated_at = now()
          WHERE u.id = v_user AND u.current_org_id IS NULL;
     END IF;
-    PERFORM orgkeeper.enqueue_member_action('litellm.add_member', v_org, v_user);
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.add_member(uuid, uuid, uuid, text) IS
-  'Adds a user (created on demand, with nothing but the id) with a role. Called by the application the membership is invited: it counts for nothing until the user accepts it (orgkeeper.accept_membership) and never changes the user''s current organization; trusted roles (orgkeeper.caller_is_trusted: DBAs, the daemon) add an active member. Owners and admins only, never granting a role that outranks the actor (42501); unknown role 22023; already an active member 23505; a disabled or invited membership gets the new role and status. Unknown organization: P0002.';
+  'Adds a user (created on demand, with nothing but the id) with a role. Called by the application the membership is invited: it counts for nothing until the user accepts it (orgkeeper.accept_membership) and never changes the user''s current organization; trusted roles (orgkeeper.caller_is_trusted: DBAs, the daemon) add an active member. An active member gets their own LiteLLM key (trigger org_member_key_lifecycle enqueues litellm.add_member). Owners and admins only, never granting a role that outranks the actor (42501); unknown role 22023; already an active member 23505; a disabled or invited membership gets the new role and status. Unknown organization: P0002.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.change_member_role(actor uuid, org_id uuid, user_id uuid, role text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$

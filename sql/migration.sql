@@ -30,10 +30,10 @@ DROP FUNCTION IF EXISTS orgkeeper.user_lock_key(uuid);
 
 CREATE OR REPLACE FUNCTION orgkeeper.is_legacy_ciphertext(p_value text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT p_value IS NOT NULL AND p_value <> '' AND p_value NOT LIKE 'ok1:%';
+    SELECT p_value IS NOT NULL AND p_value <> '' AND p_value NOT LIKE 'ok1:%' AND p_value NOT LIKE 'ok2:%';
 $$;
 COMMENT ON FUNCTION orgkeeper.is_legacy_ciphertext(text) IS
-  'True when a secret column holds legacy-scheme ciphertext: current ciphertext starts with "ok1:"; NULL and empty mean no secret.';
+  'True when a secret column holds legacy-scheme ciphertext: orgkeeper''s ciphertext starts with "ok2:" (or "ok1:" before place binding); NULL and empty mean no secret.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.is_transient_sqlstate(p_sqlstate text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -210,7 +210,7 @@ BEGIN
     WITH b AS (
         SELECT s.user_id, s.email, s.user_version, s.billing_margin,
                s.llm_api_key, s.llm_api_key_for_byor, s.search_api_key, s.sandbox_api_key,
-               o.name AS org_name
+               o.name AS org_name, coalesce(o.llm_model, orgkeeper.default_llm_model(o.org_version)) AS model
           FROM orgkeeper.user_settings s
           JOIN orgkeeper.org o ON o.id = s.user_id
          WHERE s.user_id = ANY (p_users) AND o.id = ANY (p_users)
@@ -285,8 +285,9 @@ BEGIN
                        'email', b.email,
                        'user_version', b.user_version,
                        'billing_margin', b.billing_margin,
+                       'model', b.model,
                        'apply_margin', (b.user_version < 4 AND b.billing_margin IS NOT NULL
-                                        AND b.billing_margin <> 1.0),
+                                        AND b.billing_margin NOT IN (0, 1.0)),
                        'unlimited_budget', 1000000000.0) AS payload
               FROM b
             UNION ALL
@@ -297,6 +298,12 @@ BEGIN
                        'user_id', sc.user_id,
                        'email', b.email)
               FROM sc JOIN b ON b.user_id = sc.user_id
+            UNION ALL
+            -- After the re-encryption (same subject, so in order): the
+            -- member's key is checked and replaced when invalid or missing.
+            SELECT b.user_id, 4, 0, 'litellm.verify_key',
+                   jsonb_build_object('user_id', b.user_id, 'team_id', b.user_id::text, 'regenerate', true)
+              FROM b
             UNION ALL
             SELECT x.user_id, 3, 0, 'secrets.reencrypt',
                    jsonb_build_object(
@@ -346,7 +353,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.migrate_locked_users(uuid[]) IS
-  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their user_settings row locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, billing_margin, apply_margin, unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}.';
+  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their user_settings row locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, model, billing_margin, apply_margin (below version 4, margin not NULL, 0 or 1.0), unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}; then litellm.verify_key {user_id, team_id, regenerate: true} (the member keeps a working key, else gets a new one).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.user_migration_report(p_log orgkeeper.user_migration) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -688,7 +695,8 @@ BEGIN
                    AND (v_action.result ->> 'user_max_budget')::numeric = 1000000000)), false);
     detail := CASE
         WHEN v_action.id IS NULL THEN 'no litellm.migrate_user action recorded'
-        WHEN v_action.status <> 'done' THEN format('litellm.migrate_user #%s is %s', v_action.id, v_action.status)
+        WHEN v_action.status <> 'done' THEN format('litellm.migrate_user #%s is %s%s', v_action.id, v_action.status,
+                                                   coalesce(': ' || v_action.last_error, ''))
         WHEN ok THEN format('user max_budget %s (unlimited), team credits %s',
                             v_action.result -> 'user_max_budget', coalesce(v_action.result -> 'credits', 'null'::jsonb))
         WHEN NOT (v_action.result ? 'user_max_budget') THEN format('litellm.migrate_user #%s recorded no user_max_budget in its result', v_action.id)
@@ -717,14 +725,14 @@ BEGIN
      ORDER BY a.id DESC LIMIT 1;
     detail := CASE
         WHEN v_org.id IS NULL THEN 'no personal organization'
-        WHEN ok THEN 'every migrated credential is current ciphertext (ok1:)'
+        WHEN ok THEN 'every migrated credential is orgkeeper ciphertext (ok2:, or ok1: awaiting orgkeeper secrets rotate)'
         ELSE 'legacy ciphertext in ' || v_text
              || coalesce(format(' (secrets.reencrypt #%s is %s)', v_action.id, v_action.status), '') END;
     RETURN NEXT;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.verify_user_migration(uuid) IS
-  'One row per check of a user''s migration (check_name, ok, detail): migration_recorded, personal_org, current_org_is_personal, owner_membership_active, related_rows_have_org, conversations_copied, external_actions_done (the migration''s outbox actions), litellm_budget_unlimited (the litellm.migrate_user result records user_max_budget = 1000000000.0), no_legacy_ciphertext (credentials start with "ok1:"). A failing row''s detail says what is wrong. Unknown user: every check fails naming why. Read-only.';
+  'One row per check of a user''s migration (check_name, ok, detail): migration_recorded, personal_org, current_org_is_personal, owner_membership_active, related_rows_have_org, conversations_copied, external_actions_done (the migration''s outbox actions), litellm_budget_unlimited (the litellm.migrate_user result records user_max_budget = 1000000000.0), no_legacy_ciphertext (credentials start with "ok2:" or "ok1:"). A failing row''s detail says what is wrong. Unknown user: every check fails naming why. Read-only.';
 
 ------------------------------------------------------------------------------
 -- rollback

@@ -95,6 +95,22 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
 
+    IF TG_OP = 'INSERT' AND NEW.org_version IS NULL THEN
+        NEW.org_version := orgkeeper.current_settings_version();
+    END IF;
+
+    IF TG_OP = 'INSERT' THEN
+        -- The org id is the LiteLLM team id: a tenant that could choose it
+        -- could adopt or delete a team that is not its own.
+        IF NEW.id IS NULL THEN
+            NEW.id := CASE WHEN NEW.kind = 'personal' THEN NEW.created_by ELSE gen_random_uuid() END;
+        ELSIF NOT orgkeeper.caller_is_schema_trusted() THEN
+            RAISE EXCEPTION 'an application cannot choose an organization''s id; omit id (organization "%")', NEW.name
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'insert without id: the database chooses it (a personal organization''s id is its creator''s); read it back with RETURNING id';
+        END IF;
+    END IF;
+
     IF TG_OP = 'UPDATE' THEN
         IF NEW.id <> OLD.id OR NEW.kind <> OLD.kind OR NEW.created_by <> OLD.created_by THEN
             RAISE EXCEPTION 'organization "%": id, kind and created_by cannot change', OLD.name
@@ -130,7 +146,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_before_write() IS
-  'Trigger: trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces personal org rules, keeps id/kind/created_by immutable. Runs after orgkeeper.org_admit (allow-list, reserved names).';
+  'Trigger: starts a new organization at the current settings version unless given one, chooses its id (random; a personal org''s is its creator''s) and refuses one named by an untrusted caller (42501), trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces personal org rules, keeps id/kind/created_by immutable. Runs after orgkeeper.org_admit (allow-list, reserved names).';
 
 -- Who may create, and which names nobody may take, is decided before
 -- anything about existing names is (org_before_write): a refused creator
@@ -233,14 +249,24 @@ BEGIN
     IF coalesce(current_setting('orgkeeper.skip_provision', true), '') <> 'on' THEN
         RETURN false;
     END IF;
-    -- Trusted: superusers, BYPASSRLS roles, members of orgkeeper_dba or
-    -- orgkeeper_daemon (orgkeeper.caller_is_trusted, members.sql), and the
-    -- owner of the schema's tables (the role that runs `orgkeeper migrate`).
+    RETURN orgkeeper.caller_is_schema_trusted();
+END;
+$$;
+-- plpgsql rather than SQL: caller_is_trusted is defined later in the library
+-- (members.sql), and a SQL function body is checked when it is created.
+CREATE OR REPLACE FUNCTION orgkeeper.caller_is_schema_trusted() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+BEGIN
+    -- orgkeeper.caller_is_trusted (members.sql), or the owner of the schema's
+    -- tables (the role that runs `orgkeeper migrate`).
     RETURN orgkeeper.caller_is_trusted()
         OR pg_has_role(orgkeeper.caller_role(),
                        (SELECT c.relowner FROM pg_class c WHERE c.oid = 'orgkeeper.org'::regclass), 'MEMBER');
 END;
 $$;
+COMMENT ON FUNCTION orgkeeper.caller_is_schema_trusted() IS
+  'Internal: true for callers that may do what the design reserves for trusted code (choose an org id, skip provisioning): orgkeeper.caller_is_trusted(), or a member of the role owning the schema''s tables. Never true for the application role.';
+
 COMMENT ON FUNCTION orgkeeper.provisioning_skipped() IS
   'Internal: true when the transaction-local setting orgkeeper.skip_provision is ''on'' (set by user migration around its INSERT of personal orgs) and the session''s role is trusted (orgkeeper.caller_is_trusted(), or a member of the tables'' owner). The setting is ignored for the application role, so it cannot skip the provisioning of its organizations.';
 
@@ -345,8 +371,8 @@ BEGIN
         RAISE EXCEPTION 'organization kind must be ''team'' or ''personal'', not %', coalesce(quote_literal(kind), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO orgkeeper.org (id, name, kind, created_by)
-    VALUES (CASE WHEN kind = 'personal' THEN owner ELSE gen_random_uuid() END, name, kind, owner)
+    INSERT INTO orgkeeper.org (name, kind, created_by)
+    VALUES (name, kind, owner)
     RETURNING id INTO v_id;
     RETURN v_id;
 END;
@@ -380,8 +406,8 @@ BEGIN
     END IF;
     PERFORM orgkeeper.check_actor(user_id, 'create_personal_org');
     SELECT u.email INTO v_email FROM orgkeeper.users u WHERE u.id = create_personal_org.user_id;
-    INSERT INTO orgkeeper.org (id, name, kind, created_by, contact_email)
-    VALUES (user_id, orgkeeper.personal_org_name(user_id), 'personal', user_id, v_email);
+    INSERT INTO orgkeeper.org (name, kind, created_by, contact_email)
+    VALUES (orgkeeper.personal_org_name(user_id), 'personal', user_id, v_email);
     RETURN user_id;
 END;
 $$;

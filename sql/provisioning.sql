@@ -9,15 +9,17 @@ $$;
 COMMENT ON FUNCTION orgkeeper.verified_email(uuid) IS
   'Daemon: the user''s email if the identity provider verified it (users.email_verified), else NULL. The only email sent to LiteLLM: an address the application merely asserted is never attached to anyone''s LiteLLM user.';
 
-CREATE OR REPLACE FUNCTION orgkeeper.provisioning_context(p_org_id uuid)
-RETURNS TABLE (org_name text, org_kind text, owner_id uuid, owner_email text)
+DROP FUNCTION IF EXISTS orgkeeper.provisioning_context(uuid);
+CREATE OR REPLACE FUNCTION orgkeeper.provisioning_context(p_org_id uuid, p_default_model text)
+RETURNS TABLE (org_name text, org_kind text, owner_id uuid, owner_email text, org_version integer, model text)
 LANGUAGE sql STABLE AS $$
-    SELECT o.name, o.kind, o.created_by, orgkeeper.verified_email(o.created_by)
+    SELECT o.name, o.kind, o.created_by, orgkeeper.verified_email(o.created_by), o.org_version,
+           coalesce(o.llm_model, p_default_model, orgkeeper.default_llm_model(NULL))
       FROM orgkeeper.org o
      WHERE o.id = p_org_id;
 $$;
-COMMENT ON FUNCTION orgkeeper.provisioning_context(uuid) IS
-  'Daemon: what provisioning an organization needs (name for the team alias, owner and their verified email, orgkeeper.verified_email). No row = the org is gone.';
+COMMENT ON FUNCTION orgkeeper.provisioning_context(uuid, text) IS
+  'Daemon: what provisioning an organization needs: name (team alias), kind, owner and their verified email (orgkeeper.verified_email), settings version, and its model (its own, else p_default_model = ORGKEEPER_DEFAULT_MODEL, else litellm_proxy/<current version''s model>). No row = the org is gone.';
 
 -- Lock order everywhere: the org row, then the action row.
 CREATE OR REPLACE FUNCTION orgkeeper.lock_action_org(p_action_id bigint) RETURNS uuid
@@ -53,7 +55,6 @@ BEGIN
        SET litellm_team_id = p_team_id,
            llm_model = coalesce(llm_model, p_model),
            llm_base_url = coalesce(llm_base_url, p_base_url),
-           llm_api_key = p_key_ciphertext,
            provisioning_status = 'active',
            provisioning_error = NULL
      WHERE id = v_org_id;
@@ -61,13 +62,13 @@ BEGIN
         RETURN 'org_gone';
     END IF;
     UPDATE orgkeeper.org_member SET llm_api_key = p_key_ciphertext, updated_at = now()
-     WHERE org_id = v_org_id AND user_id = p_owner;
+     WHERE org_id = v_org_id AND user_id = p_owner AND status = 'active';
     PERFORM orgkeeper.complete_action(p_action_id, p_worker, p_result);
     RETURN 'done';
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_org_provisioned(bigint, text, text, uuid, text, text, text, jsonb) IS
-  'Daemon: in one transaction, writes the team id, model, base URL and encrypted key to the org and its owner''s membership, sets provisioning_status = active and marks the action done. Returns done, org_gone (nothing written; compensate) or lease_lost (nothing written).';
+  'Daemon: in one transaction, writes the team id, model and base URL to the org and the owner''s own encrypted key to their membership (no key is shared by the org''s members), sets provisioning_status = active and marks the action done. Returns done, org_gone (nothing written; compensate) or lease_lost (nothing written).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.record_provisioning_failed(
     p_action_id bigint, p_worker text, p_status text, p_error text, p_cleanup jsonb)
@@ -108,3 +109,138 @@ END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_team_ready(bigint, text, text, jsonb) IS
   'Daemon: marks an action that built an org''s LiteLLM team (user migration) done and the org active with its team id, in one transaction. Fenced on the lease.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.record_member_key(
+    p_action_id bigint, p_worker text, p_user uuid, p_key_ciphertext text, p_result jsonb)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org_id uuid;
+BEGIN
+    v_org_id := orgkeeper.lock_action_org(p_action_id);
+    PERFORM 1
+       FROM orgkeeper.pending_external_actions
+      WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
+        FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'lease_lost';
+    END IF;
+    UPDATE orgkeeper.org_member SET llm_api_key = p_key_ciphertext, updated_at = now()
+     WHERE org_id = v_org_id AND user_id = p_user AND status = 'active';
+    IF NOT FOUND THEN
+        RETURN 'member_gone';
+    END IF;
+    PERFORM orgkeeper.complete_action(p_action_id, p_worker, p_result);
+    RETURN 'done';
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_member_key(bigint, text, uuid, text, jsonb) IS
+  'Daemon: stores a member''s own encrypted LiteLLM key on their membership of the action''s organization and marks the litellm.add_member action done, in one transaction fenced on the lease. Returns done, member_gone (the membership is no longer active: nothing written, the handler deletes the key) or lease_lost.';
+
+DROP FUNCTION IF EXISTS orgkeeper.member_key_context(uuid, uuid);
+CREATE OR REPLACE FUNCTION orgkeeper.member_key_context(p_org_id uuid, p_user_id uuid)
+RETURNS TABLE (active boolean, email text, org_status text, org_version integer, model text,
+               key_ciphertext text, llm_base_url text)
+LANGUAGE sql STABLE AS $$
+    SELECT m.status = 'active', u.email, o.provisioning_status, o.org_version,
+           coalesce(o.llm_model, orgkeeper.default_llm_model(o.org_version)),
+           m.llm_api_key, o.llm_base_url
+      FROM orgkeeper.org_member m
+      JOIN orgkeeper.users u ON u.id = m.user_id
+      JOIN orgkeeper.org o ON o.id = m.org_id
+     WHERE m.org_id = p_org_id AND m.user_id = p_user_id;
+$$;
+COMMENT ON FUNCTION orgkeeper.member_key_context(uuid, uuid) IS
+  'Daemon: what litellm.add_member needs about a membership: whether it is still active, the user''s email, the organization''s provisioning status (a member joins only a team orgkeeper provisioned), settings version and model, the member''s key ciphertext and the base URL it is used with. No row = the membership is gone.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.rotate_member_keys(org_id uuid, user_id uuid DEFAULT NULL) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_org_id uuid := $1;
+    v_user   uuid := $2;
+    v_org    orgkeeper.org;
+    v_ids    bigint[];
+BEGIN
+    IF v_org_id IS NULL THEN
+        RAISE EXCEPTION 'rotate_member_keys: org_id is NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'name the organization whose members'' LiteLLM keys to replace';
+    END IF;
+    SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = v_org_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'organization % does not exist', v_org_id USING ERRCODE = 'no_data_found';
+    END IF;
+    IF v_org.provisioning_status <> 'active' THEN
+        RAISE EXCEPTION 'organization "%" is %, not active: its keys cannot be rotated', v_org.name, v_org.provisioning_status
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'wait for provisioning to finish (orgkeeper actions list --org ...), or retry it';
+    END IF;
+    IF v_user IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM orgkeeper.org_member m WHERE m.org_id = v_org_id AND m.user_id = v_user AND m.status = 'active') THEN
+        RAISE EXCEPTION 'user % is not an active member of organization "%"', v_user, v_org.name
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'only active members have a key; see orgkeeper.list_members';
+    END IF;
+    SELECT array_agg(orgkeeper.enqueue_action('litellm.rotate_key', v_org_id, m.user_id,
+               jsonb_build_object('user_id', m.user_id, 'team_id', coalesce(v_org.litellm_team_id, v_org.id::text)))
+             ORDER BY m.user_id)
+      INTO v_ids
+      FROM orgkeeper.org_member m
+     WHERE m.org_id = v_org_id AND m.status = 'active' AND (v_user IS NULL OR m.user_id = v_user);
+    RETURN coalesce(v_ids, '{}');
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.rotate_member_keys(uuid, uuid) IS
+  'DBA: enqueues litellm.rotate_key for every active member of an organization (or only user_id): the daemon stores a new random key for the member first, then deletes the old one at LiteLLM. Returns the action ids. Refuses an unknown organization or a user who is not an active member (P0002) and an organization that is not active (55000).';
+
+CREATE OR REPLACE FUNCTION orgkeeper.record_rotated_key(
+    p_action_id bigint, p_worker text, p_user uuid, p_old_ciphertext text, p_new_ciphertext text)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org_id uuid;
+BEGIN
+    v_org_id := orgkeeper.lock_action_org(p_action_id);
+    PERFORM 1
+       FROM orgkeeper.pending_external_actions
+      WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
+        FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'lease_lost';
+    END IF;
+    UPDATE orgkeeper.org_member SET llm_api_key = p_new_ciphertext, updated_at = now()
+     WHERE org_id = v_org_id AND user_id = p_user AND status = 'active'
+       AND llm_api_key IS NOT DISTINCT FROM p_old_ciphertext;
+    IF NOT FOUND THEN
+        RETURN 'changed';
+    END IF;
+    UPDATE orgkeeper.pending_external_actions
+       SET progress = progress || '{"stored": true}', updated_at = now()
+     WHERE id = p_action_id;
+    RETURN 'stored';
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_rotated_key(bigint, text, uuid, text, text) IS
+  'Daemon: stores a member''s new key in place of the old one (compare-and-set on the old ciphertext, active memberships only) and notes "stored" in the litellm.rotate_key action''s progress, in one transaction fenced on the lease. Returns stored, changed (the membership or its key changed meanwhile: nothing written) or lease_lost.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.verify_member_keys(org_id uuid DEFAULT NULL) RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_ids bigint[];
+BEGIN
+    IF $1 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM orgkeeper.org o WHERE o.id = $1) THEN
+        RAISE EXCEPTION 'organization % does not exist', $1 USING ERRCODE = 'no_data_found';
+    END IF;
+    SELECT array_agg(orgkeeper.enqueue_action('litellm.verify_key', m.org_id, m.user_id,
+               jsonb_build_object('user_id', m.user_id, 'team_id', coalesce(o.litellm_team_id, o.id::text),
+                                  'regenerate', false))
+             ORDER BY m.org_id, m.user_id)
+      INTO v_ids
+      FROM orgkeeper.org_member m
+      JOIN orgkeeper.org o ON o.id = m.org_id
+     WHERE ($1 IS NULL OR m.org_id = $1) AND m.status = 'active' AND m.llm_api_key IS NOT NULL
+       AND o.provisioning_status = 'active';
+    RETURN coalesce(v_ids, '{}');
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.verify_member_keys(uuid) IS
+  'DBA: enqueues litellm.verify_key for every active member with a key, of one organization or (NULL) of all active ones: the daemon asks the proxy whether the key still works (GET /v1/models with it; only 401/403 mean invalid) and records {"valid": true | false | null} in the action''s result. Returns the action ids. Unknown organization: P0002.';

@@ -98,12 +98,13 @@ COMMENT ON FUNCTION orgkeeper.rls_org_has_no_members(uuid) IS
 -- the exemption register (the one place that lists tables without RLS)
 ------------------------------------------------------------------------------
 DELETE FROM orgkeeper.rls_exempt
- WHERE table_name NOT IN ('role', 'sql_library', 'schema_history', 'rls_exempt');
+ WHERE table_name NOT IN ('role', 'sql_library', 'schema_history', 'rls_exempt', 'settings_version');
 INSERT INTO orgkeeper.rls_exempt (table_name, reason) VALUES
     ('role',           'global role catalog (owner, admin, member and their ranks): no tenant data, and every role resolves role names from it'),
     ('sql_library',    'bookkeeping of orgkeeper migrate (the applied library checksum): no tenant data, not granted to the application'),
     ('schema_history', 'refinery''s history of versioned migrations: no tenant data, not granted to the application'),
-    ('rls_exempt',     'this register itself: no tenant data, not granted to the application')
+    ('rls_exempt',     'this register itself: no tenant data, not granted to the application'),
+    ('settings_version', 'the catalog of OpenHands settings versions and their default models: no tenant data, readable by every role')
 ON CONFLICT (table_name) DO UPDATE SET reason = EXCLUDED.reason;
 
 ------------------------------------------------------------------------------
@@ -287,9 +288,9 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgk
 GRANT USAGE ON SCHEMA orgkeeper TO orgkeeper_app, orgkeeper_daemon, orgkeeper_dba, orgkeeper_identity, orgkeeper_definer;
 
 -- The application ----------------------------------------------------------
-GRANT SELECT ON orgkeeper.role TO orgkeeper_app;
--- Key ciphertext (every column of org and org_member whose name ends in
--- api_key or api_key_for_byor) is not the application's to read: a member
+GRANT SELECT ON orgkeeper.role, orgkeeper.settings_version TO orgkeeper_app;
+-- Key ciphertext (the org and org_member columns orgkeeper.secret_columns()
+-- lists) is not the application's to read: a member
 -- reads their own key through orgkeeper.my_llm_api_key(org_id), owners and
 -- admins the organization's keys through orgkeeper.org_secrets(actor,
 -- org_id) (secrets.sql). Nor is org.provisioning_error (the proxy's words):
@@ -305,7 +306,8 @@ BEGIN
         SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_cols
           FROM pg_attribute a
          WHERE a.attrelid = format('orgkeeper.%I', v_table)::regclass AND a.attnum > 0 AND NOT a.attisdropped
-           AND a.attname !~ 'api_key(_for_byor)?$'
+           AND NOT EXISTS (SELECT 1 FROM orgkeeper.secret_columns() c
+                            WHERE c.table_name = v_table AND c.column_name = a.attname)
            AND (v_table, a.attname) <> ('org', 'provisioning_error');
         EXECUTE format('GRANT SELECT (%s) ON orgkeeper.%I TO orgkeeper_app', v_cols, v_table);
     END LOOP;
@@ -393,7 +395,7 @@ GRANT SELECT (id, email, email_verified), INSERT (id, email, email_verified), UP
 -- The daemon ---------------------------------------------------------------
 -- Reads everything and writes results back; deletes nothing.
 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_daemon;
-REVOKE INSERT, UPDATE ON orgkeeper.role, orgkeeper.rls_exempt, orgkeeper.sql_library, orgkeeper.schema_history,
+REVOKE INSERT, UPDATE ON orgkeeper.role, orgkeeper.settings_version, orgkeeper.rls_exempt, orgkeeper.sql_library, orgkeeper.schema_history,
                          orgkeeper.org_creator_allowlist, orgkeeper.invitation FROM orgkeeper_daemon;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_daemon;
 -- The daemon may execute:
@@ -415,7 +417,9 @@ DECLARE
         'error_entry',       -- retry_action_later / begin_compensation / finish_action
         'current_app_user',  -- the acting user of a session (NULL for the daemon)
         'secret_row_filter', -- read_secret / replace_secret
-        'lock_action_org'    -- record_org_provisioned / record_provisioning_failed / record_team_ready
+        'secret_column',     -- secret_row_filter / read_secret / replace_secret / secrets_after / swap_secrets
+        'lock_action_org',   -- record_org_provisioned / record_provisioning_failed / record_team_ready
+        'default_llm_model'  -- provisioning_context: the model path of a settings version
     ];
     v_fn      regprocedure;
     v_missing text;

@@ -1,22 +1,69 @@
--- secrets.sql — where credentials live, for the daemon's re-encryption.
+-- secrets.sql — where credentials live, for the daemon's re-encryption and
+-- for key rotation (orgkeeper secrets rotate).
 --
 -- The database never decrypts: user migration records where legacy
 -- ciphertext now lives ({table, column, key}) and the daemon reads it,
 -- re-encrypts it with the current key, and swaps it in only if it is still
 -- the value it read (compare-and-set), so a retry or a concurrent writer
--- never loses a value.
+-- never loses a value. Rotation walks every secret column the same way.
+--
+-- orgkeeper.secret_columns() is the one list of secret-holding columns:
+-- every function here, and the rotation, read it. Adding a secret column is
+-- one line there.
+
+CREATE OR REPLACE FUNCTION orgkeeper.secret_columns()
+RETURNS TABLE (table_name text, column_name text, key_columns text[])
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    VALUES
+        ('org',                      'llm_api_key',          ARRAY['id']),
+        ('org',                      'llm_api_key_for_byor', ARRAY['id']),
+        ('org',                      'search_api_key',       ARRAY['id']),
+        ('org',                      'sandbox_api_key',      ARRAY['id']),
+        ('org_member',               'llm_api_key',          ARRAY['org_id', 'user_id']),
+        ('custom_secrets',           'secret_value',         ARRAY['id']),
+        ('gitlab_webhook',           'webhook_secret',       ARRAY['id']),
+        ('pending_external_actions', 'progress.key',         ARRAY['id'])
+$$;
+COMMENT ON FUNCTION orgkeeper.secret_columns() IS
+  'Daemon: the one list of places holding encrypted secrets: table (in schema orgkeeper), column ("<jsonb column>.<field>" for a text field of a jsonb column), and the primary-key columns whose values, as text joined by "/" in this order, are the row key of the ciphertext''s associated data orgkeeper:<table>.<column>:<row key> (README, "Secrets"). secret_row_filter, read_secret, replace_secret, secrets_after, swap_secrets and orgkeeper secrets rotate all read it.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.secret_column(p_table text, p_column text,
+    OUT key_columns text[], OUT key_types text[], OUT value_sql text, OUT assign_sql text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_stored text := split_part(p_column, '.', 1);
+    v_field  text := nullif(split_part(p_column, '.', 2), '');
+BEGIN
+    SELECT c.key_columns INTO key_columns
+      FROM orgkeeper.secret_columns() c
+     WHERE c.table_name = p_table AND c.column_name = p_column;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '%.% is not a column that holds an encrypted secret', p_table, p_column
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'the secret columns are listed by orgkeeper.secret_columns()';
+    END IF;
+    SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord) INTO key_types
+      FROM unnest(key_columns) WITH ORDINALITY AS k(name, ord)
+      JOIN pg_attribute a ON a.attrelid = format('orgkeeper.%I', p_table)::regclass
+                         AND a.attname = k.name AND NOT a.attisdropped;
+    IF v_field IS NULL THEN
+        value_sql  := format('%I', v_stored);
+        assign_sql := format('%I = %%s', v_stored);
+    ELSE
+        value_sql  := format('(%I ->> %L)', v_stored, v_field);
+        assign_sql := format('%I = jsonb_set(%I, %L, to_jsonb(%%s))', v_stored, v_stored, ARRAY[v_field]);
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.secret_column(text, text) IS
+  'Internal: how to reach the secret p_column of p_table (an entry of secret_columns): its key columns and their types, the SQL expression of the ciphertext, and an assignment template (format() with one %s for the new value). Refuses columns that are not encrypted secrets (22023).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.secret_row_filter(p_table text, p_column text, p_key jsonb) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_filter text;
 BEGIN
-    IF (p_table, p_column) NOT IN (
-        ('org', 'llm_api_key'), ('org', 'llm_api_key_for_byor'), ('org', 'search_api_key'), ('org', 'sandbox_api_key'),
-        ('org_member', 'llm_api_key'), ('custom_secrets', 'secret_value'), ('gitlab_webhook', 'webhook_secret')) THEN
-        RAISE EXCEPTION '%.% is not a column that holds an encrypted secret', p_table, p_column
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM orgkeeper.secret_column(p_table, p_column);
     SELECT string_agg(format('%I = %L', k, v), ' AND ' ORDER BY k) INTO v_filter
       FROM jsonb_each_text(p_key) AS e(k, v);
     IF v_filter IS NULL THEN
@@ -26,14 +73,15 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.secret_row_filter(text, text, jsonb) IS
-  'Internal: the WHERE clause selecting one secret-holding row from a {column: value} key; refuses columns that are not encrypted secrets.';
+  'Internal: the WHERE clause selecting one secret-holding row from a {column: value} key; refuses columns that are not encrypted secrets (orgkeeper.secret_columns).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.read_secret(p_table text, p_column text, p_key jsonb) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_value text;
 BEGIN
-    EXECUTE format('SELECT %I FROM orgkeeper.%I WHERE %s', p_column, p_table,
+    EXECUTE format('SELECT %s FROM orgkeeper.%I WHERE %s',
+                   (orgkeeper.secret_column(p_table, p_column)).value_sql, p_table,
                    orgkeeper.secret_row_filter(p_table, p_column, p_key))
        INTO v_value;
     RETURN v_value;
@@ -46,10 +94,12 @@ CREATE OR REPLACE FUNCTION orgkeeper.replace_secret(p_table text, p_column text,
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_col  record;
     v_rows integer;
 BEGIN
-    EXECUTE format('UPDATE orgkeeper.%I SET %I = $2 WHERE %s AND %I = $1', p_table, p_column,
-                   orgkeeper.secret_row_filter(p_table, p_column, p_key), p_column)
+    SELECT * INTO v_col FROM orgkeeper.secret_column(p_table, p_column);
+    EXECUTE format('UPDATE orgkeeper.%I SET %s WHERE %s AND %s = $1', p_table, format(v_col.assign_sql, '$2'),
+                   orgkeeper.secret_row_filter(p_table, p_column, p_key), v_col.value_sql)
       USING p_old, p_new;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     RETURN v_rows > 0;
@@ -57,6 +107,76 @@ END;
 $$;
 COMMENT ON FUNCTION orgkeeper.replace_secret(text, text, jsonb, text, text) IS
   'Daemon: compare-and-set of one ciphertext: writes p_new only where the value is still p_old. Returns whether it wrote.';
+
+-- Rotation (orgkeeper secrets rotate): keyset pages of one secret column,
+-- then a compare-and-set of the re-encrypted values of a page.
+
+CREATE OR REPLACE FUNCTION orgkeeper.secret_inventory()
+RETURNS TABLE (table_name text, column_name text, stored bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_col record;
+BEGIN
+    FOR v_col IN SELECT c.table_name, c.column_name FROM orgkeeper.secret_columns() c LOOP
+        table_name  := v_col.table_name;
+        column_name := v_col.column_name;
+        EXECUTE format('SELECT count(*) FROM orgkeeper.%I WHERE %s IS NOT NULL', v_col.table_name,
+                       (orgkeeper.secret_column(v_col.table_name, v_col.column_name)).value_sql)
+           INTO stored;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.secret_inventory() IS
+  'Daemon: every secret column of secret_columns, in its order, with the number of ciphertexts stored there (non-NULL values).';
+
+CREATE OR REPLACE FUNCTION orgkeeper.secrets_after(p_table text, p_column text, p_after text[], p_limit integer)
+RETURNS TABLE (row_key text[], value text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_col    record;
+    v_keys   text;
+    v_texts  text;
+    v_cursor text;
+BEGIN
+    SELECT * INTO v_col FROM orgkeeper.secret_column(p_table, p_column);
+    SELECT string_agg(format('%I', k), ', ' ORDER BY o), string_agg(format('%I::text', k), ', ' ORDER BY o),
+           string_agg(format('$1[%s]::%s', o, v_col.key_types[o]), ', ' ORDER BY o)
+      INTO v_keys, v_texts, v_cursor
+      FROM unnest(v_col.key_columns) WITH ORDINALITY AS u(k, o);
+    RETURN QUERY EXECUTE format(
+        'SELECT ARRAY[%s], %s FROM orgkeeper.%I WHERE %s IS NOT NULL%s ORDER BY %s LIMIT $2',
+        v_texts, v_col.value_sql, p_table, v_col.value_sql,
+        CASE WHEN p_after IS NULL THEN '' ELSE format(' AND (%s) > (%s)', v_keys, v_cursor) END,
+        v_keys)
+      USING p_after, p_limit;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.secrets_after(text, text, text[], integer) IS
+  'Daemon: the next page of at most p_limit stored ciphertexts of p_table.p_column (an entry of secret_columns), in primary-key order after the key p_after (its values as text, in key_columns order; NULL = from the start): each row''s key values as text and the ciphertext. NULL values are skipped.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.swap_secrets(p_table text, p_column text, p_swaps jsonb)
+RETURNS TABLE (row_key text[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_col   record;
+    v_match text;
+BEGIN
+    SELECT * INTO v_col FROM orgkeeper.secret_column(p_table, p_column);
+    SELECT string_agg(format('%I = s.row_key[%s]::%s', k, o, v_col.key_types[o]), ' AND ' ORDER BY o)
+      INTO v_match
+      FROM unnest(v_col.key_columns) WITH ORDINALITY AS u(k, o);
+    RETURN QUERY EXECUTE format(
+        'UPDATE orgkeeper.%I SET %s
+           FROM jsonb_to_recordset($1) AS s(row_key text[], old_value text, new_value text)
+          WHERE %s AND %s = s.old_value
+         RETURNING s.row_key',
+        p_table, format(v_col.assign_sql, 's.new_value'), v_match, v_col.value_sql)
+      USING p_swaps;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.swap_secrets(text, text, jsonb) IS
+  'Daemon: compare-and-set of a page of re-encrypted ciphertexts of p_table.p_column, in one statement: each {"row_key": [key values as text], "old_value": …, "new_value": …} of p_swaps is written only where the stored value is still old_value (a row changed meanwhile is left alone). Returns the keys of the rows written.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.read_secrets(p_items jsonb)
 RETURNS TABLE (item jsonb, value text)

@@ -52,6 +52,18 @@ enum Command {
         #[command(subcommand)]
         command: crate::operator::ActionsCommand,
     },
+    /// Members' LiteLLM keys: replace them
+    Keys {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: crate::keys::KeysCommand,
+    },
+    /// Secrets at rest: re-encrypt them under the current key
+    Secrets {
+        #[command(subcommand)]
+        command: crate::secrets_rotate::SecretsCommand,
+    },
     /// Everything on this machine with no configuration: a private PostgreSQL, the simulators and the daemon
     Dev(crate::dev::DevArgs),
     /// Run a benchmark and print its figures
@@ -165,6 +177,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let pool = crate::db::connect(&database.url()?, 2).await?;
             crate::operator::run(&pool, command).await
         }
+        Command::Keys { database, command } => {
+            let pool = crate::db::connect(&database.url()?, 2).await?;
+            crate::keys::run(&pool, command).await
+        }
+        Command::Secrets { command } => crate::secrets_rotate::run(command).await,
         Command::Dev(args) => {
             crate::dev::run(args).await?;
             Ok(ExitCode::SUCCESS)

@@ -78,13 +78,12 @@ pub struct LiteLlmArgs {
     /// Timeout of one LiteLLM call, in seconds
     #[arg(long, env = "LITELLM_TIMEOUT_SECS", default_value_t = 30)]
     pub litellm_timeout_secs: u64,
-    /// Model that new organizations use (stored on the org and allowed on its team and key)
-    #[arg(
-        long,
-        env = "ORGKEEPER_DEFAULT_MODEL",
-        default_value = "litellm_proxy/claude-sonnet-4-20250514"
-    )]
-    pub default_model: String,
+    /// Model path stored on new organizations; unset = litellm_proxy/<the current settings version's model> (table orgkeeper.settings_version)
+    #[arg(long, env = "ORGKEEPER_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// Restrict teams and keys to these models (comma-separated); unset = every model the proxy serves (models: [])
+    #[arg(long, env = "ORGKEEPER_ALLOWED_MODELS", value_delimiter = ',')]
+    pub allowed_models: Vec<String>,
     /// LLM base URL stored on new organizations (defaults to the LiteLLM base URL)
     #[arg(long, env = "ORGKEEPER_LLM_BASE_URL")]
     pub llm_base_url: Option<String>,
@@ -98,6 +97,9 @@ pub struct LiteLlmArgs {
         default_value = "OpenHands Cloud"
     )]
     pub key_alias_prefix: String,
+    /// The pre-organization application's shared LiteLLM team, if it had one: user migration moves a user's keys out of it (and rollback back into it)
+    #[arg(long, env = "ORGKEEPER_LEGACY_TEAM_ID")]
+    pub legacy_team_id: Option<String>,
 }
 
 /// Validated LiteLLM settings.
@@ -112,14 +114,18 @@ pub struct LiteLlmSettings {
 /// What a newly provisioned organization gets at LiteLLM and in its row.
 #[derive(Debug, Clone)]
 pub struct ProvisioningDefaults {
-    /// Model stored on the org and allowed on its team and key.
-    pub model: String,
+    /// Model stored on new orgs; `None` = the current settings version's model.
+    pub model: Option<String>,
+    /// Models teams and keys are restricted to; empty = all the proxy serves.
+    pub allowed_models: Vec<String>,
     /// LLM base URL stored on the org.
     pub llm_base_url: String,
     /// Team budget; `None` = unlimited.
     pub team_max_budget: Option<f64>,
     /// Key alias prefix.
     pub key_alias_prefix: String,
+    /// The legacy shared team whose keys user migration moves (besides keys in no team).
+    pub legacy_team_id: Option<String>,
 }
 
 const AUTH_HEADERS: [&str; 5] = [
@@ -181,10 +187,27 @@ impl LiteLlmArgs {
                 timeout: Duration::from_secs(self.litellm_timeout_secs.max(1)),
             },
             provisioning: ProvisioningDefaults {
-                model: self.default_model.clone(),
+                model: self
+                    .default_model
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_owned),
+                allowed_models: self
+                    .allowed_models
+                    .iter()
+                    .map(|m| m.trim().to_owned())
+                    .filter(|m| !m.is_empty())
+                    .collect(),
                 llm_base_url,
                 team_max_budget: self.team_max_budget,
                 key_alias_prefix: self.key_alias_prefix.clone(),
+                legacy_team_id: self
+                    .legacy_team_id
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned),
             },
         })
     }

@@ -16,11 +16,13 @@ mod embedded {
 /// transaction. Each file is plain `CREATE OR REPLACE` and safe to re-apply.
 pub const SQL_LIBRARY: &[(&str, &str)] = &[
     ("outbox.sql", include_str!("../sql/outbox.sql")),
+    ("settings.sql", include_str!("../sql/settings.sql")),
     ("ownership.sql", include_str!("../sql/ownership.sql")),
     ("provisioning.sql", include_str!("../sql/provisioning.sql")),
     ("members.sql", include_str!("../sql/members.sql")),
     ("invitations.sql", include_str!("../sql/invitations.sql")),
     ("migration.sql", include_str!("../sql/migration.sql")),
+    ("billing.sql", include_str!("../sql/billing.sql")),
     ("secrets.sql", include_str!("../sql/secrets.sql")),
     ("rls.sql", include_str!("../sql/rls.sql")),
 ];

@@ -53,10 +53,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 timeout: Duration::from_secs(10),
             },
             provisioning: ProvisioningDefaults {
-                model: "litellm_proxy/claude-sonnet-4-20250514".into(),
+                model: None,
+                allowed_models: Vec::new(),
                 llm_base_url: litellm.base_url(),
                 team_max_budget: None,
                 key_alias_prefix: "OpenHands Cloud".into(),
+                legacy_team_id: None,
             },
         },
         stripe: Some(StripeConfig {

@@ -225,8 +225,9 @@ impl From<sqlx::Error> for Failure {
     }
 }
 
-/// The text printed for a refusal, or None when `err` is not one.
-fn refusal(err: &sqlx::Error) -> Option<String> {
+/// The text printed for a refusal (`error: <message> (SQLSTATE xxxxx)` and
+/// its hint), or None when `err` is not one.
+pub(crate) fn refusal(err: &sqlx::Error) -> Option<String> {
     let db = err.as_database_error()?;
     let code = db.code().map(|c| c.to_string()).unwrap_or_default();
     let mut text = format!("error: {} (SQLSTATE {code})", db.message());

@@ -28,6 +28,20 @@ pub fn redact_secrets(text: &str) -> String {
     out
 }
 
+/// The error text for a 3xx answer, which the clients never follow (a
+/// redirect would carry the credentials to a host nobody configured): names
+/// the setting, the URL asked and the `Location` offered.
+pub fn redirect_refused(setting: &str, url: &str, headers: &reqwest::header::HeaderMap) -> String {
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(none)");
+    redact_secrets(&format!(
+        "{url} answered with a redirect to {location}, which orgkeeper never follows \
+         (credentials go only to the configured host): set {setting} to the address that serves the API itself"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_secrets;

@@ -1,9 +1,11 @@
-//! Secrets at rest: AEAD encryption with key ids, so keys can be rotated.
+//! Secrets at rest: AEAD encryption with key ids, so keys can be rotated,
+//! and bound to the place they are stored, so a ciphertext copied to another
+//! row or column does not decrypt.
 //!
-//! # Ciphertext format (version 1)
+//! # Ciphertext format (version 2, written today)
 //!
 //! ```text
-//! ok1:<key-id>:<base64url-nopad(nonce || ciphertext-with-tag)>
+//! ok2:<key-id>:<base64url-nopad(nonce || ciphertext-with-tag)>
 //! ```
 //!
 //! * cipher: XChaCha20-Poly1305 (RustCrypto `chacha20poly1305`), 24-byte
@@ -11,24 +13,31 @@
 //! * key: 32 bytes, given base64-encoded in `ORGKEEPER_SECRET_KEY`;
 //! * key id: the first 8 hex digits of `SHA-256("orgkeeper-key-id:" || key)`,
 //!   so a reader picks the right key without trying each one;
-//! * associated data: none.
+//! * associated data: the UTF-8 string `orgkeeper:<table>.<column>:<row key>`
+//!   ([`Place`]), the row key being the primary key as text, a composite key
+//!   joined by `/`.
+//!
+//! Version 1 (`ok1:`, same layout, no associated data) is still read, and
+//! rewritten as version 2 by `orgkeeper secrets rotate`.
 //!
 //! The *legacy* scheme (secrets of pre-organization users) is
 //! `base64url-nopad(nonce || ciphertext-with-tag)` with the same cipher under
 //! `ORGKEEPER_LEGACY_SECRET_KEY` and no prefix; the daemon re-encrypts it into
-//! version 1 when a user is migrated.
+//! version 2 when a user is migrated. The README ("Secrets") has a test vector.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-const PREFIX: &str = "ok1";
+/// The prefix of ciphertexts written today (bound to their place).
+const PREFIX: &str = "ok2";
+/// The prefix of version-1 ciphertexts (no associated data), read only.
+const PREFIX_V1: &str = "ok1";
 const NONCE_LEN: usize = 24;
 
 /// Why a secret could not be encrypted or decrypted. Never contains the secret.
@@ -48,16 +57,19 @@ pub enum SecretError {
     /// The ciphertext is not in a format we know, or fails authentication.
     #[error("ciphertext is malformed or was tampered with")]
     Corrupt,
+    /// The ciphertext is authentic elsewhere but not at this place: it was
+    /// copied from another row or column, or damaged.
+    #[error("ciphertext does not belong at {0} (copied from another row or column, or damaged)")]
+    WrongPlace(String),
     /// Legacy ciphertext but no legacy key configured.
     #[error("legacy ciphertext found but ORGKEEPER_LEGACY_SECRET_KEY is not set")]
     NoLegacyKey,
 }
 
-/// One 32-byte key, its id, and a sub-key for deriving values from it.
+/// One 32-byte key and its id.
 struct Key {
     id: String,
     cipher: XChaCha20Poly1305,
-    derive: [u8; 32],
 }
 
 impl Key {
@@ -75,33 +87,104 @@ impl Key {
         let id = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
         let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
             .map_err(|_| SecretError::BadKey { setting })?;
-        let derive = Sha256::new()
-            .chain_update(b"orgkeeper-derive:")
-            .chain_update(&bytes)
-            .finalize()
-            .into();
-        Ok(Key { id, cipher, derive })
+        Ok(Key { id, cipher })
     }
 
-    fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    /// `nonce || ciphertext || tag` of `plaintext` under `nonce` (every
+    /// caller passes [`fresh_nonce`]; the test vector a fixed one).
+    fn seal(&self, nonce: &XNonce, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let mut out = nonce.to_vec();
         out.extend(
             self.cipher
-                .encrypt(&nonce, plaintext)
+                .encrypt(
+                    nonce,
+                    Payload {
+                        msg: plaintext,
+                        aad,
+                    },
+                )
                 .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers"),
         );
         out
     }
 
-    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, SecretError> {
+    fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, SecretError> {
         if sealed.len() < NONCE_LEN + 16 {
             return Err(SecretError::Corrupt);
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
         self.cipher
-            .decrypt(XNonce::from_slice(nonce), body)
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
             .map_err(|_| SecretError::Corrupt)
+    }
+}
+
+/// Where a ciphertext is stored: the table, the column and the row's primary
+/// key as text (a composite key joined by `/`). Version-2 ciphertexts
+/// authenticate it as associated data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    table: String,
+    column: String,
+    row_key: String,
+}
+
+impl Place {
+    /// The place `table.column` of the row whose primary key is `row_key`.
+    pub fn new(table: &str, column: &str, row_key: impl Into<String>) -> Self {
+        Place {
+            table: table.to_string(),
+            column: column.to_string(),
+            row_key: row_key.into(),
+        }
+    }
+
+    /// A member's own LiteLLM key: `org_member.llm_api_key` of `(org, user)`.
+    pub fn member_key(org_id: uuid::Uuid, user_id: uuid::Uuid) -> Self {
+        Place::new("org_member", "llm_api_key", format!("{org_id}/{user_id}"))
+    }
+
+    /// A value an outbox action keeps in its `progress` under `field`.
+    pub fn action_progress(action_id: i64, field: &str) -> Self {
+        Place::new(
+            "pending_external_actions",
+            &format!("progress.{field}"),
+            action_id.to_string(),
+        )
+    }
+
+    /// The place named by a `{"table", "column", "key": {pk column: value}}`
+    /// item as the SQL side records it (`orgkeeper.secret_row_filter`): the
+    /// row key joins the primary key's values in the table's key order
+    /// (`org_member`: org_id, user_id; every other table: id).
+    pub fn from_item(item: &serde_json::Value) -> Option<Self> {
+        let table = item.get("table")?.as_str()?;
+        let column = item.get("column")?.as_str()?;
+        let key = item.get("key")?;
+        let columns: &[&str] = match table {
+            "org_member" => &["org_id", "user_id"],
+            _ => &["id"],
+        };
+        let values = columns
+            .iter()
+            .map(|c| match key.get(c)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Place::new(table, column, values.join("/")))
+    }
+
+    /// The associated data: `orgkeeper:<table>.<column>:<row key>`.
+    pub fn associated_data(&self) -> String {
+        format!("orgkeeper:{}.{}:{}", self.table, self.column, self.row_key)
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{} of row {}", self.table, self.column, self.row_key)
     }
 }
 
@@ -151,28 +234,23 @@ impl Keyring {
         &self.current.id
     }
 
-    /// A LiteLLM key value derived from the current key and `context` with
-    /// HMAC-SHA-256: `sk-` and 48 hex digits. The same context always gives
-    /// the same key, so a retry that lost its saved progress still finds the
-    /// key it created instead of making another.
-    pub fn derive_api_key(&self, context: &str) -> SecretString {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.current.derive)
-            .expect("HMAC takes any key length");
-        mac.update(b"litellm-key:");
-        mac.update(context.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        SecretString::from(format!(
-            "sk-{}",
-            digest[..24]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        ))
+    /// Encrypts `plaintext` under the current key, bound to `place`
+    /// (format `ok2:<key-id>:<data>`).
+    pub fn encrypt(&self, place: &Place, plaintext: &SecretString) -> String {
+        self.encrypt_with_nonce(place, plaintext, &fresh_nonce())
     }
 
-    /// Encrypts `plaintext` under the current key (format `ok1:<key-id>:<data>`).
-    pub fn encrypt(&self, plaintext: &SecretString) -> String {
-        let sealed = self.current.seal(plaintext.expose_secret().as_bytes());
+    fn encrypt_with_nonce(
+        &self,
+        place: &Place,
+        plaintext: &SecretString,
+        nonce: &XNonce,
+    ) -> String {
+        let sealed = self.current.seal(
+            nonce,
+            plaintext.expose_secret().as_bytes(),
+            place.associated_data().as_bytes(),
+        );
         format!(
             "{PREFIX}:{}:{}",
             self.current.id,
@@ -180,26 +258,52 @@ impl Keyring {
         )
     }
 
-    /// Decrypts a version-1 ciphertext with whichever configured key made it.
-    pub fn decrypt(&self, ciphertext: &str) -> Result<SecretString, SecretError> {
+    /// Decrypts a ciphertext stored at `place` with whichever configured key
+    /// made it: version 2 must have been sealed for exactly this place;
+    /// version 1 carries no place.
+    pub fn decrypt(&self, place: &Place, ciphertext: &str) -> Result<SecretString, SecretError> {
         let mut parts = ciphertext.splitn(3, ':');
-        let (Some(PREFIX), Some(key_id), Some(data)) = (parts.next(), parts.next(), parts.next())
+        let (Some(version), Some(key_id), Some(data)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(SecretError::Corrupt);
         };
-        let key = std::iter::once(&self.current)
-            .chain(&self.old)
-            .find(|k| k.id == key_id)
-            .ok_or_else(|| SecretError::UnknownKey(key_id.to_string()))?;
+        let aad = match version {
+            PREFIX => place.associated_data(),
+            PREFIX_V1 => String::new(),
+            _ => return Err(SecretError::Corrupt),
+        };
+        let key = self.key(key_id)?;
         let sealed = URL_SAFE_NO_PAD
             .decode(data)
             .map_err(|_| SecretError::Corrupt)?;
-        to_secret(key.open(&sealed)?)
+        match key.open(&sealed, aad.as_bytes()) {
+            Err(SecretError::Corrupt) if version == PREFIX => {
+                Err(SecretError::WrongPlace(place.to_string()))
+            }
+            opened => to_secret(opened?),
+        }
     }
 
-    /// Whether `ciphertext` is in the current format (and so needs no re-encryption).
-    pub fn is_current_format(ciphertext: &str) -> bool {
-        ciphertext.starts_with("ok1:")
+    fn key(&self, key_id: &str) -> Result<&Key, SecretError> {
+        std::iter::once(&self.current)
+            .chain(&self.old)
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| SecretError::UnknownKey(key_id.to_string()))
+    }
+
+    /// Whether `ciphertext` is in the current format under the current key
+    /// (and so needs no re-encryption).
+    pub fn is_current(&self, ciphertext: &str) -> bool {
+        ciphertext
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .is_some_and(|rest| rest.starts_with(&format!("{}:", self.current.id)))
+    }
+
+    /// Whether `ciphertext` is in one of orgkeeper's formats (any version,
+    /// any key) rather than the legacy scheme.
+    pub fn is_orgkeeper_format(ciphertext: &str) -> bool {
+        ciphertext.starts_with("ok1:") || ciphertext.starts_with("ok2:")
     }
 
     /// Decrypts a legacy-scheme ciphertext with the legacy key.
@@ -208,24 +312,36 @@ impl Keyring {
         let sealed = URL_SAFE_NO_PAD
             .decode(ciphertext.trim())
             .map_err(|_| SecretError::Corrupt)?;
-        to_secret(key.open(&sealed)?)
+        to_secret(key.open(&sealed, b"")?)
     }
 
     /// Encrypts with the legacy scheme. Exists for tests, benchmarks and
     /// data generators that need legacy data; production never writes it.
     pub fn encrypt_legacy(&self, plaintext: &SecretString) -> Result<String, SecretError> {
         let key = self.legacy.as_ref().ok_or(SecretError::NoLegacyKey)?;
-        Ok(URL_SAFE_NO_PAD.encode(key.seal(plaintext.expose_secret().as_bytes())))
+        Ok(URL_SAFE_NO_PAD.encode(key.seal(
+            &fresh_nonce(),
+            plaintext.expose_secret().as_bytes(),
+            b"",
+        )))
     }
+}
 
-    /// Decrypts either format: version 1 with its key, anything else as legacy.
-    pub fn decrypt_any(&self, ciphertext: &str) -> Result<SecretString, SecretError> {
-        if Self::is_current_format(ciphertext) {
-            self.decrypt(ciphertext)
-        } else {
-            self.decrypt_legacy(ciphertext)
-        }
-    }
+/// A random 24-byte nonce from the operating system's CSPRNG.
+fn fresh_nonce() -> XNonce {
+    XChaCha20Poly1305::generate_nonce(&mut OsRng)
+}
+
+/// A fresh LiteLLM key value from the operating system's CSPRNG: `sk-` and
+/// 64 hex digits (32 random bytes). Never derived from anything, so no key
+/// can be computed from another or from the secret key.
+pub fn random_api_key() -> SecretString {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    SecretString::from(format!(
+        "sk-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
 }
 
 fn to_secret(bytes: Vec<u8>) -> Result<SecretString, SecretError> {
@@ -252,70 +368,144 @@ mod tests {
         (ring, current)
     }
 
+    fn here() -> Place {
+        Place::new("org_member", "llm_api_key", "o1/u1")
+    }
+
     #[test]
     fn round_trip_records_the_key_id_and_hides_the_plaintext() {
         let (ring, _) = ring(false);
         let secret = SecretString::from("sk-very-secret-value-123");
-        let ct = ring.encrypt(&secret);
-        assert!(ct.starts_with(&format!("ok1:{}:", ring.current_key_id())));
+        let ct = ring.encrypt(&here(), &secret);
+        assert!(ct.starts_with(&format!("ok2:{}:", ring.current_key_id())));
+        assert!(ring.is_current(&ct));
         assert!(!ct.contains("very-secret"));
         assert_eq!(
-            ring.decrypt(&ct).unwrap().expose_secret(),
+            ring.decrypt(&here(), &ct).unwrap().expose_secret(),
             "sk-very-secret-value-123"
         );
-        assert_ne!(ct, ring.encrypt(&secret), "fresh nonce every time");
+        assert_ne!(ct, ring.encrypt(&here(), &secret), "fresh nonce every time");
+    }
+
+    #[test]
+    fn a_ciphertext_copied_to_another_place_does_not_decrypt_and_names_the_place() {
+        let (ring, _) = ring(false);
+        let ct = ring.encrypt(&here(), &SecretString::from("sk-owners-key-0001"));
+        for elsewhere in [
+            Place::new("org_member", "llm_api_key", "o1/u2"),
+            Place::new("org_member", "llm_api_key_for_byor", "o1/u1"),
+            Place::new("org", "llm_api_key", "o1/u1"),
+        ] {
+            let err = ring.decrypt(&elsewhere, &ct).unwrap_err();
+            assert_eq!(err, SecretError::WrongPlace(elsewhere.to_string()));
+            assert!(err.to_string().contains(&elsewhere.to_string()));
+        }
+        assert_eq!(
+            here().associated_data(),
+            "orgkeeper:org_member.llm_api_key:o1/u1"
+        );
     }
 
     #[test]
     fn rotation_decrypts_with_old_keys_and_names_missing_ones() {
         let (old_ring, old_key) = ring(false);
-        let ct = old_ring.encrypt(&SecretString::from("sk-rotated-key-0000"));
+        let ct = old_ring.encrypt(&here(), &SecretString::from("sk-rotated-key-0000"));
         let new_ring = Keyring::new(&generate_key(), &[old_key], None).unwrap();
+        assert!(!new_ring.is_current(&ct), "sealed by an old key");
         assert_eq!(
-            new_ring.decrypt(&ct).unwrap().expose_secret(),
+            new_ring.decrypt(&here(), &ct).unwrap().expose_secret(),
             "sk-rotated-key-0000"
         );
         let stranger = Keyring::new(&generate_key(), &[], None).unwrap();
         assert_eq!(
-            stranger.decrypt(&ct).unwrap_err(),
+            stranger.decrypt(&here(), &ct).unwrap_err(),
             SecretError::UnknownKey(old_ring.current_key_id().to_string())
         );
     }
 
+    /// The test vector of the README ("Secrets"), computed independently
+    /// (libsodium's `crypto_aead_xchacha20poly1305_ietf_encrypt` via PyNaCl).
+    const VECTOR_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; // bytes 0x00..=0x1f
+    const VECTOR_NONCE: &str = "404142434445464748494a4b4c4d4e4f5051525354555657";
+    const VECTOR_ORG: &str = "11111111-1111-4111-8111-111111111111";
+    const VECTOR_USER: &str = "22222222-2222-4222-8222-222222222222";
+    const VECTOR_PLAINTEXT: &str = "sk-orgkeeper-test-vector-0001";
+    const VECTOR_OK2: &str = "ok2:be23045d:QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXp1IoH6KHEnPqhOLMgugA4eaX26FwLTzoRwHNdThstbFgEa7S9chxsJYRzYY0";
+
     #[test]
-    fn derived_api_keys_are_stable_per_context_and_key() {
-        let (ring, key) = ring(false);
-        let a = ring.derive_api_key("org-1");
+    fn the_documented_test_vector_is_what_encrypt_writes_and_decrypt_reads() {
+        let ring = Keyring::new(&SecretString::from(VECTOR_KEY), &[], None).unwrap();
+        assert_eq!(ring.current_key_id(), "be23045d");
+        let place = Place::member_key(
+            uuid::Uuid::parse_str(VECTOR_ORG).unwrap(),
+            uuid::Uuid::parse_str(VECTOR_USER).unwrap(),
+        );
         assert_eq!(
-            a.expose_secret(),
-            ring.derive_api_key("org-1").expose_secret()
+            place.associated_data(),
+            format!("orgkeeper:org_member.llm_api_key:{VECTOR_ORG}/{VECTOR_USER}")
         );
-        assert_ne!(
-            a.expose_secret(),
-            ring.derive_api_key("org-2").expose_secret()
+        let nonce: Vec<u8> = (0..VECTOR_NONCE.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&VECTOR_NONCE[i..i + 2], 16).unwrap())
+            .collect();
+        let written = ring.encrypt_with_nonce(
+            &place,
+            &SecretString::from(VECTOR_PLAINTEXT),
+            XNonce::from_slice(&nonce),
         );
-        assert!(a.expose_secret().starts_with("sk-") && a.expose_secret().len() == 51);
-        let same = Keyring::new(&key, &[], None).unwrap();
+        assert_eq!(written, VECTOR_OK2);
         assert_eq!(
-            a.expose_secret(),
-            same.derive_api_key("org-1").expose_secret()
+            ring.decrypt(&place, VECTOR_OK2).unwrap().expose_secret(),
+            VECTOR_PLAINTEXT
         );
-        let (other, _) = super::tests::ring(false);
-        assert_ne!(
-            a.expose_secret(),
-            other.derive_api_key("org-1").expose_secret()
-        );
+        assert!(ring.is_current(VECTOR_OK2));
+    }
+
+    /// A version-1 ciphertext written before version 2 existed (made
+    /// independently with libsodium, as the old code wrote them: no
+    /// associated data), kept verbatim so that a crypto-crate upgrade
+    /// provably still reads old data, wherever it is stored.
+    #[test]
+    fn a_committed_ok1_fixture_still_decrypts_at_any_place() {
+        let key = SecretString::from("SgO9P5hMsYX5Dh+pOB3meAgdtv1FVoBpva3H0MxmLow=");
+        let ok1 = "ok1:7256d344:gIGCg4SFhoeIiYqLjI2Oj5CRkpOUlZaXbxdJFjwsEF_e_IG8Ke8f1YKCvTBDfuZ1cxQdYLoduhvrCaM4iKMk7OVLsvFM";
+        // As an old key, the way rotation reads it.
+        let ring = Keyring::new(&generate_key(), &[key], None).unwrap();
+        for place in [here(), Place::action_progress(7, "key")] {
+            assert_eq!(
+                ring.decrypt(&place, ok1).unwrap().expose_secret(),
+                "sk-ok1-fixture-still-readable"
+            );
+        }
+        assert!(!ring.is_current(ok1));
+        assert!(Keyring::is_orgkeeper_format(ok1));
     }
 
     #[test]
-    fn tampering_and_garbage_are_refused() {
+    fn random_api_keys_are_long_and_never_repeat() {
+        let a = random_api_key();
+        assert!(a.expose_secret().starts_with("sk-") && a.expose_secret().len() == 67);
+        assert_ne!(a.expose_secret(), random_api_key().expose_secret());
+    }
+
+    #[test]
+    fn tampering_truncation_and_garbage_are_refused() {
         let (ring, _) = ring(false);
-        let mut ct = ring.encrypt(&SecretString::from("sk-abc-abc-abc-abc"));
+        let mut ct = ring.encrypt(&here(), &SecretString::from("sk-abc-abc-abc-abc"));
+        let truncated = ct[..ct.len() - 10].to_string();
         let last = ct.pop().unwrap();
         ct.push(if last == 'A' { 'B' } else { 'A' });
-        assert_eq!(ring.decrypt(&ct).unwrap_err(), SecretError::Corrupt);
         assert_eq!(
-            ring.decrypt("plain text").unwrap_err(),
+            ring.decrypt(&here(), &ct).unwrap_err(),
+            SecretError::WrongPlace(here().to_string())
+        );
+        assert!(ring.decrypt(&here(), &truncated).is_err());
+        assert_eq!(
+            ring.decrypt(&here(), "plain text").unwrap_err(),
+            SecretError::Corrupt
+        );
+        assert_eq!(
+            ring.decrypt(&here(), "ok9:abcd:AAAA").unwrap_err(),
             SecretError::Corrupt
         );
     }
@@ -326,14 +516,14 @@ mod tests {
         let legacy = ring
             .encrypt_legacy(&SecretString::from("sk-legacy-0001"))
             .unwrap();
-        assert!(!Keyring::is_current_format(&legacy));
+        assert!(!Keyring::is_orgkeeper_format(&legacy));
         assert_eq!(
-            ring.decrypt_any(&legacy).unwrap().expose_secret(),
+            ring.decrypt_legacy(&legacy).unwrap().expose_secret(),
             "sk-legacy-0001"
         );
         let (no_legacy, _) = super::tests::ring(false);
         assert_eq!(
-            no_legacy.decrypt_any(&legacy).unwrap_err(),
+            no_legacy.decrypt_legacy(&legacy).unwrap_err(),
             SecretError::NoLegacyKey
         );
     }

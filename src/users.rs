@@ -31,16 +31,33 @@ pub enum UsersCommand {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         jobs: u16,
     },
-    /// Check a migrated user (exit status 1 when a check fails).
+    /// Check a migrated user (exit status 1 when a check fails); with --live
+    /// also ask LiteLLM and Stripe (needs their settings and ORGKEEPER_SECRET_KEY).
     Verify {
         /// The user to check.
         user_id: Uuid,
+        /// Also check the user, team and key at LiteLLM and the customers at Stripe.
+        #[arg(long, env = "ORGKEEPER_VERIFY_LIVE")]
+        live: bool,
+        #[command(flatten)]
+        services: Box<LiveArgs>,
     },
     /// Undo a user's migration in the database and enqueue the external reversals.
     Rollback {
         /// The user whose migration to undo.
         user_id: Uuid,
     },
+}
+
+/// What `users verify --live` needs to reach the services.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LiveArgs {
+    #[command(flatten)]
+    litellm: crate::config::LiteLlmArgs,
+    #[command(flatten)]
+    stripe: crate::config::StripeArgs,
+    #[command(flatten)]
+    secrets: crate::config::SecretArgs,
 }
 
 /// Runs a `users` command. Refusals by the database are printed as
@@ -60,7 +77,11 @@ pub async fn run(pool: &PgPool, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
         UsersCommand::Migrate { .. } => {
             anyhow::bail!("name a user to migrate, or pass --all")
         }
-        UsersCommand::Verify { user_id } => verify(pool, user_id).await,
+        UsersCommand::Verify {
+            user_id,
+            live,
+            services,
+        } => verify(pool, user_id, live.then_some(&*services)).await,
         UsersCommand::Rollback { user_id } => rollback(pool, user_id).await,
     };
     match outcome {
@@ -164,12 +185,24 @@ async fn report_command(
     Ok(code)
 }
 
-async fn verify(pool: &PgPool, user_id: Uuid) -> anyhow::Result<ExitCode> {
-    let rows: Vec<(String, bool, String)> =
+async fn verify(pool: &PgPool, user_id: Uuid, live: Option<&LiveArgs>) -> anyhow::Result<ExitCode> {
+    let mut rows: Vec<(String, bool, String)> =
         sqlx::query_as("SELECT check_name, ok, detail FROM orgkeeper.verify_user_migration($1)")
             .bind(user_id)
             .fetch_all(pool)
             .await?;
+    if let Some(args) = live {
+        let litellm = crate::litellm::LiteLlmClient::new(args.litellm.settings()?.client)?;
+        let stripe = args
+            .stripe
+            .settings()?
+            .map(crate::stripe::StripeClient::new)
+            .transpose()?;
+        let keyring = args.secrets.keyring()?;
+        rows.extend(
+            crate::live_checks::run(pool, &litellm, stripe.as_ref(), &keyring, user_id).await?,
+        );
+    }
     print!("{}", verify_table(&rows));
     let failed = rows.iter().filter(|(_, ok, _)| !ok).count();
     if failed == 0 {

@@ -8,6 +8,7 @@ use common::{
     daemon_config, daemon_settings, insert_orgs, status_counts, wait_until, TestDaemon, TestDb,
 };
 use orgkeeper::litellm::{Faults, LiteLlmSimulator};
+use orgkeeper::secrets::Place;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -78,23 +79,31 @@ async fn two_hundred_orgs_become_active_with_one_team_membership_and_encrypted_k
     assert_one_of_each(&db, &sim, &orgs).await;
 
     let keyring = orgkeeper::secrets::Keyring::new(&key, &[], None).unwrap();
-    let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT o.llm_api_key, m.llm_api_key, o.litellm_team_id, o.llm_model
+    type Row = (Uuid, Uuid, Option<String>, String, String, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT o.id, m.user_id, o.llm_api_key, m.llm_api_key, o.litellm_team_id, o.llm_model
            FROM orgkeeper.org o JOIN orgkeeper.org_member m ON m.org_id = o.id",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
     assert_eq!(rows.len(), 200);
-    for (org_key, member_key, team_id, model) in rows {
-        assert!(org_key.starts_with("ok1:"), "ciphertext at rest");
-        assert_eq!(org_key, member_key);
-        let plain = keyring.decrypt(&org_key).unwrap();
+    let mut plains = std::collections::HashSet::new();
+    for (org, owner, org_key, member_key, team_id, model) in rows {
+        assert_eq!(org_key, None, "no key is shared by the organization");
+        assert!(member_key.starts_with("ok2:"), "ciphertext at rest");
+        let plain = keyring
+            .decrypt(&Place::member_key(org, owner), &member_key)
+            .unwrap();
         assert!(
-            !org_key.contains(&plain.expose_secret()[3..]),
+            !member_key.contains(&plain.expose_secret()[3..]),
             "no plaintext at rest"
         );
         assert!(plain.expose_secret().starts_with("sk-"));
+        assert!(
+            plains.insert(plain.expose_secret().to_string()),
+            "keys differ"
+        );
         assert!(
             sim.has_key(plain.expose_secret()),
             "the stored key is the one LiteLLM knows"

@@ -181,7 +181,13 @@ async fn every_table_has_row_security_or_a_recorded_exemption() {
     let names: Vec<&str> = exempt.iter().map(|e| e.0.as_str()).collect();
     assert_eq!(
         names,
-        ["rls_exempt", "role", "schema_history", "sql_library"]
+        [
+            "rls_exempt",
+            "role",
+            "schema_history",
+            "settings_version",
+            "sql_library"
+        ]
     );
     for (table, reason, exists, app_writes) in &exempt {
         assert!(exists, "exempt table {table} does not exist");
@@ -853,7 +859,7 @@ async fn a_daemon_login_role_can_execute_every_function_the_daemon_uses() {
     }
     let (org, owner) = (claimed[0].2, claimed[0].3);
     let (name, context_owner): (String, Uuid) =
-        sqlx::query_as("SELECT org_name, owner_id FROM orgkeeper.provisioning_context($1)")
+        sqlx::query_as("SELECT org_name, owner_id FROM orgkeeper.provisioning_context($1, NULL)")
             .bind(org)
             .fetch_one(&mut conn)
             .await

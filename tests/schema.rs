@@ -576,13 +576,13 @@ async fn names_keep_their_letters_v_and_lose_surrounding_whitespace_including_ve
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO orgkeeper.org (name, created_by) VALUES ('vivid vendor v', gen_random_uuid())",
+        "INSERT INTO orgkeeper.org (id, name, created_by, org_version) VALUES (gen_random_uuid(), 'vivid vendor v', gen_random_uuid(), 1)",
     )
     .execute(&mut *tx)
     .await
     .expect("the CHECK accepts names starting and ending with v");
     let err =
-        sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())")
+        sqlx::query("INSERT INTO orgkeeper.org (id, name, created_by, org_version) VALUES (gen_random_uuid(), $1, gen_random_uuid(), 1)")
             .bind("\u{0B}untrimmed")
             .execute(&mut *tx)
             .await

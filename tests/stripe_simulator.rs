@@ -649,3 +649,33 @@ async fn the_customer_type_round_trips_through_json() {
     assert_eq!(Some(parsed), sim.customer(&id));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_redirecting_base_url_never_gets_the_api_key_to_the_redirect_target() {
+    // Any server answering 307 will do: the LiteLLM simulator's redirect fault.
+    let target = orgkeeper::litellm::LiteLlmSimulator::start_local()
+        .await
+        .unwrap();
+    let redirector = orgkeeper::litellm::LiteLlmSimulator::start_local()
+        .await
+        .unwrap();
+    redirector.set_redirect_to(Some(&target.base_url()));
+    let client = client_with(
+        redirector.base_url(),
+        "sk_test_redirected",
+        Duration::from_secs(5),
+    );
+    let err = client.get_customer("cus_anything").await.unwrap_err();
+    let (status, kind, _, message) = expect_permanent(&err);
+    assert_eq!((status, kind), (307, "redirect"));
+    assert!(
+        message.contains(&target.base_url()) && message.contains("STRIPE_BASE_URL"),
+        "names the Location and the setting: {message}"
+    );
+    assert!(!err.to_string().contains("sk_test_redirected"));
+    assert_eq!(
+        target.stats().total_requests(),
+        0,
+        "nothing reached the target"
+    );
+}

@@ -398,11 +398,13 @@ async fn issue9_item5_a_member_reads_only_their_own_key_and_never_another_member
         )
     );
 
-    // Every key column of org and org_member is hidden (and the proxy's
-    // provisioning error, item 8), and only those.
-    let readable: Vec<(String, String, bool)> = sqlx::query_as(
+    // Every key column of org and org_member (orgkeeper.secret_columns())
+    // is hidden, and the proxy's provisioning error (item 8), and only those.
+    let readable: Vec<(String, String, bool, bool)> = sqlx::query_as(
         "SELECT c.relname::text, a.attname::text,
-                has_column_privilege('orgkeeper_app', c.oid, a.attname, 'SELECT')
+                has_column_privilege('orgkeeper_app', c.oid, a.attname, 'SELECT'),
+                EXISTS (SELECT 1 FROM orgkeeper.secret_columns() s
+                         WHERE s.table_name = c.relname AND s.column_name = a.attname)
            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
           WHERE c.oid IN ('orgkeeper.org'::regclass, 'orgkeeper.org_member'::regclass)
             AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1, 2",
@@ -410,11 +412,22 @@ async fn issue9_item5_a_member_reads_only_their_own_key_and_never_another_member
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    for (table, column, granted) in readable {
-        let hidden = column.ends_with("api_key")
-            || column.ends_with("api_key_for_byor")
-            || (table == "org" && column == "provisioning_error");
+    let mut secret = Vec::new();
+    for (table, column, granted, is_secret) in readable {
+        let hidden = is_secret || (table == "org" && column == "provisioning_error");
         assert_eq!(granted, !hidden, "{table}.{column}");
+        if is_secret {
+            secret.push(format!("{table}.{column}"));
+        }
+    }
+    for column in [
+        "org.llm_api_key",
+        "org.llm_api_key_for_byor",
+        "org.search_api_key",
+        "org.sandbox_api_key",
+        "org_member.llm_api_key",
+    ] {
+        assert!(secret.iter().any(|s| s == column), "{column}: {secret:?}");
     }
 }
 
@@ -512,7 +525,7 @@ async fn item3_an_app_user_who_sets_their_email_to_the_invited_one_cannot_accept
 
     // Only the verified address goes to LiteLLM.
     let emails: Vec<Option<String>> = sqlx::query_scalar(
-        "SELECT owner_email FROM orgkeeper.provisioning_context($1)
+        "SELECT owner_email FROM orgkeeper.provisioning_context($1, NULL)
          UNION ALL SELECT orgkeeper.verified_email($2)",
     )
     .bind(acme)

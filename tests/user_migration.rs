@@ -299,7 +299,8 @@ async fn a_legacy_user_is_migrated_verified_after_the_daemon_and_rolled_back_exa
         [
             "litellm.migrate_user",
             "stripe.migrate_customer",
-            "secrets.reencrypt"
+            "secrets.reencrypt",
+            "litellm.verify_key"
         ]
     );
     // Every related row points at the org; the one already in Acme stays there.
@@ -554,7 +555,8 @@ async fn rolling_back_before_the_daemon_ran_cancels_the_actions_and_restores_exa
         [
             "litellm.migrate_user",
             "stripe.migrate_customer",
-            "secrets.reencrypt"
+            "secrets.reencrypt",
+            "litellm.verify_key"
         ],
         "actions that never started had no external effect"
     );
@@ -571,7 +573,7 @@ async fn rolling_back_before_the_daemon_ran_cancels_the_actions_and_restores_exa
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(statuses, ["cancelled", "cancelled", "cancelled"]);
+    assert_eq!(statuses, ["cancelled"; 4]);
 }
 
 #[tokio::test]
@@ -669,7 +671,7 @@ async fn twenty_concurrent_migrations_of_one_user_migrate_it_once() {
         ),
         (
             "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE user_id = $1",
-            3,
+            4,
         ),
         (
             "SELECT count(*) FROM orgkeeper.conversation_metadata_saas WHERE user_id = $1",
@@ -887,7 +889,8 @@ async fn the_litellm_payload_carries_version_and_margin_so_the_daemon_applies_th
                 .await
                 .unwrap();
         assert_eq!((org_version, org_margin), (version, margin));
-        // No Stripe customer, no legacy secrets: only the LiteLLM half.
+        // No Stripe customer, no legacy secrets: only the LiteLLM half
+        // (the migration, then the member's key check).
         assert_eq!(
             count(
                 &db,
@@ -895,7 +898,7 @@ async fn the_litellm_payload_carries_version_and_margin_so_the_daemon_applies_th
                 user
             )
             .await,
-            1
+            2
         );
     }
 }
@@ -1222,9 +1225,13 @@ async fn the_cli_back_fills_verifies_and_rolls_back() {
         .await
         .unwrap();
     // Actions still pending: verification fails with exit status 1.
-    let code = run(&db.pool, UsersCommand::Verify { user_id: user })
-        .await
-        .unwrap();
+    #[derive(clap::Parser)]
+    struct Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    }
+    let verify = <Users as clap::Parser>::parse_from(["users", "verify", &user.to_string()]);
+    let code = run(&db.pool, verify.command).await.unwrap();
     assert_eq!(
         format!("{code:?}"),
         format!("{:?}", std::process::ExitCode::from(1))

@@ -1,46 +1,126 @@
-//! `litellm.add_member` / `litellm.remove_member`: keep a team's LiteLLM
-//! membership in step with the organization's members.
+//! `litellm.add_member` / `litellm.remove_member`: every active member of an
+//! organization has their own key in its team, and loses it when they stop
+//! being an active member (enqueued by the trigger
+//! `orgkeeper.org_member_key_lifecycle`).
 
-use super::{call, payload_str, ActionError, Finish, Services};
+use super::{call, keys, payload_str, ActionError, Finish, Services};
 use crate::litellm::{Created, Deleted};
-use crate::outbox::Action;
+use crate::outbox::{Action, Outbox};
+use crate::secrets::Place;
 use serde_json::json;
+use sqlx::Row;
+use uuid::Uuid;
 
-/// Creates the member's LiteLLM user if needed and adds it to the team.
-pub async fn add(services: &Services, action: &Action) -> Result<Finish, ActionError> {
-    let team_id = payload_str(action, "team_id")?;
-    let user_id = payload_str(action, "user_id")?;
-    let email: Option<String> = sqlx::query_scalar("SELECT orgkeeper.verified_email($1::uuid)")
+fn member(action: &Action) -> Result<(Uuid, Uuid, &str), ActionError> {
+    let org_id = action
+        .org_id
+        .ok_or_else(|| ActionError::Permanent(format!("action {} has no org_id", action.id)))?;
+    let user_id = payload_str(action, "user_id")?.parse().map_err(|_| {
+        ActionError::Permanent(format!("action {}: user_id is not a UUID", action.id))
+    })?;
+    Ok((org_id, user_id, payload_str(action, "team_id")?))
+}
+
+/// Creates the member's LiteLLM user if needed, adds it to the team with
+/// the configured budget, makes the member's own key and stores it
+/// (encrypted, bound to their membership) — unless the membership stopped
+/// being active meanwhile, when the key is deleted again.
+pub async fn add(
+    services: &Services,
+    outbox: &Outbox,
+    action: &Action,
+) -> Result<Finish, ActionError> {
+    let (org_id, user_id, team_id) = member(action)?;
+    let context = sqlx::query("SELECT * FROM orgkeeper.member_key_context($1, $2)")
+        .bind(org_id)
         .bind(user_id)
         .fetch_optional(&services.pool)
-        .await?
-        .flatten();
+        .await?;
+    let row = match context {
+        Some(row) if row.try_get::<bool, _>("active")? => row,
+        _ => {
+            return Ok(Finish::Result(json!({
+                "team_id": team_id,
+                "user_id": user_id,
+                "skipped": "the membership is no longer active",
+            })))
+        }
+    };
+    let org_status: String = row.try_get("org_status")?;
+    if org_status != "active" {
+        // Only a team orgkeeper provisioned (and so knows is its own) is
+        // ever joined.
+        return Err(ActionError::Permanent(format!(
+            "organization {org_id} is not provisioned (status {org_status}): its team may not be \
+             orgkeeper's; fix and retry its litellm.provision_org action, then retry this one"
+        )));
+    }
+    let email: Option<String> = row.try_get("email")?;
+    let profile = keys::profile(row.try_get("org_version")?, row.try_get("model")?);
+    let litellm = &services.litellm;
+    let user = user_id.to_string();
+    let new_user = keys::new_user(services, &user, email.as_deref(), &profile);
     call(services, "litellm", "user_new", || {
-        services.litellm.create_user(user_id, email.as_deref())
+        litellm.create_user(&new_user)
     })
     .await?;
     let added = call(services, "litellm", "team_member_add", || {
-        services.litellm.add_team_member(team_id, user_id, None)
+        litellm.add_team_member(team_id, &user, services.defaults.team_max_budget)
     })
     .await?;
-    Ok(Finish::Result(json!({
+    let (key, created) = keys::ensure(services, outbox, action, team_id, org_id, user_id).await?;
+    let ciphertext = services
+        .keyring
+        .encrypt(&Place::member_key(org_id, user_id), &key);
+    let mut result = json!({
         "team_id": team_id,
         "user_id": user_id,
         "already_member": matches!(added, Created::Existing),
-    })))
+        "key_alias": keys::alias(services, org_id, user_id),
+        "key_reused": matches!(created, Created::Existing),
+    });
+    let recorded: String =
+        sqlx::query_scalar("SELECT orgkeeper.record_member_key($1, $2, $3, $4, $5)")
+            .bind(action.id)
+            .bind(&action.lease)
+            .bind(user_id)
+            .bind(&ciphertext)
+            .bind(&result)
+            .fetch_one(&services.pool)
+            .await?;
+    match recorded.as_str() {
+        "done" => Ok(Finish::Recorded),
+        "member_gone" => {
+            call(services, "litellm", "key_delete", || {
+                litellm.delete_key(&key)
+            })
+            .await?;
+            result["key_deleted"] = json!("the membership stopped being active meanwhile");
+            Ok(Finish::Result(result))
+        }
+        _ => Err(ActionError::LeaseLost),
+    }
 }
 
-/// Removes the member from the team (absent already counts as success).
+/// Deletes the member's key at LiteLLM (by its unique alias) and removes
+/// them from the team; either already gone counts as done.
 pub async fn remove(services: &Services, action: &Action) -> Result<Finish, ActionError> {
-    let team_id = payload_str(action, "team_id")?;
-    let user_id = payload_str(action, "user_id")?;
+    let (org_id, user_id, team_id) = member(action)?;
+    let litellm = &services.litellm;
+    let alias = keys::alias(services, org_id, user_id);
+    let key = call(services, "litellm", "key_delete", || {
+        litellm.delete_key_by_alias(&alias)
+    })
+    .await?;
+    let user = user_id.to_string();
     let removed = call(services, "litellm", "team_member_delete", || {
-        services.litellm.remove_team_member(team_id, user_id)
+        litellm.remove_team_member(team_id, &user)
     })
     .await?;
     Ok(Finish::Result(json!({
         "team_id": team_id,
         "user_id": user_id,
+        "key_deleted": matches!(key, Deleted::Deleted),
         "removed": matches!(removed, Deleted::Deleted),
     })))
 }

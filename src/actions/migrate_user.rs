@@ -13,8 +13,9 @@
 //! two steps reuses them and never counts a budget twice (after step "user
 //! unlimited" the proxy would report the sentinel).
 
-use super::{call, payload_str, ActionError, Finish, Services};
-use crate::litellm::{NewTeam, UNLIMITED_MAX_BUDGET};
+use super::provision_org::PERSONAL_TEAM_ALIAS;
+use super::{call, keys, payload_str, ActionError, Finish, Services};
+use crate::litellm::{MemberBudget, NewTeam, UNLIMITED_MAX_BUDGET};
 use crate::outbox::{Action, Outbox};
 use serde_json::{json, Value};
 
@@ -71,11 +72,9 @@ pub async fn migrate(
 ) -> Result<Finish, ActionError> {
     let user = payload_str(action, "user_id")?;
     let team_id = payload_str(action, "org_id")?;
-    let alias = action
-        .payload
-        .get("team_alias")
-        .and_then(Value::as_str)
-        .unwrap_or(team_id);
+    let org_id = team_id.parse().map_err(|_| {
+        ActionError::Permanent(format!("action {}: org_id is not a UUID", action.id))
+    })?;
     let margin = if action.payload.get("apply_margin").and_then(Value::as_bool) == Some(true) {
         action.payload.get("billing_margin").and_then(Value::as_f64)
     } else {
@@ -86,11 +85,16 @@ pub async fn migrate(
     let budget = match action.progress.get("budget").and_then(Budget::from_json) {
         Some(saved) => saved,
         None => {
-            let info = call(services, "litellm", "user_info", || litellm.user_info(user)).await?;
-            let budget = match info {
-                Some(info) => credits(info.max_budget, info.spend, margin),
-                None => credits(None, 0.0, None),
-            };
+            let info = call(services, "litellm", "user_info", || litellm.user_info(user))
+                .await?
+                .ok_or_else(|| {
+                    ActionError::Permanent(format!(
+                        "LiteLLM has no user {user}: a legacy user must exist at the proxy to be migrated \
+                         (create them there, or check LITELLM_BASE_URL), then: orgkeeper actions retry {}",
+                        action.id
+                    ))
+                })?;
+            let budget = credits(info.max_budget, info.spend, margin);
             if !outbox
                 .save_progress(action, &json!({ "budget": budget.to_json() }))
                 .await?
@@ -101,31 +105,56 @@ pub async fn migrate(
         }
     };
 
-    let models = vec![services.defaults.model.clone()];
+    let version = action.payload.get("user_version").and_then(Value::as_i64);
+    let model = action.payload.get("model").cloned().unwrap_or(Value::Null);
+    let mut metadata = keys::ownership(org_id);
+    metadata["kind"] = json!("personal");
+    metadata["migrated_user"] = json!(user);
+    metadata["version"] = json!(version);
+    metadata["model"] = model;
     let team = NewTeam {
         team_id,
-        team_alias: alias,
+        team_alias: PERSONAL_TEAM_ALIAS,
         max_budget: budget.credits,
-        models: &models,
-        metadata: json!({ "org_id": team_id, "kind": "personal", "managed_by": "orgkeeper", "migrated_user": user }),
+        models: &services.defaults.allowed_models,
+        metadata,
     };
-    call(services, "litellm", "team_new", || {
-        litellm.create_team(&team)
-    })
-    .await?;
-    call(services, "litellm", "user_update", || {
-        litellm.update_user_max_budget(user, UNLIMITED_MAX_BUDGET)
-    })
-    .await?;
+    // An already-migrated user (by an earlier migration, ours or OpenHands')
+    // keeps the team with their id when they are its member.
+    let earlier_team = match budget.credits {
+        Some(_) => false,
+        None => call(services, "litellm", "team_info", || {
+            litellm.team_info(team_id)
+        })
+        .await?
+        .is_some_and(|t| t.members.iter().any(|m| m == user)),
+    };
+    if !earlier_team {
+        call(services, "litellm", "team_new", || {
+            litellm.create_team(&team)
+        })
+        .await?;
+    }
+    // No budget moves for an already-migrated user: the proxy is not told anything.
+    if budget.credits.is_some() {
+        call(services, "litellm", "user_update", || {
+            litellm.update_user_max_budget(user, UNLIMITED_MAX_BUDGET)
+        })
+        .await?;
+    }
     call(services, "litellm", "team_member_add", || {
         litellm.add_team_member(team_id, user, budget.credits)
     })
     .await?;
-    let moved = move_keys(services, user, Some(team_id), |t| t != Some(team_id)).await?;
+    let moved = move_legacy_keys_in(services, outbox, action, user, team_id).await?;
 
     let result = json!({
         "team_id": team_id,
-        "user_max_budget": UNLIMITED_MAX_BUDGET,
+        "team_reused": earlier_team,
+        "user_max_budget": match budget.credits {
+            Some(_) => Some(UNLIMITED_MAX_BUDGET),
+            None => budget.reported_max_budget,
+        },
         "credits": budget.credits,
         "already_migrated": budget.credits.is_none(),
         "original": budget.to_json(),
@@ -134,17 +163,22 @@ pub async fn migrate(
     record_team_ready(services, action, team_id, &result).await
 }
 
-/// Reverses a migration at LiteLLM: the user's keys leave the team and the
-/// user gets back the budget LiteLLM reported before the migration (the team itself is deleted by the
-/// `litellm.delete_team` that deleting the personal org enqueued after this).
+/// Reverses a migration at LiteLLM as OpenHands' downgrade does: the user
+/// gets back what is left of the budget the migration moved (their budget
+/// and spend in the team), rejoins the legacy shared team when one is
+/// configured, every key the migration moved goes back to the team it came
+/// from, and the user leaves the personal team (which the
+/// `litellm.delete_team` that deleting the personal org enqueued deletes
+/// after this).
 pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, ActionError> {
     let user = payload_str(action, "user_id")?;
     let team_id = payload_str(action, "team_id")?;
     let litellm = &services.litellm;
-    // The budget as LiteLLM reported it, saved before the migration changed
-    // anything; none saved means the migration never touched it.
-    let saved: Option<Value> = sqlx::query_scalar(
-        "SELECT progress -> 'budget' FROM orgkeeper.pending_external_actions
+    // What the migration saved before changing anything: the budget as
+    // LiteLLM reported it and the keys it moved; nothing saved means the
+    // migration never touched them.
+    let progress: Value = sqlx::query_scalar(
+        "SELECT progress FROM orgkeeper.pending_external_actions
           WHERE id = $1 AND kind = 'litellm.migrate_user'",
     )
     .bind(
@@ -155,49 +189,129 @@ pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, Ac
     )
     .fetch_optional(&services.pool)
     .await?
-    .flatten();
-    let original = saved.as_ref().and_then(Budget::from_json);
+    .unwrap_or(Value::Null);
+    let original = progress.get("budget").and_then(Budget::from_json);
 
-    let moved = move_keys(services, user, None, |t| t == Some(team_id)).await?;
-    // A user who had no budget before (unlimited) stays unlimited.
-    let restored = original.map(|b| b.reported_max_budget.unwrap_or(UNLIMITED_MAX_BUDGET));
+    // As OpenHands' downgrade: the budget comes back from what is left of it
+    // in the team (the member's budget and spend there, else the team's),
+    // only if the migration moved one.
+    let restored = match original {
+        Some(Budget {
+            credits: Some(_),
+            reported_max_budget,
+            reported_spend,
+        }) => Some(
+            match call(services, "litellm", "team_info", || {
+                litellm.team_info(team_id)
+            })
+            .await?
+            {
+                Some(team) => team.budget_of(user),
+                None => MemberBudget {
+                    max_budget: reported_max_budget,
+                    spend: reported_spend,
+                },
+            },
+        ),
+        _ => None,
+    };
     if let Some(budget) = restored {
         call(services, "litellm", "user_update", || {
-            litellm.update_user_max_budget(user, budget)
+            litellm.restore_user_budget(user, budget)
         })
         .await?;
     }
+    if let Some(legacy_team) = &services.defaults.legacy_team_id {
+        call(services, "litellm", "team_member_add", || {
+            litellm.add_team_member(legacy_team, user, None)
+        })
+        .await?;
+    }
+    let moved = MovedKey::list(&progress);
+    for key in &moved {
+        call(services, "litellm", "key_update", || {
+            litellm.move_key_to_team(&key.token, key.from_team.as_deref())
+        })
+        .await?;
+    }
+    call(services, "litellm", "team_member_delete", || {
+        litellm.remove_team_member(team_id, user)
+    })
+    .await?;
     Ok(Finish::Result(json!({
         "team_id": team_id,
-        "user_max_budget": restored,
-        "keys_moved_back": moved,
+        "user_max_budget": restored.map(|b| b.max_budget),
+        "user_spend": restored.map(|b| b.spend),
+        "keys_moved_back": moved.len(),
         "budget_restored": restored.is_some(),
     })))
 }
 
-/// Moves the user's keys whose current team `select` picks into `team`
-/// (`None` = out of any team); returns how many moved. Moving is idempotent:
-/// a retry finds the moved keys already where they belong.
-async fn move_keys(
+/// A key the migration moved into the personal team, and where it was.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct MovedKey {
+    /// The key's hashed token.
+    token: String,
+    /// Its team before the migration (`None` = no team).
+    from_team: Option<String>,
+}
+
+impl MovedKey {
+    /// The keys recorded in a migration's progress.
+    fn list(progress: &Value) -> Vec<MovedKey> {
+        progress
+            .get("moved_keys")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Moves the user's own legacy keys into `team`: keys in no team or in the
+/// legacy shared team (`ORGKEEPER_LEGACY_TEAM_ID`), never keys orgkeeper
+/// made (those belong to organizations, personal or not). The list is
+/// saved in the action's progress before any key moves, so a retry moves
+/// the same keys and a rollback puts each back where it was. Returns how
+/// many moved; moving is idempotent.
+async fn move_legacy_keys_in(
     services: &Services,
+    outbox: &Outbox,
+    action: &Action,
     user: &str,
-    team: Option<&str>,
-    select: impl Fn(Option<&str>) -> bool,
+    team: &str,
 ) -> Result<usize, ActionError> {
     let litellm = &services.litellm;
-    let keys = call(services, "litellm", "key_list", || {
-        litellm.list_user_keys(user)
-    })
-    .await?;
-    let mut moved = 0;
-    for key in keys.iter().filter(|k| select(k.team_id.as_deref())) {
-        call(services, "litellm", "key_update", || {
-            litellm.move_key_to_team(&key.token, team)
+    let mut moved = MovedKey::list(&action.progress);
+    if action.progress.get("moved_keys").is_none() {
+        let legacy_team = services.defaults.legacy_team_id.as_deref();
+        let keys = call(services, "litellm", "key_list", || {
+            litellm.list_user_keys(user)
         })
         .await?;
-        moved += 1;
+        moved = keys
+            .into_iter()
+            .filter(|k| {
+                !k.managed_by_orgkeeper
+                    && (k.team_id.is_none() || k.team_id.as_deref() == legacy_team)
+            })
+            .map(|k| MovedKey {
+                token: k.token,
+                from_team: k.team_id,
+            })
+            .collect();
+        if !outbox
+            .save_progress(action, &json!({ "moved_keys": moved }))
+            .await?
+        {
+            return Err(ActionError::LeaseLost);
+        }
     }
-    Ok(moved)
+    for key in &moved {
+        call(services, "litellm", "key_update", || {
+            litellm.move_key_to_team(&key.token, Some(team))
+        })
+        .await?;
+    }
+    Ok(moved.len())
 }
 
 /// Ends a migration that failed for good as `failed` and marks the personal

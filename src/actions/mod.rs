@@ -6,11 +6,15 @@
 //! `stripe`, and to the database only through SQL functions.
 
 mod delete_team;
+mod keys;
 mod members;
 mod migrate_user;
 mod provision_org;
 mod reencrypt;
+mod rotate_key;
+mod set_budget;
 mod stripe_customer;
+mod verify_key;
 
 use crate::config::ProvisioningDefaults;
 use crate::litellm::{LiteLlmClient, LiteLlmError};
@@ -157,8 +161,11 @@ pub async fn perform(
     match action.kind.as_str() {
         provision_org::KIND => provision_org::perform(services, outbox, action).await,
         "litellm.delete_team" => delete_team::perform(services, action).await,
-        "litellm.add_member" => members::add(services, action).await,
+        "litellm.add_member" => members::add(services, outbox, action).await,
         "litellm.remove_member" => members::remove(services, action).await,
+        "litellm.rotate_key" => rotate_key::perform(services, outbox, action).await,
+        "litellm.verify_key" => verify_key::perform(services, outbox, action).await,
+        "litellm.set_budget" => set_budget::perform(services, action).await,
         "litellm.migrate_user" => migrate_user::migrate(services, outbox, action).await,
         "litellm.rollback_user" => migrate_user::rollback(services, action).await,
         "stripe.migrate_customer" => stripe_customer::migrate(services, action).await,

@@ -1,32 +1,40 @@
 //! `litellm.provision_org`: the onboarding saga for one organization —
-//! team, user, membership, key — then the write-back.
+//! team, user, membership, the owner's own key — then the write-back.
 //!
 //! Every step is idempotent, so the daemon may die between any two calls:
-//! * team: `team_id` is the org id; "already exists" is confirmed with `/team/info`;
+//! * team: `team_id` is the org id (chosen by the database, never by a
+//!   tenant) and its metadata says orgkeeper made it for this org; "already
+//!   exists" is adopted only when `/team/info` shows that metadata — a
+//!   foreign team fails the action and is never deleted;
 //! * user: `user_id` is the owner's id; an email clash retries without email;
 //! * membership: "already in team" counts as done;
-//! * key: the key value is chosen and saved (encrypted) in the action's
-//!   `progress` *before* `/key/generate` is called. A retry finds it there
-//!   and asks `/key/info` first, so it never generates a second key; a
-//!   `/key/generate` answer is only trusted once `/key/info` agrees (the
-//!   proxy can answer 200 writing nothing, or 400 for a key it already has).
-//!   The value is derived (HMAC) from the secret key and the org, so even a
-//!   retry whose saved progress was lost (an asynchronous commit lost in a
-//!   database crash) chooses the same key and finds it.
+//! * key: random, saved encrypted before `/key/generate` (see [`super::keys`]).
 //!
 //! The write-back (`orgkeeper.record_org_provisioned`) stores the results
-//! and marks the action done in one transaction, fenced on the lease.
+//! and marks the action done in one transaction, fenced on the lease. The
+//! owner's key goes to their membership; no key is shared by the org.
 
+use super::keys::{self, TeamDeletion};
 use super::{call, ActionError, Finish, Services};
-use crate::litellm::{Created, Deleted, NewKey, NewTeam};
+use crate::litellm::{Created, NewTeam};
 use crate::outbox::{Action, Outbox};
-use secrecy::SecretString;
+use crate::secrets::Place;
 use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
 
 /// The action kind this module handles.
 pub const KIND: &str = "litellm.provision_org";
+
+/// The team alias of personal organizations, as OpenHands names them.
+pub(crate) const PERSONAL_TEAM_ALIAS: &str = "Personal Workspace";
+
+/// Adds the fields of `extra` (an object) to `target` (an object).
+fn merge(target: &mut Value, extra: &Value) {
+    if let (Some(t), Some(e)) = (target.as_object_mut(), extra.as_object()) {
+        t.extend(e.clone());
+    }
+}
 
 const ORG_GONE: &str = "the organization was deleted before provisioning finished";
 
@@ -36,11 +44,14 @@ struct OrgContext {
     kind: String,
     owner: Uuid,
     owner_email: Option<String>,
+    version: i32,
+    model: String,
 }
 
 async fn load(services: &Services, org_id: Uuid) -> Result<Option<OrgContext>, ActionError> {
-    let row = sqlx::query("SELECT * FROM orgkeeper.provisioning_context($1)")
+    let row = sqlx::query("SELECT * FROM orgkeeper.provisioning_context($1, $2)")
         .bind(org_id)
+        .bind(&services.defaults.model)
         .fetch_optional(&services.pool)
         .await?;
     Ok(match row {
@@ -49,6 +60,8 @@ async fn load(services: &Services, org_id: Uuid) -> Result<Option<OrgContext>, A
             kind: r.try_get("org_kind")?,
             owner: r.try_get("owner_id")?,
             owner_email: r.try_get("owner_email")?,
+            version: r.try_get("org_version")?,
+            model: r.try_get("model")?,
         }),
         None => None,
     })
@@ -60,16 +73,9 @@ fn org_id(action: &Action) -> Result<Uuid, ActionError> {
         .ok_or_else(|| ActionError::Permanent(format!("action {} has no org_id", action.id)))
 }
 
-/// The key value for an org (derived, see the module doc) and its ciphertext.
-fn choose_key(services: &Services, org_id: Uuid) -> (SecretString, String) {
-    let key = services.keyring.derive_api_key(&format!("org {org_id}"));
-    let ciphertext = services.keyring.encrypt(&key);
-    (key, ciphertext)
-}
-
 /// Chooses and saves the key of every provisioning action in a claim batch
-/// that has none yet, in one transaction instead of one per action. An
-/// action whose save did not take (lease lost) is left for its handler.
+/// that needs one, in one transaction instead of one per action. An action
+/// whose save did not take (lease lost) is left for its handler.
 pub async fn prepare(
     services: &Services,
     outbox: &Outbox,
@@ -78,8 +84,8 @@ pub async fn prepare(
     let mut chosen: Vec<(usize, Value)> = batch
         .iter()
         .enumerate()
-        .filter(|(_, a)| a.kind == KIND && a.progress.get("key").is_none())
-        .filter_map(|(i, a)| Some((i, json!({ "key": choose_key(services, a.org_id?).1 }))))
+        .filter(|(_, a)| a.kind == KIND && keys::needs_choice(a))
+        .map(|(i, a)| (i, keys::choose(services, a.id).1))
         .collect();
     if chosen.is_empty() {
         return Ok(());
@@ -108,70 +114,53 @@ pub async fn perform(
     let defaults = &services.defaults;
     let team_id = org_id.to_string();
     let owner = org.owner.to_string();
-    let models = vec![defaults.model.clone()];
+    let profile = keys::profile(org.version, &org.model);
 
+    let mut metadata = keys::ownership(org_id);
+    metadata["kind"] = json!(org.kind);
+    merge(&mut metadata, &profile);
     let new_team = NewTeam {
         team_id: &team_id,
-        team_alias: &org.name,
+        team_alias: if org.kind == "personal" {
+            PERSONAL_TEAM_ALIAS
+        } else {
+            &org.name
+        },
         max_budget: defaults.team_max_budget,
-        models: &models,
-        metadata: json!({ "org_id": team_id, "kind": org.kind, "managed_by": "orgkeeper" }),
+        models: &defaults.allowed_models,
+        metadata,
     };
     let team = call(services, "litellm", "team_new", || {
         litellm.create_team(&new_team)
     })
     .await?;
+    if matches!(team, Created::New)
+        && !outbox
+            .save_progress(action, &json!({ "team_created": true }))
+            .await?
+    {
+        return Err(ActionError::LeaseLost);
+    }
+    let new_user = keys::new_user(services, &owner, org.owner_email.as_deref(), &profile);
     call(services, "litellm", "user_new", || {
-        litellm.create_user(&owner, org.owner_email.as_deref())
+        litellm.create_user(&new_user)
     })
     .await?;
     call(services, "litellm", "team_member_add", || {
         litellm.add_team_member(&team_id, &owner, defaults.team_max_budget)
     })
     .await?;
-
-    // The key was normally chosen and saved with the whole claim batch
-    // (`prepare`); an action that missed that saves its own.
-    let (key, ciphertext) = match action.progress.get("key").and_then(Value::as_str) {
-        Some(ct) => (services.keyring.decrypt(ct)?, ct.to_string()),
-        None => {
-            let (key, ct) = choose_key(services, org_id);
-            if !outbox.save_progress(action, &json!({ "key": ct })).await? {
-                return Err(ActionError::LeaseLost);
-            }
-            (key, ct)
-        }
-    };
-    // Any earlier attempt may have created the key, even one whose saved
-    // progress was lost (the key value is derived, so it is the same).
-    let resumed = action.attempts > 1;
-    let alias = format!(
-        "{} - user {owner} - org {team_id}",
-        defaults.key_alias_prefix
-    );
-    let new_key = NewKey {
-        key: &key,
-        key_alias: &alias,
-        team_id: &team_id,
-        user_id: &owner,
-        models: &models,
-        metadata: json!({ "org_id": team_id, "managed_by": "orgkeeper" }),
-    };
-    let key_created = if resumed {
-        // An earlier attempt may have created the key: /key/info decides.
-        call(services, "litellm", "key_ensure", || {
-            litellm.ensure_key(&new_key)
-        })
-        .await?
-    } else {
-        generate_first_key(services, &new_key).await?
-    };
+    let (key, key_created) =
+        keys::ensure(services, outbox, action, &team_id, org_id, org.owner).await?;
+    let ciphertext = services
+        .keyring
+        .encrypt(&Place::member_key(org_id, org.owner), &key);
 
     let result = json!({
         "team_id": team_id,
         "team_created": matches!(team, Created::New),
         "user_id": owner,
-        "key_alias": alias,
+        "key_alias": keys::alias(services, org_id, org.owner),
         "key_reused": matches!(key_created, Created::Existing),
     });
     let recorded: String = sqlx::query_scalar(
@@ -181,7 +170,7 @@ pub async fn perform(
     .bind(&action.lease)
     .bind(&team_id)
     .bind(org.owner)
-    .bind(&defaults.model)
+    .bind(&org.model)
     .bind(&defaults.llm_base_url)
     .bind(&ciphertext)
     .bind(&result)
@@ -194,40 +183,8 @@ pub async fn perform(
     }
 }
 
-/// Calls `/key/generate` on a first attempt, when no earlier attempt can have
-/// created the key, so a 200 is trusted; an "alias already exists" answer or an
-/// error (the call may have succeeded before failing) is settled by
-/// `/key/info`.
-async fn generate_first_key(
-    services: &Services,
-    new_key: &NewKey<'_>,
-) -> Result<Created, ActionError> {
-    let litellm = &services.litellm;
-    let generated = call(services, "litellm", "key_generate", || {
-        litellm.generate_key(new_key)
-    })
-    .await;
-    if let Ok(Created::New) = generated {
-        return Ok(Created::New);
-    }
-    if call(services, "litellm", "key_info", || {
-        litellm.key_exists(new_key.key)
-    })
-    .await?
-    {
-        return Ok(Created::New);
-    }
-    match generated {
-        Err(error) => Err(error),
-        Ok(_) => Err(ActionError::Permanent(format!(
-            "LiteLLM reports the key alias {:?} as taken by another key",
-            new_key.key_alias
-        ))),
-    }
-}
-
-/// Deletes the team (cascading its keys and memberships), then marks the
-/// org `failed` with the original error and the cleanup result. A transient
+/// Deletes the team if it is ours (cascading its keys and memberships; a
+/// foreign team is left alone), then marks the org `failed` with the original error and the cleanup result. A transient
 /// cleanup failure is retried later while `may_retry`; after that the action
 /// ends `failed` with the cleanup error recorded.
 pub async fn compensate(
@@ -238,19 +195,12 @@ pub async fn compensate(
     may_retry: bool,
 ) -> sqlx::Result<&'static str> {
     let team_id = action.org_id.map(|id| id.to_string()).unwrap_or_default();
-    let (cleanup, status) = match call(services, "litellm", "team_delete", || {
-        services.litellm.delete_team(&team_id)
-    })
-    .await
-    {
-        Ok(Deleted::Deleted) => (
-            json!({ "team_id": team_id, "team_deleted": true }),
-            "compensated",
-        ),
-        Ok(Deleted::AlreadyGone) => (
-            json!({ "team_id": team_id, "team_deleted": false, "team_absent": true }),
-            "compensated",
-        ),
+    let deleted = match action.org_id {
+        Some(org_id) => keys::delete_own_team(services, &team_id, org_id).await,
+        None => Ok(TeamDeletion::Absent),
+    };
+    let (mut cleanup, status) = match deleted {
+        Ok(deletion) => (deletion.report(&team_id), "compensated"),
         Err(ActionError::Transient(m)) if may_retry => {
             let delay = std::time::Duration::from_secs(5);
             outbox
@@ -269,6 +219,7 @@ pub async fn compensate(
             )
         }
     };
+    cleanup["team_created"] = json!(action.progress.get("team_created").is_some());
     sqlx::query_scalar::<_, bool>(
         "SELECT orgkeeper.record_provisioning_failed($1, $2, $3, $4, $5)",
     )

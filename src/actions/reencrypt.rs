@@ -9,7 +9,7 @@
 
 use super::{ActionError, Finish, Services};
 use crate::outbox::Action;
-use crate::secrets::Keyring;
+use crate::secrets::{Keyring, Place};
 use serde_json::{json, Value};
 
 /// Re-encrypts every `{table, column, key}` item of the payload.
@@ -30,15 +30,24 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     for (item, value) in stored {
         match value {
             None => gone += 1,
-            Some(current) if Keyring::is_current_format(&current) => already += 1,
+            Some(current) if Keyring::is_orgkeeper_format(&current) => already += 1,
             Some(current) => {
-                let plain = services.keyring.decrypt_legacy(&current)?;
+                let place = Place::from_item(&item).ok_or_else(|| {
+                    ActionError::Permanent(format!(
+                        "action {}: item {item} does not name a row holding a secret",
+                        action.id
+                    ))
+                })?;
+                let plain = services
+                    .keyring
+                    .decrypt_legacy(&current)
+                    .map_err(|e| ActionError::Permanent(format!("secrets: {place}: {e}")))?;
                 swaps.push(json!({
                     "table": item["table"],
                     "column": item["column"],
                     "key": item["key"],
                     "old": current,
-                    "new": services.keyring.encrypt(&plain),
+                    "new": services.keyring.encrypt(&place, &plain),
                 }));
             }
         }

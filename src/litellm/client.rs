@@ -30,6 +30,9 @@ pub const UNLIMITED_MAX_BUDGET: f64 = 1_000_000_000.0;
 /// Longest piece of a proxy's answer copied into an error message.
 const MAX_DETAIL_CHARS: usize = 400;
 
+/// How long a key check (`GET /v1/models` with the member's key) may take.
+const KEY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Page size used when listing a user's keys.
 const KEY_LIST_PAGE_SIZE: usize = 100;
 
@@ -88,6 +91,65 @@ pub enum Deleted {
     AlreadyGone,
 }
 
+/// Whose a team is, by the metadata orgkeeper writes on the teams it makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TeamOwner {
+    /// No such team.
+    Absent,
+    /// orgkeeper made it for this organization.
+    Ours,
+    /// Someone else's team (its metadata, shortened): never adopted, never deleted.
+    Foreign(String),
+}
+
+/// A budget and what was spent of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemberBudget {
+    /// The budget in USD; `None` = unlimited.
+    pub max_budget: Option<f64>,
+    /// What was spent.
+    pub spend: f64,
+}
+
+/// What `GET /team/info` says about a team.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeamInfo {
+    /// The team's metadata, as given at creation.
+    pub metadata: Value,
+    /// The user ids of its members.
+    pub members: Vec<String>,
+    /// Each member's budget in the team (`max_budget_in_team`) and spend.
+    pub budgets: Vec<(String, MemberBudget)>,
+    /// The team's own budget and spend.
+    pub team_budget: MemberBudget,
+}
+
+impl TeamInfo {
+    /// Whose the team is: [`TeamOwner::Ours`] when its metadata carries the
+    /// same `managed_by` and `org_id` as `ours` (the metadata orgkeeper
+    /// writes on its teams).
+    pub fn owner(&self, ours: &Value) -> TeamOwner {
+        let same = |field: &str| {
+            ours.get(field)
+                .is_some_and(|v| !v.is_null() && self.metadata.get(field) == Some(v))
+        };
+        if same("managed_by") && same("org_id") {
+            TeamOwner::Ours
+        } else {
+            TeamOwner::Foreign(redact_secrets(&truncate(&self.metadata.to_string(), 200)))
+        }
+    }
+
+    /// A member's budget in the team, else the team's own.
+    pub fn budget_of(&self, user_id: &str) -> MemberBudget {
+        self.budgets
+            .iter()
+            .find(|(u, _)| u == user_id)
+            .map(|(_, b)| *b)
+            .unwrap_or(self.team_budget)
+    }
+}
+
 /// A team to create (`POST /team/new`); `team_id` is the organization's UUID.
 #[derive(Debug, Clone)]
 pub struct NewTeam<'a> {
@@ -101,6 +163,31 @@ pub struct NewTeam<'a> {
     pub models: &'a [String],
     /// Free-form metadata stored on the team.
     pub metadata: Value,
+}
+
+/// A user to create (`POST /user/new`); `user_id` is the identity provider's subject.
+#[derive(Debug, Clone)]
+pub struct NewUser<'a> {
+    /// The user's id.
+    pub user_id: &'a str,
+    /// Their email, if known (dropped when another user has it).
+    pub email: Option<&'a str>,
+    /// Teams to put the user in at creation (the legacy shared team, if any).
+    pub teams: &'a [String],
+    /// Free-form metadata (OpenHands: `{version, model}`).
+    pub metadata: Value,
+}
+
+impl<'a> NewUser<'a> {
+    /// A user with just an id and an email.
+    pub fn plain(user_id: &'a str, email: Option<&'a str>) -> Self {
+        NewUser {
+            user_id,
+            email,
+            teams: &[],
+            metadata: json!({}),
+        }
+    }
 }
 
 /// A key to create (`POST /key/generate`) with a caller-chosen value.
@@ -148,6 +235,8 @@ pub struct ListedKey {
     pub token: String,
     /// The team the key belongs to, if any.
     pub team_id: Option<String>,
+    /// Whether its metadata says orgkeeper made it (`managed_by`).
+    pub managed_by_orgkeeper: bool,
 }
 
 /// A failed LiteLLM call. Messages are redacted: they never contain a key.
@@ -214,6 +303,8 @@ impl LiteLlmError {
 #[derive(Clone)]
 pub struct LiteLlmClient {
     http: reqwest::Client,
+    /// Sends no master key: for asking what a member's own key may do.
+    probe: reqwest::Client,
     /// Kept only to scrub it from the proxy's answers before they become errors.
     master_key: SecretString,
     base_url: Arc<str>,
@@ -408,12 +499,6 @@ impl LiteLlmClient {
         let mut headers = HeaderMap::new();
         headers.insert(header.clone(), value);
 
-        let mut builder = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("orgkeeper/", env!("CARGO_PKG_VERSION")));
         let loopback = url.host_str().is_some_and(|host| {
             host.eq_ignore_ascii_case("localhost")
                 || host
@@ -422,19 +507,34 @@ impl LiteLlmClient {
                     .parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.is_loopback())
         });
-        if loopback {
-            // A proxy from the environment must not intercept a local proxy/simulator.
-            builder = builder.no_proxy();
-        }
-        let http = builder.build().map_err(|e| {
-            LiteLlmError::permanent(
-                CALL,
-                0,
-                format!("cannot build the HTTP client: {}", chain(&e)),
-            )
-        })?;
+        let build = |headers: HeaderMap, timeout: Duration| {
+            let mut builder = reqwest::Client::builder()
+                .default_headers(headers)
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(10)))
+                .pool_idle_timeout(Duration::from_secs(30))
+                // A redirect would carry the master key to a host nobody configured
+                // (reqwest keeps custom headers across hosts): never follow one.
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("orgkeeper/", env!("CARGO_PKG_VERSION")));
+            if loopback {
+                // A proxy from the environment must not intercept a local proxy/simulator.
+                builder = builder.no_proxy();
+            }
+            builder.build().map_err(|e| {
+                LiteLlmError::permanent(
+                    CALL,
+                    0,
+                    format!("cannot build the HTTP client: {}", chain(&e)),
+                )
+            })
+        };
+        let http = build(headers, config.timeout)?;
+        // Member keys are checked without the master key attached.
+        let probe = build(HeaderMap::new(), KEY_CHECK_TIMEOUT)?;
         Ok(Self {
             http,
+            probe,
             master_key: SecretString::from(key),
             base_url: base_url.into(),
             auth_header: header,
@@ -459,6 +559,15 @@ impl LiteLlmClient {
             .await
             .map_err(|e| transport_error(call, e, self.timeout))?;
         let status = resp.status();
+        if status.is_redirection() {
+            let mut url = resp.url().clone();
+            url.set_query(None);
+            return Err(LiteLlmError::permanent(
+                call,
+                status.as_u16(),
+                crate::redact::redirect_refused("LITELLM_BASE_URL", url.as_str(), resp.headers()),
+            ));
+        }
         let bytes = resp
             .bytes()
             .await
@@ -550,6 +659,7 @@ impl LiteLlmClient {
             "team_id": team.team_id,
             "team_alias": team.team_alias,
             "models": team.models,
+            "spend": 0,
             "metadata": team.metadata,
         });
         if let Some(budget) = team.max_budget {
@@ -560,10 +670,18 @@ impl LiteLlmClient {
             return Ok(Created::New);
         }
         if answer.status == StatusCode::BAD_REQUEST && answer.message().contains("already exists") {
-            return if self.team_exists(team.team_id).await? {
-                Ok(Created::Existing)
-            } else {
-                Err(LiteLlmError::permanent(
+            return match self.team_owner(team.team_id, &team.metadata).await? {
+                TeamOwner::Ours => Ok(Created::Existing),
+                TeamOwner::Foreign(metadata) => Err(LiteLlmError::permanent(
+                    CALL,
+                    400,
+                    format!(
+                        "LiteLLM team {} already exists and is not this organization's \
+                         (its metadata is {metadata}); orgkeeper neither adopts nor deletes a foreign team",
+                        team.team_id
+                    ),
+                )),
+                TeamOwner::Absent => Err(LiteLlmError::permanent(
                     CALL,
                     400,
                     format!(
@@ -571,42 +689,86 @@ impl LiteLlmClient {
                         team.team_id,
                         self.describe(&answer)
                     ),
-                ))
+                )),
             };
         }
         Err(self.fail(CALL, &answer))
     }
 
-    /// `GET /team/info?team_id=`: whether the team exists.
-    pub async fn team_exists(&self, team_id: &str) -> Result<bool, LiteLlmError> {
+    /// `GET /team/info?team_id=`: whether the team exists and whether it is
+    /// the one orgkeeper made for this organization (see [`TeamInfo::owner`]).
+    pub async fn team_owner(&self, team_id: &str, ours: &Value) -> Result<TeamOwner, LiteLlmError> {
+        Ok(match self.team_info(team_id).await? {
+            None => TeamOwner::Absent,
+            Some(info) => info.owner(ours),
+        })
+    }
+
+    /// `GET /team/info?team_id=`: the team's metadata, members and budgets;
+    /// `None` when there is no such team.
+    pub async fn team_info(&self, team_id: &str) -> Result<Option<TeamInfo>, LiteLlmError> {
         const CALL: &str = "team/info";
         let answer = self
             .get(CALL, "/team/info", &[("team_id", team_id)])
             .await?;
-        if answer.is_success() {
-            return Ok(true);
-        }
         if answer.status == StatusCode::NOT_FOUND {
-            return Ok(false);
+            return Ok(None);
         }
-        Err(self.fail(CALL, &answer))
+        if !answer.is_success() {
+            return Err(self.fail(CALL, &answer));
+        }
+        let info = &answer.json["team_info"];
+        let members = info["members_with_roles"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| m["user_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let budgets = answer.json["team_memberships"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|m| {
+                        Some((
+                            m["user_id"].as_str()?.to_owned(),
+                            MemberBudget {
+                                max_budget: m["litellm_budget_table"]["max_budget"].as_f64(),
+                                spend: m["spend"].as_f64().unwrap_or(0.0),
+                            },
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(TeamInfo {
+            metadata: info["metadata"].clone(),
+            members,
+            budgets,
+            team_budget: MemberBudget {
+                max_budget: info["max_budget"].as_f64(),
+                spend: info["spend"].as_f64().unwrap_or(0.0),
+            },
+        }))
     }
 
-    /// `POST /user/new` without a key or an invitation email. A 409 for the id
-    /// means [`Created::Existing`]; a 409 for the email (taken by another user,
-    /// case-insensitively) retries once without the email.
-    pub async fn create_user(
-        &self,
-        user_id: &str,
-        email: Option<&str>,
-    ) -> Result<Created, LiteLlmError> {
+    /// `POST /user/new` as OpenHands sends it (`models: []`, no key, no
+    /// invitation email). A 409 for the id means [`Created::Existing`]; a 409
+    /// for the email (taken by another user, case-insensitively) retries
+    /// once without the email.
+    pub async fn create_user(&self, user: &NewUser<'_>) -> Result<Created, LiteLlmError> {
         const CALL: &str = "user/new";
-        let mut email = email.filter(|e| !e.trim().is_empty());
+        let user_id = user.user_id;
+        let mut email = user.email.filter(|e| !e.trim().is_empty());
         loop {
             let mut body = json!({
                 "user_id": user_id,
+                "models": [],
+                "teams": user.teams,
                 "auto_create_key": false,
                 "send_invite_email": false,
+                "metadata": user.metadata,
             });
             if let Some(e) = email {
                 body["user_email"] = json!(e);
@@ -682,6 +844,7 @@ impl LiteLlmClient {
         if answer.status == StatusCode::BAD_REQUEST {
             let m = answer.message().to_ascii_lowercase();
             if m.contains("not found in team")
+                || m.contains("not in team")
                 || m.contains("does not exist")
                 || m.contains("not found")
             {
@@ -695,6 +858,26 @@ impl LiteLlmClient {
     /// the key's SHA-256 token, so the key never travels in a URL.
     pub async fn key_exists(&self, key: &SecretString) -> Result<bool, LiteLlmError> {
         self.token_exists(&hash_key(key.expose_secret())).await
+    }
+
+    /// `GET /key/info` by the key's token: `None` when the proxy does not have
+    /// the key, else `Some(team)` with the team it spends from.
+    pub async fn key_team(
+        &self,
+        key: &SecretString,
+    ) -> Result<Option<Option<String>>, LiteLlmError> {
+        const CALL: &str = "key/info";
+        let token = hash_key(key.expose_secret());
+        let answer = self.get(CALL, "/key/info", &[("key", &token)]).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !answer.is_success() {
+            return Err(self.fail(CALL, &answer));
+        }
+        Ok(Some(
+            answer.json["info"]["team_id"].as_str().map(str::to_owned),
+        ))
     }
 
     /// `GET /key/info?key=<token>` for a hashed token (as `/key/list` returns).
@@ -773,6 +956,122 @@ impl LiteLlmClient {
         ))
     }
 
+    /// `POST /key/delete` by alias (the aliases orgkeeper gives are unique
+    /// per member and organization). A 404 means [`Deleted::AlreadyGone`].
+    pub async fn delete_key_by_alias(&self, alias: &str) -> Result<Deleted, LiteLlmError> {
+        self.delete_keys(json!({ "key_aliases": [alias] })).await
+    }
+
+    /// `POST /key/delete` of one key, sent as its SHA-256 token so the key
+    /// itself never travels again. A 404 means [`Deleted::AlreadyGone`].
+    pub async fn delete_key(&self, key: &SecretString) -> Result<Deleted, LiteLlmError> {
+        self.delete_key_by_token(&hash_key(key.expose_secret()))
+            .await
+    }
+
+    /// `POST /key/delete` of one key by its hashed token (as `/key/list`
+    /// returns it). A 404 means [`Deleted::AlreadyGone`].
+    pub async fn delete_key_by_token(&self, token: &str) -> Result<Deleted, LiteLlmError> {
+        self.delete_keys(json!({ "keys": [token] })).await
+    }
+
+    async fn delete_keys(&self, body: Value) -> Result<Deleted, LiteLlmError> {
+        const CALL: &str = "key/delete";
+        let answer = self.post(CALL, "/key/delete", &body).await?;
+        if answer.is_success() {
+            return Ok(Deleted::Deleted);
+        }
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(Deleted::AlreadyGone);
+        }
+        Err(self.fail(CALL, &answer))
+    }
+
+    /// `GET /v1/models` with `Authorization: Bearer <key>` (and no master
+    /// key), as an application calling the LLM would: `Some(false)` only for
+    /// 401/403 (the proxy refuses the key), `Some(true)` for a 2xx, `None`
+    /// when the answer says nothing about the key (other errors, time-outs).
+    pub async fn key_valid(&self, key: &SecretString) -> Option<bool> {
+        let answer = self
+            .probe
+            .get(format!("{}/v1/models", self.base_url))
+            .bearer_auth(key.expose_secret())
+            .send()
+            .await;
+        match answer.map(|a| a.status()) {
+            Ok(s) if s.is_success() => Some(true),
+            Ok(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Some(false),
+            Ok(status) => {
+                tracing::debug!(status = status.as_u16(), "key check inconclusive");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %chain(&e), "key check inconclusive");
+                None
+            }
+        }
+    }
+
+    /// `POST /team/update {team_id, max_budget}`: the team's budget (a
+    /// top-up); `None` = unlimited.
+    pub async fn update_team_budget(
+        &self,
+        team_id: &str,
+        max_budget: Option<f64>,
+    ) -> Result<(), LiteLlmError> {
+        const CALL: &str = "team/update";
+        let body = json!({ "team_id": team_id, "max_budget": max_budget });
+        let answer = self.post(CALL, "/team/update", &body).await?;
+        if answer.is_success() {
+            return Ok(());
+        }
+        Err(self.fail(CALL, &answer))
+    }
+
+    /// `POST /team/member_update {team_id, user_id, max_budget_in_team}`.
+    /// A user who is no longer in the team means [`Deleted::AlreadyGone`].
+    pub async fn update_member_budget(
+        &self,
+        team_id: &str,
+        user_id: &str,
+        max_budget_in_team: Option<f64>,
+    ) -> Result<Deleted, LiteLlmError> {
+        const CALL: &str = "team/member_update";
+        let body = json!({
+            "team_id": team_id,
+            "user_id": user_id,
+            "max_budget_in_team": max_budget_in_team,
+        });
+        let answer = self.post(CALL, "/team/member_update", &body).await?;
+        if answer.is_success() {
+            return Ok(Deleted::Deleted);
+        }
+        if answer.status == StatusCode::BAD_REQUEST
+            && answer
+                .message()
+                .to_ascii_lowercase()
+                .contains("not in team")
+        {
+            return Ok(Deleted::AlreadyGone);
+        }
+        Err(self.fail(CALL, &answer))
+    }
+
+    /// `POST /key/update {key, key_alias}`: renames a key (by hashed token).
+    /// A key that is gone means [`Deleted::AlreadyGone`] (nothing to rename).
+    pub async fn rename_key(&self, token: &str, alias: &str) -> Result<Deleted, LiteLlmError> {
+        const CALL: &str = "key/update";
+        let body = json!({ "key": token, "key_alias": alias });
+        let answer = self.post(CALL, "/key/update", &body).await?;
+        if answer.is_success() {
+            return Ok(Deleted::Deleted);
+        }
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(Deleted::AlreadyGone);
+        }
+        Err(self.fail(CALL, &answer))
+    }
+
     /// `POST /team/delete`; the proxy also deletes the team's keys and
     /// memberships. A 404 means [`Deleted::AlreadyGone`].
     pub async fn delete_team(&self, team_id: &str) -> Result<Deleted, LiteLlmError> {
@@ -817,8 +1116,27 @@ impl LiteLlmClient {
         user_id: &str,
         max_budget: f64,
     ) -> Result<(), LiteLlmError> {
+        self.update_user(json!({"user_id": user_id, "max_budget": max_budget}))
+            .await
+    }
+
+    /// `POST /user/update {user_id, max_budget, spend}`: gives a user back a
+    /// budget and what they spent of it (migration rollback).
+    pub async fn restore_user_budget(
+        &self,
+        user_id: &str,
+        budget: MemberBudget,
+    ) -> Result<(), LiteLlmError> {
+        self.update_user(json!({
+            "user_id": user_id,
+            "max_budget": budget.max_budget.unwrap_or(UNLIMITED_MAX_BUDGET),
+            "spend": budget.spend,
+        }))
+        .await
+    }
+
+    async fn update_user(&self, body: Value) -> Result<(), LiteLlmError> {
         const CALL: &str = "user/update";
-        let body = json!({"user_id": user_id, "max_budget": max_budget});
         let answer = self.post(CALL, "/user/update", &body).await?;
         if answer.is_success() {
             return Ok(());
@@ -857,6 +1175,7 @@ impl LiteLlmClient {
                     Value::String(token) => ListedKey {
                         token: token.clone(),
                         team_id: None,
+                        managed_by_orgkeeper: false,
                     },
                     Value::Object(o) => {
                         let Some(token) = o.get("token").and_then(Value::as_str) else {
@@ -869,6 +1188,11 @@ impl LiteLlmClient {
                         ListedKey {
                             token: token.to_owned(),
                             team_id: o.get("team_id").and_then(Value::as_str).map(str::to_owned),
+                            managed_by_orgkeeper: o
+                                .get("metadata")
+                                .and_then(|m| m.get("managed_by"))
+                                .and_then(Value::as_str)
+                                == Some("orgkeeper"),
                         }
                     }
                     _ => {

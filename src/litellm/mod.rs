@@ -8,7 +8,8 @@ pub mod simulator;
 
 pub use crate::simkit::Faults;
 pub use client::{
-    hash_key, Created, Deleted, ListedKey, LiteLlmClient, LiteLlmConfig, LiteLlmError, NewKey,
-    NewTeam, UserInfo, DEFAULT_AUTH_HEADER, UNLIMITED_MAX_BUDGET,
+    hash_key, Created, Deleted, ListedKey, LiteLlmClient, LiteLlmConfig, LiteLlmError,
+    MemberBudget, NewKey, NewTeam, NewUser, TeamInfo, TeamOwner, UserInfo, DEFAULT_AUTH_HEADER,
+    UNLIMITED_MAX_BUDGET,
 };
 pub use simulator::{serve_forever, LiteLlmSimulator, SimStats, SimulatorArgs, DEFAULT_MASTER_KEY};

@@ -1,7 +1,10 @@
 //! An in-memory LiteLLM admin API, faithful to the real proxy's behaviour
 //! and quirks as `shared/spec/litellm.md` records them (error envelopes,
 //! "already exists" answers, the key-generation trap, cascading team
-//! deletion), plus fault injection for testing retries.
+//! deletion), plus fault injection for testing retries. It also answers
+//! `GET /v1/models` for virtual keys (the daemon's "does this key still
+//! work" check), keeps every request's body for tests ([`LiteLlmSimulator::requests`]),
+//! and can answer every request with a redirect (`--redirect-to`).
 //!
 //! Tests and `orgkeeper dev` run it in-process ([`LiteLlmSimulator::start_local`]);
 //! `orgkeeper simulate litellm` runs it standalone ([`serve_forever`]).
@@ -13,14 +16,14 @@ use crate::simkit::{self, parse_fraction, ConnHandle, Roll, SimServer};
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -35,11 +38,13 @@ pub const DEFAULT_MASTER_KEY: &str = "sk-orgkeeper-dev-master-key";
 pub const CALLER_ADMIN_USER_ID: &str = "default_user_id";
 
 /// The endpoints the simulator serves, as named in `--fail` and in [`SimStats`].
-pub const ENDPOINTS: [&str; 12] = [
+pub const ENDPOINTS: [&str; 16] = [
     "team/new",
     "team/info",
+    "team/update",
     "team/delete",
     "team/member_add",
+    "team/member_update",
     "team/member_delete",
     "user/new",
     "user/info",
@@ -48,7 +53,16 @@ pub const ENDPOINTS: [&str; 12] = [
     "key/info",
     "key/list",
     "key/update",
+    "key/delete",
+    "v1/models",
 ];
+
+/// The models the simulator serves unless told otherwise (`--models`).
+pub const DEFAULT_MODELS: [&str; 1] = ["claude-sonnet-4-20250514"];
+
+/// How many request bodies the simulator keeps per endpoint (the oldest go
+/// first), so that a long `orgkeeper dev` session or a benchmark stays bounded.
+pub const MAX_RECORDED_REQUESTS: usize = 10_000;
 
 const NOT_PREMIUM: &str = "Assigning team admins is a premium feature. You must be a LiteLLM Enterprise user to use this feature. If you have a license please set `LITELLM_LICENSE` in your env. Get a 7 day trial key here: https://www.litellm.ai/#trial. Pricing: https://www.litellm.ai/#pricing";
 
@@ -92,6 +106,19 @@ pub struct SimulatorArgs {
     /// with that status, without acting. Repeatable.
     #[arg(long = "fail", value_name = "ENDPOINT=STATUS", value_parser = parse_fail)]
     pub fail: Vec<(String, u16)>,
+    /// Answer every request with `307 Temporary Redirect` to this base URL
+    /// (`Location: <URL><the request's path and query>`), without acting.
+    #[arg(long, value_name = "URL", value_parser = parse_redirect)]
+    pub redirect_to: Option<String>,
+    /// The models the proxy serves, as `GET /v1/models` lists them
+    /// (comma-separated or repeated).
+    #[arg(
+        long,
+        value_name = "MODEL",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_MODELS.map(String::from)
+    )]
+    pub models: Vec<String>,
 }
 
 impl Default for SimulatorArgs {
@@ -105,6 +132,8 @@ impl Default for SimulatorArgs {
             perform_then_502: false,
             drop_rate: 0.0,
             fail: Vec::new(),
+            redirect_to: None,
+            models: DEFAULT_MODELS.map(String::from).to_vec(),
         }
     }
 }
@@ -127,6 +156,22 @@ fn parse_secret(s: &str) -> Result<SecretString, String> {
         return Err("the master key must not be empty".into());
     }
     Ok(SecretString::from(s.trim()))
+}
+
+/// Parses `--redirect-to`: an `http://` or `https://` URL without a query,
+/// returned without a trailing `/`.
+pub fn parse_redirect(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{s:?} is not an http:// or https:// URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{s:?} must not have a query or fragment (the request's own path and query are appended)"
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 /// Parses `ENDPOINT=STATUS` (`key/generate=400`; a leading `/` is allowed).
@@ -323,6 +368,8 @@ struct Db {
     /// Resources whose first successful mutation was answered with a 502.
     performed: HashSet<String>,
     next_seq: u64,
+    /// What `GET /v1/models` lists for a key without a model restriction.
+    served_models: Vec<String>,
 }
 
 /// What a handler answers.
@@ -795,6 +842,64 @@ impl Db {
         ok(json!({"deleted_teams": deleted}))
     }
 
+    /// `POST /team/update {team_id, max_budget, …}`: a top-up; 404 for an unknown team.
+    fn team_update(&mut self, body: &Map<String, Value>) -> Outcome {
+        let Some(team_id) = str_field(body, "team_id").map(str::to_owned) else {
+            return Err(validation_error("team_id", "Field required"));
+        };
+        let max_budget = opt_f64(body, "max_budget")?;
+        let Some(team) = self.teams.get_mut(&team_id) else {
+            return Err(detail_error(
+                404,
+                format!("Team not found, passed team_id={team_id}"),
+            ));
+        };
+        if body.contains_key("max_budget") {
+            team.max_budget = max_budget;
+        }
+        if body.contains_key("metadata") {
+            team.metadata = object_field(body, "metadata")?;
+        }
+        let out = self.team_json(&self.teams[&team_id]);
+        ok(json!({"team_id": team_id, "data": out}))
+    }
+
+    /// `POST /team/member_update {team_id, user_id, max_budget_in_team}`:
+    /// 404 for an unknown team, 400 for a user who is not a member.
+    fn member_update(&mut self, body: &Map<String, Value>) -> Outcome {
+        let Some(team_id) = str_field(body, "team_id").map(str::to_owned) else {
+            return Err(validation_error("team_id", "Field required"));
+        };
+        let Some(user_id) = str_field(body, "user_id").map(str::to_owned) else {
+            return Err(detail_error(
+                400,
+                "user_id or user_email needs to be passed in",
+            ));
+        };
+        let budget = opt_f64(body, "max_budget_in_team")?;
+        let Some(team) = self.teams.get_mut(&team_id) else {
+            return Err(detail_error(
+                404,
+                format!("Team not found for team_id={team_id}"),
+            ));
+        };
+        if !team
+            .members
+            .iter()
+            .any(|m| m.user_id.as_deref() == Some(&user_id))
+        {
+            return Err(detail_error(
+                400,
+                format!("User {user_id} not in team {team_id}"),
+            ));
+        }
+        match budget {
+            Some(b) => team.budgets.insert(user_id.clone(), b),
+            None => team.budgets.remove(&user_id),
+        };
+        ok(json!({"team_id": team_id, "user_id": user_id, "max_budget_in_team": budget}))
+    }
+
     /// `POST /team/member_add`.
     fn member_add(&mut self, body: &Map<String, Value>) -> Outcome {
         let Some(team_id) = str_field(body, "team_id").map(str::to_owned) else {
@@ -952,9 +1057,10 @@ impl Db {
             ));
         }
         let Some(team) = self.teams.get_mut(&team_id) else {
+            // The real proxy answers 404 for an unknown team, as `/team/member_add` does.
             return Err(detail_error(
-                400,
-                format!("Team id={team_id} does not exist in db"),
+                404,
+                format!("Team not found for team_id={team_id}"),
             ));
         };
         let before = team.members.len();
@@ -970,7 +1076,11 @@ impl Db {
             !hit
         });
         if team.members.len() == before {
-            return Err(detail_error(400, "User not found in team"));
+            let who = user_id.or(user_email).unwrap_or_default();
+            return Err(detail_error(
+                400,
+                format!("User {who} not in team {team_id}"),
+            ));
         }
         for uid in &removed_ids {
             team.budgets.remove(uid);
@@ -1345,6 +1455,72 @@ impl Db {
         out["key"] = json!(given);
         ok(out)
     }
+
+    /// `POST /key/delete {keys, key_aliases}`: keys by value or hashed token,
+    /// and/or by alias. Deletes those that exist and answers with what was
+    /// asked; 404 when none of them exists.
+    fn key_delete(&mut self, body: &Map<String, Value>) -> Outcome {
+        let keys = string_list(body, "keys")?;
+        let aliases = string_list(body, "key_aliases")?;
+        if !body.contains_key("keys") && !body.contains_key("key_aliases") {
+            return Err(validation_error(
+                "keys",
+                "Value error, Must provide either keys or key_aliases",
+            ));
+        }
+        let mut tokens: Vec<String> = keys.iter().map(|k| token_of(k)).collect();
+        tokens.extend(aliases.iter().filter_map(|a| self.aliases.get(a).cloned()));
+        let mut deleted = 0;
+        for t in &tokens {
+            if self.remove_key(t).is_some() {
+                deleted += 1;
+            }
+        }
+        if deleted == 0 {
+            return Err(proxy_error(
+                404,
+                "Authentication Error - Key not found in database",
+                "not_found_error",
+                "keys",
+            ));
+        }
+        let mut asked = keys;
+        asked.extend(aliases);
+        ok(json!({"deleted_keys": asked}))
+    }
+
+    /// `GET /v1/models` for `presented` (the master key or a virtual key):
+    /// the key's models, else its team's, else every model the proxy serves.
+    /// `None` when the key does not exist.
+    fn models_for(&self, presented: &str, master_key: &str) -> Option<Vec<String>> {
+        if presented == master_key {
+            return Some(self.served_models.clone());
+        }
+        let key = self.keys.get(&hash_key(presented))?;
+        let team_models = key
+            .team_id
+            .as_ref()
+            .and_then(|t| self.teams.get(t))
+            .map(|t| t.models.clone())
+            .unwrap_or_default();
+        Some(if !key.models.is_empty() {
+            key.models.clone()
+        } else if !team_models.is_empty() {
+            team_models
+        } else {
+            self.served_models.clone()
+        })
+    }
+}
+
+/// The answer to `GET /v1/models`, OpenAI style.
+fn models_list(models: &[String]) -> Value {
+    json!({
+        "object": "list",
+        "data": models.iter().map(|m| json!({
+            "id": m, "object": "model", "created": 1_677_610_602, "owned_by": "openai",
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The identity of the resource a mutating call touches, for `--perform-then-502`.
@@ -1358,6 +1534,8 @@ fn resource_of(endpoint: &str, body: &Map<String, Value>, reply: &Reply) -> Opti
         "team/new" => format!("team:{}", from_reply("team_id")),
         "user/new" => format!("user:{}", from_reply("user_id")),
         "user/update" => format!("user-update:{}", s("user_id")),
+        "team/update" => format!("team-update:{}", s("team_id")),
+        "team/member_update" => format!("member-update:{}:{}", s("team_id"), s("user_id")),
         "team/member_add" => {
             let member = body.get("member").map(Value::to_string).unwrap_or_default();
             format!("member:{}:{member}", s("team_id"))
@@ -1375,8 +1553,37 @@ fn resource_of(endpoint: &str, body: &Map<String, Value>, reply: &Reply) -> Opti
         }
         "key/generate" => format!("key:{}", hash_key(&from_reply("key"))),
         "key/update" => format!("key-update:{}", token_of(s("key"))),
+        "key/delete" => {
+            let mut keys: Vec<String> = string_list(body, "keys")
+                .unwrap_or_default()
+                .iter()
+                .map(|k| token_of(k))
+                .collect();
+            keys.sort();
+            let mut aliases = string_list(body, "key_aliases").unwrap_or_default();
+            aliases.sort();
+            format!("key-delete:{}:{}", keys.join(","), aliases.join(","))
+        }
         _ => return None,
     })
+}
+
+/// A query string as a JSON object of decoded strings; a repeated parameter
+/// becomes a list of its values.
+fn query_json(query: &str) -> Value {
+    let mut out = Map::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (percent_decode(k), Value::String(percent_decode(v)));
+        match out.get_mut(&k) {
+            None => {
+                out.insert(k, v);
+            }
+            Some(Value::Array(list)) => list.push(v),
+            Some(first) => *first = json!([first.take(), v]),
+        }
+    }
+    Value::Object(out)
 }
 
 /// Percent-decodes one query parameter (`+` is a space, as FastAPI reads it).
@@ -1420,6 +1627,10 @@ struct Shared {
     db: Mutex<Db>,
     faults: RwLock<Arc<Faults>>,
     requests: Mutex<HashMap<(&'static str, u16), u64>>,
+    /// Each endpoint's request bodies (or queries), oldest first. They may
+    /// hold keys: tests only, in memory, never logged.
+    bodies: Mutex<HashMap<&'static str, VecDeque<Value>>>,
+    redirect_to: RwLock<Option<String>>,
     dropped: AtomicU64,
 }
 
@@ -1433,6 +1644,29 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn redirect_to(&self) -> Option<String> {
+        self.redirect_to
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Keeps a request's JSON body; without a body, its query as an object.
+    fn record_request(&self, endpoint: &'static str, uri: &Uri, body: &Bytes) {
+        let value = if body.is_empty() {
+            query_json(uri.query().unwrap_or(""))
+        } else {
+            serde_json::from_slice(body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+        };
+        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        let list = bodies.entry(endpoint).or_default();
+        if list.len() >= MAX_RECORDED_REQUESTS {
+            list.pop_front();
+        }
+        list.push_back(value);
     }
 
     fn record(&self, endpoint: &'static str, status: u16) {
@@ -1453,13 +1687,15 @@ fn endpoint_name(path: &str) -> &'static str {
         .find(|e| *e == path)
         .unwrap_or(match path {
             "health/liveliness" | "health/readiness" => "health",
+            // The proxy serves the OpenAI model list under both paths.
+            "models" => "v1/models",
             _ => "other",
         })
 }
 
 fn method_of(endpoint: &str) -> Method {
     match endpoint {
-        "team/info" | "user/info" | "key/info" | "key/list" | "health" => Method::GET,
+        "team/info" | "user/info" | "key/info" | "key/list" | "v1/models" | "health" => Method::GET,
         _ => Method::POST,
     }
 }
@@ -1484,9 +1720,21 @@ fn into_response(reply: Reply) -> Response {
     }
 }
 
-/// Checks the master key the way the proxy does: `x-litellm-api-key`, then
-/// `Authorization: Bearer`, then `api-key`, `x-api-key`, `x-goog-api-key`.
+/// Checks the master key the way the proxy does (see [`presented_key`]).
+#[cfg(test)]
 fn authenticate(headers: &HeaderMap, master_key: &str) -> Result<(), Reply> {
+    let presented = presented_key(headers)?;
+    if presented == master_key {
+        return Ok(());
+    }
+    Err(invalid_key(&presented))
+}
+
+/// The key a request presents, looked for the way the proxy does:
+/// `x-litellm-api-key`, then `Authorization: Bearer`, then `api-key`,
+/// `x-api-key`, `x-goog-api-key`. A 401 when there is none or
+/// `Authorization` lacks `Bearer `.
+fn presented_key(headers: &HeaderMap) -> Result<String, Reply> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -1526,19 +1774,22 @@ fn authenticate(headers: &HeaderMap, master_key: &str) -> Result<(), Reply> {
             "None",
         ));
     };
-    if presented == master_key {
-        return Ok(());
-    }
-    Err(proxy_error(
+    Ok(presented)
+}
+
+/// The proxy's 401 for a key it does not know (it abbreviates and hashes
+/// the key it received, as the real proxy does).
+fn invalid_key(presented: &str) -> Reply {
+    proxy_error(
         401,
         format!(
             "Authentication Error, Invalid proxy server token passed. Received API Key = {}, Key Hash (Token) ={}. Unable to find token in cache or `LiteLLM_VerificationTokenTable`",
-            abbreviate(&presented),
-            hash_key(&presented)
+            abbreviate(presented),
+            hash_key(presented)
         ),
         "auth_error",
         "None",
-    ))
+    )
 }
 
 async fn handle(
@@ -1550,6 +1801,16 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let endpoint = endpoint_name(uri.path());
+    shared.record_request(endpoint, &uri, &body);
+    if let Some(base) = shared.redirect_to() {
+        shared.record(endpoint, 307);
+        let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(LOCATION, format!("{base}{path_and_query}"))],
+        )
+            .into_response();
+    }
     if endpoint == "health" {
         shared.record(endpoint, 200);
         return into_response(Reply::Json(200, json!("I'm alive!")));
@@ -1598,9 +1859,23 @@ fn respond(
     if method != method_of(endpoint) {
         return Reply::Json(405, json!({"detail": "Method Not Allowed"}));
     }
-    if let Err(reply) = authenticate(headers, shared.master_key.expose_secret()) {
-        return reply;
-    }
+    let presented = match presented_key(headers) {
+        Ok(k) => k,
+        Err(reply) => return reply,
+    };
+    let master_key = shared.master_key.expose_secret();
+    // `/v1/models` takes virtual keys too; the admin endpoints only the master key.
+    let models = if endpoint == "v1/models" {
+        let models = shared.db().models_for(&presented, master_key);
+        match models {
+            Some(m) => Some(m),
+            None => return invalid_key(&presented),
+        }
+    } else if presented != master_key {
+        return invalid_key(&presented);
+    } else {
+        None
+    };
     if let Some((_, status)) = roll.fail {
         return proxy_error(
             status,
@@ -1612,6 +1887,9 @@ fn respond(
             },
             "None",
         );
+    }
+    if let Some(models) = models {
+        return Reply::Json(200, models_list(&models));
     }
     let query = uri.query().unwrap_or("");
     let empty = Map::new();
@@ -1633,6 +1911,8 @@ fn respond(
         "team/delete" => db.team_delete(body),
         "team/member_add" => db.member_add(body),
         "team/member_delete" => db.member_delete(body),
+        "team/update" => db.team_update(body),
+        "team/member_update" => db.member_update(body),
         "user/new" => db.user_new(body),
         "user/info" => db.user_info(query_param(query, "user_id").as_deref()),
         "user/update" => db.user_update(body),
@@ -1640,6 +1920,7 @@ fn respond(
         "key/info" => db.key_info(query_param(query, "key").as_deref()),
         "key/list" => db.key_list(query),
         "key/update" => db.key_update(body),
+        "key/delete" => db.key_delete(body),
         _ => Err(Reply::Json(404, json!({"detail": "Not Found"}))),
     };
     match outcome {
@@ -1677,9 +1958,18 @@ impl LiteLlmSimulator {
     pub async fn start(args: &SimulatorArgs) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             master_key: args.master_key.clone(),
-            db: Mutex::new(Db::default()),
+            db: Mutex::new(Db {
+                served_models: args.models.clone(),
+                ..Db::default()
+            }),
             faults: RwLock::new(Arc::new(args.faults().normalized())),
             requests: Mutex::new(HashMap::new()),
+            bodies: Mutex::new(HashMap::new()),
+            redirect_to: RwLock::new(
+                args.redirect_to
+                    .as_deref()
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+            ),
             dropped: AtomicU64::new(0),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
@@ -1723,6 +2013,38 @@ impl LiteLlmSimulator {
     /// The faults in force.
     pub fn faults(&self) -> Faults {
         (*self.shared.faults()).clone()
+    }
+
+    /// Makes every request answer `307 Temporary Redirect` to `base_url`
+    /// plus the request's path and query (`None` stops it). Independent of
+    /// [`set_faults`](Self::set_faults).
+    pub fn set_redirect_to(&self, base_url: Option<&str>) {
+        *self
+            .shared
+            .redirect_to
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) =
+            base_url.map(|u| u.trim_end_matches('/').to_owned());
+    }
+
+    /// Replaces the models the proxy serves (what `GET /v1/models` lists
+    /// for a key without a model restriction, and for the master key).
+    pub fn set_models<S: AsRef<str>>(&self, models: &[S]) {
+        self.shared.db().served_models = models.iter().map(|m| m.as_ref().to_owned()).collect();
+    }
+
+    /// The bodies of the requests `endpoint` (`key/generate`, `/team/info`,
+    /// `v1/models`, …) received, oldest first: the JSON body, or for a
+    /// request without one (GET) its query as an object of strings. Every
+    /// request counts, faulted and dropped ones included; at most
+    /// [`MAX_RECORDED_REQUESTS`] per endpoint are kept. They may contain
+    /// keys: for assertions only, never print them.
+    pub fn requests(&self, endpoint: &str) -> Vec<Value> {
+        let bodies = self.shared.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        bodies
+            .get(endpoint.trim_start_matches('/'))
+            .map(|list| list.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// What the simulator holds and how many requests it answered.
@@ -1830,6 +2152,14 @@ impl LiteLlmSimulator {
             .unwrap_or_default()
     }
 
+    /// Forgets a user (as if the proxy never had them); their keys stay.
+    pub fn delete_user(&self, user_id: &str) {
+        let mut db = self.shared.db();
+        if let Some(user) = db.users.remove(user_id) {
+            db.remove_email(&user.user_email);
+        }
+    }
+
     /// Adds a legacy (pre-organization) user with personal keys (no team,
     /// no alias), for migration tests. Replaces a user with the same id.
     pub fn seed_user(
@@ -1883,7 +2213,7 @@ fn key_view(k: &Key) -> KeyView {
     }
 }
 
-fn describe_faults(f: &Faults) -> String {
+fn describe_faults(f: &Faults, redirect_to: Option<&str>) -> String {
     let mut parts = Vec::new();
     if f.error_rate > 0.0 {
         parts.push(format!("error rate {}", f.error_rate));
@@ -1899,6 +2229,9 @@ fn describe_faults(f: &Faults) -> String {
     }
     for (e, s) in &f.fail {
         parts.push(format!("{e} fails with {s}"));
+    }
+    if let Some(url) = redirect_to {
+        parts.push(format!("every request redirected (307) to {url}"));
     }
     if parts.is_empty() {
         "none".to_owned()
@@ -1921,7 +2254,11 @@ pub async fn serve_forever(args: SimulatorArgs) -> anyhow::Result<()> {
             "from --master-key / LITELLM_MASTER_KEY"
         }
     );
-    println!("faults: {}", describe_faults(&sim.faults()));
+    println!(
+        "faults: {}",
+        describe_faults(&sim.faults(), args.redirect_to.as_deref())
+    );
+    println!("models: {}", args.models.join(", "));
     println!("press Ctrl-C to stop");
     simkit::serve_until_signal(sim.server, "stopping").await
 }
@@ -1967,6 +2304,14 @@ mod tests {
             "key/generate=400",
             "--fail",
             "/team/new=503",
+            "--fail",
+            "key/delete=500",
+            "--redirect-to",
+            "http://127.0.0.1:9/",
+            "--models",
+            "model-a,model-b",
+            "--models",
+            "model-c",
         ])
         .unwrap();
         let a = cli.args;
@@ -1983,13 +2328,28 @@ mod tests {
             f.fail,
             vec![
                 ("key/generate".to_string(), 400),
-                ("team/new".to_string(), 503)
+                ("team/new".to_string(), 503),
+                ("key/delete".to_string(), 500),
             ]
         );
+        assert_eq!(a.redirect_to.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(a.models, ["model-a", "model-b", "model-c"]);
+        assert!(Cli::try_parse_from(["sim", "--redirect-to", "ftp://x"]).is_err());
+        assert!(Cli::try_parse_from(["sim", "--redirect-to", "http://x/?a=1"]).is_err());
+        assert!(Cli::try_parse_from(["sim", "--redirect-to", "not a url"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--error-rate", "2"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--fail", "nope"]).is_err());
         let d = Cli::try_parse_from(["sim"]).unwrap().args;
         assert_eq!((d.port, d.latency_ms, d.fail.len()), (4000, (0, 0), 0));
+        assert_eq!(
+            (d.redirect_to, d.models),
+            (None, vec![DEFAULT_MODELS[0].to_string()])
+        );
+        let def = SimulatorArgs::default();
+        assert_eq!(
+            (def.redirect_to, def.models),
+            (None, vec![DEFAULT_MODELS[0].to_string()])
+        );
     }
 
     #[test]
@@ -2001,6 +2361,34 @@ mod tests {
         assert_eq!(query_param("a=1", "user_id"), None);
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(
+            query_json("a=1&b=x%20y&a=2&a=3&c"),
+            json!({"a": ["1", "2", "3"], "b": "x y", "c": ""})
+        );
+        assert_eq!(query_json(""), json!({}));
+    }
+
+    #[test]
+    fn endpoints_have_names_and_methods() {
+        assert_eq!(endpoint_name("/key/delete"), "key/delete");
+        assert_eq!(method_of("key/delete"), Method::POST);
+        assert_eq!(endpoint_name("/v1/models"), "v1/models");
+        assert_eq!(endpoint_name("/models"), "v1/models");
+        assert_eq!(method_of("v1/models"), Method::GET);
+        assert_eq!(
+            parse_fail("v1/models=401").unwrap(),
+            ("v1/models".into(), 401)
+        );
+        let body = json!({"keys": ["sk-b-0123456789abcdef", "aa"], "key_aliases": ["z", "y"]});
+        let reply = Reply::Json(200, json!({}));
+        assert_eq!(
+            resource_of("key/delete", body.as_object().unwrap(), &reply).unwrap(),
+            format!("key-delete:{}:y,z", {
+                let mut t = [hash_key("sk-b-0123456789abcdef"), "aa".to_string()];
+                t.sort();
+                t.join(",")
+            })
+        );
     }
 
     #[test]

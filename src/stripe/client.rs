@@ -397,6 +397,19 @@ impl StripeClient {
             .get("Request-Id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        if status.is_redirection() {
+            return Err(StripeError::Permanent {
+                call,
+                status: status.as_u16(),
+                kind: "redirect".into(),
+                code: None,
+                message: crate::redact::redirect_refused(
+                    "STRIPE_BASE_URL",
+                    &url,
+                    response.headers(),
+                ),
+            });
+        }
         let body = response.bytes().await.map_err(|e| request_error(call, e))?;
         if status.is_success() {
             return Ok(body.to_vec());

@@ -249,10 +249,12 @@ pub fn daemon_config(
                 timeout: std::time::Duration::from_secs(10),
             },
             provisioning: orgkeeper::config::ProvisioningDefaults {
-                model: "litellm_proxy/test-model".into(),
+                model: Some("litellm_proxy/test-model".into()),
+                allowed_models: Vec::new(),
                 llm_base_url: litellm.base_url(),
                 team_max_budget: None,
                 key_alias_prefix: "OpenHands Cloud".into(),
+                legacy_team_id: None,
             },
         },
         stripe: None,
