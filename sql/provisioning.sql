@@ -142,16 +142,15 @@ CREATE OR REPLACE FUNCTION orgkeeper.member_key_context(p_org_id uuid, p_user_id
 RETURNS TABLE (active boolean, email text, org_status text, org_version integer, model text,
                key_ciphertext text, llm_base_url text)
 LANGUAGE sql STABLE AS $$
-    SELECT m.status = 'active', u.email, o.provisioning_status, o.org_version,
+    SELECT m.status = 'active', orgkeeper.verified_email(m.user_id), o.provisioning_status, o.org_version,
            coalesce(o.llm_model, orgkeeper.default_llm_model(o.org_version)),
            m.llm_api_key, o.llm_base_url
       FROM orgkeeper.org_member m
-      JOIN orgkeeper.users u ON u.id = m.user_id
       JOIN orgkeeper.org o ON o.id = m.org_id
      WHERE m.org_id = p_org_id AND m.user_id = p_user_id;
 $$;
 COMMENT ON FUNCTION orgkeeper.member_key_context(uuid, uuid) IS
-  'Daemon: what litellm.add_member needs about a membership: whether it is still active, the user''s email, the organization''s provisioning status (a member joins only a team orgkeeper provisioned), settings version and model, the member''s key ciphertext and the base URL it is used with. No row = the membership is gone.';
+  'Daemon: what litellm.add_member needs about a membership: whether it is still active, the user''s verified email (orgkeeper.verified_email), the organization''s provisioning status (a member joins only a team orgkeeper provisioned), settings version and model, the member''s key ciphertext and the base URL it is used with. No row = the membership is gone.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.rotate_member_keys(org_id uuid, user_id uuid DEFAULT NULL) RETURNS bigint[]
 LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$

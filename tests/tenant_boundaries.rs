@@ -523,17 +523,30 @@ async fn item3_an_app_user_who_sets_their_email_to_the_invited_one_cannot_accept
         .unwrap();
     assert_eq!(joined, acme);
 
-    // Only the verified address goes to LiteLLM.
+    // Only verified addresses go to LiteLLM (provisioning an org, adding a
+    // member): Mallory's claimed one never does.
+    personal(&db, mallory).await;
     let emails: Vec<Option<String>> = sqlx::query_scalar(
         "SELECT owner_email FROM orgkeeper.provisioning_context($1, NULL)
-         UNION ALL SELECT orgkeeper.verified_email($2)",
+         UNION ALL SELECT email FROM orgkeeper.member_key_context($1, $2)
+         UNION ALL SELECT owner_email FROM orgkeeper.provisioning_context($3, NULL)
+         UNION ALL SELECT email FROM orgkeeper.member_key_context($3, $3)",
     )
     .bind(acme)
+    .bind(carol)
     .bind(mallory)
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(emails, [Some("olive@acme.test".to_string()), None]);
+    assert_eq!(
+        emails,
+        [
+            Some("olive@acme.test".to_string()),
+            Some("carol@acme.test".to_string()),
+            None,
+            None
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------
