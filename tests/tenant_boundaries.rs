@@ -173,6 +173,17 @@ async fn item2_an_app_user_cannot_make_someone_a_member_or_point_their_current_o
         Some(("member".into(), "active".into()))
     );
     assert_eq!(current_org(&db, vic).await, Some(vic));
+    // Only then does he join the LiteLLM team (and get a key): once.
+    let joins: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.pending_external_actions
+          WHERE kind = 'litellm.add_member' AND org_id = $1 AND user_id = $2",
+    )
+    .bind(evil)
+    .bind(vic)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(joins, 1);
 
     // A DBA in psql (a trusted role) still adds active members.
     let dba = LoginRole::create(&db, "ok_dba", "orgkeeper_dba").await;
