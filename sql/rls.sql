@@ -194,6 +194,23 @@ CREATE POLICY invitation_app_select ON orgkeeper.invitation FOR SELECT TO orgkee
     USING (org_id IN (SELECT orgkeeper.rls_admin_org_ids()));
 COMMENT ON POLICY invitation_app_select ON orgkeeper.invitation IS 'Owners and admins see their organizations'' invitations; they are created, revoked and accepted through functions.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.refuse_row_of_another_user() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_user uuid := orgkeeper.current_app_user();
+BEGIN
+    IF NEW.user_id IS DISTINCT FROM v_user AND NOT orgkeeper.caller_is_trusted() THEN
+        RAISE EXCEPTION 'user % cannot write a % row that belongs to user %', coalesce(v_user::text, '(none: orgkeeper.user_id is not set)'),
+                TG_TABLE_NAME, coalesce(NEW.user_id::text, 'nobody')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('rows of %s belong to their user: write your own (user_id = orgkeeper.user_id); owners and admins may delete the rows of members they manage; nothing was changed', TG_TABLE_NAME);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.refuse_row_of_another_user() IS
+  'Trigger on the user-owned tables (custom_secrets, api_keys, gitlab_webhook, slack_users, user_repos): refuses (42501, with a hint) an insert, or a change of user_id, by an untrusted session of a row whose user_id is not orgkeeper.user_id, before the row-security policies would refuse it without one.';
+
 -- Related tables: the rows of one's organizations. (Rows with org_id NULL —
 -- legacy, not yet migrated, or detached from a deleted organization — are
 -- visible to no application user.) Three kinds:
@@ -271,6 +288,11 @@ BEGIN
                        v_table || '_app_delete', v_table);
         EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_delete', v_table,
                        'A user deletes their own rows; owners and admins also those of the members they manage (same or weaker rank).');
+        -- The policies refuse rows of someone else; the trigger says so first, with a hint.
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON orgkeeper.%I', v_table || '_owned_by_writer', v_table);
+        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF user_id ON orgkeeper.%I '
+                       'FOR EACH ROW EXECUTE FUNCTION orgkeeper.refuse_row_of_another_user()',
+                       v_table || '_owned_by_writer', v_table);
     END LOOP;
 END
 $related$;
