@@ -19,23 +19,25 @@ $$;
 COMMENT ON FUNCTION orgkeeper.enqueue_action(text, uuid, uuid, jsonb) IS
   'Adds an external action to the outbox in the caller''s transaction; the daemon is notified when it commits. Returns the action id.';
 
+-- The advisory lock key of the wake-up handshake ("okwake").
+CREATE OR REPLACE FUNCTION orgkeeper.wakeup_lock_key() RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT 121398893359973::bigint $$;
+COMMENT ON FUNCTION orgkeeper.wakeup_lock_key() IS
+  'Internal: the advisory lock key of the wake-up handshake between inserting transactions (shared, until they end) and a daemon about to wait (orgkeeper.inserts_settled).';
+
 CREATE OR REPLACE FUNCTION orgkeeper.notify_actions() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     v_ids jsonb;
 BEGIN
-    -- Notify sparingly: a transaction that NOTIFYs holds a cluster-wide lock
-    -- through its commit, which serialises commits (about 3x fewer org
-    -- inserts per second). A daemon that holds a lease, or has an older due
-    -- action to claim, is awake and claims again as soon as a slot frees, so
-    -- only an idle queue needs the wake-up. The daemon's poll is the
-    -- guarantee either way.
-    IF EXISTS (SELECT 1 FROM orgkeeper.pending_external_actions a
-                WHERE a.status IN ('pending', 'compensating') AND a.locked_by IS NULL
-                  AND a.run_after <= now()
-                  AND a.id < (SELECT min(id) FROM new_actions))
-       OR EXISTS (SELECT 1 FROM orgkeeper.pending_external_actions
-                   WHERE locked_by IS NOT NULL ORDER BY locked_until LIMIT 1) THEN
+    -- Held until this transaction ends: a daemon about to wait first waits
+    -- for it (orgkeeper.inserts_settled), so its last claim sees these rows
+    -- — or, if it started waiting before this point, the check below sees
+    -- it waiting and notifies.
+    PERFORM pg_advisory_xact_lock_shared(orgkeeper.wakeup_lock_key());
+    -- Notify only a waiting daemon: a notifying commit holds a cluster-wide
+    -- lock through its commit, which would serialise busy inserters.
+    IF NOT EXISTS (SELECT 1 FROM orgkeeper.daemon_waiting WHERE until > now()) THEN
         RETURN NULL;
     END IF;
     -- One notification per statement, carrying ids only (never payloads or secrets).
@@ -48,7 +50,29 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.notify_actions() IS
-  'Statement trigger: NOTIFY orgkeeper_actions with {"ids": [...]} (at most 100 ids) when new actions arrive at an idle queue (no action leased, none older due). A hint only: busy daemons keep claiming and every daemon also polls.';
+  'Statement trigger: takes the wake-up lock (shared, until the transaction ends) and, while a daemon is waiting (orgkeeper.daemon_waiting), NOTIFY orgkeeper_actions with {"ids": [...]} (at most 100 ids). Together with orgkeeper.inserts_settled no committed action waits for the poll while a daemon is idle.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.daemon_waits(p_worker text, p_for interval) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO orgkeeper.daemon_waiting (worker, until) VALUES (p_worker, now() + p_for)
+    ON CONFLICT (worker) DO UPDATE SET until = EXCLUDED.until;
+$$;
+COMMENT ON FUNCTION orgkeeper.daemon_waits(text, interval) IS
+  'Daemon: replica p_worker has free slots and nothing to claim, and waits for a NOTIFY (or its poll) for at most p_for. Run in its own transaction, before orgkeeper.inserts_settled and a last claim.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.daemon_busy(p_worker text) RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM orgkeeper.daemon_waiting WHERE worker = p_worker;
+$$;
+COMMENT ON FUNCTION orgkeeper.daemon_busy(text) IS
+  'Daemon: replica p_worker has no free slot (or stops): inserts need not notify it.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.inserts_settled() RETURNS boolean
+LANGUAGE sql AS $$
+    SELECT pg_try_advisory_xact_lock(orgkeeper.wakeup_lock_key());
+$$;
+COMMENT ON FUNCTION orgkeeper.inserts_settled() IS
+  'Daemon: true when no transaction that inserted actions is still open (the wake-up lock is free; taken and released within this statement). A daemon that recorded itself waiting claims once more after this is true; while it is false, committing inserts are about to appear, so it claims again shortly.';
 
 DROP TRIGGER IF EXISTS actions_notify_insert ON orgkeeper.pending_external_actions;
 CREATE TRIGGER actions_notify_insert

@@ -98,13 +98,14 @@ COMMENT ON FUNCTION orgkeeper.rls_org_has_no_members(uuid) IS
 -- the exemption register (the one place that lists tables without RLS)
 ------------------------------------------------------------------------------
 DELETE FROM orgkeeper.rls_exempt
- WHERE table_name NOT IN ('role', 'sql_library', 'schema_history', 'rls_exempt', 'settings_version');
+ WHERE table_name NOT IN ('role', 'sql_library', 'schema_history', 'rls_exempt', 'settings_version', 'daemon_waiting');
 INSERT INTO orgkeeper.rls_exempt (table_name, reason) VALUES
     ('role',           'global role catalog (owner, admin, member and their ranks): no tenant data, and every role resolves role names from it'),
     ('sql_library',    'bookkeeping of orgkeeper migrate (the applied library checksum): no tenant data, not granted to the application'),
     ('schema_history', 'refinery''s history of versioned migrations: no tenant data, not granted to the application'),
     ('rls_exempt',     'this register itself: no tenant data, not granted to the application'),
-    ('settings_version', 'the catalog of OpenHands settings versions and their default models: no tenant data, readable by every role')
+    ('settings_version', 'the catalog of OpenHands settings versions and their default models: no tenant data, readable by every role'),
+    ('daemon_waiting', 'which daemon replicas wait for work: no tenant data, not granted to the application')
 ON CONFLICT (table_name) DO UPDATE SET reason = EXCLUDED.reason;
 
 ------------------------------------------------------------------------------
@@ -420,6 +421,8 @@ GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_daem
 REVOKE INSERT, UPDATE ON orgkeeper.role, orgkeeper.settings_version, orgkeeper.rls_exempt, orgkeeper.sql_library, orgkeeper.schema_history,
                          orgkeeper.org_creator_allowlist, orgkeeper.invitation FROM orgkeeper_daemon;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_daemon;
+-- ... except its own waiting mark (orgkeeper.daemon_busy).
+GRANT DELETE ON orgkeeper.daemon_waiting TO orgkeeper_daemon;
 -- The daemon may execute:
 --  * every function whose COMMENT starts with "Daemon:" (claim, record,
 --    sweep, read_secret, ...). This file runs last in the library, so a
@@ -441,7 +444,8 @@ DECLARE
         'secret_row_filter', -- read_secret / replace_secret
         'secret_column',     -- secret_row_filter / read_secret / replace_secret / secrets_after / swap_secrets
         'lock_action_org',   -- record_org_provisioned / record_provisioning_failed / record_team_ready
-        'default_llm_model'  -- provisioning_context: the model path of a settings version
+        'default_llm_model', -- provisioning_context: the model path of a settings version
+        'wakeup_lock_key'    -- inserts_settled: the wake-up handshake's lock
     ];
     v_fn      regprocedure;
     v_missing text;

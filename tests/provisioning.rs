@@ -572,3 +572,54 @@ async fn a_replica_that_loses_its_lease_mid_saga_stops_calling_litellm() {
     d.stop().await;
     assert_one_of_each(&db, &sim, &orgs).await;
 }
+
+#[tokio::test]
+async fn no_committed_org_waits_for_the_poll_while_the_daemon_is_idle() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    let key = orgkeeper::secrets::generate_key();
+    let mut settings = daemon_settings("w1", LONG);
+    settings.poll = Duration::from_secs(60);
+    let d = TestDaemon::start(daemon_config(&db.url, &sim, &key, settings));
+    // The daemon's first poll happens at start; from then on only wake-ups help.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 200 orgs at 50/s from 4 connections: each inserts every 80 ms, staggered.
+    let writers: Vec<_> = (0..4u32)
+        .map(|c| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20 * c as u64)).await;
+                let mut tick = tokio::time::interval(Duration::from_millis(80));
+                for i in 0..50 {
+                    tick.tick().await;
+                    sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())")
+                        .bind(format!("Wake {c}-{i}"))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    wait_until(Duration::from_secs(20), "200 orgs active", || {
+        all_active(&db.pool, 200)
+    })
+    .await;
+    d.stop().await;
+    let (slowest, over): (f64, i64) = sqlx::query_as(
+        "SELECT max(extract(epoch FROM finished_at - created_at))::float8,
+                count(*) FILTER (WHERE finished_at - created_at > interval '1 second')
+           FROM orgkeeper.pending_external_actions WHERE kind = 'litellm.provision_org'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        over, 0,
+        "{over} orgs waited over 1 s (slowest {slowest:.3} s): a wake-up was lost"
+    );
+}

@@ -83,6 +83,34 @@ impl Outbox {
             .collect()
     }
 
+    /// Records that this replica waits for work for at most `valid_for`
+    /// (inserts then NOTIFY it), in its own transaction.
+    pub async fn wait_for_work(&self, valid_for: Duration) -> sqlx::Result<()> {
+        sqlx::query("SELECT orgkeeper.daemon_waits($1, make_interval(secs => $2))")
+            .bind(&self.worker)
+            .bind(valid_for.as_secs_f64())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that this replica has no free slot (inserts need not notify it).
+    pub async fn busy(&self) -> sqlx::Result<()> {
+        sqlx::query("SELECT orgkeeper.daemon_busy($1)")
+            .bind(&self.worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether no transaction that inserted actions is still open, so a claim
+    /// now sees every action that will not notify.
+    pub async fn inserts_settled(&self) -> sqlx::Result<bool> {
+        sqlx::query_scalar("SELECT orgkeeper.inserts_settled()")
+            .fetch_one(&self.pool)
+            .await
+    }
+
     /// Returns actions whose lease expired to the queue.
     pub async fn sweep(&self) -> sqlx::Result<i32> {
         sqlx::query_scalar("SELECT orgkeeper.sweep_expired_leases()")

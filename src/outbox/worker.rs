@@ -88,6 +88,7 @@ impl Daemon {
         let mut db_backoff = Duration::from_millis(100);
         tracing::info!(worker = %self.settings.worker_id, concurrency = self.settings.concurrency, "daemon started");
 
+        let mut waiting = Waiting::No;
         while !stopped(&shutdown) {
             while tasks.try_join_next().is_some() {}
             match self
@@ -96,9 +97,40 @@ impl Daemon {
             {
                 Ok(true) => {
                     db_backoff = Duration::from_millis(100);
+                    if waiting != Waiting::No {
+                        if let Err(e) = self.outbox.busy().await {
+                            tracing::debug!(error = %e, "could not record that the daemon is busy");
+                        }
+                        waiting = Waiting::No;
+                    }
                     continue; // every free slot was filled: more may be due right away
                 }
-                Ok(false) => db_backoff = Duration::from_millis(100),
+                Ok(false) => {
+                    db_backoff = Duration::from_millis(100);
+                    // Free slots and nothing more due: the wake-up handshake
+                    // (migrations/V11) before waiting, so no insert committing
+                    // meanwhile is missed.
+                    match self.start_waiting(waiting).await {
+                        Ok(Waiting::Settled) if waiting != Waiting::Settled => {
+                            waiting = Waiting::Settled;
+                            continue; // one last claim sees every settled insert
+                        }
+                        Ok(Waiting::Settling(tries)) => {
+                            waiting = Waiting::Settling(tries);
+                            tokio::select! {
+                                _ = tokio::time::sleep(SETTLE_PAUSE * tries) => {}
+                                _ = wake.notified() => {}
+                                _ = stopping(&mut shutdown) => {}
+                            }
+                            continue;
+                        }
+                        Ok(state) => waiting = state,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "wake-up handshake failed; the poll covers");
+                            waiting = Waiting::No;
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "cannot reach the outbox; will retry");
                     tokio::select! {
@@ -115,6 +147,13 @@ impl Daemon {
                 _ = stopping(&mut shutdown) => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
+            // Re-announced (and re-settled) when the next claim finds nothing.
+            if waiting == Waiting::Settled {
+                waiting = Waiting::Announced;
+            }
+        }
+        if let Err(e) = self.outbox.busy().await {
+            tracing::debug!(error = %e, "could not withdraw the waiting mark; it expires");
         }
 
         tracing::info!(
@@ -144,6 +183,33 @@ impl Daemon {
         drop(listener);
         tracing::info!("daemon stopped");
         Ok(())
+    }
+
+    /// One step of the wake-up handshake from `state`: record this replica
+    /// as waiting (valid for a few polls), then check that no inserting
+    /// transaction is open. Gives up settling after a few tries (an
+    /// application transaction kept open; the poll covers what it inserted).
+    async fn start_waiting(&self, state: Waiting) -> sqlx::Result<Waiting> {
+        if matches!(state, Waiting::No | Waiting::Announced) {
+            let valid_for = (self.settings.poll * 3).max(Duration::from_secs(10));
+            self.outbox.wait_for_work(valid_for).await?;
+        }
+        if state == Waiting::Settled {
+            return Ok(Waiting::Settled);
+        }
+        if self.outbox.inserts_settled().await? {
+            return Ok(Waiting::Settled);
+        }
+        Ok(match state {
+            Waiting::Settling(tries) if tries >= SETTLE_TRIES => {
+                tracing::debug!(
+                    "inserting transactions stay open; waiting with the poll as the safety net"
+                );
+                Waiting::Settled
+            }
+            Waiting::Settling(tries) => Waiting::Settling(tries + 1),
+            _ => Waiting::Settling(1),
+        })
     }
 
     /// One round: sweep if due, then claim for every free slot. Returns
@@ -196,6 +262,25 @@ impl Daemon {
         Ok(filled)
     }
 }
+
+/// Where a replica is in the wake-up handshake (see `Daemon::start_waiting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Claiming with every slot busy, or not yet announced.
+    No,
+    /// Announced as waiting earlier; to be refreshed before waiting again.
+    Announced,
+    /// Announced; inserting transactions were still open on this many checks.
+    Settling(u32),
+    /// Announced and no inserting transaction open: after one more claim,
+    /// anything new notifies.
+    Settled,
+}
+
+/// Pause between checks while inserting transactions are open (times the try).
+const SETTLE_PAUSE: Duration = Duration::from_millis(2);
+/// Checks before waiting anyway (with the poll as the safety net).
+const SETTLE_TRIES: u32 = 25;
 
 /// Everything one action's task needs.
 struct Job {
