@@ -7,7 +7,8 @@
 --   an expiry. Inviting the same address again revokes the open one.
 -- * Accepting is single-use and checks, in this order: the token, revocation,
 --   earlier use, expiry, the accepting user's email (case-insensitive, from
---   orgkeeper.users.email), and that the inviter still may grant the role.
+--   orgkeeper.users.email, and verified by the identity provider), and that
+--   the inviter still may grant the role.
 --   The membership is written in the same transaction; the invitation row is
 --   locked, so two concurrent accepts give one membership and one refusal.
 --
@@ -67,6 +68,38 @@ COMMENT ON FUNCTION orgkeeper.find_invitation(text, text) IS
   'The invitation a token belongs to, locked FOR UPDATE after its organization (so accepts and revokes of one invitation run one at a time, without deadlocking against a deletion); raises P0002 when no invitation matches.';
 
 ------------------------------------------------------------------------------
+-- verified emails
+------------------------------------------------------------------------------
+-- The application may write its own user's email, so an email is only
+-- evidence once the identity provider verified it. users.email_verified is
+-- not granted to the application; the sync (orgkeeper_identity) and trusted
+-- roles set it, and any other change of the email resets it.
+CREATE OR REPLACE FUNCTION orgkeeper.caller_may_verify_email() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+    SELECT orgkeeper.caller_is_trusted() OR pg_has_role(orgkeeper.caller_role(), 'orgkeeper_identity', 'MEMBER');
+$$;
+COMMENT ON FUNCTION orgkeeper.caller_may_verify_email() IS
+  'True when the session''s role may say an email is verified: the identity-provider sync (members of orgkeeper_identity) and trusted roles (orgkeeper.caller_is_trusted).';
+
+CREATE OR REPLACE FUNCTION orgkeeper.users_email_verification() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+BEGIN
+    IF NOT orgkeeper.caller_may_verify_email()
+       AND (TG_OP = 'INSERT' OR NEW.email IS DISTINCT FROM OLD.email) THEN
+        NEW.email_verified := false;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.users_email_verification() IS
+  'Trigger: a users row written by anyone but the identity sync or a trusted role (orgkeeper.caller_may_verify_email) has an unverified email when it is inserted or its email changes (email_verified = false).';
+
+DROP TRIGGER IF EXISTS users_email_verification ON orgkeeper.users;
+CREATE TRIGGER users_email_verification
+    BEFORE INSERT OR UPDATE OF email, email_verified ON orgkeeper.users
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.users_email_verification();
+
+------------------------------------------------------------------------------
 -- create and list
 ------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION orgkeeper.create_invitation(actor uuid, org_id uuid, email text, role text,
@@ -82,6 +115,7 @@ DECLARE
     v_org    orgkeeper.org;
     v_rank   integer;
     v_member uuid;
+    v_open   record;
     v_token  text;
 BEGIN
     PERFORM orgkeeper.check_actor(v_actor, 'create_invitation');
@@ -106,7 +140,7 @@ BEGIN
 
     SELECT u.id INTO v_member
       FROM orgkeeper.users u JOIN orgkeeper.org_member m ON m.user_id = u.id
-     WHERE m.org_id = v_org_id AND m.status = 'active' AND lower(btrim(u.email)) = lower(v_email)
+     WHERE m.org_id = v_org_id AND m.status = 'active' AND u.email_verified AND lower(btrim(u.email)) = lower(v_email)
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION '% (user %) is already a member of organization "%"', v_email, v_member, v_org.name
@@ -114,7 +148,22 @@ BEGIN
                   HINT = 'to change their role use orgkeeper.change_member_role';
     END IF;
 
-    -- Inviting again replaces the open invitation (its token stops working).
+    -- Inviting again replaces the open invitation (its token stops working),
+    -- by the rank rule of revoking it: not an unexpired one for a role, or
+    -- from an inviter, that outranks the actor.
+    SELECT i.invited_by, r.name AS role_name, r.rank AS role_rank,
+           coalesce((SELECT m.role_rank FROM orgkeeper.membership(v_org_id, i.invited_by) m WHERE m.status = 'active'),
+                    r.rank) AS inviter_rank
+      INTO v_open
+      FROM orgkeeper.invitation i JOIN orgkeeper.role r ON r.id = i.role_id
+     WHERE i.org_id = v_org_id AND lower(btrim(i.email)) = lower(v_email)
+       AND i.accepted_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > now();
+    IF FOUND AND least(v_open.role_rank, v_open.inviter_rank) < v_rank THEN
+        RAISE EXCEPTION 'user % cannot replace the open invitation of % to organization "%" (role %, from user %), which outranks them',
+                v_actor, v_email, v_org.name, v_open.role_name, v_open.invited_by
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('ask an owner of "%s", or invite again once that invitation expired or was revoked', v_org.name);
+    END IF;
     UPDATE orgkeeper.invitation i SET revoked_at = now()
      WHERE i.org_id = v_org_id AND lower(btrim(i.email)) = lower(v_email)
        AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
@@ -126,7 +175,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.create_invitation(uuid, uuid, text, text, interval) IS
-  'Invites an email address into an organization with a role, valid for valid_for (default 7 days, at most 90). Returns the token, shown only this once (only its SHA-256 is stored). Owners and admins only, never for a role that outranks the inviter (42501); bad email, validity or role 22023; the address already belongs to a member 23505; unknown organization P0002. An open invitation for the same address is revoked.';
+  'Invites an email address into an organization with a role, valid for valid_for (default 7 days, at most 90). Returns the token, shown only this once (only its SHA-256 is stored). Owners and admins only, never for a role that outranks the inviter (42501); bad email, validity or role 22023; the address already belongs to a member 23505; unknown organization P0002. An open invitation for the same address is revoked, unless it is unexpired and its role or its inviter outranks the actor (42501).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.list_invitations(actor uuid, org_id uuid)
 RETURNS TABLE (id bigint, email text, role text, status text, invited_by uuid, created_at timestamptz,
@@ -236,6 +285,7 @@ DECLARE
     v_org     orgkeeper.org;
     v_role    orgkeeper.role;
     v_email   text;
+    v_verified boolean;
     v_inviter record;
     v_t       record;
 BEGIN
@@ -265,7 +315,7 @@ BEGIN
                   HINT = format('ask an owner or admin of "%s" for a new invitation', v_org.name);
     END IF;
 
-    SELECT u.email INTO v_email FROM orgkeeper.users u WHERE u.id = v_user;
+    SELECT u.email, coalesce(u.email_verified, false) INTO v_email, v_verified FROM orgkeeper.users u WHERE u.id = v_user;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'user % is not known to orgkeeper, so the invitation to organization "%" cannot be matched to their email', v_user, v_org.name
             USING ERRCODE = 'no_data_found',
@@ -275,6 +325,11 @@ BEGIN
         RAISE EXCEPTION 'user % has no email on record, so the invitation to organization "%" cannot be matched', v_user, v_org.name
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'set orgkeeper.users.email from the identity provider, then accept again';
+    END IF;
+    IF NOT v_verified THEN
+        RAISE EXCEPTION 'user %''s email is not verified, so the invitation to organization "%" cannot be matched to it', v_user, v_org.name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'invitations match only an address the identity provider verified (users.email_verified, set by its sync); verify the address there, then accept again';
     END IF;
     IF lower(btrim(v_email)) <> lower(btrim(v_inv.email)) THEN
         RAISE EXCEPTION 'the invitation to organization "%" was sent to another address than user %''s (%)', v_org.name, v_user, v_email
@@ -311,4 +366,4 @@ END;
 $$;
 COMMENT ON FUNCTION orgkeeper.accept_invitation(uuid, text) IS
   'The user accepts an invitation: single-use, writes the active membership with the invited role in this transaction (the member gets their own LiteLLM key: trigger org_member_key_lifecycle enqueues litellm.add_member), returns the org id. '
-  'Refusals: no such token or unknown user P0002; revoked, already used, expired, no email on record, or the inviter may no longer grant the role 55000; the user''s email (orgkeeper.users.email, case-insensitive) is not the invited one 42501; already a member 23505.';
+  'Refusals: no such token or unknown user P0002; revoked, already used, expired, no email on record, an email the identity provider has not verified (users.email_verified), or the inviter may no longer grant the role 55000; the user''s verified email (orgkeeper.users.email, case-insensitive) is not the invited one 42501; already a member 23505.';

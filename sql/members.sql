@@ -174,7 +174,9 @@ BEGIN
     ELSIF v_m.status <> 'active' THEN
         RAISE EXCEPTION 'user %''s membership in organization "%" is %, so they cannot %', p_actor, p_org.name, v_m.status, p_doing
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = format('ask an owner or admin of "%s" to re-activate the membership', p_org.name);
+                  HINT = CASE v_m.status
+                      WHEN 'invited' THEN format('accept it first: SELECT orgkeeper.accept_membership(%L, %L)', p_actor, p_org.id)
+                      ELSE format('ask an owner or admin of "%s" to re-activate the membership', p_org.name) END;
     END IF;
     RETURN v_m.role_rank;
 END;
@@ -364,7 +366,13 @@ BEGIN
                   HINT = 'only team organizations can be deleted; a personal organization lives as long as its user';
     END IF;
 
-    -- Nobody may be left without any organization.
+    -- Nobody may be left without any organization. The members' users rows
+    -- are locked first (in id order): two deletions of organizations sharing
+    -- a member run one after the other, and the check sees the other's outcome.
+    PERFORM 1 FROM orgkeeper.users u
+     WHERE u.id IN (SELECT m.user_id FROM orgkeeper.org_member m WHERE m.org_id = v_org_id AND m.status = 'active')
+     ORDER BY u.id
+       FOR NO KEY UPDATE;
     SELECT array_agg(m.user_id ORDER BY m.user_id) INTO v_last
       FROM orgkeeper.org_member m
      WHERE m.org_id = v_org_id AND m.status = 'active'
@@ -440,7 +448,7 @@ BEGIN
     ELSIF v_t.status <> 'active' THEN
         RAISE EXCEPTION 'user %''s membership in organization "%" is %; ownership can only go to an active member', v_new, v_org.name, v_t.status
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'activate the membership first (orgkeeper.add_member re-activates it), then transfer';
+                  HINT = 'the membership must be active first (an invited user accepts it with orgkeeper.accept_membership; a DBA''s orgkeeper.add_member re-activates it), then transfer';
     ELSIF v_t.role_name = 'owner' THEN
         RAISE EXCEPTION 'user % is already an owner of organization "%"', v_new, v_org.name
             USING ERRCODE = 'invalid_parameter_value',
@@ -468,6 +476,9 @@ DECLARE
     v_org    orgkeeper.org;
     v_rank   integer;
     v_t      record;
+    -- Only trusted roles make someone a member outright; for the
+    -- application the user must consent (orgkeeper.accept_membership).
+    v_status text := CASE WHEN orgkeeper.caller_is_trusted() THEN 'active' ELSE 'invited' END;
 BEGIN
     PERFORM orgkeeper.check_actor(v_actor, 'add_member');
     IF v_org_id IS NULL THEN PERFORM orgkeeper.refuse_null('add_member', 'org_id'); END IF;
@@ -484,28 +495,32 @@ BEGIN
             USING ERRCODE = 'unique_violation',
                   HINT = 'to change their role use orgkeeper.change_member_role';
     ELSIF v_t.status IS NOT NULL THEN
-        -- A disabled or invited membership is re-activated with the new role,
-        -- unless it carries a role that outranks the actor.
+        -- A disabled or invited membership gets the new role (and the new
+        -- status), unless it carries a role that outranks the actor.
         IF v_t.role_rank < v_rank THEN
             RAISE EXCEPTION 'user % cannot re-activate user %''s % membership in organization "%", whose role % outranks theirs',
                     v_actor, v_user, v_t.status, v_org.name, v_t.role_name
                 USING ERRCODE = 'insufficient_privilege',
                       HINT = format('ask an owner of "%s"', v_org.name);
         END IF;
-        UPDATE orgkeeper.org_member m SET role_id = v_role.id, status = 'active', updated_at = now()
+        UPDATE orgkeeper.org_member m SET role_id = v_role.id, status = v_status, updated_at = now()
          WHERE m.org_id = v_org_id AND m.user_id = v_user;
     ELSE
-        -- Users are created on demand: the id is the identity provider's subject.
+        -- Users are created on demand: the id is the identity provider's
+        -- subject. The row holds nothing but the id: the user's email,
+        -- settings and current organization are theirs to set.
         INSERT INTO orgkeeper.users (id) VALUES (v_user) ON CONFLICT ON CONSTRAINT users_pkey DO NOTHING;
         INSERT INTO orgkeeper.org_member (org_id, user_id, role_id, status)
-        VALUES (v_org_id, v_user, v_role.id, 'active');
+        VALUES (v_org_id, v_user, v_role.id, v_status);
     END IF;
-    UPDATE orgkeeper.users u SET current_org_id = v_org_id, updated_at = now()
-     WHERE u.id = v_user AND u.current_org_id IS NULL;
+    IF v_status = 'active' THEN
+        UPDATE orgkeeper.users u SET current_org_id = v_org_id, updated_at = now()
+         WHERE u.id = v_user AND u.current_org_id IS NULL;
+    END IF;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.add_member(uuid, uuid, uuid, text) IS
-  'Adds a user (created on demand) as an active member with a role; the member gets their own LiteLLM key (trigger org_member_key_lifecycle enqueues litellm.add_member). Owners and admins only, never granting a role that outranks the actor (42501); unknown role 22023; already an active member 23505; a disabled or invited membership is re-activated. Unknown organization: P0002.';
+  'Adds a user (created on demand, with nothing but the id) with a role. Called by the application the membership is invited: it counts for nothing until the user accepts it (orgkeeper.accept_membership) and never changes the user''s current organization; trusted roles (orgkeeper.caller_is_trusted: DBAs, the daemon) add an active member. An active member gets their own LiteLLM key (trigger org_member_key_lifecycle enqueues litellm.add_member). Owners and admins only, never granting a role that outranks the actor (42501); unknown role 22023; already an active member 23505; a disabled or invited membership gets the new role and status. Unknown organization: P0002.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.change_member_role(actor uuid, org_id uuid, user_id uuid, role text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
@@ -611,6 +626,73 @@ $$;
 COMMENT ON FUNCTION orgkeeper.remove_member(uuid, uuid, uuid) IS
   'Removes a member: their API keys for the organization are deleted, their current organization moves elsewhere, litellm.remove_member is enqueued. Owners and admins only, never someone who outranks them (42501); the last owner cannot be removed (23514); not a member or unknown organization P0002. Removing oneself is leave_org.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.org_provisioning_error(actor uuid, org_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_org orgkeeper.org;
+BEGIN
+    PERFORM orgkeeper.check_actor($1, 'org_provisioning_error');
+    IF $2 IS NULL THEN PERFORM orgkeeper.refuse_null('org_provisioning_error', 'org_id'); END IF;
+    v_org := orgkeeper.find_org($2);
+    PERFORM orgkeeper.require_manager($1, v_org, 'read why its provisioning failed');
+    RETURN v_org.provisioning_error;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.org_provisioning_error(uuid, uuid) IS
+  'org.provisioning_error (the LiteLLM proxy''s own words on a failed provisioning, which the application role cannot select) for the organization''s active owners and admins; 42501 for anyone else; unknown organization P0002; NULL arguments 22004.';
+
+------------------------------------------------------------------------------
+-- consent: the user accepts or declines a membership they were added to
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.lock_invited_membership(p_user uuid, p_org_id uuid, p_function text) RETURNS orgkeeper.org
+LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_org orgkeeper.org;
+BEGIN
+    PERFORM orgkeeper.check_actor(p_user, p_function);
+    IF p_org_id IS NULL THEN PERFORM orgkeeper.refuse_null(p_function, 'org_id'); END IF;
+    -- The organization first (the lock order of every membership change).
+    PERFORM 1 FROM orgkeeper.org o WHERE o.id = p_org_id FOR NO KEY UPDATE;
+    SELECT o.* INTO v_org
+      FROM orgkeeper.org o JOIN orgkeeper.org_member m ON m.org_id = o.id
+     WHERE o.id = p_org_id AND m.user_id = p_user AND m.status = 'invited';
+    IF NOT FOUND THEN
+        -- Whether the organization exists is not told to someone not invited.
+        RAISE EXCEPTION '%: user % has no pending invitation to organization %; nothing changed', p_function, p_user, p_org_id
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'orgkeeper.list_orgs(user_id) lists the user''s memberships, the invited ones with status invited';
+    END IF;
+    RETURN v_org;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.lock_invited_membership(uuid, uuid, text) IS
+  'Internal: checks that the user acts for themselves (orgkeeper.check_actor) and returns the organization, locked, in which they have an invited membership; raises P0002 (without telling whether the organization exists) otherwise.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.accept_membership(user_id uuid, org_id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_user uuid := $1;
+    v_org  orgkeeper.org := orgkeeper.lock_invited_membership($1, $2, 'accept_membership');
+BEGIN
+    UPDATE orgkeeper.org_member m SET status = 'active', updated_at = now()
+     WHERE m.org_id = v_org.id AND m.user_id = v_user;
+    -- The user's own choice: their first organization becomes the current one.
+    UPDATE orgkeeper.users u SET current_org_id = v_org.id, updated_at = now()
+     WHERE u.id = v_user AND u.current_org_id IS NULL;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.accept_membership(uuid, uuid) IS
+  'The user accepts the membership orgkeeper.add_member invited them to: it becomes active (with the role it was given), and the organization becomes their current one if they had none. Only the user themselves (42501 for anyone else); no invited membership in that organization P0002; NULL arguments 22004.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.decline_membership(user_id uuid, org_id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+BEGIN
+    PERFORM orgkeeper.drop_membership(orgkeeper.lock_invited_membership($1, $2, 'decline_membership'), $1);
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.decline_membership(uuid, uuid) IS
+  'The user declines the membership orgkeeper.add_member invited them to: it is deleted. Only the user themselves (42501 for anyone else); no invited membership in that organization P0002; NULL arguments 22004.';
+
 ------------------------------------------------------------------------------
 -- listings
 ------------------------------------------------------------------------------
@@ -622,21 +704,24 @@ DECLARE
     v_actor uuid := $1;
 BEGIN
     PERFORM orgkeeper.check_actor(v_actor, 'list_orgs');
+    -- Invited: what the user needs to decide (name, kind, role), nothing of
+    -- the organization's inside. Disabled: not listed.
     RETURN QUERY
         SELECT o.id, o.name, o.kind, r.name, m.status,
                coalesce(u.current_org_id = o.id, false),
-               o.provisioning_status,
-               (SELECT count(*)::integer FROM orgkeeper.org_member c WHERE c.org_id = o.id AND c.status = 'active')
+               CASE WHEN m.status = 'active' THEN o.provisioning_status END,
+               CASE WHEN m.status = 'active' THEN
+                   (SELECT count(*)::integer FROM orgkeeper.org_member c WHERE c.org_id = o.id AND c.status = 'active') END
           FROM orgkeeper.org_member m
           JOIN orgkeeper.org o ON o.id = m.org_id
           JOIN orgkeeper.role r ON r.id = m.role_id
           LEFT JOIN orgkeeper.users u ON u.id = m.user_id
-         WHERE m.user_id = v_actor
+         WHERE m.user_id = v_actor AND m.status IN ('active', 'invited')
          ORDER BY o.kind = 'personal' DESC, lower(o.name);
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.list_orgs(uuid) IS
-  'The organizations the actor belongs to, with their role, membership status, whether it is their current one, provisioning status and active member count.';
+  'The organizations the actor belongs to, with their role, membership status, whether it is their current one, provisioning status and active member count; memberships the actor was invited to (orgkeeper.accept_membership) with name, kind and role only; disabled memberships are not listed.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.list_members(actor uuid, org_id uuid)
 RETURNS TABLE (user_id uuid, email text, role text, rank integer, status text, joined_at timestamptz)

@@ -5,11 +5,11 @@
 --   orgkeeper.verify_user_migration(user_id)   one row per check
 --   orgkeeper.rollback_user_migration(user_id) undo the database side, enqueue the external reversals
 --
--- Concurrency: every function that changes a user takes a transaction-scoped
--- advisory lock on orgkeeper.user_lock_key(user_id) (waiting at most 30 s,
--- SQLSTATE 55P03 naming the user otherwise) and then the user_settings row
--- lock. migrate_users only *tries* the advisory locks and skips users another
--- session holds, so any number of sessions can back-fill side by side. Run
+-- Concurrency: every function that changes a user first locks the user's
+-- user_settings row (waiting at most 30 s, SQLSTATE 55P03 naming the user and
+-- the holder otherwise). Only trusted roles can lock it, so the application
+-- cannot block a migration. migrate_users skips rows another session holds
+-- (SKIP LOCKED), so any number of sessions can back-fill side by side. Run
 -- these functions in READ COMMITTED (the default).
 --
 -- What a migration changes is recorded in orgkeeper.user_migration (V6), which
@@ -24,12 +24,9 @@
 ------------------------------------------------------------------------------
 -- small helpers
 ------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION orgkeeper.user_lock_key(p_user_id uuid) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT hashtextextended('orgkeeper.user:' || p_user_id::text, 0);
-$$;
-COMMENT ON FUNCTION orgkeeper.user_lock_key(uuid) IS
-  'The advisory-lock key (bigint) that serialises migration and rollback of one user: a 64-bit hash of the user id. See who holds it: SELECT * FROM pg_locks WHERE locktype = ''advisory''.';
+-- Until V8 a user was locked with an advisory lock on a hash of the id,
+-- which any role can take (the application could block a user's migration).
+DROP FUNCTION IF EXISTS orgkeeper.user_lock_key(uuid);
 
 CREATE OR REPLACE FUNCTION orgkeeper.is_legacy_ciphertext(p_value text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -57,16 +54,27 @@ CREATE OR REPLACE FUNCTION orgkeeper.lock_user_for_migration(p_user_id uuid) RET
 LANGUAGE plpgsql
 SET lock_timeout = '30s'
 AS $$
+DECLARE
+    v_holder text;
 BEGIN
-    PERFORM pg_advisory_xact_lock(orgkeeper.user_lock_key(p_user_id));
+    -- The user_settings row: only trusted roles may lock it (the application
+    -- has no privilege on the table), so only a migration can hold it.
+    PERFORM 1 FROM orgkeeper.user_settings s WHERE s.user_id = p_user_id FOR UPDATE;
 EXCEPTION WHEN lock_not_available THEN
-    RAISE EXCEPTION 'user %: another session is migrating or rolling back this user (migration lock not obtained within 30 s); nothing changed', p_user_id
+    SELECT string_agg(format('pid %s (role %s, %s since %s)', a.pid, a.usename, a.state, a.xact_start), ', ')
+      INTO v_holder
+      FROM orgkeeper.user_settings s
+      JOIN pg_locks l ON l.locktype = 'transactionid' AND l.transactionid = s.xmax AND l.granted
+      JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE s.user_id = p_user_id;
+    RAISE EXCEPTION 'user %: another session is migrating or rolling back this user (its user_settings row was not free within 30 s; held by %); nothing changed',
+            p_user_id, coalesce(v_holder, 'a session that has just ended')
         USING ERRCODE = 'lock_not_available',
-              HINT = 'try again when the other session has finished; the holder shows in pg_locks (locktype advisory, key orgkeeper.user_lock_key(user_id))';
+              HINT = 'try again when the other session has finished, or end it with SELECT pg_terminate_backend(<pid>)';
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.lock_user_for_migration(uuid) IS
-  'Takes the transaction-scoped advisory lock of a user (orgkeeper.user_lock_key), waiting at most 30 s; raises 55P03 naming the user when it cannot be had.';
+  'Locks the user''s user_settings row (which only trusted roles can lock), waiting at most 30 s; raises 55P03 naming the user and the session holding it when it cannot be had. Nothing to lock (no user_settings row) is not an error.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.migration_blocker(p_user_id uuid) RETURNS text
 LANGUAGE sql STABLE AS $$
@@ -78,6 +86,20 @@ LANGUAGE sql STABLE AS $$
 $$;
 COMMENT ON FUNCTION orgkeeper.migration_blocker(uuid) IS
   'Why a not-yet-migrated user cannot be migrated (a personal organization or a migration log entry already exists), or NULL when nothing blocks it.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.conversation_conflicts(p_user_id uuid)
+RETURNS TABLE (conversation_id text, org_id uuid, user_id uuid)
+LANGUAGE sql STABLE AS $$
+    SELECT c.conversation_id, x.org_id, x.user_id
+      FROM orgkeeper.conversation_metadata c
+      JOIN orgkeeper.conversation_metadata_saas x ON x.conversation_id = c.conversation_id
+     WHERE c.user_id = p_user_id AND (x.org_id IS DISTINCT FROM p_user_id OR x.user_id IS DISTINCT FROM p_user_id)
+       -- rows with org_id NULL of the user are adopted by the migration, not conflicts
+       AND NOT (x.org_id IS NULL AND x.user_id = p_user_id)
+     ORDER BY c.conversation_id;
+$$;
+COMMENT ON FUNCTION orgkeeper.conversation_conflicts(uuid) IS
+  'The legacy conversations of a user whose id is already taken in conversation_metadata_saas by another organization or user (the application chooses conversation ids): migration cannot copy them and reports them as conflicts (migrate_user''s report, verify_user_migration), never as copied.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.refresh_growing_statistics() RETURNS text[]
 LANGUAGE plpgsql
@@ -140,27 +162,19 @@ BEGIN
     PERFORM set_config('orgkeeper.skip_provision', 'on', true);
     WITH s AS MATERIALIZED (
         SELECT st.*,
-               orgkeeper.personal_org_name(st.user_id, st.email) AS proposed,
+               -- BYOR export from the user's own legacy billing history only:
+               -- sessions of an organization (org_id set) are not the user's.
                EXISTS (SELECT 1 FROM orgkeeper.billing_sessions b
-                        WHERE b.user_id = st.user_id AND b.status = 'completed') AS byor
+                        WHERE b.user_id = st.user_id AND b.org_id IS NULL AND b.status = 'completed') AS byor
           FROM orgkeeper.user_settings st
          WHERE st.user_id = ANY (p_users)
-    ), named AS (
-        SELECT s.*,
-               CASE
-                   -- two users of this batch would get the same name: both get their id appended
-                   WHEN count(*) OVER (PARTITION BY lower(s.proposed)) > 1
-                       THEN s.proposed || ' ' || s.user_id::text
-                   ELSE s.proposed
-               END AS unique_name
-          FROM s
     ), u AS (
         INSERT INTO orgkeeper.users AS t
                (id, email, language, accepted_tos, enable_sound_notifications,
                 user_consents_to_analytics, current_org_id)
         SELECT n.user_id, n.email, n.language, n.accepted_tos, coalesce(n.enable_sound_notifications, false),
                n.user_consents_to_analytics, n.user_id
-          FROM named n
+          FROM s n
         ON CONFLICT (id) DO UPDATE
            SET email = coalesce(t.email, EXCLUDED.email),
                language = coalesce(t.language, EXCLUDED.language),
@@ -178,10 +192,7 @@ BEGIN
         sandbox_base_container_image, sandbox_runtime_container_image,
         org_version, mcp_config, search_api_key, sandbox_api_key, max_budget_per_task,
         byor_export_enabled)
-    SELECT n.user_id,
-           CASE WHEN char_length(n.unique_name) <= 255 THEN n.unique_name
-                ELSE 'user ' || n.user_id::text || ' (personal)' END,
-           'personal', n.user_id, n.email,
+    SELECT n.user_id, orgkeeper.personal_org_name(n.user_id), 'personal', n.user_id, n.email,
            n.agent, n.max_iterations, n.security_analyzer, coalesce(n.confirmation_mode, false),
            n.llm_model, n.llm_base_url, n.llm_api_key, n.llm_api_key_for_byor,
            n.remote_runtime_resource_factor, coalesce(n.enable_default_condenser, true), n.condenser_max_size,
@@ -190,7 +201,7 @@ BEGIN
            n.sandbox_base_container_image, n.sandbox_runtime_container_image,
            n.user_version, n.mcp_config, n.search_api_key, n.sandbox_api_key, n.max_budget_per_task,
            n.byor
-      FROM named n
+      FROM s n
      ORDER BY n.user_id;
     PERFORM set_config('orgkeeper.skip_provision', coalesce(v_prev_skip, ''), true);
 
@@ -352,7 +363,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.migrate_locked_users(uuid[]) IS
-  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their advisory and user_settings locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, model, billing_margin, apply_margin (below version 4, margin not NULL, 0 or 1.0), unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}; litellm.verify_key {user_id, team_id, regenerate: true} (the member keeps a working key, else gets a new one) when nothing needs re-encrypting, else secrets.reencrypt enqueues it once done.';
+  'Internal core of migrate_user / migrate_users: migrates the given users set-based. The caller must hold their user_settings row locks and have checked they are eligible (already_migrated = false, no blocker). Returns how many were migrated. Enqueues per user: litellm.migrate_user {user_id, org_id, team_alias, email, user_version, model, billing_margin, apply_margin (below version 4, margin not NULL, 0 or 1.0), unlimited_budget}; per moved stripe_customers row stripe.migrate_customer {stripe_customer_id, org_id, user_id, email}; when legacy ciphertext moved, secrets.reencrypt {user_id, org_id, items: [{table, column, key}]}; litellm.verify_key {user_id, team_id, regenerate: true} (the member keeps a working key, else gets a new one) when nothing needs re-encrypting, else secrets.reencrypt enqueues it once done.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.user_migration_report(p_log orgkeeper.user_migration) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -374,6 +385,10 @@ LANGUAGE sql STABLE AS $$
             'gitlab_webhook', cardinality(p_log.gitlab_webhook_ids),
             'conversation_metadata_saas', cardinality(p_log.saas_conversation_ids)),
         'conversations_copied', cardinality(p_log.copied_conversation_ids),
+        'conflicts', jsonb_build_object('conversation_metadata_saas', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('conversation_id', c.conversation_id, 'org_id', c.org_id, 'user_id', c.user_id)
+                             ORDER BY c.conversation_id)
+              FROM orgkeeper.conversation_conflicts(p_log.user_id) c), '[]'::jsonb)),
         'users_row', CASE WHEN p_log.users_before IS NULL THEN 'created' ELSE 'updated' END,
         'org_version', p_log.user_version,
         'billing_margin', p_log.billing_margin,
@@ -443,20 +458,16 @@ BEGIN
                   HINT = 'inspect the personal organization and the orgkeeper.user_migration log; if the user is in fact migrated, set user_settings.already_migrated = true';
     END IF;
 
-    BEGIN
-        PERFORM orgkeeper.migrate_locked_users(ARRAY[v_user]);
-    EXCEPTION WHEN unique_violation THEN
-        -- The personal org's name was taken meanwhile by a concurrent
-        -- session; a second try sees it and picks another name.
-        PERFORM orgkeeper.migrate_locked_users(ARRAY[v_user]);
-    END;
+    -- Personal org names are the user's id (user_<id>_org), so no concurrent
+    -- session can take this one.
+    PERFORM orgkeeper.migrate_locked_users(ARRAY[v_user]);
     DELETE FROM orgkeeper.user_migration_error e WHERE e.user_id = v_user;
     SELECT * INTO v_log FROM orgkeeper.user_migration m WHERE m.user_id = v_user AND m.status = 'migrated';
     RETURN orgkeeper.user_migration_report(v_log);
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.migrate_user(uuid) IS
-  'Migrates one legacy user into a personal organization (id = user id) in the caller''s transaction: settings copied from user_settings, users row and owner membership, related rows pointed at the org, conversations copied to conversation_metadata_saas, legacy rows kept, user_settings.already_migrated = true, and the external halves enqueued (litellm.migrate_user, stripe.migrate_customer, secrets.reencrypt). Returns a jsonb report: status migrated (with rows moved per table and the action ids), already_migrated or not_found (nothing changed). Raises 22004 for NULL, 55P03 when another session holds the user''s migration lock for 30 s, 55000 when already_migrated is NULL or a personal org already exists. Everything is recorded in orgkeeper.user_migration for orgkeeper.rollback_user_migration.';
+  'Migrates one legacy user into a personal organization (id = user id) in the caller''s transaction: settings copied from user_settings, users row and owner membership, related rows pointed at the org, conversations copied to conversation_metadata_saas, legacy rows kept, user_settings.already_migrated = true, and the external halves enqueued (litellm.migrate_user, stripe.migrate_customer, secrets.reencrypt). Returns a jsonb report: status migrated (with rows moved per table, the action ids, and conflicts: legacy conversations whose id another organization or user already holds, which were not copied), already_migrated or not_found (nothing changed). Raises 22004 for NULL, 55P03 when another session holds the user''s migration lock for 30 s, 55000 when already_migrated is NULL or a personal org already exists. Everything is recorded in orgkeeper.user_migration for orgkeeper.rollback_user_migration.';
 
 ------------------------------------------------------------------------------
 -- a batch of users (back-fill)
@@ -468,12 +479,9 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_batch      integer := migrate_users.batch_size;
-    v_candidates uuid[] := '{}';
     v_users      uuid[];
     v_n          integer := 0;
     v_user       uuid;
-    v_try        integer;
-    r            record;
     v_state      text;
     v_msg        text;
     v_hint       text;
@@ -488,33 +496,18 @@ BEGIN
     END IF;
 
     LOOP
-        -- Walk the not-yet-migrated users in id order and take the advisory
-        -- lock of each one nobody else holds; users other sessions work on
-        -- are skipped.
-        v_candidates := '{}';
-        FOR r IN
-            SELECT s.user_id
-              FROM orgkeeper.user_settings s
-             WHERE s.already_migrated = false
-               AND NOT EXISTS (SELECT 1 FROM orgkeeper.user_migration_error e WHERE e.user_id = s.user_id)
-             ORDER BY s.user_id
-        LOOP
-            IF pg_try_advisory_xact_lock(orgkeeper.user_lock_key(r.user_id)) THEN
-                v_candidates := v_candidates || r.user_id;
-                EXIT WHEN cardinality(v_candidates) >= v_batch;
-            END IF;
-        END LOOP;
-        IF cardinality(v_candidates) = 0 THEN
-            RETURN 0;
-        END IF;
-
-        -- Lock the settings rows and re-check (a user may have been migrated
-        -- between the walk and the advisory lock).
+        -- The next not-yet-migrated users in id order whose user_settings
+        -- row nobody else holds; users other sessions work on are skipped.
         SELECT coalesce(array_agg(x.user_id ORDER BY x.user_id), '{}') INTO v_users
           FROM (SELECT s.user_id FROM orgkeeper.user_settings s
-                 WHERE s.user_id = ANY (v_candidates) AND s.already_migrated = false
+                 WHERE s.already_migrated = false
+                   AND NOT EXISTS (SELECT 1 FROM orgkeeper.user_migration_error e WHERE e.user_id = s.user_id)
                  ORDER BY s.user_id
-                   FOR UPDATE) x;
+                 LIMIT v_batch
+                   FOR UPDATE SKIP LOCKED) x;
+        IF cardinality(v_users) = 0 THEN
+            RETURN 0;
+        END IF;
 
         -- Users that cannot be migrated are recorded with the reason and
         -- skipped from now on, so a back-fill always ends.
@@ -541,35 +534,27 @@ BEGIN
     BEGIN
         v_n := orgkeeper.migrate_locked_users(v_users);
     EXCEPTION WHEN OTHERS THEN
-        -- Something in one user's data broke the set-based batch (or a name
-        -- clashed with a concurrent session): migrate one by one and record
-        -- whoever still fails.
+        -- Something in one user's data broke the set-based batch: migrate
+        -- one by one and record whoever still fails.
         v_n := 0;
         FOREACH v_user IN ARRAY v_users LOOP
-            FOR v_try IN 1..2 LOOP
-                BEGIN
-                    v_n := v_n + orgkeeper.migrate_locked_users(ARRAY[v_user]);
-                    EXIT;
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT;
-                    -- A deadlock, serialization failure, lock timeout, lack
-                    -- of resources or operator intervention says nothing
-                    -- about the user: fail the call (the caller's transaction
-                    -- rolls back) rather than record the user as
-                    -- unmigratable, so that the next back-fill retries it.
-                    IF orgkeeper.is_transient_sqlstate(v_state) THEN
-                        RAISE;
-                    END IF;
-                    -- A name taken meanwhile by a concurrent session: the
-                    -- second try sees it and picks another name.
-                    CONTINUE WHEN v_state = '23505' AND v_try = 1;
-                    INSERT INTO orgkeeper.user_migration_error (user_id, sqlstate, message, hint)
-                    VALUES (v_user, v_state, v_msg, nullif(v_hint, ''))
-                    ON CONFLICT (user_id) DO UPDATE
-                       SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, hint = EXCLUDED.hint, failed_at = now();
-                    EXIT;
-                END;
-            END LOOP;
+            BEGIN
+                v_n := v_n + orgkeeper.migrate_locked_users(ARRAY[v_user]);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT, v_hint = PG_EXCEPTION_HINT;
+                -- A deadlock, serialization failure, lock timeout, lack of
+                -- resources or operator intervention says nothing about the
+                -- user: fail the call (the caller's transaction rolls back)
+                -- rather than record the user as unmigratable, so that the
+                -- next back-fill retries it.
+                IF orgkeeper.is_transient_sqlstate(v_state) THEN
+                    RAISE;
+                END IF;
+                INSERT INTO orgkeeper.user_migration_error (user_id, sqlstate, message, hint)
+                VALUES (v_user, v_state, v_msg, nullif(v_hint, ''))
+                ON CONFLICT (user_id) DO UPDATE
+                   SET sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, hint = EXCLUDED.hint, failed_at = now();
+            END;
         END LOOP;
     END;
     RETURN v_n;
@@ -678,8 +663,12 @@ BEGIN
       LEFT JOIN orgkeeper.conversation_metadata_saas x
              ON x.conversation_id = c.conversation_id AND x.org_id = v_user AND x.user_id = v_user
      WHERE c.user_id = v_user;
-    ok := coalesce(v_n = v_m AND v_org.id IS NOT NULL, false);
-    detail := format('legacy conversations: %s, in conversation_metadata_saas for the personal organization: %s', v_n, v_m);
+    SELECT string_agg(format('%s (organization %s, user %s)', c.conversation_id, coalesce(c.org_id::text, 'none'), c.user_id), ', ')
+      INTO v_text
+      FROM orgkeeper.conversation_conflicts(v_user) c;
+    ok := coalesce(v_n = v_m AND v_org.id IS NOT NULL AND v_text IS NULL, false);
+    detail := format('legacy conversations: %s, in conversation_metadata_saas for the personal organization: %s', v_n, v_m)
+              || coalesce('; conflict, owned by another organization or user: ' || v_text, '');
     RETURN NEXT;
 
     -- 7. the migration's external actions are done
@@ -1020,12 +1009,12 @@ COMMENT ON FUNCTION orgkeeper.rollback_user_migration(uuid) IS
 -- (V5 default privileges), and sql/rls.sql runs before this file, so the
 -- DBA role's EXECUTE is granted here.
 REVOKE EXECUTE ON FUNCTION
-    orgkeeper.user_lock_key(uuid),
     orgkeeper.is_legacy_ciphertext(text),
     orgkeeper.is_transient_sqlstate(text),
     orgkeeper.lock_user_for_migration(uuid),
     orgkeeper.migration_blocker(uuid),
     orgkeeper.refresh_growing_statistics(),
+    orgkeeper.conversation_conflicts(uuid),
     orgkeeper.migrate_locked_users(uuid[]),
     orgkeeper.user_migration_report(orgkeeper.user_migration),
     orgkeeper.migrate_user(uuid),
@@ -1037,12 +1026,12 @@ DO $grants$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'orgkeeper_dba') THEN
         GRANT EXECUTE ON FUNCTION
-            orgkeeper.user_lock_key(uuid),
             orgkeeper.is_legacy_ciphertext(text),
             orgkeeper.is_transient_sqlstate(text),
             orgkeeper.lock_user_for_migration(uuid),
             orgkeeper.migration_blocker(uuid),
             orgkeeper.refresh_growing_statistics(),
+            orgkeeper.conversation_conflicts(uuid),
             orgkeeper.migrate_locked_users(uuid[]),
             orgkeeper.user_migration_report(orgkeeper.user_migration),
             orgkeeper.migrate_user(uuid),

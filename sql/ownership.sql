@@ -130,14 +130,6 @@ BEGIN
                   HINT = 'organization names are compared case-insensitively, ignoring surrounding spaces; choose another name';
     END IF;
 
-    IF TG_OP = 'INSERT' AND NEW.kind = 'team'
-       AND EXISTS (SELECT 1 FROM orgkeeper.org_creator_allowlist)
-       AND NOT EXISTS (SELECT 1 FROM orgkeeper.org_creator_allowlist a WHERE a.user_id = NEW.created_by) THEN
-        RAISE EXCEPTION 'user % may not create team organizations (cannot create "%")', NEW.created_by, NEW.name
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'the org_creator_allowlist is in force; a DBA can add the user: INSERT INTO orgkeeper.org_creator_allowlist (user_id) VALUES (...)';
-    END IF;
-
     IF TG_OP = 'INSERT' AND NEW.kind = 'personal' THEN
         IF NEW.id <> NEW.created_by THEN
             RAISE EXCEPTION 'personal organization "%" must have id = created_by (% <> %)', NEW.name, NEW.id, NEW.created_by
@@ -154,7 +146,70 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_before_write() IS
-  'Trigger: starts a new organization at the current settings version unless given one, chooses its id (random; a personal org''s is its creator''s) and refuses one named by an untrusted caller (42501), trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces the team-org creator allow-list (42501) and personal org rules, keeps id/kind/created_by immutable.';
+  'Trigger: starts a new organization at the current settings version unless given one, chooses its id (random; a personal org''s is its creator''s) and refuses one named by an untrusted caller (42501), trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces personal org rules, keeps id/kind/created_by immutable. Runs after orgkeeper.org_admit (allow-list, reserved names).';
+
+-- Who may create, and which names nobody may take, is decided before
+-- anything about existing names is (org_before_write): a refused creator
+-- learns nothing from a name clash. Triggers of one event fire in name order,
+-- and org_admit sorts before org_before_write.
+CREATE OR REPLACE FUNCTION orgkeeper.org_admit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_name text := lower(btrim(NEW.name, E' \t\n\r\f\x0B'));
+BEGIN
+    IF TG_OP = 'INSERT' AND NEW.kind = 'team'
+       AND EXISTS (SELECT 1 FROM orgkeeper.org_creator_allowlist)
+       AND NOT EXISTS (SELECT 1 FROM orgkeeper.org_creator_allowlist a WHERE a.user_id = NEW.created_by) THEN
+        RAISE EXCEPTION 'user % may not create team organizations (cannot create "%")', NEW.created_by, NEW.name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'the org_creator_allowlist is in force; a DBA can add the user: INSERT INTO orgkeeper.org_creator_allowlist (user_id) VALUES (...)';
+    END IF;
+    IF v_name ~ '^user_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}_org$'
+       AND NOT (NEW.kind = 'personal' AND v_name = orgkeeper.personal_org_name(NEW.created_by)) THEN
+        RAISE EXCEPTION 'organization name "%" is reserved for the personal organization of user %', NEW.name, substr(v_name, 6, 36)
+            USING ERRCODE = 'check_violation',
+                  HINT = 'names of the form user_<id>_org belong to personal organizations; choose another name';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.org_admit() IS
+  'Trigger, before org_before_write looks at existing names: enforces the team-org creator allow-list (42501) and keeps the personal-organization names user_<id>_org for the personal organization of that user (23514), so nobody can squat them.';
+
+DROP TRIGGER IF EXISTS org_admit ON orgkeeper.org;
+CREATE TRIGGER org_admit
+    BEFORE INSERT OR UPDATE OF name ON orgkeeper.org
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.org_admit();
+
+-- llm_base_url decides where members' LiteLLM keys are sent: the
+-- application may change it for an owner only (admins change the other
+-- settings). Trusted roles (the daemon's write-back, DBAs) may.
+CREATE OR REPLACE FUNCTION orgkeeper.org_llm_base_url_owner_only() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_actor uuid := orgkeeper.current_app_user();
+    v_m     record;
+BEGIN
+    IF NEW.llm_base_url IS NOT DISTINCT FROM OLD.llm_base_url OR orgkeeper.caller_is_trusted() THEN
+        RETURN NEW;
+    END IF;
+    SELECT * INTO v_m FROM orgkeeper.membership(NEW.id, v_actor);
+    IF v_m.role_name IS DISTINCT FROM 'owner' OR v_m.status IS DISTINCT FROM 'active' THEN
+        RAISE EXCEPTION 'user % (role %) cannot change llm_base_url of organization "%": only its owners can, since it decides where members'' keys are sent',
+                v_actor, coalesce(v_m.role_name, 'none'), OLD.name
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('ask an owner of "%s"; nothing was changed', OLD.name);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.org_llm_base_url_owner_only() IS
+  'Trigger: refuses (42501) a change of org.llm_base_url unless orgkeeper.user_id is an active owner of the organization or the caller is trusted (orgkeeper.caller_is_trusted: the daemon''s write-back, DBAs).';
+
+DROP TRIGGER IF EXISTS org_llm_base_url_owner_only ON orgkeeper.org;
+CREATE TRIGGER org_llm_base_url_owner_only
+    BEFORE UPDATE OF llm_base_url ON orgkeeper.org
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.org_llm_base_url_owner_only();
 
 DROP TRIGGER IF EXISTS org_before_write ON orgkeeper.org;
 CREATE TRIGGER org_before_write
@@ -275,6 +330,31 @@ CREATE CONSTRAINT TRIGGER org_member_keeps_owner
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION orgkeeper.check_owner_at_commit();
 
+-- The COMMIT-time check reads memberships with the transaction's snapshot,
+-- which at REPEATABLE READ is older than a concurrent transaction's commit:
+-- two owners could each leave, or each demote "the other", and both pass.
+-- Locking the org row does not help there (a lock is no update, so it raises
+-- no serialization failure). Writing it does: every membership change
+-- updates its organization's row, so of two transactions changing one
+-- organization's memberships the second fails with 40001 at REPEATABLE READ
+-- and SERIALIZABLE, and waits for the first (then sees it) at READ COMMITTED.
+CREATE OR REPLACE FUNCTION orgkeeper.bump_membership_version() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+BEGIN
+    -- OLD is NULL on INSERT and NEW on DELETE; a moved membership bumps both orgs.
+    UPDATE orgkeeper.org o SET membership_version = o.membership_version + 1
+     WHERE o.id IN (OLD.org_id, NEW.org_id);
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.bump_membership_version() IS
+  'Trigger: every insert, delete or change of org_id, user_id, role_id or status of a membership bumps org.membership_version of its organization(s), so concurrent membership changes of one organization conflict on the org row (40001 at REPEATABLE READ / SERIALIZABLE, serialised at READ COMMITTED) and the owner check at COMMIT cannot be outrun.';
+
+DROP TRIGGER IF EXISTS org_member_bumps_version ON orgkeeper.org_member;
+CREATE TRIGGER org_member_bumps_version
+    AFTER INSERT OR DELETE OR UPDATE OF org_id, user_id, role_id, status ON orgkeeper.org_member
+    FOR EACH ROW EXECUTE FUNCTION orgkeeper.bump_membership_version();
+
 ------------------------------------------------------------------------------
 -- creation functions
 ------------------------------------------------------------------------------
@@ -300,22 +380,19 @@ $$;
 COMMENT ON FUNCTION orgkeeper.create_org(text, uuid, text) IS
   'Creates an organization owned by owner (personal: id = owner). Same rules as a direct INSERT: the owner membership and the LiteLLM provisioning action are written in this transaction. Returns the org id.';
 
-CREATE OR REPLACE FUNCTION orgkeeper.personal_org_name(p_user_id uuid, p_email text) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT CASE
-        WHEN NOT EXISTS (SELECT 1 FROM orgkeeper.org WHERE lower(name) = lower(base)) THEN base
-        ELSE base || ' ' || p_user_id::text
-    END
-    FROM (SELECT coalesce(nullif(btrim(p_email), ''), 'user ' || left(p_user_id::text, 8)) || ' (personal)' AS base) b;
+-- Until V8 personal organizations were named after the user's email, and a
+-- clash told whether an email had an account.
+DROP FUNCTION IF EXISTS orgkeeper.personal_org_name(uuid, text);
+CREATE OR REPLACE FUNCTION orgkeeper.personal_org_name(p_user_id uuid) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'user_' || p_user_id::text || '_org';
 $$;
-COMMENT ON FUNCTION orgkeeper.personal_org_name(uuid, text) IS
-  'Internal: a readable, unique name for a user''s personal organization: "<email> (personal)", with the user id appended on a clash. Not granted to the application (the result tells whether an email already has an account); create_personal_org and user migration call it.';
+COMMENT ON FUNCTION orgkeeper.personal_org_name(uuid) IS
+  'The name of a user''s personal organization: user_<id>_org (as OpenHands names them). It says nothing about the user''s email, and orgkeeper.org_admit reserves it for that user, so it never clashes.';
 
--- SECURITY DEFINER because naming the org needs personal_org_name, which
--- the application may not call itself (it would tell whether an email has an
--- account). Row security no longer applies inside, so check_actor enforces
--- what the org_app_insert policy did: the application creates its own user's
--- personal org only.
+-- SECURITY DEFINER like the management functions. Row security does not
+-- apply inside, so check_actor enforces what the org_app_insert policy does:
+-- the application creates its own user's personal org only.
 CREATE OR REPLACE FUNCTION orgkeeper.create_personal_org(user_id uuid) RETURNS uuid
 LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp
@@ -330,9 +407,9 @@ BEGIN
     PERFORM orgkeeper.check_actor(user_id, 'create_personal_org');
     SELECT u.email INTO v_email FROM orgkeeper.users u WHERE u.id = create_personal_org.user_id;
     INSERT INTO orgkeeper.org (name, kind, created_by, contact_email)
-    VALUES (orgkeeper.personal_org_name(user_id, v_email), 'personal', user_id, v_email);
+    VALUES (orgkeeper.personal_org_name(user_id), 'personal', user_id, v_email);
     RETURN user_id;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.create_personal_org(uuid) IS
-  'Creates the user''s personal organization (id = user id, named after the user''s email). Refuses a second one (23505), and (42501) an application session creating one for a user other than orgkeeper.user_id. Returns the org id.';
+  'Creates the user''s personal organization (id = user id, named user_<id>_org). Refuses a second one (23505), and (42501) an application session creating one for a user other than orgkeeper.user_id. Returns the org id.';

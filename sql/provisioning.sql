@@ -2,18 +2,24 @@
 -- litellm.provision_org. Each write-back is one transaction, fenced on the
 -- action's lease, so the org row and the action can never disagree.
 
+CREATE OR REPLACE FUNCTION orgkeeper.verified_email(p_user_id uuid) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT u.email FROM orgkeeper.users u WHERE u.id = p_user_id AND u.email_verified;
+$$;
+COMMENT ON FUNCTION orgkeeper.verified_email(uuid) IS
+  'Daemon: the user''s email if the identity provider verified it (users.email_verified), else NULL. The only email sent to LiteLLM: an address the application merely asserted is never attached to anyone''s LiteLLM user.';
+
 DROP FUNCTION IF EXISTS orgkeeper.provisioning_context(uuid);
 CREATE OR REPLACE FUNCTION orgkeeper.provisioning_context(p_org_id uuid, p_default_model text)
 RETURNS TABLE (org_name text, org_kind text, owner_id uuid, owner_email text, org_version integer, model text)
 LANGUAGE sql STABLE AS $$
-    SELECT o.name, o.kind, o.created_by, coalesce(u.email, o.contact_email), o.org_version,
+    SELECT o.name, o.kind, o.created_by, orgkeeper.verified_email(o.created_by), o.org_version,
            coalesce(o.llm_model, p_default_model, orgkeeper.default_llm_model(NULL))
       FROM orgkeeper.org o
-      LEFT JOIN orgkeeper.users u ON u.id = o.created_by
      WHERE o.id = p_org_id;
 $$;
 COMMENT ON FUNCTION orgkeeper.provisioning_context(uuid, text) IS
-  'Daemon: what provisioning an organization needs: name (team alias), kind, owner and their email, settings version, and its model (its own, else p_default_model = ORGKEEPER_DEFAULT_MODEL, else litellm_proxy/<current version''s model>). No row = the org is gone.';
+  'Daemon: what provisioning an organization needs: name (team alias), kind, owner and their verified email (orgkeeper.verified_email), settings version, and its model (its own, else p_default_model = ORGKEEPER_DEFAULT_MODEL, else litellm_proxy/<current version''s model>). No row = the org is gone.';
 
 -- Lock order everywhere: the org row, then the action row.
 CREATE OR REPLACE FUNCTION orgkeeper.lock_action_org(p_action_id bigint) RETURNS uuid
@@ -136,16 +142,15 @@ CREATE OR REPLACE FUNCTION orgkeeper.member_key_context(p_org_id uuid, p_user_id
 RETURNS TABLE (active boolean, email text, org_status text, org_version integer, model text,
                key_ciphertext text, llm_base_url text)
 LANGUAGE sql STABLE AS $$
-    SELECT m.status = 'active', u.email, o.provisioning_status, o.org_version,
+    SELECT m.status = 'active', orgkeeper.verified_email(m.user_id), o.provisioning_status, o.org_version,
            coalesce(o.llm_model, orgkeeper.default_llm_model(o.org_version)),
            m.llm_api_key, o.llm_base_url
       FROM orgkeeper.org_member m
-      JOIN orgkeeper.users u ON u.id = m.user_id
       JOIN orgkeeper.org o ON o.id = m.org_id
      WHERE m.org_id = p_org_id AND m.user_id = p_user_id;
 $$;
 COMMENT ON FUNCTION orgkeeper.member_key_context(uuid, uuid) IS
-  'Daemon: what litellm.add_member needs about a membership: whether it is still active, the user''s email, the organization''s provisioning status (a member joins only a team orgkeeper provisioned), settings version and model, the member''s key ciphertext and the base URL it is used with. No row = the membership is gone.';
+  'Daemon: what litellm.add_member needs about a membership: whether it is still active, the user''s verified email (orgkeeper.verified_email), the organization''s provisioning status (a member joins only a team orgkeeper provisioned), settings version and model, the member''s key ciphertext and the base URL it is used with. No row = the membership is gone.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.rotate_member_keys(org_id uuid, user_id uuid DEFAULT NULL) RETURNS bigint[]
 LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$

@@ -34,7 +34,6 @@ ALTER FUNCTION orgkeeper.org_after_insert() SECURITY DEFINER SET search_path = p
 ALTER FUNCTION orgkeeper.org_after_delete() SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
 ALTER FUNCTION orgkeeper.check_owner_at_commit() SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
 ALTER FUNCTION orgkeeper.assert_org_has_owner(uuid) SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
-ALTER FUNCTION orgkeeper.personal_org_name(uuid, text) SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp;
 
 ------------------------------------------------------------------------------
 -- policy helpers
@@ -68,12 +67,32 @@ $$;
 COMMENT ON FUNCTION orgkeeper.rls_co_member_ids() IS
   'Row security: the users who share an organization with orgkeeper.user_id (whose users rows it may read).';
 
+CREATE OR REPLACE FUNCTION orgkeeper.rls_managed_members() RETURNS TABLE (org_id uuid, user_id uuid)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+    SELECT o.org_id, o.user_id
+      FROM orgkeeper.org_member m
+      JOIN orgkeeper.role r ON r.id = m.role_id
+      JOIN orgkeeper.org_member o ON o.org_id = m.org_id
+      JOIN orgkeeper.role ro ON ro.id = o.role_id
+     WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active'
+       AND r.rank <= orgkeeper.manager_rank() AND ro.rank >= r.rank;
+$$;
+COMMENT ON FUNCTION orgkeeper.rls_managed_members() IS
+  'Row security: (org, user) of every member that orgkeeper.user_id manages — in organizations where it is an active owner or admin, the members of the same or a weaker rank (themselves included).';
+
+-- The row being inserted is not in the table yet when its policies are
+-- checked, so this cannot look at the org row itself. It answers for the
+-- caller's own organizations only: for any id but one of an organization
+-- orgkeeper.user_id created that has members, it is true, so calling it
+-- tells nothing about other organizations (the policy's created_by test
+-- makes it irrelevant for them).
 CREATE OR REPLACE FUNCTION orgkeeper.rls_org_has_no_members(p_org_id uuid) RETURNS boolean
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-    SELECT NOT EXISTS (SELECT 1 FROM orgkeeper.org_member m WHERE m.org_id = p_org_id);
+    SELECT NOT EXISTS (SELECT 1 FROM orgkeeper.org_member m JOIN orgkeeper.org o ON o.id = m.org_id
+                        WHERE m.org_id = p_org_id AND o.created_by = (SELECT orgkeeper.current_app_user()));
 $$;
 COMMENT ON FUNCTION orgkeeper.rls_org_has_no_members(uuid) IS
-  'Row security: true while an organization has no membership at all — only inside the statement inserting it, before its trigger adds the owner — so INSERT ... RETURNING works for its creator.';
+  'Row security, with created_by = orgkeeper.user_id in the org_app_select policy: false only for an organization orgkeeper.user_id created that has memberships, so INSERT ... RETURNING works for its creator (the owner row is added after the check) while an organization the creator left stays hidden. True for every other id, existing or not: no existence oracle.';
 
 ------------------------------------------------------------------------------
 -- the exemption register (the one place that lists tables without RLS)
@@ -96,19 +115,27 @@ DO $rls$
 DECLARE
     v_table text;
 BEGIN
+    -- DDL already in place is skipped: each statement here takes an ACCESS
+    -- EXCLUSIVE lock on its table, which queues every tenant's queries
+    -- behind it (see MigrateLimits in src/db.rs).
     FOR v_table IN
         SELECT c.relname FROM pg_class c
          WHERE c.relnamespace = 'orgkeeper'::regnamespace AND c.relkind IN ('r', 'p')
            AND c.relname NOT IN (SELECT e.table_name FROM orgkeeper.rls_exempt e)
+           AND (NOT c.relrowsecurity
+                OR NOT EXISTS (SELECT 1 FROM pg_policies p
+                                WHERE p.schemaname = 'orgkeeper' AND p.tablename = c.relname
+                                  AND p.policyname = c.relname || '_service'
+                                  AND 'orgkeeper_definer' = ANY (p.roles)))
          ORDER BY 1
     LOOP
         EXECUTE format('ALTER TABLE orgkeeper.%I ENABLE ROW LEVEL SECURITY', v_table);
         -- Members of the daemon and DBA roles see and change every row.
         EXECUTE format('DROP POLICY IF EXISTS %I ON orgkeeper.%I', v_table || '_service', v_table);
-        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I AS PERMISSIVE FOR ALL TO orgkeeper_daemon, orgkeeper_dba USING (true) WITH CHECK (true)',
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I AS PERMISSIVE FOR ALL TO orgkeeper_daemon, orgkeeper_dba, orgkeeper_definer USING (true) WITH CHECK (true)',
                        v_table || '_service', v_table);
         EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_service', v_table,
-                       'The daemon and DBAs (and their members) are not confined by row security.');
+                       'The daemon and DBAs (and their members), and the SECURITY DEFINER functions (owned by orgkeeper_definer, which check their callers themselves), are not confined by row security.');
     END LOOP;
 END
 $rls$;
@@ -158,28 +185,115 @@ CREATE POLICY users_app_update ON orgkeeper.users FOR UPDATE TO orgkeeper_app
                 AND (current_org_id IS NULL OR current_org_id IN (SELECT orgkeeper.rls_member_org_ids())));
 COMMENT ON POLICY users_app_update ON orgkeeper.users IS 'The application updates its own user only, and can only switch to an organization the user belongs to.';
 
+DROP POLICY IF EXISTS users_identity ON orgkeeper.users;
+CREATE POLICY users_identity ON orgkeeper.users FOR ALL TO orgkeeper_identity USING (true) WITH CHECK (true);
+COMMENT ON POLICY users_identity ON orgkeeper.users IS 'The identity-provider sync records every user''s email and its verification (its column grants allow nothing else).';
+
 -- Invitations: owners and admins see their organizations'' (never the token hash).
 DROP POLICY IF EXISTS invitation_app_select ON orgkeeper.invitation;
 CREATE POLICY invitation_app_select ON orgkeeper.invitation FOR SELECT TO orgkeeper_app
     USING (org_id IN (SELECT orgkeeper.rls_admin_org_ids()));
 COMMENT ON POLICY invitation_app_select ON orgkeeper.invitation IS 'Owners and admins see their organizations'' invitations; they are created, revoked and accepted through functions.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.refuse_row_of_another_user() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_user uuid := orgkeeper.current_app_user();
+BEGIN
+    IF NEW.user_id IS DISTINCT FROM v_user AND NOT orgkeeper.caller_is_trusted() THEN
+        RAISE EXCEPTION 'user % cannot write a % row that belongs to user %', coalesce(v_user::text, '(none: orgkeeper.user_id is not set)'),
+                TG_TABLE_NAME, coalesce(NEW.user_id::text, 'nobody')
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('rows of %s belong to their user: write your own (user_id = orgkeeper.user_id); owners and admins may delete the rows of members they manage; nothing was changed', TG_TABLE_NAME);
+    END IF;
+    RETURN NEW;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.refuse_row_of_another_user() IS
+  'Trigger on the user-owned tables (custom_secrets, api_keys, gitlab_webhook, slack_users, user_repos): refuses (42501, with a hint) an insert, or a change of user_id, by an untrusted session of a row whose user_id is not orgkeeper.user_id, before the row-security policies would refuse it without one.';
+
 -- Related tables: the rows of one's organizations. (Rows with org_id NULL —
 -- legacy, not yet migrated, or detached from a deleted organization — are
--- visible to no application user.)
+-- visible to no application user.) Three kinds:
+--
+-- * shared by the organization, read and written by its members:
+--   slack_conversation, conversation_metadata_saas;
+-- * financial records, read-only for the application (written by the
+--   billing path: the daemon and DBAs): stripe_customers, billing_sessions;
+-- * owned by a user (user_id): written only by that user; owners and admins
+--   may delete the rows of members they manage (same or weaker rank); who
+--   else may read them is decided per table, below.
 DO $related$
 DECLARE
-    v_table text;
+    v_table  text;
+    v_policy text;
+    v_reader text;
+    v_why    text;
 BEGIN
-    FOREACH v_table IN ARRAY ARRAY['stripe_customers', 'slack_users', 'slack_conversation', 'api_keys', 'custom_secrets',
-                                   'billing_sessions', 'user_repos', 'gitlab_webhook', 'conversation_metadata_saas']
+    -- Start from no application policy on these tables.
+    FOR v_table, v_policy IN
+        SELECT p.tablename, p.policyname FROM pg_policies p
+         WHERE p.schemaname = 'orgkeeper' AND p.policyname LIKE p.tablename || '\_app%'
+           AND p.tablename IN ('stripe_customers', 'slack_users', 'slack_conversation', 'api_keys', 'custom_secrets',
+                               'billing_sessions', 'user_repos', 'gitlab_webhook', 'conversation_metadata_saas')
     LOOP
-        EXECUTE format('DROP POLICY IF EXISTS %I ON orgkeeper.%I', v_table || '_app', v_table);
+        EXECUTE format('DROP POLICY %I ON orgkeeper.%I', v_policy, v_table);
+    END LOOP;
+
+    FOREACH v_table IN ARRAY ARRAY['slack_conversation', 'conversation_metadata_saas'] LOOP
         EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR ALL TO orgkeeper_app '
                        'USING (org_id IN (SELECT orgkeeper.rls_member_org_ids())) '
                        'WITH CHECK (org_id IN (SELECT orgkeeper.rls_member_org_ids()))', v_table || '_app', v_table);
         EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app', v_table,
-                       'The application reads and writes the rows of its user''s organizations only; a row cannot be moved into another organization.');
+                       'Shared by the organization: its members read and write the rows of their organizations only; a row cannot be moved into another organization.');
+    END LOOP;
+
+    FOREACH v_table IN ARRAY ARRAY['stripe_customers', 'billing_sessions'] LOOP
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR SELECT TO orgkeeper_app '
+                       'USING (org_id IN (SELECT orgkeeper.rls_member_org_ids()))', v_table || '_app_select', v_table);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_select', v_table,
+                       'Financial records: members read their organizations'' rows; only the billing path (the daemon, DBAs) writes them.');
+    END LOOP;
+
+    FOR v_table, v_reader, v_why IN
+        SELECT * FROM (VALUES
+            ('custom_secrets', 'managed', 'Secrets (ciphertext) are read by their user, and by the owners and admins who manage that user (same or weaker rank), since they may delete them; never by other members.'),
+            ('api_keys',       'managed', 'API keys (hashes, names, expiry) are read by their user and by the owners and admins who manage that user, who may revoke them; never by other members.'),
+            ('gitlab_webhook', 'managed', 'GitLab webhooks (their secret is ciphertext) are read by the user who installed them and by the owners and admins who manage that user; never by other members.'),
+            ('user_repos',     'managed', 'A user''s repository access is read by that user and by the owners and admins who manage them; never by other members.'),
+            ('slack_users',    'org',     'Slack identity links are read by every member of the organization (they map Slack users to members); each is written by its own user only.')
+        ) AS t (name, reader, why)
+    LOOP
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR SELECT TO orgkeeper_app USING (%s)',
+                       v_table || '_app_select', v_table,
+                       CASE v_reader
+                           WHEN 'org' THEN 'org_id IN (SELECT orgkeeper.rls_member_org_ids())'
+                           ELSE 'org_id IN (SELECT orgkeeper.rls_member_org_ids()) AND (user_id = (SELECT orgkeeper.current_app_user()) '
+                                'OR (org_id, user_id) IN (SELECT m.org_id, m.user_id FROM orgkeeper.rls_managed_members() m))'
+                       END);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_select', v_table, v_why);
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR INSERT TO orgkeeper_app '
+                       'WITH CHECK (user_id = (SELECT orgkeeper.current_app_user()) AND org_id IN (SELECT orgkeeper.rls_member_org_ids()))',
+                       v_table || '_app_insert', v_table);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_insert', v_table,
+                       'A user creates rows of their own only (user_id = orgkeeper.user_id), in organizations they are an active member of.');
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR UPDATE TO orgkeeper_app '
+                       'USING (user_id = (SELECT orgkeeper.current_app_user()) AND org_id IN (SELECT orgkeeper.rls_member_org_ids())) '
+                       'WITH CHECK (user_id = (SELECT orgkeeper.current_app_user()) AND org_id IN (SELECT orgkeeper.rls_member_org_ids()))',
+                       v_table || '_app_update', v_table);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_update', v_table,
+                       'A user changes their own rows only, and cannot hand them to someone else or to an organization they are not an active member of.');
+        EXECUTE format('CREATE POLICY %I ON orgkeeper.%I FOR DELETE TO orgkeeper_app '
+                       'USING (org_id IN (SELECT orgkeeper.rls_member_org_ids()) AND (user_id = (SELECT orgkeeper.current_app_user()) '
+                       'OR (org_id, user_id) IN (SELECT m.org_id, m.user_id FROM orgkeeper.rls_managed_members() m)))',
+                       v_table || '_app_delete', v_table);
+        EXECUTE format('COMMENT ON POLICY %I ON orgkeeper.%I IS %L', v_table || '_app_delete', v_table,
+                       'A user deletes their own rows; owners and admins also those of the members they manage (same or weaker rank).');
+        -- The policies refuse rows of someone else; the trigger says so first, with a hint.
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON orgkeeper.%I', v_table || '_owned_by_writer', v_table);
+        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE OF user_id ON orgkeeper.%I '
+                       'FOR EACH ROW EXECUTE FUNCTION orgkeeper.refuse_row_of_another_user()',
+                       v_table || '_owned_by_writer', v_table);
     END LOOP;
 END
 $related$;
@@ -191,14 +305,37 @@ $related$;
 -- privileges
 ------------------------------------------------------------------------------
 -- Start from nothing, then grant deliberately.
-REVOKE ALL ON ALL TABLES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon;
-GRANT USAGE ON SCHEMA orgkeeper TO orgkeeper_app, orgkeeper_daemon, orgkeeper_dba;
+REVOKE ALL ON ALL TABLES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity, orgkeeper_definer;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity, orgkeeper_definer;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA orgkeeper FROM PUBLIC, orgkeeper_app, orgkeeper_daemon, orgkeeper_identity, orgkeeper_definer;
+GRANT USAGE ON SCHEMA orgkeeper TO orgkeeper_app, orgkeeper_daemon, orgkeeper_dba, orgkeeper_identity, orgkeeper_definer;
 
 -- The application ----------------------------------------------------------
 GRANT SELECT ON orgkeeper.role, orgkeeper.settings_version TO orgkeeper_app;
-GRANT SELECT ON orgkeeper.org TO orgkeeper_app;
+-- Key ciphertext (the org and org_member columns orgkeeper.secret_columns()
+-- lists) is not the application's to read: a member
+-- reads their own key through orgkeeper.my_llm_api_key(org_id), owners and
+-- admins the organization's keys through orgkeeper.org_secrets(actor,
+-- org_id) (secrets.sql). Nor is org.provisioning_error (the proxy's words):
+-- owners and admins read it through orgkeeper.org_provisioning_error(actor,
+-- org_id). Every other column is granted, including columns added later
+-- (this runs on every `orgkeeper migrate`).
+DO $columns$
+DECLARE
+    v_table text;
+    v_cols  text;
+BEGIN
+    FOREACH v_table IN ARRAY ARRAY['org', 'org_member'] LOOP
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_cols
+          FROM pg_attribute a
+         WHERE a.attrelid = format('orgkeeper.%I', v_table)::regclass AND a.attnum > 0 AND NOT a.attisdropped
+           AND NOT EXISTS (SELECT 1 FROM orgkeeper.secret_columns() c
+                            WHERE c.table_name = v_table AND c.column_name = a.attname)
+           AND (v_table, a.attname) <> ('org', 'provisioning_error');
+        EXECUTE format('GRANT SELECT (%s) ON orgkeeper.%I TO orgkeeper_app', v_cols, v_table);
+    END LOOP;
+END
+$columns$;
 -- Settings the application owns; keys, billing, provisioning and identity
 -- columns are written by the daemon and the functions only.
 GRANT INSERT (id, name, kind, created_by, contact_name, contact_email, conversation_expiration, agent, max_iterations,
@@ -211,7 +348,6 @@ GRANT UPDATE (name, contact_name, contact_email, conversation_expiration, agent,
               enable_proactive_conversation_starters, sandbox_base_container_image, sandbox_runtime_container_image,
               mcp_config, enable_solvability_analysis, condenser_max_size)
     ON orgkeeper.org TO orgkeeper_app;
-GRANT SELECT ON orgkeeper.org_member TO orgkeeper_app;
 GRANT SELECT ON orgkeeper.users TO orgkeeper_app;
 GRANT INSERT (id, email, current_org_id, accepted_tos, enable_sound_notifications, language, user_consents_to_analytics)
     ON orgkeeper.users TO orgkeeper_app;
@@ -219,18 +355,29 @@ GRANT UPDATE (email, current_org_id, accepted_tos, enable_sound_notifications, l
     ON orgkeeper.users TO orgkeeper_app;
 GRANT SELECT (id, org_id, email, role_id, invited_by, created_at, expires_at, accepted_at, accepted_by, revoked_at)
     ON orgkeeper.invitation TO orgkeeper_app;
--- Financial records: read only (the daemon writes Stripe customers).
-GRANT SELECT ON orgkeeper.stripe_customers TO orgkeeper_app;
-GRANT SELECT, INSERT, UPDATE ON orgkeeper.billing_sessions TO orgkeeper_app;
--- The organization's own data.
-GRANT SELECT, INSERT, UPDATE, DELETE
-    ON orgkeeper.slack_users, orgkeeper.slack_conversation, orgkeeper.api_keys, orgkeeper.custom_secrets,
-       orgkeeper.user_repos, orgkeeper.gitlab_webhook, orgkeeper.conversation_metadata_saas
-    TO orgkeeper_app;
-GRANT USAGE ON SEQUENCE
-    orgkeeper.slack_users_id_seq, orgkeeper.slack_conversation_id_seq, orgkeeper.api_keys_id_seq,
-    orgkeeper.custom_secrets_id_seq, orgkeeper.user_repos_id_seq, orgkeeper.gitlab_webhook_id_seq
-    TO orgkeeper_app;
+-- Financial records: read only (the billing path — the daemon, DBAs —
+-- writes Stripe customers and billing sessions).
+GRANT SELECT ON orgkeeper.stripe_customers, orgkeeper.billing_sessions TO orgkeeper_app;
+-- The organization's and its users' own data. Identity columns (id) are the
+-- database's to choose: they are not granted, so neither an explicit id nor
+-- OVERRIDING SYSTEM VALUE is accepted from the application (pre-claimed ids
+-- would make other tenants' inserts fail), and no sequence is granted (an
+-- identity column's default needs none).
+DO $writable$
+DECLARE
+    v_table text;
+    v_cols  text;
+BEGIN
+    FOREACH v_table IN ARRAY ARRAY['slack_users', 'slack_conversation', 'api_keys', 'custom_secrets',
+                                   'user_repos', 'gitlab_webhook', 'conversation_metadata_saas'] LOOP
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO v_cols
+          FROM pg_attribute a
+         WHERE a.attrelid = format('orgkeeper.%I', v_table)::regclass AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.attidentity = '' AND a.attgenerated = '';
+        EXECUTE format('GRANT SELECT, DELETE, INSERT (%1$s), UPDATE (%1$s) ON orgkeeper.%2$I TO orgkeeper_app', v_cols, v_table);
+    END LOOP;
+END
+$writable$;
 
 GRANT EXECUTE ON FUNCTION
     orgkeeper.create_org(text, uuid, text),
@@ -241,6 +388,7 @@ GRANT EXECUTE ON FUNCTION
     orgkeeper.rls_admin_org_ids(),
     orgkeeper.rls_co_member_ids(),
     orgkeeper.rls_org_has_no_members(uuid),
+    orgkeeper.rls_managed_members(),
     orgkeeper.rename_org(uuid, uuid, text),
     orgkeeper.delete_org(uuid, uuid),
     orgkeeper.transfer_ownership(uuid, uuid, uuid),
@@ -248,14 +396,24 @@ GRANT EXECUTE ON FUNCTION
     orgkeeper.change_member_role(uuid, uuid, uuid, text),
     orgkeeper.remove_member(uuid, uuid, uuid),
     orgkeeper.leave_org(uuid, uuid),
+    orgkeeper.accept_membership(uuid, uuid),
+    orgkeeper.decline_membership(uuid, uuid),
     orgkeeper.list_orgs(uuid),
     orgkeeper.list_members(uuid, uuid),
     orgkeeper.create_invitation(uuid, uuid, text, text, interval),
     orgkeeper.list_invitations(uuid, uuid),
     orgkeeper.revoke_invitation(uuid, text),
     orgkeeper.revoke_invitation_by_id(uuid, bigint),
-    orgkeeper.accept_invitation(uuid, text)
+    orgkeeper.accept_invitation(uuid, text),
+    orgkeeper.my_llm_api_key(uuid),
+    orgkeeper.org_provisioning_error(uuid, uuid),
+    orgkeeper.org_secrets(uuid, uuid)
     TO orgkeeper_app;
+
+-- The identity-provider sync -------------------------------------------------
+-- Records users and their emails, and whether the provider verified them.
+GRANT SELECT (id, email, email_verified), INSERT (id, email, email_verified), UPDATE (email, email_verified)
+    ON orgkeeper.users TO orgkeeper_identity;
 
 -- The daemon ---------------------------------------------------------------
 -- Reads everything and writes results back; deletes nothing.
@@ -313,3 +471,33 @@ $daemon$;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_dba;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_dba;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA orgkeeper TO orgkeeper_dba;
+
+-- The SECURITY DEFINER functions ---------------------------------------------
+-- They run as orgkeeper_definer, not as whoever ran `orgkeeper migrate`
+-- (a superuser in the README's flow): a bug or an injection in one of them
+-- gets the table privileges below and the service policy, never superuser
+-- powers, BYPASSRLS, or ownership of the tables (no DDL, no disabling row
+-- security). The one exception: refresh_growing_statistics runs ANALYZE,
+-- which PostgreSQL 15 allows only to a table's owner; it is executable by
+-- DBAs only.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_definer;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA orgkeeper TO orgkeeper_definer;
+DO $definer$
+DECLARE
+    v_fn regprocedure;
+BEGIN
+    IF NOT pg_has_role(current_user, 'orgkeeper_definer', 'MEMBER') THEN
+        RAISE EXCEPTION 'role % cannot hand orgkeeper''s SECURITY DEFINER functions to orgkeeper_definer', current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('run orgkeeper migrate as a superuser, or first: GRANT orgkeeper_definer TO %I;', current_user);
+    END IF;
+    FOR v_fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+         WHERE p.pronamespace = 'orgkeeper'::regnamespace AND p.prosecdef
+           AND p.proname <> 'refresh_growing_statistics'
+           AND p.proowner <> 'orgkeeper_definer'::regrole
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO orgkeeper_definer', v_fn);
+    END LOOP;
+END
+$definer$;

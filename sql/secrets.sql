@@ -224,3 +224,50 @@ END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_reencrypted(bigint, text, jsonb, jsonb) IS
   'Daemon: swaps in every re-encrypted value of a secrets.reencrypt action by compare-and-set and marks it done, in one transaction fenced on the lease. A value changed meanwhile rolls everything back (40001, retried); a rolled-back migration writes nothing (skipped). Once done it enqueues litellm.verify_key for the member''s key. Returns done, skipped or lease_lost.';
+
+------------------------------------------------------------------------------
+-- who reads which ciphertext (the application role has no SELECT on key
+-- columns; sql/rls.sql)
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION orgkeeper.my_llm_api_key(org_id uuid) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_user   uuid := orgkeeper.current_app_user();
+    v_org_id uuid := $1;
+    v_key    text;
+BEGIN
+    IF v_user IS NULL THEN
+        RAISE EXCEPTION 'my_llm_api_key: orgkeeper.user_id is not set, so there is no "my" key in organization %', v_org_id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'start the transaction with: SET LOCAL orgkeeper.user_id = ''<uuid of the acting user>''';
+    END IF;
+    IF v_org_id IS NULL THEN PERFORM orgkeeper.refuse_null('my_llm_api_key', 'org_id'); END IF;
+    SELECT m.llm_api_key INTO v_key FROM orgkeeper.org_member m
+     WHERE m.org_id = v_org_id AND m.user_id = v_user AND m.status = 'active';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'my_llm_api_key: user % is not an active member of organization %', v_user, v_org_id
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'a member reads only their own key, in an organization they are an active member of';
+    END IF;
+    RETURN v_key;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.my_llm_api_key(uuid) IS
+  'The acting user''s (orgkeeper.user_id) own LiteLLM key ciphertext in an organization (org_member.llm_api_key of their own active membership; NULL until provisioned). Another member''s key is never returned: the application has no SELECT on key columns. 42501 when orgkeeper.user_id is unset or the user is not an active member; 22004 for NULL.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.org_secrets(actor uuid, org_id uuid)
+RETURNS TABLE (llm_api_key text, llm_api_key_for_byor text, search_api_key text, sandbox_api_key text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_actor uuid := $1;
+    v_org   orgkeeper.org;
+BEGIN
+    PERFORM orgkeeper.check_actor(v_actor, 'org_secrets');
+    IF $2 IS NULL THEN PERFORM orgkeeper.refuse_null('org_secrets', 'org_id'); END IF;
+    v_org := orgkeeper.find_org($2);
+    PERFORM orgkeeper.require_manager(v_actor, v_org, 'read its keys');
+    RETURN QUERY SELECT v_org.llm_api_key, v_org.llm_api_key_for_byor, v_org.search_api_key, v_org.sandbox_api_key;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.org_secrets(uuid, uuid) IS
+  'The organization-level key ciphertext (org.llm_api_key, llm_api_key_for_byor, search_api_key, sandbox_api_key), for its active owners and admins only (42501 otherwise, and for acting as another user); unknown organization P0002; NULL arguments 22004.';

@@ -161,11 +161,43 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How long `migrate` waits for its locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrateLimits {
+    /// Waiting for the migration lock another run holds; then `migrate`
+    /// fails naming the holder.
+    pub lock_wait: Duration,
+    /// `lock_timeout` of every DDL statement: a table lock that cannot be
+    /// had within it (an idle transaction holds the table) is given up at
+    /// once, so the sessions queued behind `migrate` wait no longer than this.
+    pub ddl_lock_timeout: Duration,
+    /// Attempts of the whole run when a DDL lock times out.
+    pub ddl_attempts: u32,
+}
+
+impl Default for MigrateLimits {
+    fn default() -> Self {
+        MigrateLimits {
+            lock_wait: Duration::from_secs(60),
+            ddl_lock_timeout: Duration::from_secs(2),
+            ddl_attempts: 5,
+        }
+    }
+}
+
 /// Applies the versioned migrations and then the function library. Safe to
 /// run twice and from several places at once: runs are serialised by an
 /// advisory lock, applied migrations are skipped, and an unchanged library is
-/// not re-applied.
+/// not re-applied. Waits are bounded ([`MigrateLimits::default`]).
 pub async fn migrate(database_url: &str) -> anyhow::Result<MigrateReport> {
+    migrate_with(database_url, MigrateLimits::default()).await
+}
+
+/// [`migrate`] with explicit limits on its lock waits.
+pub async fn migrate_with(
+    database_url: &str,
+    limits: MigrateLimits,
+) -> anyhow::Result<MigrateReport> {
     let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
         .await
         .with_context(|| {
@@ -176,18 +208,118 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<MigrateReport> {
         })?;
     let driver = tokio::spawn(connection);
 
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
-        .await
-        .context("cannot take the migration lock")?;
-    let outcome = migrate_locked(&mut client).await;
-    // Unlock even after a failure; closing the session would release it too.
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])
-        .await;
+    let outcome = match take_migrate_lock(&client, limits.lock_wait).await {
+        Ok(()) => {
+            let outcome = migrate_with_retries(&mut client, &limits).await;
+            // Unlock even after a failure; closing the session would release it too.
+            let _ = client
+                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])
+                .await;
+            outcome
+        }
+        Err(e) => Err(e),
+    };
     drop(client);
     let _ = driver.await;
     outcome
+}
+
+/// Takes the session-level migration lock, waiting at most `wait`. Any role
+/// can take an advisory lock, so the wait is bounded and the error names who
+/// holds it.
+async fn take_migrate_lock(client: &tokio_postgres::Client, wait: Duration) -> anyhow::Result<()> {
+    set_lock_timeout(client, wait).await?;
+    match client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK_KEY])
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            let holders: Option<String> = client
+                .query_one(
+                    "SELECT string_agg(format('pid %s (role %s, application %L, %s since %s)', a.pid, a.usename,
+                                              a.application_name, a.state, coalesce(a.xact_start, a.backend_start)), '; ')
+                       FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                        AND l.classid = ($1::bigint >> 32)::oid AND l.objid = ($1::bigint & 4294967295)::oid",
+                    &[&MIGRATE_LOCK_KEY],
+                )
+                .await?
+                .get(0);
+            anyhow::bail!(
+                "another session has held orgkeeper's migration lock (advisory lock {MIGRATE_LOCK_KEY}) for more than {} s: {}; \
+                 if it is not a migration, end it with SELECT pg_terminate_backend(<pid>) and run `orgkeeper migrate` again",
+                wait.as_secs(),
+                holders.unwrap_or_else(|| "it has just released it".into())
+            )
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot take the migration lock")),
+    }
+}
+
+async fn set_lock_timeout(
+    client: &tokio_postgres::Client,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    client
+        .batch_execute(&format!("SET lock_timeout = '{}ms'", timeout.as_millis()))
+        .await
+        .context("cannot set lock_timeout")
+}
+
+/// True when a statement gave up waiting for a lock (SQLSTATE 55P03).
+fn is_lock_timeout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::code)
+            == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+    })
+}
+
+/// Runs the migrations and the library with a short `lock_timeout`, again
+/// (with a growing pause) when a table lock could not be had; after the last
+/// attempt the error names the sessions holding locks on orgkeeper's tables.
+async fn migrate_with_retries(
+    client: &mut tokio_postgres::Client,
+    limits: &MigrateLimits,
+) -> anyhow::Result<MigrateReport> {
+    set_lock_timeout(client, limits.ddl_lock_timeout).await?;
+    let mut attempt = 1;
+    loop {
+        match migrate_locked(client).await {
+            Err(e) if is_lock_timeout(&e) && attempt < limits.ddl_attempts => {
+                tracing::warn!(
+                    attempt,
+                    "a table lock was not available within lock_timeout; trying again"
+                );
+                tokio::time::sleep(limits.ddl_lock_timeout * attempt).await;
+                attempt += 1;
+            }
+            Err(e) if is_lock_timeout(&e) => {
+                let holders: Option<String> = client
+                    .query_one(
+                        "SELECT string_agg(DISTINCT format('pid %s (role %s, %s since %s)', a.pid, a.usename, a.state,
+                                                           coalesce(a.xact_start, a.backend_start)), '; ')
+                           FROM pg_locks l
+                           JOIN pg_class c ON c.oid = l.relation
+                           JOIN pg_stat_activity a ON a.pid = l.pid
+                          WHERE c.relnamespace = 'orgkeeper'::regnamespace AND l.granted AND l.pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                return Err(e.context(format!(
+                    "migrate could not lock orgkeeper's tables within {} ms in {} attempts; sessions holding locks on them: {}; \
+                     end or commit them (an idle transaction holds its locks until it ends) and run `orgkeeper migrate` again",
+                    limits.ddl_lock_timeout.as_millis(),
+                    limits.ddl_attempts,
+                    holders.unwrap_or_else(|| "none any more".into())
+                )));
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 async fn migrate_locked(client: &mut tokio_postgres::Client) -> anyhow::Result<MigrateReport> {

@@ -72,6 +72,23 @@ pub enum OrgCommand {
         #[command(subcommand)]
         command: MembersCommand,
     },
+    /// Accept a membership the user was added to from the application
+    /// (`orgkeeper.add_member` invites; only the user activates it).
+    Join {
+        /// The invited user.
+        #[arg(long = "as", value_name = "USER", env = "ORGKEEPER_ACTOR")]
+        actor: Uuid,
+        /// The organization (id or name).
+        org: String,
+    },
+    /// Decline a membership the user was added to (it is removed).
+    Decline {
+        /// The invited user.
+        #[arg(long = "as", value_name = "USER", env = "ORGKEEPER_ACTOR")]
+        actor: Uuid,
+        /// The organization (id or name).
+        org: String,
+    },
     /// Leave an organization (the last owner cannot).
     Leave {
         /// The user who leaves.
@@ -417,6 +434,16 @@ async fn execute(pool: &PgPool, command: OrgCommand) -> Result<ExitCode, Failure
             call(pool, actor, query).await?;
             println!("invitation revoked");
         }
+        OrgCommand::Join { actor, org } => {
+            let sql = "SELECT orgkeeper.accept_membership($1, $2)";
+            let id = call_on_org(pool, actor, &org, sql, |q| q).await?;
+            println!("{actor} joined organization {id}");
+        }
+        OrgCommand::Decline { actor, org } => {
+            let sql = "SELECT orgkeeper.decline_membership($1, $2)";
+            let id = call_on_org(pool, actor, &org, sql, |q| q).await?;
+            println!("{actor} declined the membership in organization {id}");
+        }
         OrgCommand::Accept { actor, token } => {
             let token = read_token(&token)?;
             let mut tx = begin(pool, actor).await?;
@@ -661,5 +688,8 @@ mod tests {
             OrgCommand::Members { command: MembersCommand::Add { ref role, .. } } if role == "admin"
         ));
         assert!(Cli::try_parse_from(["orgs", "revoke", "--as", &actor.to_string()]).is_err());
+        let cli =
+            Cli::try_parse_from(["orgs", "join", "--as", &actor.to_string(), "Acme"]).unwrap();
+        assert!(matches!(cli.command, OrgCommand::Join { ref org, .. } if org == "Acme"));
     }
 }

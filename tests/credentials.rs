@@ -65,13 +65,7 @@ impl World {
     }
 
     async fn user(&self, email: &str) -> Uuid {
-        sqlx::query_scalar(
-            "INSERT INTO orgkeeper.users (id, email) VALUES (gen_random_uuid(), $1) RETURNING id",
-        )
-        .bind(email)
-        .fetch_one(&self.db.pool)
-        .await
-        .unwrap()
+        common::user(&self.db, email).await
     }
 
     async fn org(&self, name: &str, owner: Uuid) -> Uuid {

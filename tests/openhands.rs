@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{daemon_config, daemon_settings, wait_until, TestDaemon, TestDb};
+use common::{daemon_config, daemon_settings, user, wait_until, TestDaemon, TestDb};
 use orgkeeper::litellm::LiteLlmSimulator;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -39,16 +39,6 @@ async fn provision(
     })
     .await;
     daemon.stop().await;
-}
-
-async fn user(db: &TestDb, email: &str) -> Uuid {
-    sqlx::query_scalar(
-        "INSERT INTO orgkeeper.users (id, email) VALUES (gen_random_uuid(), $1) RETURNING id",
-    )
-    .bind(email)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
 }
 
 /// The one body the simulator received at `endpoint` whose `field` is `value`.

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{db_error, TestDb};
+use common::{app, app_at, db_error, LoginRole, TestDb};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -104,23 +104,6 @@ async fn tenants(db: &TestDb) -> Tenants {
         alpha: orgs[0],
         bravo: orgs[1],
     }
-}
-
-/// A connection acting as the application for `user`.
-async fn app(db: &TestDb, user: Option<Uuid>) -> PgConnection {
-    let mut conn = db.connect().await;
-    sqlx::query("SET ROLE orgkeeper_app")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    if let Some(user) = user {
-        sqlx::query("SELECT set_config('orgkeeper.user_id', $1, false)")
-            .bind(user.to_string())
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    conn
 }
 
 /// Every table of schema orgkeeper with the column naming its organization.
@@ -232,13 +215,26 @@ async fn every_table_has_row_security_or_a_recorded_exemption() {
 // isolation
 // ---------------------------------------------------------------------------
 
+/// The isolation stories run under every isolation level an application
+/// may choose: row security must not depend on it.
 #[tokio::test]
-async fn a_user_sees_only_their_organizations_rows_through_every_table() {
+async fn the_rls_suite_holds_under_read_committed_repeatable_read_and_serializable() {
+    for level in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] {
+        eprintln!("isolation level: {level}");
+        a_user_sees_only_their_organizations_rows_through_every_table(level).await;
+        guessed_ids_update_and_delete_nothing_in_another_organization(level).await;
+        rows_cannot_be_written_into_another_organization(level).await;
+        the_application_creates_and_manages_organizations_under_row_security(level).await;
+        without_a_user_the_application_sees_nothing(level).await;
+    }
+}
+
+async fn a_user_sees_only_their_organizations_rows_through_every_table(level: &str) {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
     let tables = org_scoped_tables(&db).await;
     assert!(tables.len() >= 12, "{tables:?}");
-    let mut conn = app(&db, Some(t.alice)).await;
+    let mut conn = app_at(&db, Some(t.alice), level).await;
 
     for (table, column) in &tables {
         let sql = format!("SELECT count(*) FROM orgkeeper.{table} WHERE {column} = $1");
@@ -310,14 +306,13 @@ async fn a_user_sees_only_their_organizations_rows_through_every_table() {
     assert_eq!(db_error(&err).0, "42501");
 }
 
-#[tokio::test]
-async fn guessed_ids_update_and_delete_nothing_in_another_organization() {
+async fn guessed_ids_update_and_delete_nothing_in_another_organization(level: &str) {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
     let tables = org_scoped_tables(&db).await;
     let before = bravo_rows(&db, &tables, t.bravo).await;
     assert!(before.len() >= 12);
-    let mut conn = app(&db, Some(t.alice)).await;
+    let mut conn = app_at(&db, Some(t.alice), level).await;
 
     for (table, column) in &tables {
         for sql in [
@@ -385,13 +380,12 @@ async fn guessed_ids_update_and_delete_nothing_in_another_organization() {
     );
 }
 
-#[tokio::test]
-async fn rows_cannot_be_written_into_another_organization() {
+async fn rows_cannot_be_written_into_another_organization(level: &str) {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
     let tables = org_scoped_tables(&db).await;
     let before = bravo_rows(&db, &tables, t.bravo).await;
-    let mut conn = app(&db, Some(t.alice)).await;
+    let mut conn = app_at(&db, Some(t.alice), level).await;
 
     for (table, column, value) in RELATED {
         let err = sqlx::query(&related_insert(table, column, value))
@@ -464,11 +458,10 @@ async fn rows_cannot_be_written_into_another_organization() {
 // what the application can do
 // ---------------------------------------------------------------------------
 
-#[tokio::test]
-async fn the_application_creates_and_manages_organizations_under_row_security() {
+async fn the_application_creates_and_manages_organizations_under_row_security(level: &str) {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
-    let mut conn = app(&db, Some(t.alice)).await;
+    let mut conn = app_at(&db, Some(t.alice), level).await;
 
     // A direct INSERT: the triggers (owner row, user row, outbox) work for it.
     let mut tx = conn.begin().await.unwrap();
@@ -585,11 +578,10 @@ async fn the_application_creates_and_manages_organizations_under_row_security() 
         .unwrap();
 }
 
-#[tokio::test]
-async fn without_a_user_the_application_sees_nothing() {
+async fn without_a_user_the_application_sees_nothing(level: &str) {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
-    let mut conn = app(&db, None).await;
+    let mut conn = app_at(&db, None, level).await;
     for table in ["org", "org_member", "users", "invitation", "api_keys"] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM orgkeeper.{table}"))
             .fetch_one(&mut conn)
@@ -791,70 +783,10 @@ async fn the_application_creates_its_own_personal_org_only() {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-    assert_eq!(names, ["Alpha", "alice@alpha.test (personal)"]);
-}
-
-/// A login role that is a member of a group role, for one test. Roles are
-/// cluster-wide, so it is dropped when the guard goes — also when the test
-/// panics half-way.
-struct LoginRole {
-    name: String,
-    admin_url: String,
-}
-
-impl LoginRole {
-    async fn create(db: &TestDb, prefix: &str, group: &str) -> LoginRole {
-        let name = format!("{prefix}_{}", Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE ROLE {name} LOGIN IN ROLE {group}"))
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        LoginRole {
-            name,
-            admin_url: db.url.clone(),
-        }
-    }
-
-    /// A connection to the test database logged in as this role.
-    async fn connect(&self) -> PgConnection {
-        let options: sqlx::postgres::PgConnectOptions =
-            self.admin_url.parse().expect("test database URL");
-        PgConnection::connect_with(&options.username(&self.name))
-            .await
-            .unwrap_or_else(|e| panic!("log in as {}: {e}", self.name))
-    }
-}
-
-impl Drop for LoginRole {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        // The test's runtime cannot be blocked on from inside: use a thread.
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?
-                .block_on(async move {
-                    let mut admin = PgConnection::connect(&url)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
-                        .execute(&mut admin)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok::<_, String>(())
-                })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop role {}: {e}", self.name),
-            Err(_) => eprintln!(
-                "could not drop role {}: the dropping thread panicked",
-                self.name
-            ),
-        }
-    }
+    assert_eq!(
+        names,
+        ["Alpha".to_string(), format!("user_{}_org", t.alice)]
+    );
 }
 
 #[tokio::test]
@@ -1162,46 +1094,4 @@ async fn the_application_cannot_skip_the_provisioning_of_its_organizations() {
     .await
     .unwrap();
     assert_eq!(actions, 0);
-}
-
-#[tokio::test]
-async fn the_application_cannot_ask_whether_an_email_has_an_account() {
-    let db = TestDb::migrated().await;
-    let t = tenants(&db).await;
-    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
-        .bind(t.bob)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    // personal_org_name would answer "bob@bravo.test (personal) <id>" where
-    // Bob has an account and "bob@bravo.test (personal)" where not.
-    let mut conn = app(&db, Some(t.alice)).await;
-    let err =
-        sqlx::query_scalar::<_, String>("SELECT orgkeeper.personal_org_name($1, 'bob@bravo.test')")
-            .bind(t.alice)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap_err();
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "42501", "{message}");
-    // Creating one's own personal organization still names it.
-    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
-        .bind(t.alice)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let name: String = sqlx::query_scalar("SELECT name FROM orgkeeper.org WHERE id = $1")
-        .bind(t.alice)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(name, "alice@alpha.test (personal)");
-    conn.close().await.unwrap();
-    let granted: bool = sqlx::query_scalar(
-        "SELECT has_function_privilege('orgkeeper_app', 'orgkeeper.personal_org_name(uuid, text)', 'EXECUTE')",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert!(!granted);
 }

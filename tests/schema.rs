@@ -387,7 +387,7 @@ async fn personal_orgs_have_the_owners_id_and_there_is_one_per_user() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(row.get::<String, _>("name"), "ada@example.com (personal)");
+    assert_eq!(row.get::<String, _>("name"), format!("user_{user}_org"));
     assert_eq!(row.get::<String, _>("kind"), "personal");
     assert_eq!(role_of(&db, org, user).await.as_deref(), Some("owner"));
 

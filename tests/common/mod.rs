@@ -7,6 +7,7 @@
 use orgkeeper::pgcluster::{Durability, PgCluster};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::OnceLock;
+use uuid::Uuid;
 
 struct Server {
     admin_url: String,
@@ -119,7 +120,7 @@ impl TestDb {
 
     async fn create(template: Option<&str>) -> TestDb {
         let server = server();
-        let name = format!("orgkeeper_test_{}", uuid::Uuid::new_v4().simple());
+        let name = format!("orgkeeper_test_{}", Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&server.admin_url)
             .await
             .expect("admin connection");
@@ -173,6 +174,35 @@ pub fn db_error(err: &sqlx::Error) -> (String, String) {
         ),
         other => panic!("expected a database error, got {other:?}"),
     }
+}
+
+pub fn hint(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|e| e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|e| e.hint())
+        .map(str::to_string)
+}
+
+/// Asserts a refusal: its SQLSTATE, that its message contains every fragment,
+/// and that it says what to do next. Returns the hint.
+#[track_caller]
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, sqlx::Error>,
+    sqlstate: &str,
+    fragments: &[&str],
+) -> String {
+    let err = result.expect_err("the call must be refused");
+    let (code, message) = db_error(&err);
+    assert_eq!(code, sqlstate, "SQLSTATE of: {message}");
+    for f in fragments {
+        assert!(
+            message.contains(f),
+            "message {message:?} should contain {f:?}"
+        );
+    }
+    let hint = hint(&err).unwrap_or_default();
+    assert!(!hint.is_empty(), "refusal {message:?} has no hint");
+    hint
 }
 
 /// A daemon running in this process, against a test database and simulators.
@@ -283,7 +313,7 @@ pub async fn status_counts(pool: &PgPool) -> std::collections::BTreeMap<String, 
 }
 
 /// Inserts `n` organizations, each with its own new owner, as an application would.
-pub async fn insert_orgs(pool: &PgPool, prefix: &str, n: usize) -> Vec<uuid::Uuid> {
+pub async fn insert_orgs(pool: &PgPool, prefix: &str, n: usize) -> Vec<Uuid> {
     sqlx::query_scalar(
         "INSERT INTO orgkeeper.org (name, created_by)
          SELECT $1 || ' ' || g, gen_random_uuid() FROM generate_series(1, $2) g RETURNING id",
@@ -291,6 +321,158 @@ pub async fn insert_orgs(pool: &PgPool, prefix: &str, n: usize) -> Vec<uuid::Uui
     .bind(prefix)
     .bind(n as i32)
     .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// A connection acting as the application for `user`.
+pub async fn app(db: &TestDb, user: Option<Uuid>) -> PgConnection {
+    app_at(db, user, "READ COMMITTED").await
+}
+
+/// A connection acting as the application for `user` whose transactions
+/// (implicit ones included) run at isolation `level`.
+pub async fn app_at(db: &TestDb, user: Option<Uuid>, level: &str) -> PgConnection {
+    let mut conn = db.connect().await;
+    sqlx::query(&format!("SET default_transaction_isolation = '{level}'"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let effective: String = sqlx::query_scalar("SELECT current_setting('transaction_isolation')")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(effective, level.to_lowercase());
+    sqlx::query("SET ROLE orgkeeper_app")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    if let Some(user) = user {
+        sqlx::query("SELECT set_config('orgkeeper.user_id', $1, false)")
+            .bind(user.to_string())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    conn
+}
+
+/// A login role that is a member of a group role, for one test. Roles are
+/// cluster-wide, so it is dropped when the guard goes — also when the test
+/// panics half-way.
+pub struct LoginRole {
+    pub name: String,
+    admin_url: String,
+}
+
+impl LoginRole {
+    pub async fn create(db: &TestDb, prefix: &str, group: &str) -> LoginRole {
+        let name = format!("{prefix}_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE ROLE {name} LOGIN IN ROLE {group}"))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        LoginRole {
+            name,
+            admin_url: db.url.clone(),
+        }
+    }
+
+    /// A connection to the test database logged in as this role.
+    pub async fn connect(&self) -> PgConnection {
+        let options: sqlx::postgres::PgConnectOptions =
+            self.admin_url.parse().expect("test database URL");
+        PgConnection::connect_with(&options.username(&self.name))
+            .await
+            .unwrap_or_else(|e| panic!("log in as {}: {e}", self.name))
+    }
+}
+
+impl Drop for LoginRole {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // The test's runtime cannot be blocked on from inside: use a thread.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(async move {
+                    let mut admin = PgConnection::connect(&url)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                        .execute(&mut admin)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(())
+                })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop role {}: {e}", self.name),
+            Err(_) => eprintln!(
+                "could not drop role {}: the dropping thread panicked",
+                self.name
+            ),
+        }
+    }
+}
+
+/// Records a user with a verified email, as the identity-provider sync would.
+pub async fn user(db: &TestDb, email: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query("INSERT INTO orgkeeper.users (id, email, email_verified) VALUES ($1, $2, true)")
+        .bind(id)
+        .bind(email)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    id
+}
+
+/// A team organization created by its owner (through a trusted session).
+pub async fn team(db: &TestDb, name: &str, owner: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT orgkeeper.create_org($1, $2)")
+        .bind(name)
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .expect("create_org")
+}
+
+/// The user's personal organization, created through a trusted session.
+pub async fn personal(db: &TestDb, owner: Uuid) -> Uuid {
+    sqlx::query_scalar("SELECT orgkeeper.create_personal_org($1)")
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .expect("create_personal_org")
+}
+
+/// Every table a refused call or an attack could change, as one comparable
+/// value, for asserting that nothing changed.
+pub async fn state(pool: &PgPool) -> String {
+    sqlx::query_scalar(
+        "SELECT string_agg(t, ' | ' ORDER BY t) FROM (
+            SELECT 'org: ' || string_agg(x::text, ',' ORDER BY x.id) AS t FROM orgkeeper.org x
+            UNION ALL SELECT 'org_member: ' || string_agg(x::text, ',' ORDER BY x.org_id, x.user_id) FROM orgkeeper.org_member x
+            UNION ALL SELECT 'users: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.users x
+            UNION ALL SELECT 'invitation: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.invitation x
+            UNION ALL SELECT 'pending_external_actions: ' || string_agg(x::text, ',' ORDER BY x.id)
+                        FROM orgkeeper.pending_external_actions x
+            UNION ALL SELECT 'api_keys: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.api_keys x
+            UNION ALL SELECT 'custom_secrets: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.custom_secrets x
+            UNION ALL SELECT 'gitlab_webhook: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.gitlab_webhook x
+            UNION ALL SELECT 'slack_users: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.slack_users x
+            UNION ALL SELECT 'user_repos: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.user_repos x
+            UNION ALL SELECT 'billing_sessions: ' || string_agg(x::text, ',' ORDER BY x.id) FROM orgkeeper.billing_sessions x
+            UNION ALL SELECT 'conversation_metadata_saas: ' || string_agg(x::text, ',' ORDER BY x.conversation_id)
+                        FROM orgkeeper.conversation_metadata_saas x
+        ) s",
+    )
+    .fetch_one(pool)
     .await
     .unwrap()
 }
