@@ -1168,9 +1168,11 @@ fn parse_search_field(s: &str) -> Result<(SearchField, &str), String> {
         "phone" => SearchField::Phone,
         "description" => SearchField::Description,
         "" => return Err(format!("expected a field at {s:?}")),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "field {other:?} is not supported (metadata['key'], email, name, phone, description)"
-        )),
+        ))
+        }
     };
     Ok((field, rest))
 }
