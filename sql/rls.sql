@@ -419,7 +419,7 @@ GRANT SELECT (id, email, email_verified), INSERT (id, email, email_verified), UP
 -- Reads everything and writes results back; deletes nothing.
 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_daemon;
 REVOKE INSERT, UPDATE ON orgkeeper.role, orgkeeper.settings_version, orgkeeper.rls_exempt, orgkeeper.sql_library, orgkeeper.schema_history,
-                         orgkeeper.org_creator_allowlist, orgkeeper.invitation FROM orgkeeper_daemon;
+                         orgkeeper.org_creator_allowlist, orgkeeper.invitation, orgkeeper.deployment_setting FROM orgkeeper_daemon;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_daemon;
 -- ... except its own waiting mark (orgkeeper.daemon_busy).
 GRANT DELETE ON orgkeeper.daemon_waiting TO orgkeeper_daemon;

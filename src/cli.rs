@@ -1,6 +1,6 @@
 //! The command line: parses arguments and dispatches, nothing else.
 
-use crate::config::{ConfigError, DatabaseArgs};
+use crate::config::{ConfigError, DatabaseArgs, MigrateArgs};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 
@@ -27,8 +27,8 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply the versioned migrations and the SQL function library (safe to run twice, or from two places at once)
-    Migrate(DatabaseArgs),
+    /// Apply the versioned migrations and the SQL function library (safe to run twice, or from two places at once), then record the deployment settings given (ORGKEEPER_BILLING)
+    Migrate(MigrateArgs),
     /// Run the daemon: perform outbox actions against LiteLLM and Stripe until SIGTERM/SIGINT
     Listen(Box<crate::listen::ListenArgs>),
     /// Move pre-organization users into personal organizations, verify, roll back
@@ -133,8 +133,11 @@ fn init_logging(format: LogFormat) {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Migrate(db) => {
-            let report = crate::db::migrate(&db.url()?).await?;
+        Command::Migrate(args) => {
+            // Every setting is validated before the database is touched.
+            let url = args.database.url()?;
+            let settings = args.settings.settings()?;
+            let report = crate::db::migrate(&url).await?;
             if report.applied.is_empty() {
                 println!("migrations: up to date");
             } else {
@@ -148,6 +151,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "unchanged"
                 }
             );
+            for applied in crate::db::apply_deployment_settings(&url, &settings).await? {
+                println!(
+                    "deployment setting {} = {} ({})",
+                    applied.name,
+                    applied.value,
+                    if applied.changed {
+                        "recorded"
+                    } else {
+                        "unchanged"
+                    }
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Listen(args) => {

@@ -63,6 +63,68 @@ impl DatabaseArgs {
     }
 }
 
+/// Deployment settings that `orgkeeper migrate` records in the database
+/// (table `orgkeeper.deployment_setting`), where triggers of application
+/// transactions read them. Each is recorded only when its variable is set;
+/// an unset variable leaves the stored value (or the default) alone.
+///
+/// To add one: a field here (flag + env), a line in [`Self::settings`], a
+/// CHECK constraint for its values in a migration, and a reader in SQL
+/// (`orgkeeper.get_deployment_setting(name, default)`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct DeploymentSettingsArgs {
+    /// Billing customers for team orgs: on = every new team organization gets a Stripe customer (stripe.create_customer); off = none. Unset = keep the recorded value (default off)
+    #[arg(long, env = "ORGKEEPER_BILLING")]
+    pub billing: Option<String>,
+}
+
+/// One deployment setting to record: its name in `orgkeeper.deployment_setting`,
+/// its value, and the environment variable it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploymentSetting {
+    /// The setting's name in the table (e.g. `billing`).
+    pub name: &'static str,
+    /// Its validated value.
+    pub value: String,
+    /// The environment variable (and flag) it came from, for `set_by`.
+    pub env: &'static str,
+}
+
+impl DeploymentSettingsArgs {
+    /// The settings to record, validated (before anything touches the database).
+    pub fn settings(&self) -> Result<Vec<DeploymentSetting>, ConfigError> {
+        let mut out = Vec::new();
+        if let Some(billing) = &self.billing {
+            let value = billing.trim().to_ascii_lowercase();
+            if value != "on" && value != "off" {
+                return Err(ConfigError {
+                    env: "ORGKEEPER_BILLING",
+                    flag: "billing",
+                    problem: format!("must be on or off, not {billing:?}"),
+                });
+            }
+            out.push(DeploymentSetting {
+                name: "billing",
+                value,
+                env: "ORGKEEPER_BILLING",
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `orgkeeper migrate`: the database, and the deployment settings to record.
+/// (`Debug` shows the URL without its password.)
+#[derive(Clone, Debug, Args)]
+pub struct MigrateArgs {
+    /// Where the database is.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// What to record in `orgkeeper.deployment_setting`.
+    #[command(flatten)]
+    pub settings: DeploymentSettingsArgs,
+}
+
 /// How to reach the LiteLLM proxy, and what new organizations get there.
 #[derive(Clone, Args)]
 pub struct LiteLlmArgs {

@@ -1,5 +1,7 @@
-//! Database access: the connection pool and `migrate` (refinery's versioned
-//! migrations, then the SQL function library in `sql/`).
+//! Database access: the connection pool, `migrate` (refinery's versioned
+//! migrations, then the SQL function library in `sql/`) and
+//! `apply_deployment_settings` (what `orgkeeper migrate` records from the
+//! environment, after migrating).
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
@@ -119,6 +121,66 @@ pub async fn check_migrated(pool: &PgPool) -> anyhow::Result<()> {
         Some(v) => anyhow::bail!("the database schema is at version {v} but this orgkeeper needs {latest}: run `orgkeeper migrate`"),
         None => anyhow::bail!("the database has no orgkeeper schema: run `orgkeeper migrate` first"),
     }
+}
+
+/// What [`apply_deployment_settings`] did with one setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingApplied {
+    /// The setting's name.
+    pub name: String,
+    /// The value now recorded.
+    pub value: String,
+    /// False when it already had this value (the row was left untouched).
+    pub changed: bool,
+}
+
+/// Records deployment settings in `orgkeeper.deployment_setting` (after
+/// [`migrate`], which creates the table), in one transaction: a new or
+/// different value is written with `set_by` = `orgkeeper migrate (<ENV>)` and
+/// `set_at` = now; an equal one is left as it is. `orgkeeper migrate` calls it
+/// with the settings given in the environment; [`migrate`] itself never
+/// changes settings, so tests and tools that only migrate leave them alone.
+pub async fn apply_deployment_settings(
+    database_url: &str,
+    settings: &[crate::config::DeploymentSetting],
+) -> anyhow::Result<Vec<SettingApplied>> {
+    if settings.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pool = connect(database_url, 1).await?;
+    let mut tx = pool.begin().await?;
+    let mut applied = Vec::new();
+    for setting in settings {
+        let changed: bool = sqlx::query_scalar(
+            "WITH w AS (
+                 INSERT INTO orgkeeper.deployment_setting AS s (name, value, set_by, set_at)
+                 VALUES ($1, $2, $3, now())
+                 ON CONFLICT (name) DO UPDATE
+                    SET value = EXCLUDED.value, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at
+                  WHERE s.value IS DISTINCT FROM EXCLUDED.value
+                 RETURNING 1)
+             SELECT EXISTS (SELECT 1 FROM w)",
+        )
+        .bind(setting.name)
+        .bind(&setting.value)
+        .bind(format!("orgkeeper migrate ({})", setting.env))
+        .fetch_one(&mut *tx)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot record deployment setting {} = {} (from {})",
+                setting.name, setting.value, setting.env
+            )
+        })?;
+        applied.push(SettingApplied {
+            name: setting.name.to_string(),
+            value: setting.value.clone(),
+            changed,
+        });
+    }
+    tx.commit().await?;
+    pool.close().await;
+    Ok(applied)
 }
 
 /// Checksum over the library files' names and contents.

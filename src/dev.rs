@@ -3,7 +3,9 @@
 //! and a few pre-organization users to migrate, their secrets in OpenHands'
 //! format — until Ctrl-C, which stops and removes all of it.
 
-use crate::config::{DaemonSettings, LiteLlmSettings, ProvisioningDefaults};
+use crate::config::{
+    DaemonSettings, DeploymentSettingsArgs, LiteLlmSettings, ProvisioningDefaults,
+};
 use crate::listen::DaemonConfig;
 use crate::litellm::{LiteLlmConfig, LiteLlmSimulator};
 use crate::pgcluster::{Durability, PgCluster};
@@ -25,10 +27,15 @@ pub struct DevArgs {
     /// Pre-organization (OpenHands) users to generate, ready for user migration
     #[arg(long, env = "ORGKEEPER_DEV_LEGACY_USERS", default_value_t = 20)]
     pub legacy_users: u32,
+    /// Deployment settings to record after migrating (ORGKEEPER_BILLING=on:
+    /// new team orgs get a customer at the Stripe simulator).
+    #[command(flatten)]
+    pub settings: DeploymentSettingsArgs,
 }
 
 /// Runs the embedded environment until SIGINT/SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let settings = args.settings.settings()?;
     let cluster = tokio::task::spawn_blocking(|| PgCluster::start(Durability::Throwaway)).await??;
     // If this process dies without cleaning up, the watchdog removes the cluster.
     cluster.stop_when_process_exits(std::process::id())?;
@@ -39,6 +46,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     admin.close().await;
     let url = cluster.url("orgkeeper");
     crate::db::migrate(&url).await?;
+    let applied = crate::db::apply_deployment_settings(&url, &settings).await?;
 
     let litellm = LiteLlmSimulator::start_local().await?;
     let stripe = StripeSimulator::start_local().await?;
@@ -103,6 +111,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  cluster    {}", cluster.dir().display());
     println!("  LiteLLM    {} (simulator)", litellm.base_url());
     println!("  Stripe     {} (simulator)", stripe.base_url());
+    for setting in &applied {
+        println!("  setting    {} = {}", setting.name, setting.value);
+    }
     println!();
     println!("Try, in psql:");
     println!("  INSERT INTO orgkeeper.org (name, created_by) VALUES ('Acme', gen_random_uuid());");

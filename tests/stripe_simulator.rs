@@ -679,3 +679,181 @@ async fn a_redirecting_base_url_never_gets_the_api_key_to_the_redirect_target() 
         "nothing reached the target"
     );
 }
+
+/// `GET /v1/customers/search` with this raw query string, as Stripe answers it.
+async fn raw_search(sim: &StripeSimulator, params: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/customers/search", sim.base_url()))
+        .bearer_auth(sim.api_key())
+        .query(params)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn searching_by_org_finds_exactly_the_customers_tagged_with_it() {
+    let sim = StripeSimulator::start_local().await.unwrap();
+    let client = client_for(&sim);
+    let older = sim.seed_customer(Some("a@example.com"), &[("org_id", "org-s1")]);
+    let newer = sim.seed_customer(None, &[("org_id", "org-s1"), ("plan", "team")]);
+    let gone = sim.seed_customer(None, &[("org_id", "org-s1")]);
+    sim.delete_customer(&gone);
+    sim.seed_customer(None, &[("org_id", "org-s10")]);
+    sim.seed_customer(None, &[("user_id", "org-s1")]);
+    sim.seed_customer(Some("org-s1"), &[]);
+
+    let found = client.search_customers_by_org("org-s1").await.unwrap();
+    let ids: Vec<&str> = found.customers.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![newer.as_str(), older.as_str()],
+        "exact metadata match, live customers, newest first"
+    );
+    assert!(!found.has_more);
+    assert_eq!(found.customers[1].email.as_deref(), Some("a@example.com"));
+    assert!(client
+        .search_customers_by_org("org-none")
+        .await
+        .unwrap()
+        .customers
+        .is_empty());
+
+    // The answer has Stripe's search_result shape.
+    let (status, body) = raw_search(
+        &sim,
+        &[("query", "metadata['org_id']:'org-s1'"), ("limit", "1")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "search_result");
+    assert_eq!(body["url"], "/v1/customers/search");
+    assert_eq!(body["has_more"], true);
+    assert!(body["next_page"].is_null());
+    assert_eq!(body["data"][0]["id"], newer.as_str());
+    // Double quotes, other fields and AND / OR work too.
+    let (_, body) = raw_search(
+        &sim,
+        &[(
+            "query",
+            r#"metadata["org_id"]:"org-s1" AND email:"a@example.com""#,
+        )],
+    )
+    .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    let (_, body) = raw_search(
+        &sim,
+        &[("query", "metadata['org_id']:'org-s10' OR email:'org-s1'")],
+    )
+    .await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(sim.stats().responses("search_customers", 200), 5);
+    assert_eq!(sim.stats().mutations, 0, "search changes nothing");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_searches_get_stripes_400_and_the_client_refuses_injection() {
+    let sim = StripeSimulator::start_local().await.unwrap();
+    for query in [
+        "metadata['org_id']:org-1",
+        "metadata['org_id']:'org-1",
+        "metadata[org_id]:'org-1'",
+        "created>100",
+        "email:'a' AND name:'b' OR phone:'c'",
+        "",
+    ] {
+        let (status, body) = raw_search(&sim, &[("query", query)]).await;
+        assert_eq!(status, 400, "{query:?}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(body["error"]["param"], "query", "{body}");
+    }
+    let (status, body) = raw_search(&sim, &[]).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "parameter_missing", "{body}");
+    let (status, body) = raw_search(&sim, &[("query", "email:'a'"), ("limit", "0")]).await;
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (400, &serde_json::json!("limit"))
+    );
+
+    // A value that could change the query never leaves the client.
+    let client = client_for(&sim);
+    let before = sim.stats().requests_to("search_customers");
+    for evil in ["x' OR email:'a", "x\\", "a b", ""] {
+        let err = client.search_customers_by_org(evil).await.unwrap_err();
+        let (status, kind, _, _) = expect_permanent(&err);
+        assert_eq!((status, kind), (0, "invalid_argument"), "{evil:?}");
+    }
+    assert_eq!(sim.stats().requests_to("search_customers"), before);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn search_takes_injected_faults_and_can_lag_like_stripes_index() {
+    let sim = StripeSimulator::start_local().await.unwrap();
+    let client = client_for(&sim);
+    sim.seed_customer(None, &[("org_id", "org-f")]);
+    sim.set_faults(Faults {
+        fail: vec![("search_customers".into(), 503)],
+        ..Faults::default()
+    });
+    let err = client.search_customers_by_org("org-f").await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(sim.stats().responses("search_customers", 503), 1);
+    sim.set_faults(Faults {
+        drop_rate: 1.0,
+        ..Faults::default()
+    });
+    assert!(client
+        .search_customers_by_org("org-f")
+        .await
+        .unwrap_err()
+        .is_transient());
+    sim.set_faults(Faults {
+        fail: vec![("search_customers".into(), 400)],
+        ..Faults::default()
+    });
+    assert!(!client
+        .search_customers_by_org("org-f")
+        .await
+        .unwrap_err()
+        .is_transient());
+    sim.set_faults(Faults::default());
+
+    // Eventual consistency: a customer created just now is missing from
+    // search until the lag has passed, but the idempotency key still
+    // replays its creation.
+    sim.set_search_lag(Duration::from_secs(3600));
+    let created = client
+        .create_customer("Lagging", None, &[("org_id", "org-l")], "k-lag")
+        .await
+        .unwrap();
+    assert!(client
+        .search_customers_by_org("org-l")
+        .await
+        .unwrap()
+        .customers
+        .is_empty());
+    let again = client
+        .create_customer("Lagging", None, &[("org_id", "org-l")], "k-lag")
+        .await
+        .unwrap();
+    assert_eq!(again.id, created.id);
+    sim.set_search_lag(Duration::ZERO);
+    let found = client.search_customers_by_org("org-l").await.unwrap();
+    assert_eq!(found.customers, vec![created]);
+    assert_eq!(sim.stats().customers, 2);
+
+    assert_eq!(
+        Cli::try_parse_from(["simulate", "--fail", "search_customers=429"])
+            .unwrap()
+            .sim
+            .faults()
+            .fail,
+        vec![("search_customers".to_string(), 429)]
+    );
+    sim.shutdown().await;
+}

@@ -5,6 +5,7 @@
 //! Handlers talk to the outside world through the clients in `litellm` and
 //! `stripe`, and to the database only through SQL functions.
 
+mod create_customer;
 mod delete_team;
 mod keys;
 mod members;
@@ -168,6 +169,7 @@ pub async fn perform(
         "litellm.set_budget" => set_budget::perform(services, action).await,
         "litellm.migrate_user" => migrate_user::migrate(services, outbox, action).await,
         "litellm.rollback_user" => migrate_user::rollback(services, action).await,
+        create_customer::KIND => create_customer::perform(services, action).await,
         "stripe.migrate_customer" => stripe_customer::migrate(services, action).await,
         "stripe.rollback_customer" => stripe_customer::rollback(services, action).await,
         "secrets.reencrypt" => reencrypt::perform(services, action).await,

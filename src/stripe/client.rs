@@ -1,4 +1,4 @@
-//! The Stripe API client: the four customer calls the daemon makes, each
+//! The Stripe API client: the customer calls the daemon makes, each
 //! classified into a transient failure (retry later, with the same
 //! idempotency key) or a permanent one (retrying cannot fix it).
 //!
@@ -62,7 +62,7 @@ pub enum StripeError {
     /// 5xx, connection failures and timeouts.
     #[error("stripe {call}: transient failure: {message}")]
     Transient {
-        /// The call that failed (`create_customer`, `update_customer`, `get_customer`, `list_customers`).
+        /// The call that failed (`create_customer`, `update_customer`, `get_customer`, `list_customers`, `search_customers`).
         call: &'static str,
         /// What happened, redacted.
         message: String,
@@ -195,6 +195,40 @@ impl From<CustomerWire> for Customer {
 #[derive(Deserialize)]
 struct ListWire {
     data: Vec<CustomerWire>,
+}
+
+/// `{"object": "search_result", "data": [...], "has_more": …}`.
+#[derive(Deserialize)]
+struct SearchWire {
+    object: String,
+    data: Vec<CustomerWire>,
+    #[serde(default)]
+    has_more: bool,
+}
+
+/// What a customer search found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SearchResult {
+    /// The customers found (deleted ones are left out), in Stripe's order.
+    pub customers: Vec<Customer>,
+    /// Whether Stripe has more results than this page.
+    pub has_more: bool,
+}
+
+/// Why `value` cannot go into a search query as `'value'`, if it cannot:
+/// only letters, digits, `-`, `_` and `.` are accepted, so no quote,
+/// backslash or query operator can change what the query means.
+pub fn search_value_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("the value is empty".into());
+    }
+    if value.len() > 500 {
+        return Some("the value is longer than 500 characters".into());
+    }
+    value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .map(|c| format!("the value contains {c:?}; only letters, digits, '-', '_' and '.' may be searched for"))
 }
 
 impl StripeClient {
@@ -354,6 +388,53 @@ impl StripeClient {
             .filter(|c| !c.deleted)
             .map(Customer::from)
             .collect())
+    }
+
+    /// `GET /v1/customers/search?query=metadata['org_id']:'<org_id>'`: the
+    /// customers tagged with this org (first page, up to 100).
+    ///
+    /// The org id is checked before anything is sent (letters, digits, `-`,
+    /// `_`, `.`), so it cannot change the query. On real Stripe, search is
+    /// eventually consistent: a customer created seconds ago may be missing.
+    /// It complements the creating call's `Idempotency-Key` (which covers
+    /// that window) by finding customers after Stripe forgot the key (24 h).
+    pub async fn search_customers_by_org(&self, org_id: &str) -> Result<SearchResult, StripeError> {
+        const CALL: &str = "search_customers";
+        if let Some(problem) = search_value_problem(org_id) {
+            return Err(StripeError::invalid_argument(
+                CALL,
+                format!("org id {org_id:?} cannot be searched for: {problem}"),
+            ));
+        }
+        let query = format!("metadata['org_id']:'{org_id}'");
+        let params = [("query", query.as_str()), ("limit", "100")];
+        let body = self
+            .send(
+                CALL,
+                reqwest::Method::GET,
+                "/v1/customers/search",
+                None,
+                &params,
+                None,
+            )
+            .await?;
+        let wire: SearchWire = serde_json::from_slice(&body)
+            .map_err(|e| invalid_response(CALL, format!("not a search result: {e}")))?;
+        if wire.object != "search_result" {
+            return Err(invalid_response(
+                CALL,
+                format!("expected object \"search_result\", got {:?}", wire.object),
+            ));
+        }
+        Ok(SearchResult {
+            customers: wire
+                .data
+                .into_iter()
+                .filter(|c| !c.deleted)
+                .map(Customer::from)
+                .collect(),
+            has_more: wire.has_more,
+        })
     }
 
     /// Sends one request and returns the body of a 2xx answer; every other
@@ -620,6 +701,18 @@ mod tests {
         let body = "x".repeat(5000);
         let e = classify("c", StatusCode::BAD_GATEWAY, None, None, body.as_bytes());
         assert!(e.to_string().len() < 400);
+    }
+
+    #[test]
+    fn search_values_that_could_change_the_query_are_refused() {
+        assert_eq!(
+            search_value_problem("0b9c2f6e-4f7a-4b8e-9a55-3f1d2c4b5a69"),
+            None
+        );
+        for bad in ["", "x' OR email:'a", "a\\b", "a b", "a:b", "é"] {
+            assert!(search_value_problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(search_value_problem(&"a".repeat(501)).is_some());
     }
 
     #[test]

@@ -10,5 +10,5 @@ pub mod client;
 pub mod simulator;
 
 pub use crate::simkit::Faults;
-pub use client::{Customer, StripeClient, StripeConfig, StripeError};
+pub use client::{Customer, SearchResult, StripeClient, StripeConfig, StripeError};
 pub use simulator::{serve_forever, SimStats, SimulatorArgs, StripeSimulator};

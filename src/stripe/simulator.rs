@@ -11,7 +11,24 @@
 //! | `update_customer` | `POST /v1/customers/{id}` |
 //! | `get_customer` | `GET /v1/customers/{id}` |
 //! | `list_customers` | `GET /v1/customers?email=&limit=&starting_after=` |
+//! | `search_customers` | `GET /v1/customers/search?query=&limit=` |
 //! | `delete_customer` | `DELETE /v1/customers/{id}` |
+//!
+//! Search understands Stripe's query language for customers as far as
+//! orgkeeper needs it: clauses `metadata['key']:'value'`, `email:'…'`,
+//! `name:'…'`, `phone:'…'`, `description:'…'` (exact matches; single or
+//! double quotes, `\'`/`\"` escapes), joined by `AND` or by `OR` (not both,
+//! as on Stripe). A malformed query, an unsupported field, a missing query or
+//! a limit outside 1..=100 is a 400 `invalid_request_error` with `param`
+//! `query`/`limit`. It answers `{"object": "search_result", "data": [...],
+//! "has_more", "next_page": null, "url"}`, newest first. Unlike real Stripe,
+//! whose search index lags writes by a few seconds (up to a minute during
+//! outages), the simulator's search is immediately consistent unless
+//! [`StripeSimulator::set_search_lag`] hides customers younger than a lag.
+//! orgkeeper does not rely on search alone: the creating call's
+//! `Idempotency-Key` (stable per outbox action) prevents a duplicate inside
+//! that window, and search finds the customer after Stripe has forgotten the
+//! key (24 hours).
 //!
 //! Idempotency, as Stripe documents it: a POST's `Idempotency-Key` stores
 //! the first result (status and body) for 24 hours once the endpoint has
@@ -60,11 +77,12 @@ pub const DEFAULT_API_KEY: &str = "sk_test_orgkeeper_dev";
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The endpoint names used by `--fail` and [`SimStats`].
-pub const ENDPOINTS: [&str; 5] = [
+pub const ENDPOINTS: [&str; 6] = [
     "create_customer",
     "update_customer",
     "get_customer",
     "list_customers",
+    "search_customers",
     "delete_customer",
 ];
 
@@ -99,7 +117,7 @@ pub struct SimulatorArgs {
     pub drop_rate: f64,
     /// Always answer ENDPOINT with STATUS without acting, e.g. `update_customer=429`
     /// (endpoints: create_customer, update_customer, get_customer, list_customers,
-    /// delete_customer, or `*`). Repeatable.
+    /// search_customers, delete_customer, or `*`). Repeatable.
     #[arg(long = "fail", value_name = "ENDPOINT=STATUS", value_parser = parse_fail)]
     pub fail: Vec<(String, u16)>,
 }
@@ -280,6 +298,13 @@ impl StripeSimulator {
         }
     }
 
+    /// Makes search miss customers created less than `lag` ago, as real
+    /// Stripe's eventually consistent search index does for a few seconds
+    /// (`Duration::ZERO`, the default: immediately consistent).
+    pub fn set_search_lag(&self, lag: Duration) {
+        self.shared.lock().search_lag = lag;
+    }
+
     /// Forgets every stored idempotency result, as 24 hours passing would
     /// (requests still in flight keep their keys).
     pub fn expire_idempotency_keys(&self) {
@@ -362,6 +387,8 @@ struct Inner {
     next_seq: u64,
     idempotency: HashMap<String, IdemEntry>,
     stats: SimStats,
+    /// Search does not see customers younger than this.
+    search_lag: Duration,
 }
 
 struct Stored {
@@ -370,6 +397,8 @@ struct Stored {
     phone: Option<String>,
     created: u64,
     seq: u64,
+    /// When it was created, for the search lag.
+    born: Instant,
     invoice_prefix: String,
     deleted: bool,
 }
@@ -455,6 +484,7 @@ impl Inner {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             seq: self.next_seq,
+            born: Instant::now(),
             invoice_prefix: random_id("", 8).to_ascii_uppercase(),
             deleted: false,
         };
@@ -560,6 +590,7 @@ enum Endpoint {
     Update,
     Get,
     List,
+    Search,
     Delete,
     Unknown,
 }
@@ -571,6 +602,7 @@ impl Endpoint {
             Endpoint::Update => "update_customer",
             Endpoint::Get => "get_customer",
             Endpoint::List => "list_customers",
+            Endpoint::Search => "search_customers",
             Endpoint::Delete => "delete_customer",
             Endpoint::Unknown => "unknown",
         }
@@ -580,6 +612,12 @@ impl Endpoint {
 /// Maps a request to an endpoint and, for `/v1/customers/{id}`, the id.
 fn route(method: &Method, path: &str) -> (Endpoint, Option<String>) {
     let path = path.trim_end_matches('/');
+    if path == "/v1/customers/search" {
+        return match *method {
+            Method::GET => (Endpoint::Search, None),
+            _ => (Endpoint::Unknown, None),
+        };
+    }
     if path == "/v1/customers" {
         return match *method {
             Method::POST => (Endpoint::Create, None),
@@ -903,6 +941,7 @@ fn execute(
             None => Outcome::missing(id),
         },
         Endpoint::List => list(inner, params),
+        Endpoint::Search => search(inner, params),
         Endpoint::Unknown => Outcome::invalid("Unrecognized request URL.".into(), None, None),
     }
 }
@@ -962,6 +1001,205 @@ fn list(inner: &Inner, params: &[(String, String)]) -> Outcome {
         "has_more": has_more,
         "url": "/v1/customers"
     }))
+}
+
+fn search(inner: &Inner, params: &[(String, String)]) -> Outcome {
+    if let Some(o) = unknown_param(params, &["query", "limit", "page"]) {
+        return o;
+    }
+    let get = |name: &str| {
+        params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(query) = get("query") else {
+        return Outcome::invalid(
+            "Missing required param: query.".into(),
+            Some("query"),
+            Some("parameter_missing"),
+        );
+    };
+    let limit = match get("limit") {
+        None => 10,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                return Outcome::invalid(
+                    format!("Invalid integer: {s}; limit must be between 1 and 100."),
+                    Some("limit"),
+                    None,
+                )
+            }
+        },
+    };
+    if let Some(page) = get("page") {
+        return Outcome::invalid(
+            format!("Invalid page: {page:?} is not a page this search returned."),
+            Some("page"),
+            None,
+        );
+    }
+    let query = match SearchQuery::parse(query) {
+        Ok(q) => q,
+        Err(problem) => {
+            return Outcome::invalid(
+                format!("Invalid search query {query:?}: {problem}. Customer search clauses look like metadata['key']:'value' or email:'value', joined by AND or OR."),
+                Some("query"),
+                None,
+            )
+        }
+    };
+    let now = Instant::now();
+    let mut matching: Vec<&Stored> = inner
+        .customers
+        .values()
+        .filter(|c| !c.deleted)
+        .filter(|c| now.duration_since(c.born) >= inner.search_lag)
+        .filter(|c| query.matches(c))
+        .collect();
+    matching.sort_by_key(|c| std::cmp::Reverse((c.created, c.seq)));
+    let has_more = matching.len() > limit;
+    let data: Vec<Value> = matching.iter().take(limit).map(|c| c.to_json()).collect();
+    Outcome::ok(json!({
+        "object": "search_result",
+        "data": data,
+        "has_more": has_more,
+        "next_page": null,
+        "url": "/v1/customers/search"
+    }))
+}
+
+/// A parsed customer search query: clauses joined by one operator.
+#[derive(Debug, PartialEq, Eq)]
+struct SearchQuery {
+    clauses: Vec<(SearchField, String)>,
+    /// `true`: every clause must match (`AND`, or a single clause); `false`: any (`OR`).
+    all: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum SearchField {
+    Metadata(String),
+    Email,
+    Name,
+    Phone,
+    Description,
+}
+
+impl SearchQuery {
+    fn parse(query: &str) -> Result<Self, String> {
+        let mut rest = query.trim();
+        if rest.is_empty() {
+            return Err("the query is empty".into());
+        }
+        let mut clauses = Vec::new();
+        let mut operator: Option<&str> = None;
+        loop {
+            let (field, after_field) = parse_search_field(rest)?;
+            let after_colon = after_field
+                .strip_prefix(':')
+                .ok_or_else(|| format!("expected ':' after the field at {after_field:?} (only exact matches are supported)"))?;
+            let (value, after_value) = parse_quoted(after_colon)?;
+            clauses.push((field, value));
+            rest = after_value.trim_start();
+            if rest.is_empty() {
+                break;
+            }
+            let (op, after_op) = rest
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| format!("expected AND or OR at {rest:?}"))?;
+            if op != "AND" && op != "OR" {
+                return Err(format!("expected AND or OR at {rest:?}"));
+            }
+            match operator {
+                Some(previous) if previous != op => {
+                    return Err("a query cannot mix AND and OR".into())
+                }
+                _ => operator = Some(op),
+            }
+            rest = after_op.trim_start();
+        }
+        Ok(SearchQuery {
+            clauses,
+            all: operator != Some("OR"),
+        })
+    }
+
+    fn matches(&self, c: &Stored) -> bool {
+        let one = |(field, value): &(SearchField, String)| {
+            let actual = match field {
+                SearchField::Metadata(key) => c.customer.metadata.get(key),
+                SearchField::Email => c.customer.email.as_ref(),
+                SearchField::Name => c.customer.name.as_ref(),
+                SearchField::Phone => c.phone.as_ref(),
+                SearchField::Description => c.description.as_ref(),
+            };
+            actual == Some(value)
+        };
+        if self.all {
+            self.clauses.iter().all(one)
+        } else {
+            self.clauses.iter().any(one)
+        }
+    }
+}
+
+/// A field at the start of `s`: `metadata['key']` (or `["key"]`) or a plain field name.
+fn parse_search_field(s: &str) -> Result<(SearchField, &str), String> {
+    if let Some(after) = s.strip_prefix("metadata[") {
+        let (key, after_key) = parse_quoted(after)?;
+        let rest = after_key
+            .strip_prefix(']')
+            .ok_or_else(|| format!("expected ']' after the metadata key at {after_key:?}"))?;
+        if key.is_empty() {
+            return Err("the metadata key is empty".into());
+        }
+        return Ok((SearchField::Metadata(key), rest));
+    }
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    let (name, rest) = s.split_at(end);
+    let field = match name {
+        "email" => SearchField::Email,
+        "name" => SearchField::Name,
+        "phone" => SearchField::Phone,
+        "description" => SearchField::Description,
+        "" => return Err(format!("expected a field at {s:?}")),
+        other => {
+            return Err(format!(
+            "field {other:?} is not supported (metadata['key'], email, name, phone, description)"
+        ))
+        }
+    };
+    Ok((field, rest))
+}
+
+/// A `'…'` or `"…"` string at the start of `s` (a backslash escapes the
+/// next character); returns it unescaped and what follows.
+fn parse_quoted(s: &str) -> Result<(String, &str), String> {
+    let mut chars = s.char_indices();
+    let quote = match chars.next() {
+        Some((_, q @ ('\'' | '"'))) => q,
+        _ => return Err(format!("expected a quoted value at {s:?}")),
+    };
+    let mut value = String::new();
+    let mut escaped = false;
+    for (i, c) in chars {
+        if escaped {
+            value.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == quote {
+            return Ok((value, &s[i + c.len_utf8()..]));
+        } else {
+            value.push(c);
+        }
+    }
+    Err(format!("unterminated string in {s:?}"))
 }
 
 /// A 400 for the first parameter that is not in `allowed` (`expand[]` is always allowed).
@@ -1318,9 +1556,43 @@ mod tests {
     }
 
     #[test]
+    fn search_queries_parse_like_stripes() {
+        let q = SearchQuery::parse("metadata['org_id']:'o-1'").unwrap();
+        assert_eq!(
+            q.clauses,
+            vec![(SearchField::Metadata("org_id".into()), "o-1".into())]
+        );
+        let q = SearchQuery::parse(r#"metadata["a"]:"x\"y" OR email:'e@x.io'"#).unwrap();
+        assert!(!q.all);
+        assert_eq!(q.clauses[0].1, "x\"y");
+        assert_eq!(q.clauses[1], (SearchField::Email, "e@x.io".into()));
+        for bad in [
+            "",
+            "metadata['org_id']:o-1",
+            "metadata['org_id']'o-1'",
+            "metadata['org_id':'o-1'",
+            "metadata['org_id']:'o-1",
+            "created>10",
+            "email:'a' AND name:'b' OR phone:'c'",
+            "email:'a' and name:'b'",
+            "email:'a' name:'b'",
+        ] {
+            assert!(SearchQuery::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn routes() {
         assert_eq!(route(&Method::POST, "/v1/customers").0, Endpoint::Create);
         assert_eq!(route(&Method::GET, "/v1/customers").0, Endpoint::List);
+        assert_eq!(
+            route(&Method::GET, "/v1/customers/search").0,
+            Endpoint::Search
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/customers/search").0,
+            Endpoint::Unknown
+        );
         assert_eq!(
             route(&Method::POST, "/v1/customers/cus_1"),
             (Endpoint::Update, Some("cus_1".into()))
