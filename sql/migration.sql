@@ -79,13 +79,36 @@ COMMENT ON FUNCTION orgkeeper.lock_user_for_migration(uuid) IS
 CREATE OR REPLACE FUNCTION orgkeeper.migration_blocker(p_user_id uuid) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(
-        (SELECT format('user %s already has a personal organization "%s" but user_settings.already_migrated is false', p_user_id, o.name)
-           FROM orgkeeper.org o WHERE o.kind = 'personal' AND o.created_by = p_user_id),
+        (SELECT format('user %s has a personal organization "%s" that the migration cannot adopt: %s', p_user_id, o.name,
+                       concat_ws('; ',
+                           CASE WHEN o.provisioning_status = 'deprovisioning' THEN 'it is being deleted' END,
+                           (SELECT 'it has other members (' || string_agg(m.user_id::text || ' ' || m.status, ', ' ORDER BY m.user_id) || ')'
+                              FROM orgkeeper.org_member m WHERE m.org_id = o.id AND m.user_id <> p_user_id),
+                           (SELECT 'it has open invitations (' || string_agg(i.email, ', ' ORDER BY i.id) || ')'
+                              FROM orgkeeper.invitation i
+                             WHERE i.org_id = o.id AND i.accepted_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > now())))
+           FROM orgkeeper.org o
+          WHERE o.kind = 'personal' AND o.created_by = p_user_id
+            AND (o.provisioning_status = 'deprovisioning'
+                 OR EXISTS (SELECT 1 FROM orgkeeper.org_member m WHERE m.org_id = o.id AND m.user_id <> p_user_id)
+                 OR EXISTS (SELECT 1 FROM orgkeeper.invitation i
+                             WHERE i.org_id = o.id AND i.accepted_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > now()))),
         (SELECT format('user %s has migration #%s in force but user_settings.already_migrated is false', p_user_id, m.id)
            FROM orgkeeper.user_migration m WHERE m.user_id = p_user_id AND m.status = 'migrated'));
 $$;
 COMMENT ON FUNCTION orgkeeper.migration_blocker(uuid) IS
-  'Why a not-yet-migrated user cannot be migrated (a personal organization or a migration log entry already exists), or NULL when nothing blocks it.';
+  'Why a not-yet-migrated user cannot be migrated, or NULL when nothing blocks it: a migration log entry in force, or a personal organization the migration cannot adopt (being deleted, other members, open invitations). A personal organization of the user alone is adopted.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.migration_settings_columns() RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['agent', 'max_iterations', 'security_analyzer', 'confirmation_mode', 'llm_model', 'llm_base_url',
+                 'llm_api_key', 'llm_api_key_for_byor', 'remote_runtime_resource_factor', 'enable_default_condenser',
+                 'condenser_max_size', 'billing_margin', 'enable_proactive_conversation_starters',
+                 'enable_solvability_analysis', 'sandbox_base_container_image', 'sandbox_runtime_container_image',
+                 'mcp_config', 'search_api_key', 'sandbox_api_key', 'max_budget_per_task', 'byor_export_enabled'];
+$$;
+COMMENT ON FUNCTION orgkeeper.migration_settings_columns() IS
+  'Internal: the organization settings a migration fills from user_settings in a personal organization it adopts (only where the organization has none), and that its rollback restores.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.conversation_conflicts(p_user_id uuid)
 RETURNS TABLE (conversation_id text, org_id uuid, user_id uuid)
@@ -143,6 +166,8 @@ CREATE OR REPLACE FUNCTION orgkeeper.migrate_locked_users(p_users uuid[]) RETURN
 LANGUAGE plpgsql AS $$
 DECLARE
     v_users_before jsonb;
+    v_orgs_before  jsonb;
+    v_fill         text;
     v_prev_skip    text;
     v_count        integer;
 BEGIN
@@ -153,6 +178,23 @@ BEGIN
     -- The users rows as they were (almost always none), for an exact rollback.
     SELECT coalesce(jsonb_object_agg(u.id::text, to_jsonb(u)), '{}'::jsonb) INTO v_users_before
       FROM orgkeeper.users u WHERE u.id = ANY (p_users);
+    -- Personal orgs that exist already (created at first login) are adopted:
+    -- their settings are filled from user_settings only where they have none,
+    -- and kept as they were for a rollback.
+    SELECT coalesce(jsonb_object_agg(o.id::text, to_jsonb(o)), '{}'::jsonb) INTO v_orgs_before
+      FROM orgkeeper.org o WHERE o.id = ANY (p_users) AND o.kind = 'personal';
+    IF v_orgs_before <> '{}'::jsonb THEN
+        SELECT string_agg(format('%1$I = coalesce(o.%1$I, s.%1$I)', c), ', ') INTO v_fill
+          FROM unnest(orgkeeper.migration_settings_columns()) AS c
+         WHERE c <> 'byor_export_enabled';
+        EXECUTE format(
+            'UPDATE orgkeeper.org o SET %s, byor_export_enabled = o.byor_export_enabled OR EXISTS (
+                 SELECT 1 FROM orgkeeper.billing_sessions b
+                  WHERE b.user_id = s.user_id AND b.org_id IS NULL AND b.status = ''completed'')
+               FROM orgkeeper.user_settings s
+              WHERE s.user_id = o.id AND o.id = ANY ($1) AND o.kind = ''personal''', v_fill)
+          USING p_users;
+    END IF;
 
     -- Users rows and personal orgs in one statement (foreign keys are checked
     -- at its end, so users.current_org_id can point at the org it inserts).
@@ -192,7 +234,10 @@ BEGIN
         sandbox_base_container_image, sandbox_runtime_container_image,
         org_version, mcp_config, search_api_key, sandbox_api_key, max_budget_per_task,
         byor_export_enabled)
-    SELECT n.user_id, orgkeeper.personal_org_name(n.user_id), 'personal', n.user_id, n.email,
+    -- No id: the insert trigger gives a personal org its creator's id (and
+    -- refuses one named by an untrusted caller, such as an application whose
+    -- user's first login runs this migration).
+    SELECT NULL::uuid, orgkeeper.personal_org_name(n.user_id), 'personal', n.user_id, n.email,
            n.agent, n.max_iterations, n.security_analyzer, coalesce(n.confirmation_mode, false),
            n.llm_model, n.llm_base_url, n.llm_api_key, n.llm_api_key_for_byor,
            n.remote_runtime_resource_factor, coalesce(n.enable_default_condenser, true), n.condenser_max_size,
@@ -202,6 +247,7 @@ BEGIN
            n.user_version, n.mcp_config, n.search_api_key, n.sandbox_api_key, n.max_budget_per_task,
            n.byor
       FROM s n
+     WHERE NOT (v_orgs_before ? n.user_id::text)
      ORDER BY n.user_id;
     PERFORM set_config('orgkeeper.skip_provision', coalesce(v_prev_skip, ''), true);
 
@@ -211,7 +257,8 @@ BEGIN
       FROM orgkeeper.user_settings s
      WHERE s.user_id = ANY (p_users)
        AND m.org_id = s.user_id AND m.user_id = s.user_id
-       AND nullif(s.llm_api_key, '') IS NOT NULL;
+       AND nullif(s.llm_api_key, '') IS NOT NULL
+       AND m.llm_api_key IS NULL; -- an adopted org's member keeps the key provisioning gave them
 
     -- Related rows, conversation copies, outbox actions and the log: one
     -- statement, set-based over the batch.
@@ -331,13 +378,13 @@ BEGIN
         user_id, org_id, users_before,
         stripe_customer_ids, slack_user_ids, slack_conversation_ids, api_key_ids, custom_secret_ids,
         billing_session_ids, user_repo_ids, gitlab_webhook_ids, saas_conversation_ids, copied_conversation_ids,
-        legacy_ciphertext, action_ids, user_version, billing_margin)
+        legacy_ciphertext, action_ids, user_version, billing_margin, org_before)
     SELECT b.user_id, b.user_id, v_users_before -> b.user_id::text,
            coalesce(sc_a.ids, '{}'), coalesce(su_a.ids, '{}'), coalesce(sv_a.ids, '{}'),
            coalesce(ak_a.ids, '{}'), coalesce(cs_a.ids, '{}'), coalesce(bs_a.ids, '{}'),
            coalesce(ur_a.ids, '{}'), coalesce(gw_a.ids, '{}'), coalesce(sm_a.ids, '{}'),
            coalesce(cp_a.ids, '{}'), coalesce(lc_a.items, '[]'), coalesce(act_a.ids, '{}'),
-           b.user_version, b.billing_margin
+           b.user_version, b.billing_margin, v_orgs_before -> b.user_id::text
       FROM b
       LEFT JOIN (SELECT user_id, array_agg(id ORDER BY id) AS ids FROM sc GROUP BY user_id) sc_a ON sc_a.user_id = b.user_id
       LEFT JOIN (SELECT user_id, array_agg(id ORDER BY id) AS ids FROM su GROUP BY user_id) su_a ON su_a.user_id = b.user_id
@@ -467,7 +514,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.migrate_user(uuid) IS
-  'Migrates one legacy user into a personal organization (id = user id) in the caller''s transaction: settings copied from user_settings, users row and owner membership, related rows pointed at the org, conversations copied to conversation_metadata_saas, legacy rows kept, user_settings.already_migrated = true, and the external halves enqueued (litellm.migrate_user, stripe.migrate_customer, secrets.reencrypt). Returns a jsonb report: status migrated (with rows moved per table, the action ids, and conflicts: legacy conversations whose id another organization or user already holds, which were not copied), already_migrated or not_found (nothing changed). Raises 22004 for NULL, 55P03 when another session holds the user''s migration lock for 30 s, 55000 when already_migrated is NULL or a personal org already exists. Everything is recorded in orgkeeper.user_migration for orgkeeper.rollback_user_migration.';
+  'Migrates one legacy user into a personal organization (id = user id) in the caller''s transaction: settings copied from user_settings, users row and owner membership, related rows pointed at the org, conversations copied to conversation_metadata_saas, legacy rows kept, user_settings.already_migrated = true, and the external halves enqueued (litellm.migrate_user, stripe.migrate_customer, secrets.reencrypt). Returns a jsonb report: status migrated (with rows moved per table, the action ids, and conflicts: legacy conversations whose id another organization or user already holds, which were not copied), already_migrated or not_found (nothing changed). A personal organization that already exists (created at first login) is adopted: its settings are filled only where it has none. Raises 22004 for NULL, 55P03 when another session holds the user''s migration lock for 30 s, 55000 when already_migrated is NULL or the existing personal organization cannot be adopted (other members, open invitations, being deleted: the message says which). Everything is recorded in orgkeeper.user_migration for orgkeeper.rollback_user_migration.';
 
 ------------------------------------------------------------------------------
 -- a batch of users (back-fill)
@@ -883,6 +930,7 @@ BEGIN
                 'team_id', coalesce(v_org.litellm_team_id, v_log.org_id::text),
                 'email', v_email,
                 'migrate_action_id', r.id,
+                'adopted', v_log.org_before IS NOT NULL,
                 'unlimited_budget', 1000000000.0));
             v_enqueued := v_enqueued || jsonb_build_object('id', v_id, 'kind', 'litellm.rollback_user');
         ELSE
@@ -949,15 +997,24 @@ BEGIN
      WHERE t.conversation_id = ANY (v_log.copied_conversation_ids) AND t.org_id = v_log.org_id;
     GET DIAGNOSTICS v_removed = ROW_COUNT;
 
-    -- The personal org (its memberships cascade; the delete trigger enqueues
-    -- litellm.delete_team, which removes the team after litellm.rollback_user).
-    SELECT coalesce(max(a.id), 0) INTO v_max_id FROM orgkeeper.pending_external_actions a;
-    DELETE FROM orgkeeper.org o WHERE o.id = v_log.org_id;
-    SELECT coalesce(jsonb_agg(jsonb_build_object('id', a.id, 'kind', a.kind) ORDER BY a.id), '[]'::jsonb)
-      INTO v_report
-      FROM orgkeeper.pending_external_actions a
-     WHERE a.id > v_max_id AND a.org_id = v_log.org_id AND a.kind = 'litellm.delete_team';
-    v_enqueued := v_enqueued || v_report;
+    IF v_log.org_before IS NOT NULL THEN
+        -- An adopted personal org stays, with its settings as they were
+        -- (litellm.rollback_user keeps the user in its team).
+        SELECT string_agg(quote_ident(c), ', ') INTO v_cols
+          FROM unnest(orgkeeper.migration_settings_columns()) AS c;
+        EXECUTE format('UPDATE orgkeeper.org o SET (%1$s) = (SELECT %1$s FROM jsonb_populate_record(NULL::orgkeeper.org, $1)) WHERE o.id = $2', v_cols)
+          USING v_log.org_before, v_log.org_id;
+    ELSE
+        -- The personal org (its memberships cascade; the delete trigger enqueues
+        -- litellm.delete_team, which removes the team after litellm.rollback_user).
+        SELECT coalesce(max(a.id), 0) INTO v_max_id FROM orgkeeper.pending_external_actions a;
+        DELETE FROM orgkeeper.org o WHERE o.id = v_log.org_id;
+        SELECT coalesce(jsonb_agg(jsonb_build_object('id', a.id, 'kind', a.kind) ORDER BY a.id), '[]'::jsonb)
+          INTO v_report
+          FROM orgkeeper.pending_external_actions a
+         WHERE a.id > v_max_id AND a.org_id = v_log.org_id AND a.kind = 'litellm.delete_team';
+        v_enqueued := v_enqueued || v_report;
+    END IF;
 
     -- The users row: removed, or put back exactly as it was.
     IF v_log.users_before IS NULL THEN
@@ -985,6 +1042,7 @@ BEGIN
         'user_id', v_user,
         'org_id', v_log.org_id,
         'org_name', v_org.name,
+        'org', CASE WHEN v_log.org_before IS NOT NULL THEN 'restored' ELSE 'deleted' END,
         'migration_id', v_log.id,
         'restored', v_restored,
         'conversation_copies_removed', v_removed,
@@ -999,7 +1057,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.rollback_user_migration(uuid) IS
-  'Undoes a migration made by migrate_user / migrate_users from its orgkeeper.user_migration log: related rows back to org_id NULL, conversation copies removed, legacy ciphertext put back, personal org (and membership) deleted, users row deleted or restored as it was, user_settings.already_migrated = false. Migration actions that never started are cancelled; for the others it enqueues litellm.rollback_user {user_id, org_id, team_id, email, migrate_action_id, unlimited_budget} and stripe.rollback_customer {stripe_customer_id, org_id, user_id, email, migrate_action_id}; deleting the org enqueues litellm.delete_team after them. Returns a jsonb report (status rolled_back, not_migrated or not_found). Refuses with 55000 (nothing changed) when the org gained other members, open invitations or rows created after the migration, or the user joined other orgs; 55P03 when another session holds the user''s lock for 30 s; 22004 for NULL.';
+  'Undoes a migration made by migrate_user / migrate_users from its orgkeeper.user_migration log: related rows back to org_id NULL, conversation copies removed, legacy ciphertext put back, personal org (and membership) deleted — or, when the migration adopted an existing one, its settings restored and the org kept —, users row deleted or restored as it was, user_settings.already_migrated = false. Migration actions that never started are cancelled; for the others it enqueues litellm.rollback_user {user_id, org_id, team_id, email, migrate_action_id, adopted, unlimited_budget} and stripe.rollback_customer {stripe_customer_id, org_id, user_id, email, migrate_action_id}; deleting the org enqueues litellm.delete_team after them. Returns a jsonb report (status rolled_back, not_migrated or not_found). Refuses with 55000 (nothing changed) when the org gained other members, open invitations or rows created after the migration, or the user joined other orgs; 55P03 when another session holds the user''s lock for 30 s; 22004 for NULL.';
 
 ------------------------------------------------------------------------------
 -- privileges

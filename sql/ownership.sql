@@ -405,6 +405,13 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     PERFORM orgkeeper.check_actor(user_id, 'create_personal_org');
+    -- A legacy user's first login migrates them (as OpenHands does): the
+    -- migration creates the personal org with their settings, credits and keys.
+    IF EXISTS (SELECT 1 FROM orgkeeper.user_settings s
+                WHERE s.user_id = create_personal_org.user_id AND s.already_migrated = false) THEN
+        PERFORM orgkeeper.migrate_user(user_id);
+        RETURN user_id;
+    END IF;
     SELECT u.email INTO v_email FROM orgkeeper.users u WHERE u.id = create_personal_org.user_id;
     INSERT INTO orgkeeper.org (name, kind, created_by, contact_email)
     VALUES (orgkeeper.personal_org_name(user_id), 'personal', user_id, v_email);
@@ -412,4 +419,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.create_personal_org(uuid) IS
-  'Creates the user''s personal organization (id = user id, named user_<id>_org). Refuses a second one (23505), and (42501) an application session creating one for a user other than orgkeeper.user_id. Returns the org id.';
+  'Creates the user''s personal organization (id = user id, named user_<id>_org); for a legacy user not yet migrated (user_settings.already_migrated = false) it runs orgkeeper.migrate_user instead, which creates it with their settings — the application''s way to migrate a user at first login. Refuses a second one (23505), and (42501) an application session creating one for a user other than orgkeeper.user_id. Returns the org id.';

@@ -1010,3 +1010,187 @@ async fn generated_openhands_users_migrate_end_to_end_and_every_credential_reads
         }
     }
 }
+
+#[tokio::test]
+async fn a_legacy_users_first_login_through_create_personal_org_migrates_them() {
+    let w = World::new().await;
+    let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    let mut app = common::app(&w.db, Some(user)).await;
+    let org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_personal_org($1)")
+        .bind(user)
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert_eq!(org, user);
+    let migrated: bool = sqlx::query_scalar(
+        "SELECT already_migrated FROM orgkeeper.user_settings WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert!(migrated, "the first login migrated the user");
+    let d = w.daemon("w1");
+    wait_until(LONG, "the migration to finish", || w.actions_finished()).await;
+    d.stop().await;
+    for (check, ok, detail) in w.checks(user).await {
+        assert!(ok, "{check}: {detail}");
+    }
+    assert_eq!(
+        w.litellm.team(&user.to_string()).unwrap().max_budget,
+        Some(6.0),
+        "the legacy credits, counted once"
+    );
+}
+
+#[tokio::test]
+async fn a_user_whose_personal_org_exists_is_migrated_into_it_and_rolled_back_to_it() {
+    let w = World::new().await;
+    let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    // The personal org was made at first login by something else than
+    // orgkeeper's create_personal_org (e.g. before the legacy row was loaded).
+    sqlx::query("UPDATE orgkeeper.user_settings SET max_iterations = 42 WHERE user_id = $1")
+        .bind(user)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO orgkeeper.users (id, email) VALUES ($1, 'early@example.com')")
+        .bind(user)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO orgkeeper.org (name, kind, created_by, llm_model) VALUES ('Mine', 'personal', $1, 'litellm_proxy/chosen')")
+        .bind(user)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    let d = w.daemon("w1");
+    wait_until(LONG, "the personal org to be provisioned", || {
+        w.actions_finished()
+    })
+    .await;
+    let key_before: String = sqlx::query_scalar(
+        "SELECT llm_api_key FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(w.litellm.team(&user.to_string()).unwrap().max_budget, None);
+
+    let report = w.migrate(user).await;
+    assert_eq!(report["status"], "migrated", "{report}");
+    wait_until(LONG, "the migration to finish", || w.actions_finished()).await;
+    for (check, ok, detail) in w.checks(user).await {
+        assert!(ok, "{check}: {detail}");
+    }
+    let (iterations, model): (Option<i32>, String) =
+        sqlx::query_as("SELECT max_iterations, llm_model FROM orgkeeper.org WHERE id = $1")
+            .bind(user)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        iterations,
+        Some(42),
+        "what the org lacked comes from the legacy row"
+    );
+    assert_eq!(model, "litellm_proxy/chosen", "what the org had stays");
+    let team = w.litellm.team(&user.to_string()).unwrap();
+    assert_eq!(
+        team.max_budget,
+        Some(6.0),
+        "the personal team gets the legacy credits"
+    );
+    assert_eq!(team.members[0].max_budget_in_team, Some(6.0));
+    assert_eq!(
+        team.keys.len(),
+        3,
+        "the provisioned key and the two legacy keys"
+    );
+    let key_after: String = sqlx::query_scalar(
+        "SELECT llm_api_key FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        key_after, key_before,
+        "the member keeps the working key they had"
+    );
+
+    let undo: serde_json::Value =
+        sqlx::query_scalar("SELECT orgkeeper.rollback_user_migration($1)")
+            .bind(user)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(undo["org"], "restored", "{undo}");
+    wait_until(LONG, "the rollback to finish", || w.actions_finished()).await;
+    d.stop().await;
+    let iterations: Option<i32> =
+        sqlx::query_scalar("SELECT max_iterations FROM orgkeeper.org WHERE id = $1")
+            .bind(user)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        iterations, None,
+        "the adopted org's settings are as they were"
+    );
+    let team = w
+        .litellm
+        .team(&user.to_string())
+        .expect("the adopted org keeps its team");
+    assert_eq!(team.max_budget, None, "the team's budget as it was");
+    assert_eq!(team.members.len(), 1, "the user stays in their own team");
+    assert_eq!(team.keys.len(), 1, "the legacy keys left it again");
+}
+
+#[tokio::test]
+async fn a_personal_org_with_other_members_is_not_adopted_and_the_refusal_says_why() {
+    let w = World::new().await;
+    let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    let other = Uuid::new_v4();
+    sqlx::query("INSERT INTO orgkeeper.users (id, email) VALUES ($1, 'u@example.com'), ($2, 'o@example.com')")
+        .bind(user)
+        .bind(other)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO orgkeeper.org (name, kind, created_by) VALUES ('Shared', 'personal', $1)",
+    )
+    .bind(user)
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    sqlx::query("SELECT orgkeeper.add_member($1, $1, $2, 'member')")
+        .bind(user)
+        .bind(other)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    let err = sqlx::query("SELECT orgkeeper.migrate_user($1)")
+        .bind(user)
+        .execute(&w.db.pool)
+        .await
+        .unwrap_err();
+    let (code, message) = common::db_error(&err);
+    assert_eq!(code, "55000");
+    assert!(
+        message.contains("cannot adopt")
+            && message.contains("other members")
+            && message.contains(&other.to_string()),
+        "{message}"
+    );
+    let migrated: bool = sqlx::query_scalar(
+        "SELECT already_migrated FROM orgkeeper.user_settings WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert!(!migrated, "nothing changed");
+}

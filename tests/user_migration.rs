@@ -1054,9 +1054,27 @@ async fn bad_input_gets_a_clear_outcome_and_changes_nothing() {
 #[tokio::test]
 async fn the_back_fill_records_users_it_cannot_migrate_and_still_ends() {
     let db = TestDb::migrated().await;
-    // A user who already got a personal org without being marked migrated,
+    // A user whose personal org cannot be adopted (someone else joined it),
     // first in id order, so it is the first candidate of every walk.
     let odd = Uuid::from_u128(1);
+    let guest = Uuid::new_v4();
+    sqlx::query("INSERT INTO orgkeeper.users (id, email) VALUES ($1, 'odd@example.com'), ($2, 'guest@example.com')")
+        .bind(odd)
+        .bind(guest)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+        .bind(odd)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT orgkeeper.add_member($1, $1, $2, 'member')")
+        .bind(odd)
+        .bind(guest)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     sqlx::query(
         "INSERT INTO orgkeeper.user_settings (user_id, email) VALUES ($1, 'odd@example.com')",
     )
@@ -1064,11 +1082,6 @@ async fn the_back_fill_records_users_it_cannot_migrate_and_still_ends() {
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
-        .bind(odd)
-        .execute(&db.pool)
-        .await
-        .unwrap();
     // Three users sharing an email and one without: names stay unique within a batch.
     let mut twins = Vec::new();
     for email in [
@@ -1120,7 +1133,7 @@ async fn the_back_fill_records_users_it_cannot_migrate_and_still_ends() {
     .unwrap();
     assert_eq!(state, "55000");
     assert!(
-        message.contains("already has a personal organization"),
+        message.contains("cannot adopt") && message.contains("other members"),
         "{message}"
     );
     let n: i32 = sqlx::query_scalar("SELECT orgkeeper.migrate_users(100)")

@@ -15,7 +15,7 @@
 
 use super::provision_org::PERSONAL_TEAM_ALIAS;
 use super::{call, keys, payload_str, ActionError, Finish, Services};
-use crate::litellm::{MemberBudget, NewTeam, UNLIMITED_MAX_BUDGET};
+use crate::litellm::{Created, MemberBudget, NewTeam, UNLIMITED_MAX_BUDGET};
 use crate::outbox::{Action, Outbox};
 use serde_json::{json, Value};
 
@@ -129,9 +129,37 @@ pub async fn migrate(
         .await?
         .is_some_and(|t| t.members.iter().any(|m| m == user)),
     };
-    if !earlier_team {
+    let created = if earlier_team {
+        Created::Existing
+    } else {
         call(services, "litellm", "team_new", || {
             litellm.create_team(&team)
+        })
+        .await?
+    };
+    // A personal org that existed before the migration (adopted) already has
+    // its team: it gets the credits, and what it had is kept for a rollback.
+    if let (Created::Existing, Some(credits)) = (created, budget.credits) {
+        if action.progress.get("team_before").is_none() {
+            let before = call(services, "litellm", "team_info", || {
+                litellm.team_info(team_id)
+            })
+            .await?
+            .map(|t| {
+                json!({
+                    "max_budget": t.team_budget.max_budget,
+                    "member_budget": t.budget_of(user).max_budget,
+                })
+            });
+            if !outbox
+                .save_progress(action, &json!({ "team_before": before }))
+                .await?
+            {
+                return Err(ActionError::LeaseLost);
+            }
+        }
+        call(services, "litellm", "team_update", || {
+            litellm.update_team_budget(team_id, Some(credits))
         })
         .await?;
     }
@@ -142,10 +170,16 @@ pub async fn migrate(
         })
         .await?;
     }
-    call(services, "litellm", "team_member_add", || {
+    let joined = call(services, "litellm", "team_member_add", || {
         litellm.add_team_member(team_id, user, budget.credits)
     })
     .await?;
+    if let (Created::Existing, Some(credits)) = (joined, budget.credits) {
+        call(services, "litellm", "team_member_update", || {
+            litellm.update_member_budget(team_id, user, Some(credits))
+        })
+        .await?;
+    }
     let moved = move_legacy_keys_in(services, outbox, action, user, team_id).await?;
 
     let result = json!({
@@ -234,10 +268,27 @@ pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, Ac
         })
         .await?;
     }
-    call(services, "litellm", "team_member_delete", || {
-        litellm.remove_team_member(team_id, user)
-    })
-    .await?;
+    if action.payload.get("adopted").and_then(Value::as_bool) == Some(true) {
+        // The personal org stays (it existed before the migration): its team
+        // gets back the budgets it had, and the user stays in it.
+        if let Some(before) = progress.get("team_before").filter(|b| b.is_object()) {
+            let team_budget = before["max_budget"].as_f64();
+            let member_budget = before["member_budget"].as_f64();
+            call(services, "litellm", "team_update", || {
+                litellm.update_team_budget(team_id, team_budget)
+            })
+            .await?;
+            call(services, "litellm", "team_member_update", || {
+                litellm.update_member_budget(team_id, user, member_budget)
+            })
+            .await?;
+        }
+    } else {
+        call(services, "litellm", "team_member_delete", || {
+            litellm.remove_team_member(team_id, user)
+        })
+        .await?;
+    }
     Ok(Finish::Result(json!({
         "team_id": team_id,
         "user_max_budget": restored.map(|b| b.max_budget),
