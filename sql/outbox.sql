@@ -28,16 +28,21 @@ COMMENT ON FUNCTION orgkeeper.wakeup_lock_key() IS
 CREATE OR REPLACE FUNCTION orgkeeper.notify_actions() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_ids jsonb;
+    v_ids    jsonb;
+    v_locked boolean;
 BEGIN
     -- Held until this transaction ends: a daemon about to wait first waits
     -- for it (orgkeeper.inserts_settled), so its last claim sees these rows
     -- — or, if it started waiting before this point, the check below sees
-    -- it waiting and notifies.
-    PERFORM pg_advisory_xact_lock_shared(orgkeeper.wakeup_lock_key());
+    -- it waiting and notifies. Tried, never waited for: any role can take an
+    -- advisory lock, and a session holding this key exclusively (a daemon's
+    -- inserts_settled for an instant, or a hostile one for ever) must not
+    -- block every insert. Without the lock the handshake cannot see this
+    -- transaction, so it notifies whether or not a daemon is recorded waiting.
+    v_locked := pg_try_advisory_xact_lock_shared(orgkeeper.wakeup_lock_key());
     -- Notify only a waiting daemon: a notifying commit holds a cluster-wide
     -- lock through its commit, which would serialise busy inserters.
-    IF NOT EXISTS (SELECT 1 FROM orgkeeper.daemon_waiting WHERE until > now()) THEN
+    IF v_locked AND NOT EXISTS (SELECT 1 FROM orgkeeper.daemon_waiting WHERE until > now()) THEN
         RETURN NULL;
     END IF;
     -- One notification per statement, carrying ids only (never payloads or secrets).
@@ -50,7 +55,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.notify_actions() IS
-  'Statement trigger: takes the wake-up lock (shared, until the transaction ends) and, while a daemon is waiting (orgkeeper.daemon_waiting), NOTIFY orgkeeper_actions with {"ids": [...]} (at most 100 ids). Together with orgkeeper.inserts_settled no committed action waits for the poll while a daemon is idle.';
+  'Statement trigger: tries the wake-up lock (shared, until the transaction ends; never waits for it) and, while a daemon is waiting (orgkeeper.daemon_waiting) or when the lock was taken exclusively by someone else, NOTIFY orgkeeper_actions with {"ids": [...]} (at most 100 ids). Together with orgkeeper.inserts_settled no committed action waits for the poll while a daemon is idle, and no session holding the advisory key blocks inserts.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.daemon_waits(p_worker text, p_for interval) RETURNS void
 LANGUAGE sql AS $$

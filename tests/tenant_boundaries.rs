@@ -1272,3 +1272,56 @@ async fn item9_an_admin_cannot_redirect_members_keys_and_definer_functions_run_w
         assert!(!superuser && !bypassrls && !owns_tables, "{function}");
     }
 }
+
+#[tokio::test]
+async fn item7_an_app_session_holding_the_wakeup_key_blocks_no_insert_and_loses_no_wakeup() {
+    let db = TestDb::migrated().await;
+    let login = LoginRole::create(&db, "ok_app", "orgkeeper_app").await;
+    let ann = user(&db, "ann@acme.test").await;
+
+    // Mallory (any application login) holds the outbox's wake-up key ("okwake", sql/outbox.sql)
+    // exclusively, for as long as she likes.
+    let mut m = login.connect().await;
+    sqlx::query("SELECT pg_advisory_lock(121398893359973)")
+        .execute(&mut m)
+        .await
+        .unwrap();
+
+    // A daemon is waiting for work and listening.
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("orgkeeper_actions").await.unwrap();
+    sqlx::query("SELECT orgkeeper.daemon_waits('waiting-daemon', interval '1 minute')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    // Another tenant creates an organization: it is not blocked ...
+    let mut a = app(&db, Some(ann)).await;
+    sqlx::query("SET statement_timeout = '3s'")
+        .execute(&mut a)
+        .await
+        .unwrap();
+    let org: Uuid = sqlx::query_scalar(
+        "INSERT INTO orgkeeper.org (name, created_by) VALUES ('Acme', $1) RETURNING id",
+    )
+    .bind(ann)
+    .fetch_one(&mut a)
+    .await
+    .expect("an insert is not blocked by a session holding the wake-up key");
+    // ... and the waiting daemon hears of its provisioning action.
+    let note = tokio::time::timeout(std::time::Duration::from_secs(3), listener.recv())
+        .await
+        .expect("a notification while the key is held")
+        .unwrap();
+    let action: i64 = sqlx::query_scalar(
+        "SELECT id FROM orgkeeper.pending_external_actions WHERE org_id = $1 AND kind = 'litellm.provision_org'",
+    )
+    .bind(org)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(note.payload()).unwrap()["ids"],
+        serde_json::json!([action])
+    );
+}
