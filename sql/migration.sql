@@ -110,6 +110,28 @@ $$;
 COMMENT ON FUNCTION orgkeeper.migration_settings_columns() IS
   'Internal: the organization settings a migration fills from user_settings in a personal organization it adopts (only where the organization has none), and that its rollback restores.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.has_custom_llm_settings(p_settings orgkeeper.user_settings) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    -- OpenHands' rule: a base URL other than the LiteLLM proxy's (as
+    -- orgkeeper migrate recorded it from LITELLM_BASE_URL; any base URL when
+    -- none was recorded), or a model other than the default of the user's
+    -- settings version (compared by its last path segment). plpgsql, not
+    -- SQL: get_deployment_setting comes later in the library (billing.sql).
+    RETURN coalesce(
+        (nullif(btrim(p_settings.llm_base_url), '') IS NOT NULL
+         AND rtrim(btrim(p_settings.llm_base_url), '/')
+             IS DISTINCT FROM orgkeeper.get_deployment_setting('litellm_base_url', NULL))
+        OR (nullif(btrim(p_settings.llm_model), '') IS NOT NULL
+            AND EXISTS (SELECT 1 FROM orgkeeper.settings_version v
+                         WHERE v.version = p_settings.user_version
+                           AND v.default_model <> regexp_replace(btrim(p_settings.llm_model), '^.*/', ''))),
+        false);
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.has_custom_llm_settings(orgkeeper.user_settings) IS
+  'Whether a legacy user had their own LLM settings (OpenHands'' rule): llm_base_url set and not the LiteLLM proxy''s (deployment setting litellm_base_url), or llm_model''s last path segment not the default model of their settings version. Such a user keeps model, base URL, iteration limit and BYOR key on their membership; the organization gets the current defaults.';
+
 CREATE OR REPLACE FUNCTION orgkeeper.conversation_conflicts(p_user_id uuid)
 RETURNS TABLE (conversation_id text, org_id uuid, user_id uuid)
 LANGUAGE sql STABLE AS $$
@@ -207,7 +229,8 @@ BEGIN
                -- BYOR export from the user's own legacy billing history only:
                -- sessions of an organization (org_id set) are not the user's.
                EXISTS (SELECT 1 FROM orgkeeper.billing_sessions b
-                        WHERE b.user_id = st.user_id AND b.org_id IS NULL AND b.status = 'completed') AS byor
+                        WHERE b.user_id = st.user_id AND b.org_id IS NULL AND b.status = 'completed') AS byor,
+               orgkeeper.has_custom_llm_settings(st) AS custom
           FROM orgkeeper.user_settings st
          WHERE st.user_id = ANY (p_users)
     ), u AS (
@@ -238,18 +261,34 @@ BEGIN
     -- refuses one named by an untrusted caller, such as an application whose
     -- user's first login runs this migration).
     SELECT NULL::uuid, orgkeeper.personal_org_name(n.user_id), 'personal', n.user_id, n.email,
-           n.agent, n.max_iterations, n.security_analyzer, coalesce(n.confirmation_mode, false),
-           n.llm_model, n.llm_base_url, n.llm_api_key, n.llm_api_key_for_byor,
+           -- A user with custom settings keeps them on the membership (below);
+           -- the organization gets the current defaults.
+           n.agent, CASE WHEN n.custom THEN NULL ELSE n.max_iterations END,
+           n.security_analyzer, coalesce(n.confirmation_mode, false),
+           CASE WHEN n.custom THEN orgkeeper.default_llm_model(NULL) ELSE n.llm_model END,
+           CASE WHEN n.custom THEN orgkeeper.get_deployment_setting('litellm_base_url', NULL) ELSE n.llm_base_url END,
+           n.llm_api_key, CASE WHEN n.custom THEN NULL ELSE n.llm_api_key_for_byor END,
            n.remote_runtime_resource_factor, coalesce(n.enable_default_condenser, true), n.condenser_max_size,
            n.billing_margin, coalesce(n.enable_proactive_conversation_starters, true),
            coalesce(n.enable_solvability_analysis, false),
            n.sandbox_base_container_image, n.sandbox_runtime_container_image,
-           n.user_version, n.mcp_config, n.search_api_key, n.sandbox_api_key, n.max_budget_per_task,
+           CASE WHEN n.custom THEN orgkeeper.current_settings_version() ELSE n.user_version END,
+           n.mcp_config, n.search_api_key, n.sandbox_api_key, n.max_budget_per_task,
            n.byor
       FROM s n
      WHERE NOT (v_orgs_before ? n.user_id::text)
      ORDER BY n.user_id;
     PERFORM set_config('orgkeeper.skip_provision', coalesce(v_prev_skip, ''), true);
+
+    -- Custom settings stay the user's own, on their membership of the
+    -- personal org the migration created.
+    UPDATE orgkeeper.org_member m
+       SET llm_model = s.llm_model, llm_base_url = s.llm_base_url, max_iterations = s.max_iterations,
+           llm_api_key_for_byor = s.llm_api_key_for_byor
+      FROM orgkeeper.user_settings s
+     WHERE s.user_id = ANY (p_users) AND NOT (v_orgs_before ? s.user_id::text)
+       AND m.org_id = s.user_id AND m.user_id = s.user_id
+       AND orgkeeper.has_custom_llm_settings(s);
 
     -- The user's LiteLLM key (legacy ciphertext) becomes the owner membership's key.
     UPDATE orgkeeper.org_member m
@@ -265,6 +304,7 @@ BEGIN
     WITH b AS (
         SELECT s.user_id, s.email, s.user_version, s.billing_margin,
                s.llm_api_key, s.llm_api_key_for_byor, s.search_api_key, s.sandbox_api_key,
+               orgkeeper.has_custom_llm_settings(s) AND o.llm_api_key_for_byor IS NULL AS custom,
                o.name AS org_name, coalesce(o.llm_model, orgkeeper.default_llm_model(o.org_version)) AS model
           FROM orgkeeper.user_settings s
           JOIN orgkeeper.org o ON o.id = s.user_id
@@ -309,7 +349,9 @@ BEGIN
                jsonb_build_object('id', b.user_id) AS row_key, NULL::text AS legacy, NULL::bigint AS row_id
           FROM b WHERE orgkeeper.is_legacy_ciphertext(b.llm_api_key)
         UNION ALL
-        SELECT b.user_id, 2, 'org', 'llm_api_key_for_byor', jsonb_build_object('id', b.user_id), NULL, NULL
+        SELECT b.user_id, 2, CASE WHEN b.custom THEN 'org_member' ELSE 'org' END, 'llm_api_key_for_byor',
+               CASE WHEN b.custom THEN jsonb_build_object('org_id', b.user_id, 'user_id', b.user_id)
+                    ELSE jsonb_build_object('id', b.user_id) END, NULL, NULL
           FROM b WHERE orgkeeper.is_legacy_ciphertext(b.llm_api_key_for_byor)
         UNION ALL
         SELECT b.user_id, 3, 'org', 'search_api_key', jsonb_build_object('id', b.user_id), NULL, NULL
@@ -766,6 +808,8 @@ BEGIN
       FROM (
         SELECT 1 AS ord, 'org.llm_api_key' AS place FROM orgkeeper.org o WHERE o.id = v_user AND orgkeeper.is_legacy_ciphertext(o.llm_api_key)
         UNION ALL SELECT 2, 'org.llm_api_key_for_byor' FROM orgkeeper.org o WHERE o.id = v_user AND orgkeeper.is_legacy_ciphertext(o.llm_api_key_for_byor)
+        UNION ALL SELECT 2, 'org_member.llm_api_key_for_byor' FROM orgkeeper.org_member m
+                   WHERE m.org_id = v_user AND m.user_id = v_user AND orgkeeper.is_legacy_ciphertext(m.llm_api_key_for_byor)
         UNION ALL SELECT 3, 'org.search_api_key' FROM orgkeeper.org o WHERE o.id = v_user AND orgkeeper.is_legacy_ciphertext(o.search_api_key)
         UNION ALL SELECT 4, 'org.sandbox_api_key' FROM orgkeeper.org o WHERE o.id = v_user AND orgkeeper.is_legacy_ciphertext(o.sandbox_api_key)
         UNION ALL SELECT 5, 'org_member.llm_api_key' FROM orgkeeper.org_member m

@@ -144,7 +144,7 @@ RETURNS TABLE (active boolean, email text, org_status text, org_version integer,
 LANGUAGE sql STABLE AS $$
     SELECT m.status = 'active', orgkeeper.verified_email(m.user_id), o.provisioning_status, o.org_version,
            coalesce(o.llm_model, orgkeeper.default_llm_model(o.org_version)),
-           m.llm_api_key, o.llm_base_url
+           m.llm_api_key, coalesce(m.llm_base_url, o.llm_base_url)
       FROM orgkeeper.org_member m
       JOIN orgkeeper.org o ON o.id = m.org_id
      WHERE m.org_id = p_org_id AND m.user_id = p_user_id;

@@ -20,6 +20,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         ('org',                      'search_api_key',       ARRAY['id']),
         ('org',                      'sandbox_api_key',      ARRAY['id']),
         ('org_member',               'llm_api_key',          ARRAY['org_id', 'user_id']),
+        ('org_member',               'llm_api_key_for_byor', ARRAY['org_id', 'user_id']),
         ('custom_secrets',           'secret_value',         ARRAY['id']),
         ('gitlab_webhook',           'webhook_secret',       ARRAY['id']),
         ('pending_external_actions', 'progress.key',         ARRAY['id'])

@@ -136,7 +136,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => {
             // Every setting is validated before the database is touched.
             let url = args.database.url()?;
-            let settings = args.settings.settings()?;
+            let mut settings = args.settings.settings()?;
+            if let Some(litellm) = &args.litellm_base_url {
+                settings.push(crate::config::litellm_base_url_setting(
+                    litellm,
+                    "LITELLM_BASE_URL",
+                )?);
+            }
             let report = crate::db::migrate(&url).await?;
             if report.applied.is_empty() {
                 println!("migrations: up to date");

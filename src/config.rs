@@ -78,6 +78,20 @@ pub struct DeploymentSettingsArgs {
     pub billing: Option<String>,
 }
 
+/// The `litellm_base_url` deployment setting for `url` (validated, without a
+/// trailing slash), as `env` gave it.
+pub fn litellm_base_url_setting(
+    url: &str,
+    env: &'static str,
+) -> Result<DeploymentSetting, ConfigError> {
+    check_http_url(url.trim(), env, "litellm-base-url")?;
+    Ok(DeploymentSetting {
+        name: "litellm_base_url",
+        value: url.trim().trim_end_matches('/').to_string(),
+        env,
+    })
+}
+
 /// One deployment setting to record: its name in `orgkeeper.deployment_setting`,
 /// its value, and the environment variable it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +137,9 @@ pub struct MigrateArgs {
     /// What to record in `orgkeeper.deployment_setting`.
     #[command(flatten)]
     pub settings: DeploymentSettingsArgs,
+    /// The LiteLLM proxy's URL, recorded so user migration can tell a user's own provider (another base URL) from the proxy. Unset = keep the recorded value
+    #[arg(long, env = "LITELLM_BASE_URL")]
+    pub litellm_base_url: Option<String>,
 }
 
 /// How to reach the LiteLLM proxy, and what new organizations get there.

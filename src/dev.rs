@@ -49,6 +49,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let applied = crate::db::apply_deployment_settings(&url, &settings).await?;
 
     let litellm = LiteLlmSimulator::start_local().await?;
+    crate::db::apply_deployment_settings(
+        &url,
+        &[crate::config::litellm_base_url_setting(
+            &litellm.base_url(),
+            "orgkeeper dev",
+        )?],
+    )
+    .await?;
     let stripe = StripeSimulator::start_local().await?;
     let metrics_addr = match args.metrics_addr.as_str() {
         "off" => None,

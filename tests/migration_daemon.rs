@@ -915,9 +915,16 @@ async fn generated_openhands_users_migrate_end_to_end_and_every_credential_reads
     let stored: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT 'org', c, s.user_id::text, v
            FROM orgkeeper.user_settings s,
-                LATERAL (VALUES ('llm_api_key', s.llm_api_key), ('llm_api_key_for_byor', s.llm_api_key_for_byor),
-                                ('search_api_key', s.search_api_key), ('sandbox_api_key', s.sandbox_api_key)) AS x(c, v)
+                LATERAL (VALUES ('llm_api_key', s.llm_api_key), ('search_api_key', s.search_api_key),
+                                ('sandbox_api_key', s.sandbox_api_key)) AS x(c, v)
           WHERE v IS NOT NULL
+         UNION ALL
+         -- A user with custom settings keeps the BYOR key on the membership.
+         SELECT CASE WHEN orgkeeper.has_custom_llm_settings(s) THEN 'org_member' ELSE 'org' END,
+                'llm_api_key_for_byor',
+                CASE WHEN orgkeeper.has_custom_llm_settings(s) THEN s.user_id || '/' || s.user_id ELSE s.user_id::text END,
+                s.llm_api_key_for_byor
+           FROM orgkeeper.user_settings s WHERE s.llm_api_key_for_byor IS NOT NULL
          UNION ALL
          SELECT 'org_member', 'llm_api_key', s.user_id || '/' || s.user_id, s.llm_api_key
            FROM orgkeeper.user_settings s WHERE s.llm_api_key IS NOT NULL
@@ -974,25 +981,20 @@ async fn generated_openhands_users_migrate_end_to_end_and_every_credential_reads
     for (place, table, _) in &stored {
         let (column_key, row) = place.split_once(':').unwrap();
         let column = column_key.split_once('.').unwrap().1;
-        let now: String = match *table == "org_member" {
-            true => sqlx::query_scalar(
-                "SELECT llm_api_key FROM orgkeeper.org_member WHERE org_id::text || '/' || user_id::text = $1",
-            )
-            .bind(row)
-            .fetch_one(&w.db.pool)
-            .await
-            .unwrap(),
-            false => sqlx::query_scalar("SELECT orgkeeper.read_secret($1, $2, jsonb_build_object('id', $3::text))")
-                .bind(table)
-                .bind(column)
-                .bind(row)
-                .fetch_one(&w.db.pool)
-                .await
-                .unwrap(),
-        };
+        let now: String = sqlx::query_scalar(
+            "SELECT orgkeeper.read_secret($1, $2, CASE WHEN $1 = 'org_member'
+                        THEN jsonb_build_object('org_id', split_part($3, '/', 1), 'user_id', split_part($3, '/', 2))
+                        ELSE jsonb_build_object('id', $3::text) END)",
+        )
+        .bind(table)
+        .bind(column)
+        .bind(row)
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
         let at = Place::new(table, column, row);
         let read = ring.decrypt(&at, &now).expect(place);
-        if *table == "org_member" && read.expose_secret() != expected[place] {
+        if place.starts_with("org_member.llm_api_key:") && read.expose_secret() != expected[place] {
             // A member key the proxy does not know is replaced by a managed
             // key in the personal team (litellm.verify_key).
             assert!(
@@ -1193,4 +1195,111 @@ async fn a_personal_org_with_other_members_is_not_adopted_and_the_refusal_says_w
     .await
     .unwrap();
     assert!(!migrated, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_user_with_custom_settings_keeps_them_on_the_membership_and_a_default_user_inherits() {
+    let w = World::new().await;
+    sqlx::query(
+        "INSERT INTO orgkeeper.deployment_setting (name, value, set_by) VALUES ('litellm_base_url', $1, 'test')",
+    )
+    .bind(w.litellm.base_url())
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    let (custom, _) = w.legacy_user(Some(10.0), 4.0, 3, None).await;
+    let (default, _) = w.legacy_user(Some(10.0), 4.0, 3, None).await;
+    let byor = w.openhands_encrypt("sk-ant-own-byor-key");
+    sqlx::query(
+        "UPDATE orgkeeper.user_settings
+            SET llm_model = 'anthropic/claude-3-opus', llm_base_url = 'https://api.anthropic.com/',
+                max_iterations = 77, llm_api_key_for_byor = $2
+          WHERE user_id = $1",
+    )
+    .bind(custom)
+    .bind(&byor)
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    // Version 3's default model, on the proxy's URL: not custom.
+    sqlx::query(
+        "UPDATE orgkeeper.user_settings
+            SET llm_model = 'litellm_proxy/claude-sonnet-4-20250514', llm_base_url = $2, max_iterations = 50
+          WHERE user_id = $1",
+    )
+    .bind(default)
+    .bind(format!("{}/", w.litellm.base_url()))
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    for user in [custom, default] {
+        assert_eq!(w.migrate(user).await["status"], "migrated");
+    }
+    let d = w.daemon("w1");
+    wait_until(LONG, "the migrations to finish", || w.actions_finished()).await;
+    d.stop().await;
+    for user in [custom, default] {
+        for (check, ok, detail) in w.checks(user).await {
+            assert!(ok, "{check}: {detail}");
+        }
+    }
+
+    type Settings = (Option<String>, Option<String>, Option<i32>, Option<String>);
+    let pool = &w.db.pool;
+    let member = |user: Uuid| async move {
+        sqlx::query_as::<_, Settings>(
+            "SELECT llm_model, llm_base_url, max_iterations, llm_api_key_for_byor
+               FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $1",
+        )
+        .bind(user)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let org = |user: Uuid| async move {
+        sqlx::query_as::<_, (Option<String>, Option<i32>, i32)>(
+            "SELECT llm_model, max_iterations, org_version FROM orgkeeper.org WHERE id = $1",
+        )
+        .bind(user)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let (model, base_url, iterations, member_byor) = member(custom).await;
+    assert_eq!(model.as_deref(), Some("anthropic/claude-3-opus"));
+    assert_eq!(base_url.as_deref(), Some("https://api.anthropic.com/"));
+    assert_eq!(iterations, Some(77));
+    let member_byor = member_byor.expect("the BYOR key moved to the membership");
+    assert_eq!(
+        w.keyring()
+            .decrypt(
+                &Place::new(
+                    "org_member",
+                    "llm_api_key_for_byor",
+                    format!("{custom}/{custom}")
+                ),
+                &member_byor
+            )
+            .unwrap()
+            .expose_secret(),
+        "sk-ant-own-byor-key",
+        "re-encrypted at its new place"
+    );
+    let (org_model, org_iterations, org_version) = org(custom).await;
+    assert_eq!(
+        (org_model.as_deref(), org_iterations, org_version),
+        (Some("litellm_proxy/claude-opus-4-5-20251101"), None, 5),
+        "the organization gets the current defaults"
+    );
+
+    assert_eq!(
+        member(default).await,
+        (None, None, None, None),
+        "inherits the organization's"
+    );
+    let (org_model, org_iterations, org_version) = org(default).await;
+    assert_eq!(
+        (org_model.as_deref(), org_iterations, org_version),
+        (Some("litellm_proxy/claude-sonnet-4-20250514"), Some(50), 3)
+    );
 }

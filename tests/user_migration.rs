@@ -68,10 +68,15 @@ async fn seed_legacy_user(db: &TestDb, user: Uuid, email: &str) {
                 enable_sound_notifications, enable_proactive_conversation_starters, enable_solvability_analysis,
                 user_consents_to_analytics, accepted_tos, sandbox_base_container_image, sandbox_runtime_container_image,
                 mcp_config, max_budget_per_task, user_version, billing_margin)
-         VALUES ($1, $2, 'de', 'CodeActAgent', 120, 'llm', true, 'litellm_proxy/claude', 'https://llm.example',
+         VALUES ($1, $2, 'de', 'CodeActAgent', 120, 'llm', true, 'litellm_proxy/claude-sonnet-4-20250514', 'https://llm.example',
                  'legacy:llm-key', 'ok1:byor-already-current', 'legacy:search', NULL, 2, false, 40,
                  true, false, true, true, '2024-05-01 10:00:00+00', 'base:1', 'runtime:1',
                  '{\"servers\": [\"a\"]}', 2.5, 3, 1.25)",
+        // The proxy's URL as orgkeeper migrate records it: with version 3's
+        // default model, these are the defaults, not custom settings.
+        "INSERT INTO orgkeeper.deployment_setting (name, value, set_by)
+         SELECT 'litellm_base_url', 'https://llm.example', 'test' WHERE $1 IS NOT NULL
+         ON CONFLICT (name) DO NOTHING",
         "INSERT INTO orgkeeper.stripe_customers (user_id, stripe_customer_id) VALUES ($1, 'cus_' || left($1::text, 8))",
         "INSERT INTO orgkeeper.slack_users (user_id, slack_user_id, slack_display_name) VALUES ($1, 'U1', 'alice')",
         "INSERT INTO orgkeeper.slack_conversation (user_id, conversation_id, channel_id) VALUES ($1, 'conv-s', 'C1')",
@@ -349,7 +354,10 @@ async fn a_legacy_user_is_migrated_verified_after_the_daemon_and_rolled_back_exa
     assert_eq!(org.get::<String, _>("kind"), "personal");
     assert_eq!(org.get::<Uuid, _>("created_by"), user);
     assert_eq!(org.get::<String, _>("contact_email"), "alice@example.com");
-    assert_eq!(org.get::<String, _>("llm_model"), "litellm_proxy/claude");
+    assert_eq!(
+        org.get::<String, _>("llm_model"),
+        "litellm_proxy/claude-sonnet-4-20250514"
+    );
     assert_eq!(org.get::<String, _>("llm_base_url"), "https://llm.example");
     assert_eq!(org.get::<String, _>("agent"), "CodeActAgent");
     assert_eq!(org.get::<i32, _>("max_iterations"), 120);
