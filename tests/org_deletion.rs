@@ -167,6 +167,15 @@ async fn deletion_passes_through_deprovisioning_and_leaves_a_tombstone() {
         .execute(&w.db.pool)
         .await
         .unwrap();
+    let carol = user(&w.db, "carol@doomed.test").await;
+    let token: String = sqlx::query_scalar(
+        "SELECT orgkeeper.create_invitation($1, $2, 'carol@doomed.test', 'member')",
+    )
+    .bind(owner)
+    .bind(org)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
     let d = w.daemon();
     w.wait_idle().await;
     assert_eq!(w.status(org).await.as_deref(), Some("active"));
@@ -236,6 +245,17 @@ async fn deletion_passes_through_deprovisioning_and_leaves_a_tombstone() {
         sqlx::query("SELECT orgkeeper.my_llm_api_key($1)")
             .bind(org)
             .execute(&mut bob_app)
+            .await,
+        "55000",
+        &["is being deleted"],
+    );
+    // Nor can anyone join it.
+    let mut carol_app = app(&w.db, Some(carol)).await;
+    refused(
+        sqlx::query("SELECT orgkeeper.accept_invitation($1, $2)")
+            .bind(carol)
+            .bind(&token)
+            .execute(&mut carol_app)
             .await,
         "55000",
         &["is being deleted"],
