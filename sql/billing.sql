@@ -114,10 +114,10 @@ LANGUAGE sql STABLE AS $$
            coalesce((SELECT array_agg(s.stripe_customer_id ORDER BY s.id)
                        FROM orgkeeper.stripe_customers s WHERE s.org_id = o.id), '{}')
       FROM orgkeeper.org o
-     WHERE o.id = p_org_id;
+     WHERE o.id = p_org_id AND o.provisioning_status <> 'deprovisioning';
 $$;
 COMMENT ON FUNCTION orgkeeper.billing_customer_context(uuid) IS
-  'Daemon: what stripe.create_customer checks before calling Stripe: the organization''s name and kind and the Stripe customers already recorded for it (oldest first). No row = the organization is gone.';
+  'Daemon: what stripe.create_customer checks before calling Stripe: the organization''s name and kind and the Stripe customers already recorded for it (oldest first). No row = the organization is gone or being deleted (deprovisioning).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.record_billing_customer(
     p_action_id bigint, p_worker text, p_customer_id text, p_user_id uuid, p_result jsonb)
@@ -141,7 +141,10 @@ BEGIN
     IF NOT FOUND THEN
         RETURN 'lease_lost';
     END IF;
-    v_org_exists := EXISTS (SELECT 1 FROM orgkeeper.org o WHERE o.id = v_org_id);
+    -- An organization being deleted (deprovisioning) counts as gone: its
+    -- customers were detached by delete_org.
+    v_org_exists := EXISTS (SELECT 1 FROM orgkeeper.org o
+                             WHERE o.id = v_org_id AND o.provisioning_status <> 'deprovisioning');
     IF v_org_exists THEN
         INSERT INTO orgkeeper.stripe_customers (user_id, org_id, stripe_customer_id)
         SELECT p_user_id, v_org_id, p_customer_id
@@ -162,4 +165,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_billing_customer(bigint, text, text, uuid, jsonb) IS
-  'Daemon: records the Stripe customer of a stripe.create_customer action in stripe_customers (user_id = p_user_id, org_id = the action''s org; no second row for the same org and customer) and marks the action done, in one transaction fenced on the lease. Returns done, org_gone (the org was deleted meanwhile: the customer is recorded detached, org_id NULL, and the action is done) or lease_lost (nothing written).';
+  'Daemon: records the Stripe customer of a stripe.create_customer action in stripe_customers (user_id = p_user_id, org_id = the action''s org; no second row for the same org and customer) and marks the action done, in one transaction fenced on the lease. Returns done, org_gone (the org was deleted or is being deleted meanwhile: the customer is recorded detached, org_id NULL, and the action is done) or lease_lost (nothing written).';

@@ -117,11 +117,19 @@ BEGIN
             USING ERRCODE = 'no_data_found',
                   HINT = 'check the id; orgkeeper.list_orgs(actor) lists the organizations a user belongs to';
     END IF;
+    -- Deletion in the open (deletion.sql): a deprovisioning organization
+    -- still exists (its name and id stay taken) but nothing may act on it.
+    -- Only the id is named: the caller may not be a member.
+    IF v_org.provisioning_status = 'deprovisioning' THEN
+        RAISE EXCEPTION 'organization % is being deleted', p_org_id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'its deletion was asked for and is being carried out; nothing can change it any more';
+    END IF;
     RETURN v_org;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.find_org(uuid) IS
-  'Returns the organization row; raises P0002 when it does not exist.';
+  'Returns the organization row; raises P0002 when it does not exist and 55000 ("organization … is being deleted") when it is deprovisioning. Every management function reads its organization through this (or lock_org).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.lock_org(p_org_id uuid) RETURNS orgkeeper.org
 LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
@@ -255,7 +263,9 @@ BEGIN
     IF v_was_active AND (NOT v_is_active OR v_moved) THEN
         -- Gone with its organization: deleting the team deletes every key.
         SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = OLD.org_id;
-        IF FOUND THEN
+        -- ... and with an organization being deleted (the team's deletion
+        -- covers them too).
+        IF FOUND AND v_org.provisioning_status <> 'deprovisioning' THEN
             PERFORM orgkeeper.enqueue_action('litellm.remove_member', OLD.org_id, OLD.user_id,
                 jsonb_build_object('user_id', OLD.user_id, 'team_id', coalesce(v_org.litellm_team_id, v_org.id::text)));
         END IF;
@@ -267,7 +277,8 @@ BEGIN
         SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = NEW.org_id;
         -- The creator of an organization still being provisioned gets their
         -- key from litellm.provision_org (or, for a migrated user, keeps theirs).
-        IF NOT (NEW.user_id = v_org.created_by AND v_org.provisioning_status = 'pending') THEN
+        IF NOT (NEW.user_id = v_org.created_by AND v_org.provisioning_status = 'pending')
+           AND v_org.provisioning_status <> 'deprovisioning' THEN
             PERFORM orgkeeper.enqueue_action('litellm.add_member', NEW.org_id, NEW.user_id,
                 jsonb_build_object('user_id', NEW.user_id, 'team_id', coalesce(v_org.litellm_team_id, v_org.id::text)));
         END IF;
@@ -276,7 +287,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_member_key_lifecycle() IS
-  'Trigger: a membership that becomes active enqueues litellm.add_member (the member joins the team and gets a key of their own); one that stops being active (disabled, invited, deleted, moved) enqueues litellm.remove_member (their key is deleted at LiteLLM and they leave the team) and forgets its key ciphertext. Nothing is enqueued for memberships deleted with their organization (the team''s deletion covers them), nor for the creator of an organization still pending (provisioning gives them their key). Payload {"user_id", "team_id"}.';
+  'Trigger: a membership that becomes active enqueues litellm.add_member (the member joins the team and gets a key of their own); one that stops being active (disabled, invited, deleted, moved) enqueues litellm.remove_member (their key is deleted at LiteLLM and they leave the team) and forgets its key ciphertext. Nothing is enqueued for memberships of an organization being deleted (deprovisioning) or deleted with it (the team''s deletion covers them), nor for the creator of an organization still pending (provisioning gives them their key). Payload {"user_id", "team_id"}.';
 
 DROP TRIGGER IF EXISTS org_member_key_lifecycle ON orgkeeper.org_member;
 CREATE TRIGGER org_member_key_lifecycle
@@ -290,7 +301,9 @@ LANGUAGE sql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
            SET current_org_id = (
                    SELECT m.org_id
                      FROM orgkeeper.org_member m
+                     JOIN orgkeeper.org o ON o.id = m.org_id
                     WHERE m.user_id = u.id AND m.status = 'active' AND m.org_id <> p_org_id
+                      AND o.provisioning_status <> 'deprovisioning'
                     ORDER BY (m.org_id = u.id) DESC, m.created_at, m.org_id
                     LIMIT 1),
                updated_at = now()
@@ -300,7 +313,7 @@ LANGUAGE sql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
     SELECT count(*)::integer FROM moved;
 $$;
 COMMENT ON FUNCTION orgkeeper.relocate_current_org(uuid, uuid) IS
-  'Moves users whose current organization is p_org_id (all of them, or only p_user_id) to their personal organization, else to their oldest other active membership, else to none. Returns how many moved.';
+  'Moves users whose current organization is p_org_id (all of them, or only p_user_id) to their personal organization, else to their oldest other active membership (never one being deleted), else to none. Returns how many moved.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.drop_membership(p_org orgkeeper.org, p_user_id uuid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
@@ -346,12 +359,16 @@ DECLARE
     v_org    orgkeeper.org;
     v_m      record;
     v_last   uuid[];
+    v_rows   jsonb;
 BEGIN
     PERFORM orgkeeper.check_actor(v_actor, 'delete_org');
     IF v_org_id IS NULL THEN PERFORM orgkeeper.refuse_null('delete_org', 'org_id'); END IF;
     v_org := orgkeeper.lock_org(v_org_id);
     -- The strongest row lock now: no membership can be added (its foreign
-    -- key check takes KEY SHARE) between the checks below and the DELETE.
+    -- key check takes KEY SHARE) between the checks below and the state
+    -- change. A second delete_org of the same organization waits in
+    -- lock_org, then is refused (55000, being deleted) — as is every other
+    -- management function from then on.
     PERFORM 1 FROM orgkeeper.org o WHERE o.id = v_org_id FOR UPDATE;
     PERFORM orgkeeper.require_member(v_actor, v_org, 'delete it');
     SELECT * INTO v_m FROM orgkeeper.membership(v_org_id, v_actor);
@@ -376,8 +393,9 @@ BEGIN
     SELECT array_agg(m.user_id ORDER BY m.user_id) INTO v_last
       FROM orgkeeper.org_member m
      WHERE m.org_id = v_org_id AND m.status = 'active'
-       AND NOT EXISTS (SELECT 1 FROM orgkeeper.org_member o
-                        WHERE o.user_id = m.user_id AND o.org_id <> v_org_id AND o.status = 'active');
+       AND NOT EXISTS (SELECT 1 FROM orgkeeper.org_member o JOIN orgkeeper.org x ON x.id = o.org_id
+                        WHERE o.user_id = m.user_id AND o.org_id <> v_org_id AND o.status = 'active'
+                          AND x.provisioning_status <> 'deprovisioning');
     IF v_actor = ANY (v_last) THEN
         RAISE EXCEPTION 'organization "%" is the last organization of user %, who cannot delete it', v_org.name, v_actor
             USING ERRCODE = 'check_violation',
@@ -392,27 +410,31 @@ BEGIN
     -- Users working in it move to their personal (else another) organization.
     PERFORM orgkeeper.relocate_current_org(v_org_id);
 
-    -- Related rows (their foreign keys RESTRICT on purpose): billing and
-    -- financial records are kept and detached; the organization's own data goes.
-    UPDATE orgkeeper.stripe_customers t SET org_id = NULL, updated_at = now() WHERE t.org_id = v_org_id;
-    UPDATE orgkeeper.billing_sessions t SET org_id = NULL, updated_at = now() WHERE t.org_id = v_org_id;
-    DELETE FROM orgkeeper.api_keys t WHERE t.org_id = v_org_id;
-    DELETE FROM orgkeeper.custom_secrets t WHERE t.org_id = v_org_id;
-    DELETE FROM orgkeeper.slack_users t WHERE t.org_id = v_org_id;
-    DELETE FROM orgkeeper.slack_conversation t WHERE t.org_id = v_org_id;
-    DELETE FROM orgkeeper.user_repos t WHERE t.org_id = v_org_id;
-    DELETE FROM orgkeeper.gitlab_webhook t WHERE t.org_id = v_org_id;
-    DELETE FROM orgkeeper.conversation_metadata_saas t WHERE t.org_id = v_org_id;
+    -- Related rows, as before: financial records detached, the
+    -- organization's own data deleted (deletion.sql, release_org_rows).
+    v_rows := orgkeeper.release_org_rows(v_org_id);
 
-    -- Memberships and invitations cascade; the org trigger enqueues litellm.delete_team.
-    DELETE FROM orgkeeper.org o WHERE o.id = v_org_id;
+    -- Deletion in the open (deletion.sql): the row stays, deprovisioning,
+    -- until the daemon has deleted the LiteLLM team; then
+    -- orgkeeper.record_org_deleted writes the tombstone and deletes the row
+    -- (memberships and invitations cascade). Members' LiteLLM keys go with
+    -- the team; org_member_key_lifecycle enqueues nothing per member.
+    UPDATE orgkeeper.org o
+       SET provisioning_status = 'deprovisioning',
+           deletion_requested_by = v_actor,
+           deletion_requested_at = now()
+     WHERE o.id = v_org_id;
+    PERFORM orgkeeper.enqueue_action('litellm.deprovision_org', v_org_id, v_actor,
+        jsonb_build_object('team_id', coalesce(v_org.litellm_team_id, v_org_id::text),
+                           'org_name', v_org.name, 'requested_by', v_actor, 'rows', v_rows));
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.delete_org(uuid, uuid) IS
   'Deletes a team organization. Owners only (42501); refused for personal organizations and when it is the last organization of the actor or of any other active member (23514); unknown organization: P0002. '
   'Related rows: stripe_customers and billing_sessions are financial records and are kept, detached (org_id = NULL, user_id still says whose); '
   'api_keys, custom_secrets, slack_users, slack_conversation, user_repos, gitlab_webhook and conversation_metadata_saas belong to the organization and are deleted (an installed GitLab webhook stays at GitLab). '
-  'Memberships and invitations are deleted with it, users whose current organization it was move to their personal organization, and litellm.delete_team is enqueued.';
+  'Users whose current organization it was move to their personal organization. The organization then becomes deprovisioning (deletion_requested_by/_at record who asked and when) and litellm.deprovision_org is enqueued: from this commit on the application sees nothing of it and every management function refuses it (55000), while its name and id stay taken. '
+  'The daemon deletes its LiteLLM team (only if orgkeeper made it for this organization), then writes the tombstone (orgkeeper.org_deleted) and deletes the row with its memberships and invitations. A cleanup that fails for good leaves the action failed and the organization deprovisioning, for operators (orgkeeper actions list --status failed; retry). Refused again while deprovisioning (55000).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.transfer_ownership(actor uuid, org_id uuid, new_owner uuid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
@@ -717,11 +739,12 @@ BEGIN
           JOIN orgkeeper.role r ON r.id = m.role_id
           LEFT JOIN orgkeeper.users u ON u.id = m.user_id
          WHERE m.user_id = v_actor AND m.status IN ('active', 'invited')
+           AND o.provisioning_status <> 'deprovisioning'
          ORDER BY o.kind = 'personal' DESC, lower(o.name);
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.list_orgs(uuid) IS
-  'The organizations the actor belongs to, with their role, membership status, whether it is their current one, provisioning status and active member count; memberships the actor was invited to (orgkeeper.accept_membership) with name, kind and role only; disabled memberships are not listed.';
+  'The organizations the actor belongs to, with their role, membership status, whether it is their current one, provisioning status and active member count; memberships the actor was invited to (orgkeeper.accept_membership) with name, kind and role only; disabled memberships and organizations being deleted (deprovisioning) are not listed.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.list_members(actor uuid, org_id uuid)
 RETURNS TABLE (user_id uuid, email text, role text, rank integer, status text, joined_at timestamptz)

@@ -87,16 +87,35 @@ CREATE TRIGGER actions_notify_insert
 
 CREATE OR REPLACE FUNCTION orgkeeper.org_after_delete() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_team   text := coalesce(OLD.litellm_team_id, OLD.id::text);
+    v_action bigint;
 BEGIN
-    -- The team id is the org id; it is deleted even if provisioning is still
-    -- in flight: the deletion waits for the provisioning action (same subject).
-    PERFORM orgkeeper.enqueue_action('litellm.delete_team', OLD.id, OLD.created_by,
-        jsonb_build_object('team_id', coalesce(OLD.litellm_team_id, OLD.id::text), 'org_name', OLD.name));
+    -- orgkeeper.record_org_deleted (deletion.sql) deletes a deprovisioning
+    -- organization after the daemon dealt with its team, and writes the
+    -- tombstone itself.
+    IF current_setting('orgkeeper.finishing_deletion', true) = OLD.id::text THEN
+        RETURN NULL;
+    END IF;
+    -- A direct DELETE by a trusted role (the application has no DELETE
+    -- privilege; orgkeeper.delete_org does not delete): immediate, as the DBA
+    -- asked. The team id is the org id; it is deleted even if provisioning is
+    -- still in flight: the deletion waits for the provisioning action (same
+    -- subject).
+    v_action := orgkeeper.enqueue_action('litellm.delete_team', OLD.id, OLD.created_by,
+        jsonb_build_object('team_id', v_team, 'org_name', OLD.name));
+    INSERT INTO orgkeeper.org_deleted (id, name, kind, created_by, deleted_by, deleted_via, requested_at, cleanup)
+    VALUES (OLD.id, OLD.name, OLD.kind, OLD.created_by,
+            coalesce(OLD.deletion_requested_by, orgkeeper.current_app_user()), 'direct_delete',
+            coalesce(OLD.deletion_requested_at, now()),
+            jsonb_build_object('team', jsonb_build_object('team_id', v_team, 'status', 'enqueued'),
+                               'action_id', v_action, 'role', orgkeeper.caller_role(),
+                               'was', OLD.provisioning_status));
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_after_delete() IS
-  'Trigger: deleting an organization enqueues litellm.delete_team with the team id, so the team is removed even though the org row is gone.';
+  'Trigger: a direct DELETE of an organization (trusted roles only) enqueues litellm.delete_team with the team id, so the team is removed even though the org row is gone, and writes its tombstone into orgkeeper.org_deleted (deleted_via = direct_delete; the team''s outcome is added by orgkeeper.record_team_deleted). Does nothing for the deletion that orgkeeper.record_org_deleted finishes (it writes its own tombstone).';
 
 DROP TRIGGER IF EXISTS org_after_delete ON orgkeeper.org;
 CREATE TRIGGER org_after_delete

@@ -16,10 +16,10 @@ LANGUAGE sql STABLE AS $$
     SELECT o.name, o.kind, o.created_by, orgkeeper.verified_email(o.created_by), o.org_version,
            coalesce(o.llm_model, p_default_model, orgkeeper.default_llm_model(NULL))
       FROM orgkeeper.org o
-     WHERE o.id = p_org_id;
+     WHERE o.id = p_org_id AND o.provisioning_status <> 'deprovisioning';
 $$;
 COMMENT ON FUNCTION orgkeeper.provisioning_context(uuid, text) IS
-  'Daemon: what provisioning an organization needs: name (team alias), kind, owner and their verified email (orgkeeper.verified_email), settings version, and its model (its own, else p_default_model = ORGKEEPER_DEFAULT_MODEL, else litellm_proxy/<current version''s model>). No row = the org is gone.';
+  'Daemon: what provisioning an organization needs: name (team alias), kind, owner and their verified email (orgkeeper.verified_email), settings version, and its model (its own, else p_default_model = ORGKEEPER_DEFAULT_MODEL, else litellm_proxy/<current version''s model>). No row = the org is gone or being deleted (deprovisioning): the handler gives up and its compensation deletes a team it made.';
 
 -- Lock order everywhere: the org row, then the action row.
 CREATE OR REPLACE FUNCTION orgkeeper.lock_action_org(p_action_id bigint) RETURNS uuid
@@ -51,13 +51,15 @@ BEGIN
     IF NOT FOUND THEN
         RETURN 'lease_lost';
     END IF;
+    -- A deprovisioning organization is never made active again: its
+    -- deletion (queued after this action) deletes the team just made.
     UPDATE orgkeeper.org
        SET litellm_team_id = p_team_id,
            llm_model = coalesce(llm_model, p_model),
            llm_base_url = coalesce(llm_base_url, p_base_url),
            provisioning_status = 'active',
            provisioning_error = NULL
-     WHERE id = v_org_id;
+     WHERE id = v_org_id AND provisioning_status <> 'deprovisioning';
     IF NOT FOUND THEN
         RETURN 'org_gone';
     END IF;
@@ -68,7 +70,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_org_provisioned(bigint, text, text, uuid, text, text, text, jsonb) IS
-  'Daemon: in one transaction, writes the team id, model and base URL to the org and the owner''s own encrypted key to their membership (no key is shared by the org''s members), sets provisioning_status = active and marks the action done. Returns done, org_gone (nothing written; compensate) or lease_lost (nothing written).';
+  'Daemon: in one transaction, writes the team id, model and base URL to the org and the owner''s own encrypted key to their membership (no key is shared by the org''s members), sets provisioning_status = active and marks the action done. Returns done, org_gone (the org was deleted or is being deleted: nothing written; compensate) or lease_lost (nothing written).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.record_provisioning_failed(
     p_action_id bigint, p_worker text, p_status text, p_error text, p_cleanup jsonb)
@@ -84,12 +86,12 @@ BEGIN
     UPDATE orgkeeper.org
        SET provisioning_status = 'failed',
            provisioning_error = jsonb_build_object('error', p_error, 'cleanup', p_cleanup, 'action_id', p_action_id)
-     WHERE id = v_org_id;
+     WHERE id = v_org_id AND provisioning_status <> 'deprovisioning';
     RETURN true;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_provisioning_failed(bigint, text, text, text, jsonb) IS
-  'Daemon: after compensation, ends the provisioning action (compensated, or failed when cleanup failed) and marks its org failed with {"error": original error, "cleanup": cleanup result}. Fenced on the lease.';
+  'Daemon: after compensation, ends the provisioning action (compensated, or failed when cleanup failed) and marks its org failed with {"error": original error, "cleanup": cleanup result} (an org being deleted stays deprovisioning). Fenced on the lease.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.record_team_ready(p_action_id bigint, p_worker text, p_team_id text, p_result jsonb)
 RETURNS boolean
@@ -103,12 +105,12 @@ BEGIN
     END IF;
     UPDATE orgkeeper.org
        SET litellm_team_id = p_team_id, provisioning_status = 'active', provisioning_error = NULL
-     WHERE id = v_org_id;
+     WHERE id = v_org_id AND provisioning_status <> 'deprovisioning';
     RETURN true;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_team_ready(bigint, text, text, jsonb) IS
-  'Daemon: marks an action that built an org''s LiteLLM team (user migration) done and the org active with its team id, in one transaction. Fenced on the lease.';
+  'Daemon: marks an action that built an org''s LiteLLM team (user migration) done and the org active with its team id (an org being deleted stays deprovisioning), in one transaction. Fenced on the lease.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.record_member_key(
     p_action_id bigint, p_worker text, p_user uuid, p_key_ciphertext text, p_result jsonb)

@@ -41,28 +41,37 @@ ALTER FUNCTION orgkeeper.assert_org_has_owner(uuid) SECURITY DEFINER SET search_
 -- SECURITY DEFINER so that a policy on org_member can look at org_member
 -- without recursing into its own policy. Used as
 -- "org_id IN (SELECT orgkeeper.rls_member_org_ids())", evaluated once per query.
+--
+-- An organization being deleted (provisioning_status = 'deprovisioning',
+-- deletion.sql) counts for none of these: from delete_org's commit on, the
+-- application sees nothing of it, nor of its rows, nor (through it) of its
+-- members, and cannot make it anyone's current organization.
 CREATE OR REPLACE FUNCTION orgkeeper.rls_member_org_ids() RETURNS SETOF uuid
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-    SELECT m.org_id FROM orgkeeper.org_member m
-     WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active';
+    SELECT m.org_id FROM orgkeeper.org_member m JOIN orgkeeper.org g ON g.id = m.org_id
+     WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active'
+       AND g.provisioning_status <> 'deprovisioning';
 $$;
 COMMENT ON FUNCTION orgkeeper.rls_member_org_ids() IS
-  'Row security: the organizations in which orgkeeper.user_id is an active member (none when it is unset).';
+  'Row security: the organizations in which orgkeeper.user_id is an active member (none when it is unset), except organizations being deleted (deprovisioning).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.rls_admin_org_ids() RETURNS SETOF uuid
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
     SELECT m.org_id FROM orgkeeper.org_member m JOIN orgkeeper.role r ON r.id = m.role_id
+      JOIN orgkeeper.org g ON g.id = m.org_id
      WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active'
-       AND r.rank <= orgkeeper.manager_rank();
+       AND r.rank <= orgkeeper.manager_rank() AND g.provisioning_status <> 'deprovisioning';
 $$;
 COMMENT ON FUNCTION orgkeeper.rls_admin_org_ids() IS
-  'Row security: the organizations in which orgkeeper.user_id is an active owner or admin.';
+  'Row security: the organizations in which orgkeeper.user_id is an active owner or admin, except organizations being deleted (deprovisioning).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.rls_co_member_ids() RETURNS SETOF uuid
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
     SELECT DISTINCT o.user_id
       FROM orgkeeper.org_member m JOIN orgkeeper.org_member o ON o.org_id = m.org_id
-     WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active';
+      JOIN orgkeeper.org g ON g.id = m.org_id
+     WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active'
+       AND g.provisioning_status <> 'deprovisioning';
 $$;
 COMMENT ON FUNCTION orgkeeper.rls_co_member_ids() IS
   'Row security: the users who share an organization with orgkeeper.user_id (whose users rows it may read).';
@@ -74,8 +83,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg
       JOIN orgkeeper.role r ON r.id = m.role_id
       JOIN orgkeeper.org_member o ON o.org_id = m.org_id
       JOIN orgkeeper.role ro ON ro.id = o.role_id
+      JOIN orgkeeper.org g ON g.id = m.org_id
      WHERE m.user_id = (SELECT orgkeeper.current_app_user()) AND m.status = 'active'
-       AND r.rank <= orgkeeper.manager_rank() AND ro.rank >= r.rank;
+       AND r.rank <= orgkeeper.manager_rank() AND ro.rank >= r.rank
+       AND g.provisioning_status <> 'deprovisioning';
 $$;
 COMMENT ON FUNCTION orgkeeper.rls_managed_members() IS
   'Row security: (org, user) of every member that orgkeeper.user_id manages — in organizations where it is an active owner or admin, the members of the same or a weaker rank (themselves included).';
@@ -299,7 +310,9 @@ END
 $related$;
 
 -- No application policy (so no application access, whatever is granted):
--- org_creator_allowlist, pending_external_actions, user_settings, conversation_metadata.
+-- org_creator_allowlist, pending_external_actions, user_settings, conversation_metadata,
+-- org_deleted (tombstones are for operators: the application never reads
+-- them, not even of organizations its user deleted).
 
 ------------------------------------------------------------------------------
 -- privileges
@@ -445,7 +458,9 @@ DECLARE
         'secret_column',     -- secret_row_filter / read_secret / replace_secret / secrets_after / swap_secrets
         'lock_action_org',   -- record_org_provisioned / record_provisioning_failed / record_team_ready
         'default_llm_model', -- provisioning_context: the model path of a settings version
-        'wakeup_lock_key'    -- inserts_settled: the wake-up handshake's lock
+        'wakeup_lock_key',   -- inserts_settled: the wake-up handshake's lock
+        'release_org_rows'   -- record_org_deleted (SECURITY DEFINER, so it runs as orgkeeper_definer;
+                             -- listed for the check in tests/row_security.rs; the daemon role deletes nothing)
     ];
     v_fn      regprocedure;
     v_missing text;

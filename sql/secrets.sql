@@ -250,11 +250,16 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'a member reads only their own key, in an organization they are an active member of';
     END IF;
+    IF EXISTS (SELECT 1 FROM orgkeeper.org o WHERE o.id = v_org_id AND o.provisioning_status = 'deprovisioning') THEN
+        RAISE EXCEPTION 'organization % is being deleted', v_org_id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'its LiteLLM team and the members'' keys are being deleted with it';
+    END IF;
     RETURN v_key;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.my_llm_api_key(uuid) IS
-  'The acting user''s (orgkeeper.user_id) own LiteLLM key ciphertext in an organization (org_member.llm_api_key of their own active membership; NULL until provisioned). Another member''s key is never returned: the application has no SELECT on key columns. 42501 when orgkeeper.user_id is unset or the user is not an active member; 22004 for NULL.';
+  'The acting user''s (orgkeeper.user_id) own LiteLLM key ciphertext in an organization (org_member.llm_api_key of their own active membership; NULL until provisioned). Another member''s key is never returned: the application has no SELECT on key columns. 55000 when the organization is being deleted (deprovisioning); 42501 when orgkeeper.user_id is unset or the user is not an active member; 22004 for NULL.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.org_secrets(actor uuid, org_id uuid)
 RETURNS TABLE (llm_api_key text, llm_api_key_for_byor text, search_api_key text, sandbox_api_key text)

@@ -22,6 +22,7 @@ pub const SQL_LIBRARY: &[(&str, &str)] = &[
     ("ownership.sql", include_str!("../sql/ownership.sql")),
     ("provisioning.sql", include_str!("../sql/provisioning.sql")),
     ("members.sql", include_str!("../sql/members.sql")),
+    ("deletion.sql", include_str!("../sql/deletion.sql")),
     ("invitations.sql", include_str!("../sql/invitations.sql")),
     ("migration.sql", include_str!("../sql/migration.sql")),
     ("billing.sql", include_str!("../sql/billing.sql")),

@@ -389,13 +389,15 @@ async fn deleting_an_org_detaches_billing_deletes_its_data_and_moves_current_use
 
     delete(&db.pool, t.owner, t.org).await.unwrap();
 
-    let gone: bool =
-        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM orgkeeper.org WHERE id = $1)")
+    // Deletion in the open: the org is deprovisioning until the daemon has
+    // deleted its team; what follows is done at once.
+    let status: String =
+        sqlx::query_scalar("SELECT provisioning_status FROM orgkeeper.org WHERE id = $1")
             .bind(t.org)
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert!(gone);
+    assert_eq!(status, "deprovisioning");
     for table in ["stripe_customers", "billing_sessions"] {
         let (detached, still): (i64, i64) = sqlx::query_as(&format!(
             "SELECT count(*) FILTER (WHERE org_id IS NULL), count(*) FILTER (WHERE org_id = $1) FROM orgkeeper.{table}"
@@ -428,15 +430,21 @@ async fn deleting_an_org_detaches_billing_deletes_its_data_and_moves_current_use
             "{table}: the deleted org's row is gone, the other org's stays"
         );
     }
-    let leftovers: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM orgkeeper.org_member WHERE org_id = $1)
-              + (SELECT count(*) FROM orgkeeper.invitation WHERE org_id = $1)",
-    )
-    .bind(t.org)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(leftovers, 0, "memberships and invitations go with it");
+    let leftovers = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT (SELECT count(*) FROM orgkeeper.org_member WHERE org_id = $1)
+                  + (SELECT count(*) FROM orgkeeper.invitation WHERE org_id = $1)",
+        )
+        .bind(t.org)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        leftovers().await,
+        4,
+        "memberships and invitations stay until the row goes"
+    );
     for u in [t.owner, t.admin, t.member] {
         assert_eq!(
             current_org(&db, u).await,
@@ -444,14 +452,70 @@ async fn deleting_an_org_detaches_billing_deletes_its_data_and_moves_current_use
             "moved to the personal org"
         );
     }
-    let team_deletions: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE org_id = $1 AND kind = 'litellm.delete_team'",
+    let (action, payload): (i64, serde_json::Value) = sqlx::query_as(
+        "SELECT id, payload FROM orgkeeper.pending_external_actions WHERE org_id = $1 AND kind = 'litellm.deprovision_org'",
     )
     .bind(t.org)
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(team_deletions, 1);
+    assert_eq!(payload["rows"]["stripe_customers_detached"], 1, "{payload}");
+    assert_eq!(payload["rows"]["api_keys"], 1, "{payload}");
+    assert_eq!(payload["requested_by"], t.owner.to_string(), "{payload}");
+    let per_member: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.pending_external_actions
+          WHERE org_id = $1 AND kind IN ('litellm.delete_team', 'litellm.remove_member')",
+    )
+    .bind(t.org)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        per_member, 0,
+        "the team's deletion covers the members' keys"
+    );
+
+    // The daemon's write-back once the team is deleted (its own story is in
+    // tests/org_deletion.rs): tombstone, row gone, memberships and
+    // invitations with it.
+    sqlx::query(
+        "UPDATE orgkeeper.pending_external_actions SET status = 'cancelled', finished_at = now()
+          WHERE org_id = $1 AND id < $2",
+    )
+    .bind(t.org)
+    .bind(action)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let lease: String = sqlx::query_scalar(
+        "SELECT locked_by FROM orgkeeper.claim_actions('test', 1000, '1 minute') WHERE id = $1",
+    )
+    .bind(action)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let recorded: String = sqlx::query_scalar(
+        "SELECT orgkeeper.record_org_deleted($1, $2, '{\"team_deleted\": true}')",
+    )
+    .bind(action)
+    .bind(&lease)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, "done");
+    assert_eq!(
+        leftovers().await,
+        0,
+        "memberships and invitations go with it"
+    );
+    let (name, cleanup): (String, serde_json::Value) =
+        sqlx::query_as("SELECT name, cleanup FROM orgkeeper.org_deleted WHERE id = $1")
+            .bind(t.org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(name, "Acme");
+    assert_eq!(cleanup["rows"], payload["rows"], "{cleanup}");
 }
 
 // ---------------------------------------------------------------------------

@@ -374,6 +374,98 @@ async fn an_org_deleted_while_provisioning_is_in_flight_leaves_nothing_dangling(
     );
 }
 
+/// The same race through `orgkeeper.delete_org`, as the application deletes:
+/// the organization turns deprovisioning while its provisioning is retrying;
+/// the provisioning gives up without making it active again (and deletes
+/// the team it made), the deprovisioning runs after it (same subject), and
+/// only a tombstone is left.
+#[tokio::test]
+async fn an_org_deleted_through_delete_org_while_provisioning_is_in_flight_is_never_made_active() {
+    let db = TestDb::migrated().await;
+    let sim = LiteLlmSimulator::start_local().await.unwrap();
+    sim.set_faults(Faults {
+        fail: vec![("key/generate".into(), 503)],
+        ..Faults::default()
+    });
+    let key = orgkeeper::secrets::generate_key();
+    let owner = common::user(&db, "owner@fleeting.test").await;
+    common::personal(&db, owner).await;
+    let org = common::team(&db, "Fleeting Co", owner).await;
+    let d = daemon(&db, &sim, &key, "w1", LONG);
+    wait_until(LONG, "the team to exist", || async {
+        sim.team(&org.to_string()).is_some()
+    })
+    .await;
+    let mut owner_app = common::app(&db, Some(owner)).await;
+    sqlx::query("SELECT orgkeeper.delete_org($1, $2)")
+        .bind(owner)
+        .bind(org)
+        .execute(&mut owner_app)
+        .await
+        .unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT provisioning_status FROM orgkeeper.org WHERE id = $1")
+            .bind(org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "deprovisioning");
+    sim.set_faults(Faults::default());
+    wait_until(LONG, "every action to finish", || async {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE finished_at IS NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        open == 0
+    })
+    .await;
+    d.stop().await;
+
+    assert!(sim.team(&org.to_string()).is_none(), "no team dangling");
+    let keys_of_org = sim
+        .user_keys(&owner.to_string())
+        .into_iter()
+        .filter(|k| k.team_id.as_deref() == Some(org.to_string().as_str()))
+        .count();
+    assert_eq!(keys_of_org, 0, "no key dangling");
+    let actions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT kind, status FROM orgkeeper.pending_external_actions WHERE org_id = $1 ORDER BY id",
+    )
+    .bind(org)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        actions,
+        vec![
+            ("litellm.provision_org".into(), "compensated".into()),
+            ("litellm.deprovision_org".into(), "done".into()),
+        ],
+        "provisioning gave up, then the deletion ran"
+    );
+    let gone: bool =
+        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM orgkeeper.org WHERE id = $1)")
+            .bind(org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(gone);
+    let (deleted_by, cleanup): (Option<Uuid>, serde_json::Value) =
+        sqlx::query_as("SELECT deleted_by, cleanup FROM orgkeeper.org_deleted WHERE id = $1")
+            .bind(org)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(deleted_by, Some(owner));
+    assert_eq!(cleanup["team"]["team_deleted"], false, "{cleanup}");
+    assert_eq!(
+        cleanup["team"]["team_absent"], true,
+        "provisioning's compensation deleted it: {cleanup}"
+    );
+}
+
 async fn replicas_provision_every_org_once(replicas: usize) {
     let db = TestDb::migrated().await;
     let sim = LiteLlmSimulator::start_local().await.unwrap();

@@ -1,8 +1,12 @@
-//! `litellm.delete_team`: removes an organization's LiteLLM team after the
-//! organization was deleted — only when the team is the one orgkeeper made
-//! for it (by its metadata, tested now); a foreign team is never touched.
-//! Deleting cascades the team's keys and memberships; an already-deleted
-//! team counts as success.
+//! `litellm.delete_team`: removes an organization's LiteLLM team after a
+//! trusted role deleted the organization row directly (`DELETE FROM
+//! orgkeeper.org`; `orgkeeper.delete_org` goes through
+//! `litellm.deprovision_org` instead) — only when the team is the one
+//! orgkeeper made for it (by its metadata, tested now); a foreign team is
+//! never touched. Deleting cascades the team's keys and memberships; an
+//! already-deleted team counts as success. The write-back
+//! (`orgkeeper.record_team_deleted`) completes the action and adds the
+//! outcome to the organization's tombstone, in one transaction.
 
 use super::{keys, payload_str, ActionError, Finish, Services};
 use crate::outbox::Action;
@@ -14,5 +18,15 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
         .org_id
         .ok_or_else(|| ActionError::Permanent(format!("action {} has no org_id", action.id)))?;
     let deletion = keys::delete_own_team(services, team_id, org_id).await?;
-    Ok(Finish::Result(deletion.report(team_id)))
+    let recorded: bool = sqlx::query_scalar("SELECT orgkeeper.record_team_deleted($1, $2, $3)")
+        .bind(action.id)
+        .bind(&action.lease)
+        .bind(deletion.report(team_id))
+        .fetch_one(&services.pool)
+        .await?;
+    if recorded {
+        Ok(Finish::Recorded)
+    } else {
+        Err(ActionError::LeaseLost)
+    }
 }

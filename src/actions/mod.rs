@@ -7,6 +7,7 @@
 
 mod create_customer;
 mod delete_team;
+mod deprovision_org;
 mod keys;
 mod members;
 mod migrate_user;
@@ -162,6 +163,7 @@ pub async fn perform(
     match action.kind.as_str() {
         provision_org::KIND => provision_org::perform(services, outbox, action).await,
         "litellm.delete_team" => delete_team::perform(services, action).await,
+        deprovision_org::KIND => deprovision_org::perform(services, action).await,
         "litellm.add_member" => members::add(services, outbox, action).await,
         "litellm.remove_member" => members::remove(services, action).await,
         "litellm.rotate_key" => rotate_key::perform(services, outbox, action).await,

@@ -36,7 +36,8 @@ fn merge(target: &mut Value, extra: &Value) {
     }
 }
 
-const ORG_GONE: &str = "the organization was deleted before provisioning finished";
+const ORG_GONE: &str =
+    "the organization was deleted (or is being deleted) before provisioning finished";
 
 /// The organization as provisioning needs it.
 struct OrgContext {
