@@ -134,11 +134,7 @@ BEGIN
     -- Lock order everywhere: the org row (serialises this organization's
     -- customer writes and its deletion), then the action row.
     v_org_id := orgkeeper.lock_action_org(p_action_id);
-    PERFORM 1
-       FROM orgkeeper.pending_external_actions
-      WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
-        FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT orgkeeper.hold_action(p_action_id, p_worker) THEN
         RETURN 'lease_lost';
     END IF;
     -- An organization being deleted (deprovisioning) counts as gone: its

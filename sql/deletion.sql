@@ -103,11 +103,7 @@ BEGIN
     -- is locked FOR UPDATE: it is about to be deleted.
     SELECT * INTO v_action FROM orgkeeper.pending_external_actions a WHERE a.id = p_action_id;
     SELECT * INTO v_org FROM orgkeeper.org o WHERE o.id = v_action.org_id FOR UPDATE;
-    PERFORM 1
-       FROM orgkeeper.pending_external_actions a
-      WHERE a.id = p_action_id AND a.locked_by = p_worker AND a.status = 'running'
-        FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT orgkeeper.hold_action(p_action_id, p_worker) THEN
         RETURN 'lease_lost';
     END IF;
     IF v_org.id IS NULL THEN

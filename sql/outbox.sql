@@ -207,6 +207,19 @@ $$;
 COMMENT ON FUNCTION orgkeeper.save_progress_many(bigint[], text[], jsonb[]) IS
   'Daemon: save_progress for a whole claim batch in one statement (element i of each array belongs together). Returns the ids whose lease held.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.hold_action(p_id bigint, p_worker text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1
+       FROM orgkeeper.pending_external_actions
+      WHERE id = p_id AND locked_by = p_worker AND status = 'running'
+        FOR UPDATE;
+    RETURN FOUND;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.hold_action(bigint, text) IS
+  'Daemon: locks a running action row while p_worker still holds its lease (the fence of every write-back that does more than complete it); false = lease lost, nothing to write. Callers lock the org row first (orgkeeper.lock_action_org).';
+
 CREATE OR REPLACE FUNCTION orgkeeper.complete_action(p_id bigint, p_worker text, p_result jsonb) RETURNS boolean
 LANGUAGE sql AS $$
     WITH u AS (

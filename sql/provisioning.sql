@@ -44,11 +44,7 @@ DECLARE
     v_org_id uuid;
 BEGIN
     v_org_id := orgkeeper.lock_action_org(p_action_id);
-    PERFORM 1
-       FROM orgkeeper.pending_external_actions
-      WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
-        FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT orgkeeper.hold_action(p_action_id, p_worker) THEN
         RETURN 'lease_lost';
     END IF;
     -- A deprovisioning organization is never made active again: its
@@ -120,11 +116,7 @@ DECLARE
     v_org_id uuid;
 BEGIN
     v_org_id := orgkeeper.lock_action_org(p_action_id);
-    PERFORM 1
-       FROM orgkeeper.pending_external_actions
-      WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
-        FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT orgkeeper.hold_action(p_action_id, p_worker) THEN
         RETURN 'lease_lost';
     END IF;
     UPDATE orgkeeper.org_member SET llm_api_key = p_key_ciphertext, updated_at = now()
@@ -201,11 +193,7 @@ DECLARE
     v_org_id uuid;
 BEGIN
     v_org_id := orgkeeper.lock_action_org(p_action_id);
-    PERFORM 1
-       FROM orgkeeper.pending_external_actions
-      WHERE id = p_action_id AND locked_by = p_worker AND status = 'running'
-        FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT orgkeeper.hold_action(p_action_id, p_worker) THEN
         RETURN 'lease_lost';
     END IF;
     UPDATE orgkeeper.org_member SET llm_api_key = p_new_ciphertext, updated_at = now()

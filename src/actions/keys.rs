@@ -9,7 +9,7 @@
 //! earlier attempt may have made is found by its unique alias and deleted
 //! before a fresh one is generated, as OpenHands does.
 
-use super::{call, ActionError, Services};
+use super::{call, payload_str, ActionError, Finish, Services};
 use crate::litellm::{Created, Deleted, NewKey, NewUser, TeamOwner};
 use crate::outbox::{Action, Outbox};
 use crate::secrets::{random_api_key, Place};
@@ -24,6 +24,56 @@ const PROGRESS_KEY: &str = "key";
 /// `org_id`: `{"managed_by": "orgkeeper", "org_id": …}`.
 pub(crate) fn ownership(org_id: Uuid) -> Value {
     json!({ "managed_by": "orgkeeper", "org_id": org_id.to_string() })
+}
+
+/// The membership an action is about: its org, the `user_id` and `team_id`
+/// of its payload.
+pub(crate) fn member_of(action: &Action) -> Result<(Uuid, Uuid, &str), ActionError> {
+    let org_id = action
+        .org_id
+        .ok_or_else(|| ActionError::Permanent(format!("action {} has no org_id", action.id)))?;
+    let user_id = payload_str(action, "user_id")?.parse().map_err(|_| {
+        ActionError::Permanent(format!("action {}: user_id is not a UUID", action.id))
+    })?;
+    Ok((org_id, user_id, payload_str(action, "team_id")?))
+}
+
+/// Stores `key` as the member's own key and marks the action done with
+/// `result`, in one fenced transaction (`orgkeeper.record_member_key`).
+/// When the membership stopped being active meanwhile, the key is deleted
+/// at LiteLLM again and the action finishes with `result` saying so.
+pub(crate) async fn store(
+    services: &Services,
+    action: &Action,
+    org_id: Uuid,
+    user_id: Uuid,
+    key: &SecretString,
+    mut result: Value,
+) -> Result<Finish, ActionError> {
+    let ciphertext = services
+        .keyring
+        .encrypt(&Place::member_key(org_id, user_id), key);
+    let recorded: String =
+        sqlx::query_scalar("SELECT orgkeeper.record_member_key($1, $2, $3, $4, $5)")
+            .bind(action.id)
+            .bind(&action.lease)
+            .bind(user_id)
+            .bind(&ciphertext)
+            .bind(&result)
+            .fetch_one(&services.pool)
+            .await?;
+    match recorded.as_str() {
+        "done" => Ok(Finish::Recorded),
+        "member_gone" => {
+            call(services, "litellm", "key_delete", || {
+                services.litellm.delete_key(key)
+            })
+            .await?;
+            result["key_deleted"] = json!("the membership stopped being active meanwhile");
+            Ok(Finish::Result(result))
+        }
+        _ => Err(ActionError::LeaseLost),
+    }
 }
 
 /// What OpenHands records on teams and users: `{"version", "model"}`.

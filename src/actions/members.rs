@@ -3,23 +3,11 @@
 //! being an active member (enqueued by the trigger
 //! `orgkeeper.org_member_key_lifecycle`).
 
-use super::{call, keys, payload_str, ActionError, Finish, Services};
+use super::{call, keys, ActionError, Finish, Services};
 use crate::litellm::{Created, Deleted};
 use crate::outbox::{Action, Outbox};
-use crate::secrets::Place;
 use serde_json::json;
 use sqlx::Row;
-use uuid::Uuid;
-
-fn member(action: &Action) -> Result<(Uuid, Uuid, &str), ActionError> {
-    let org_id = action
-        .org_id
-        .ok_or_else(|| ActionError::Permanent(format!("action {} has no org_id", action.id)))?;
-    let user_id = payload_str(action, "user_id")?.parse().map_err(|_| {
-        ActionError::Permanent(format!("action {}: user_id is not a UUID", action.id))
-    })?;
-    Ok((org_id, user_id, payload_str(action, "team_id")?))
-}
 
 /// Creates the member's LiteLLM user if needed, adds it to the team with
 /// the configured budget, makes the member's own key and stores it
@@ -30,7 +18,7 @@ pub async fn add(
     outbox: &Outbox,
     action: &Action,
 ) -> Result<Finish, ActionError> {
-    let (org_id, user_id, team_id) = member(action)?;
+    let (org_id, user_id, team_id) = keys::member_of(action)?;
     let context = sqlx::query("SELECT * FROM orgkeeper.member_key_context($1, $2)")
         .bind(org_id)
         .bind(user_id)
@@ -69,43 +57,20 @@ pub async fn add(
     })
     .await?;
     let (key, created) = keys::ensure(services, outbox, action, team_id, org_id, user_id).await?;
-    let ciphertext = services
-        .keyring
-        .encrypt(&Place::member_key(org_id, user_id), &key);
-    let mut result = json!({
+    let result = json!({
         "team_id": team_id,
         "user_id": user_id,
         "already_member": matches!(added, Created::Existing),
         "key_alias": keys::alias(services, org_id, user_id),
         "key_reused": matches!(created, Created::Existing),
     });
-    let recorded: String =
-        sqlx::query_scalar("SELECT orgkeeper.record_member_key($1, $2, $3, $4, $5)")
-            .bind(action.id)
-            .bind(&action.lease)
-            .bind(user_id)
-            .bind(&ciphertext)
-            .bind(&result)
-            .fetch_one(&services.pool)
-            .await?;
-    match recorded.as_str() {
-        "done" => Ok(Finish::Recorded),
-        "member_gone" => {
-            call(services, "litellm", "key_delete", || {
-                litellm.delete_key(&key)
-            })
-            .await?;
-            result["key_deleted"] = json!("the membership stopped being active meanwhile");
-            Ok(Finish::Result(result))
-        }
-        _ => Err(ActionError::LeaseLost),
-    }
+    keys::store(services, action, org_id, user_id, &key, result).await
 }
 
 /// Deletes the member's key at LiteLLM (by its unique alias) and removes
 /// them from the team; either already gone counts as done.
 pub async fn remove(services: &Services, action: &Action) -> Result<Finish, ActionError> {
-    let (org_id, user_id, team_id) = member(action)?;
+    let (org_id, user_id, team_id) = keys::member_of(action)?;
     let litellm = &services.litellm;
     let alias = keys::alias(services, org_id, user_id);
     let key = call(services, "litellm", "key_delete", || {

@@ -13,7 +13,7 @@
 //!    (re-encrypted meanwhile by `orgkeeper secrets rotate`);
 //! 5. delete the old key (already gone = done).
 
-use super::{call, keys, payload_str, ActionError, Finish, Services};
+use super::{call, keys, ActionError, Finish, Services};
 use crate::litellm::{hash_key, Deleted};
 use crate::outbox::{Action, Outbox};
 use crate::secrets::Place;
@@ -27,13 +27,7 @@ pub async fn perform(
     outbox: &Outbox,
     action: &Action,
 ) -> Result<Finish, ActionError> {
-    let org_id = action
-        .org_id
-        .ok_or_else(|| ActionError::Permanent(format!("action {} has no org_id", action.id)))?;
-    let user_id: Uuid = payload_str(action, "user_id")?.parse().map_err(|_| {
-        ActionError::Permanent(format!("action {}: user_id is not a UUID", action.id))
-    })?;
-    let team_id = payload_str(action, "team_id")?;
+    let (org_id, user_id, team_id) = keys::member_of(action)?;
     let litellm = &services.litellm;
     let place = Place::member_key(org_id, user_id);
 

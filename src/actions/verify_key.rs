@@ -6,12 +6,11 @@
 //! a key meant for this LiteLLM proxy: one used with another base URL (the
 //! user's own provider) is neither checked nor replaced.
 
-use super::{keys, payload_str, ActionError, Finish, Services};
+use super::{keys, ActionError, Finish, Services};
 use crate::outbox::{Action, Outbox};
 use crate::secrets::Place;
 use serde_json::{json, Value};
 use sqlx::Row;
-use uuid::Uuid;
 
 /// Checks (and, when asked, replaces) the key of the member in the payload.
 pub async fn perform(
@@ -19,13 +18,7 @@ pub async fn perform(
     outbox: &Outbox,
     action: &Action,
 ) -> Result<Finish, ActionError> {
-    let org_id = action
-        .org_id
-        .ok_or_else(|| ActionError::Permanent(format!("action {} has no org_id", action.id)))?;
-    let user_id: Uuid = payload_str(action, "user_id")?.parse().map_err(|_| {
-        ActionError::Permanent(format!("action {}: user_id is not a UUID", action.id))
-    })?;
-    let team_id = payload_str(action, "team_id")?;
+    let (org_id, user_id, team_id) = keys::member_of(action)?;
     let regenerate = action.payload.get("regenerate").and_then(Value::as_bool) == Some(true);
     let row = sqlx::query("SELECT * FROM orgkeeper.member_key_context($1, $2)")
         .bind(org_id)
@@ -65,27 +58,6 @@ pub async fn perform(
         return Ok(Finish::Result(result));
     }
     let (key, _) = keys::ensure(services, outbox, action, team_id, org_id, user_id).await?;
-    let ciphertext = services.keyring.encrypt(&place, &key);
     result["regenerated"] = json!(true);
-    let recorded: String =
-        sqlx::query_scalar("SELECT orgkeeper.record_member_key($1, $2, $3, $4, $5)")
-            .bind(action.id)
-            .bind(&action.lease)
-            .bind(user_id)
-            .bind(&ciphertext)
-            .bind(&result)
-            .fetch_one(&services.pool)
-            .await?;
-    match recorded.as_str() {
-        "done" => Ok(Finish::Recorded),
-        "member_gone" => {
-            super::call(services, "litellm", "key_delete", || {
-                services.litellm.delete_key(&key)
-            })
-            .await?;
-            result["regenerated"] = json!("the membership stopped being active meanwhile");
-            Ok(Finish::Result(result))
-        }
-        _ => Err(ActionError::LeaseLost),
-    }
+    keys::store(services, action, org_id, user_id, &key, result).await
 }
