@@ -391,7 +391,7 @@ GRANT EXECUTE ON FUNCTION
     orgkeeper.rls_managed_members(),
     orgkeeper.rename_org(uuid, uuid, text),
     orgkeeper.delete_org(uuid, uuid),
-    orgkeeper.transfer_ownership(uuid, uuid, uuid),
+    orgkeeper.transfer_ownership(uuid, uuid, uuid, text),
     orgkeeper.add_member(uuid, uuid, uuid, text),
     orgkeeper.change_member_role(uuid, uuid, uuid, text),
     orgkeeper.remove_member(uuid, uuid, uuid),

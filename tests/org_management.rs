@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{db_error, personal, refused, state, team, user, TestDb};
+use common::{app, db_error, personal, refused, state, team, user, TestDb};
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
@@ -457,6 +457,75 @@ async fn deleting_an_org_detaches_billing_deletes_its_data_and_moves_current_use
 // ---------------------------------------------------------------------------
 // transfer ownership
 // ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn transfer_swaps_roles_unless_the_owner_asks_to_keep_another_as_the_application() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let transfer_as = |actor: Uuid, to: Uuid, keep_as: Option<&'static str>| {
+        let db = &db;
+        async move {
+            let mut conn = app(db, Some(actor)).await;
+            sqlx::query("SELECT orgkeeper.transfer_ownership($1, $2, $3, $4)")
+                .bind(actor)
+                .bind(t.org)
+                .bind(to)
+                .bind(keep_as)
+                .execute(&mut conn)
+                .await
+                .map(drop)
+        }
+    };
+
+    // Olive (owner) hands Acme to Mia (member): they swap roles.
+    transfer_as(t.owner, t.member, None).await.unwrap();
+    assert_eq!(
+        role_of(&db, t.org, t.member).await.as_deref(),
+        Some("owner")
+    );
+    assert_eq!(
+        role_of(&db, t.org, t.owner).await.as_deref(),
+        Some("member")
+    );
+    assert_eq!(role_of(&db, t.org, t.admin).await.as_deref(), Some("admin"));
+
+    // A role that does not exist: refused, nothing changed.
+    let before = state(&db.pool).await;
+    let hint = refused(
+        transfer_as(t.member, t.admin, Some("superuser")).await,
+        "22023",
+        &[
+            "the acting owner cannot keep role \"superuser\": no such role",
+            "organization \"Acme\"",
+        ],
+    );
+    assert!(hint.contains("owner, admin, member"), "{hint}");
+    assert!(hint.contains("nothing was changed"), "{hint}");
+    assert_eq!(state(&db.pool).await, before);
+    // Whatever keep_as says, the other rules still apply first.
+    refused(
+        transfer_as(t.member, t.member, Some("admin")).await,
+        "22023",
+        &["already owns organization \"Acme\""],
+    );
+    assert_eq!(state(&db.pool).await, before);
+
+    // Mia hands it to Adam (admin) but stays admin herself, as she asks ...
+    transfer_as(t.member, t.admin, Some("Admin")).await.unwrap();
+    assert_eq!(role_of(&db, t.org, t.admin).await.as_deref(), Some("owner"));
+    assert_eq!(
+        role_of(&db, t.org, t.member).await.as_deref(),
+        Some("admin")
+    );
+    // ... and Adam hands it back to Olive (member) keeping ownership: two owners.
+    transfer_as(t.admin, t.owner, Some("owner")).await.unwrap();
+    assert_eq!(role_of(&db, t.org, t.owner).await.as_deref(), Some("owner"));
+    assert_eq!(role_of(&db, t.org, t.admin).await.as_deref(), Some("owner"));
+    assert_eq!(
+        role_of(&db, t.org, t.member).await.as_deref(),
+        Some("admin")
+    );
+}
 
 #[tokio::test]
 async fn ownership_goes_to_an_active_member_and_the_old_owner_becomes_admin() {
