@@ -24,7 +24,7 @@
 ------------------------------------------------------------------------------
 -- functions that write other tables run as their owner
 ------------------------------------------------------------------------------
--- The triggers of ownership.sql / outbox.sql insert memberships, users and
+-- The triggers of ownership.sql / outbox.sql insert memberships and
 -- outbox rows and read names and the allow-list the application cannot see;
 -- they run as the table owner, with a pinned search_path. (ownership.sql
 -- re-creates them with CREATE OR REPLACE, which resets these settings, and
@@ -152,7 +152,7 @@ COMMENT ON POLICY org_app_select ON orgkeeper.org IS 'The application sees the o
 DROP POLICY IF EXISTS org_app_insert ON orgkeeper.org;
 CREATE POLICY org_app_insert ON orgkeeper.org FOR INSERT TO orgkeeper_app
     WITH CHECK (created_by = (SELECT orgkeeper.current_app_user()));
-COMMENT ON POLICY org_app_insert ON orgkeeper.org IS 'The application creates organizations owned by its user only (the allow-list trigger applies too).';
+COMMENT ON POLICY org_app_insert ON orgkeeper.org IS 'The application creates organizations owned by its user only (the trigger orgkeeper.org_admit says so first, then checks that the user exists and applies the allow-list).';
 
 DROP POLICY IF EXISTS org_app_update ON orgkeeper.org;
 CREATE POLICY org_app_update ON orgkeeper.org FOR UPDATE TO orgkeeper_app

@@ -116,7 +116,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     println!();
     println!("Try, in psql:");
-    println!("  INSERT INTO orgkeeper.org (name, created_by) VALUES ('Acme', gen_random_uuid());");
+    println!("  WITH u AS (INSERT INTO orgkeeper.users (id, email) VALUES (gen_random_uuid(), 'ada@example.com') RETURNING id)");
+    println!("    INSERT INTO orgkeeper.org (name, created_by) SELECT 'Acme', id FROM u;   -- the creator must exist first");
     println!("  SELECT name, provisioning_status, litellm_team_id FROM orgkeeper.org;   -- pending, then active");
     println!("  SELECT id, kind, status, attempts FROM orgkeeper.pending_external_actions;");
     if args.legacy_users > 0 {

@@ -1302,3 +1302,90 @@ async fn listings_show_a_users_orgs_and_an_orgs_members() {
         &["is not a member of organization"],
     );
 }
+
+// ---------------------------------------------------------------------------
+// who may create an organization
+// ---------------------------------------------------------------------------
+
+async fn app_insert_org(db: &TestDb, who: Uuid, name: &str) -> Result<Uuid, sqlx::Error> {
+    let mut conn = app(db, Some(who)).await;
+    sqlx::query_scalar("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, $2) RETURNING id")
+        .bind(name)
+        .bind(who)
+        .fetch_one(&mut conn)
+        .await
+}
+
+#[tokio::test]
+async fn the_creator_of_an_organization_must_exist() {
+    let db = TestDb::migrated().await;
+    let bystander = user(&db, "by@stander.test").await;
+    personal(&db, bystander).await;
+    let ghost = Uuid::new_v4();
+    let before = state(&db.pool).await;
+    // The application inserting for its user, who has no users row yet.
+    let hint = refused(
+        app_insert_org(&db, ghost, "Ghost Inc").await,
+        "23503",
+        &[&format!(
+            "user {ghost} does not exist: insert the users row first"
+        )],
+    );
+    assert!(hint.contains("INSERT INTO orgkeeper.users"), "{hint}");
+    // A DBA through create_org, and a personal organization: the same.
+    refused(
+        sqlx::query("SELECT orgkeeper.create_org('Ghost Inc', $1)")
+            .bind(ghost)
+            .execute(&db.pool)
+            .await,
+        "23503",
+        &[&format!(
+            "user {ghost} does not exist: insert the users row first"
+        )],
+    );
+    refused(
+        sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+            .bind(ghost)
+            .execute(&db.pool)
+            .await,
+        "23503",
+        &[&format!("user {ghost} does not exist")],
+    );
+    assert_eq!(
+        state(&db.pool).await,
+        before,
+        "no org, and no invented user"
+    );
+
+    // Asked for another user, the application learns nothing about whether
+    // that user exists: the refusal is the same either way.
+    let me = user(&db, "me@acme.test").await;
+    let someone = user(&db, "someone@acme.test").await;
+    let before = state(&db.pool).await;
+    for other in [someone, Uuid::new_v4()] {
+        let mut conn = app(&db, Some(me)).await;
+        refused(
+            sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ('Theirs', $1)")
+                .bind(other)
+                .execute(&mut conn)
+                .await,
+            "42501",
+            &[&format!(
+                "organization \"Theirs\" cannot be created for user {other}: the application creates organizations for its own user only"
+            )],
+        );
+    }
+    assert_eq!(state(&db.pool).await, before);
+
+    // The application records its user first, then creates: one statement.
+    let mut conn = app(&db, Some(ghost)).await;
+    let org: Uuid = sqlx::query_scalar(
+        "WITH u AS (INSERT INTO orgkeeper.users (id, email) VALUES ($1, 'ghost@acme.test') RETURNING id)
+         INSERT INTO orgkeeper.org (name, created_by) SELECT 'Ghost Inc', u.id FROM u RETURNING id",
+    )
+    .bind(ghost)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(role_of(&db, org, ghost).await.as_deref(), Some("owner"));
+}

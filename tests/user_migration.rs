@@ -247,6 +247,11 @@ async fn a_legacy_user_is_migrated_verified_after_the_daemon_and_rolled_back_exa
     // Before the migration the user already joined a team org (so a users
     // row exists), and one of their API keys belongs to that org.
     let acme_owner = Uuid::new_v4();
+    sqlx::query("INSERT INTO orgkeeper.users (id) VALUES ($1)")
+        .bind(acme_owner)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let acme: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_org('Acme', $1)")
         .bind(acme_owner)
         .fetch_one(&db.pool)
@@ -1064,6 +1069,11 @@ async fn the_back_fill_records_users_it_cannot_migrate_and_still_ends() {
     .execute(&db.pool)
     .await
     .unwrap();
+    sqlx::query("INSERT INTO orgkeeper.users (id) VALUES ($1)")
+        .bind(odd)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     sqlx::query("SELECT orgkeeper.create_personal_org($1)")
         .bind(odd)
         .execute(&db.pool)
