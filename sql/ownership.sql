@@ -146,9 +146,9 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_before_write() IS
-  'Trigger: starts a new organization at the current settings version unless given one, chooses its id (random; a personal org''s is its creator''s) and refuses one named by an untrusted caller (42501), trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces personal org rules, keeps id/kind/created_by immutable. Runs after orgkeeper.org_admit (creator exists, allow-list, reserved names).';
+  'Trigger: starts a new organization at the current settings version unless given one, chooses its id (random; a personal org''s is its creator''s) and refuses one named by an untrusted caller (42501), trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces personal org rules, keeps id/kind/created_by immutable. Runs after orgkeeper.org_admit (creator exists, org-creation policy, reserved names).';
 
--- Who may create (an existing user on the allow-list), and
+-- Who may create (an existing user the org-creation policy allows), and
 -- which names nobody may take, is decided before
 -- anything about existing names is (org_before_write): a refused creator
 -- learns nothing from a name clash. Triggers of one event fire in name order,
@@ -177,13 +177,9 @@ BEGIN
                 USING ERRCODE = 'foreign_key_violation',
                       HINT = 'INSERT INTO orgkeeper.users (id, email) VALUES (...) first (the identity-provider sync records verified emails), then create the organization; nothing was changed';
         END IF;
-    END IF;
-    IF TG_OP = 'INSERT' AND NEW.kind = 'team'
-       AND EXISTS (SELECT 1 FROM orgkeeper.org_creator_allowlist)
-       AND NOT EXISTS (SELECT 1 FROM orgkeeper.org_creator_allowlist a WHERE a.user_id = NEW.created_by) THEN
-        RAISE EXCEPTION 'user % may not create team organizations (cannot create "%")', NEW.created_by, NEW.name
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'the org_creator_allowlist is in force; a DBA can add the user: INSERT INTO orgkeeper.org_creator_allowlist (user_id) VALUES (...)';
+        IF NEW.kind = 'team' OR orgkeeper.policy_applies_to_personal_orgs() THEN
+            PERFORM orgkeeper.check_creation_policy(NEW.created_by, NEW.kind, NEW.name);
+        END IF;
     END IF;
     IF v_name ~ '^user_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}_org$'
        AND NOT (NEW.kind = 'personal' AND v_name = orgkeeper.personal_org_name(NEW.created_by)) THEN
@@ -195,7 +191,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_admit() IS
-  'Trigger, before org_before_write looks at existing names: refuses (42501) an application inserting an organization for a user other than orgkeeper.user_id; refuses a creator without a users row (23503 "user <id> does not exist: insert the users row first"); enforces the team-org creator allow-list (42501); keeps the personal-organization names user_<id>_org for the personal organization of that user (23514), so nobody can squat them.';
+  'Trigger, before org_before_write looks at existing names: refuses (42501) an application inserting an organization for a user other than orgkeeper.user_id; refuses a creator without a users row (23503 "user <id> does not exist: insert the users row first"); applies the org-creation policy (orgkeeper.check_creation_policy, 42501) to team organizations, and to personal ones when deployment setting policy_applies_to_personal_orgs is on — for every caller, trusted ones included; keeps the personal-organization names user_<id>_org for the personal organization of that user (23514), so nobody can squat them.';
 
 DROP TRIGGER IF EXISTS org_admit ON orgkeeper.org;
 CREATE TRIGGER org_admit

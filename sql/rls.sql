@@ -25,7 +25,7 @@
 -- functions that write other tables run as their owner
 ------------------------------------------------------------------------------
 -- The triggers of ownership.sql / outbox.sql insert memberships and
--- outbox rows and read names and the allow-list the application cannot see;
+-- outbox rows and read names and the org-creation policy the application cannot see;
 -- they run as the table owner, with a pinned search_path. (ownership.sql
 -- re-creates them with CREATE OR REPLACE, which resets these settings, and
 -- this file runs after it.)
@@ -152,7 +152,7 @@ COMMENT ON POLICY org_app_select ON orgkeeper.org IS 'The application sees the o
 DROP POLICY IF EXISTS org_app_insert ON orgkeeper.org;
 CREATE POLICY org_app_insert ON orgkeeper.org FOR INSERT TO orgkeeper_app
     WITH CHECK (created_by = (SELECT orgkeeper.current_app_user()));
-COMMENT ON POLICY org_app_insert ON orgkeeper.org IS 'The application creates organizations owned by its user only (the trigger orgkeeper.org_admit says so first, then checks that the user exists and applies the allow-list).';
+COMMENT ON POLICY org_app_insert ON orgkeeper.org IS 'The application creates organizations owned by its user only (the trigger orgkeeper.org_admit says so first, then checks that the user exists and applies the org-creation policy).';
 
 DROP POLICY IF EXISTS org_app_update ON orgkeeper.org;
 CREATE POLICY org_app_update ON orgkeeper.org FOR UPDATE TO orgkeeper_app
@@ -299,7 +299,9 @@ END
 $related$;
 
 -- No application policy (so no application access, whatever is granted):
--- org_creator_allowlist, pending_external_actions, user_settings, conversation_metadata.
+-- org_creation_policy (which emails and domains may create organizations: the
+-- application must not learn it), deployment_setting, pending_external_actions,
+-- user_settings, conversation_metadata.
 
 ------------------------------------------------------------------------------
 -- privileges
@@ -419,7 +421,7 @@ GRANT SELECT (id, email, email_verified), INSERT (id, email, email_verified), UP
 -- Reads everything and writes results back; deletes nothing.
 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_daemon;
 REVOKE INSERT, UPDATE ON orgkeeper.role, orgkeeper.settings_version, orgkeeper.rls_exempt, orgkeeper.sql_library, orgkeeper.schema_history,
-                         orgkeeper.org_creator_allowlist, orgkeeper.invitation, orgkeeper.deployment_setting FROM orgkeeper_daemon;
+                         orgkeeper.org_creation_policy, orgkeeper.invitation, orgkeeper.deployment_setting FROM orgkeeper_daemon;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_daemon;
 -- ... except its own waiting mark (orgkeeper.daemon_busy).
 GRANT DELETE ON orgkeeper.daemon_waiting TO orgkeeper_daemon;

@@ -289,7 +289,8 @@ async fn a_user_sees_only_their_organizations_rows_through_every_table(level: &s
         "pending_external_actions",
         "user_settings",
         "conversation_metadata",
-        "org_creator_allowlist",
+        "org_creation_policy",
+        "deployment_setting",
         "sql_library",
     ] {
         let err = sqlx::query(&format!("SELECT * FROM orgkeeper.{table}"))
