@@ -436,7 +436,9 @@ COMMENT ON FUNCTION orgkeeper.delete_org(uuid, uuid) IS
   'Users whose current organization it was move to their personal organization. The organization then becomes deprovisioning (deletion_requested_by/_at record who asked and when) and litellm.deprovision_org is enqueued: from this commit on the application sees nothing of it and every management function refuses it (55000), while its name and id stay taken. '
   'The daemon deletes its LiteLLM team (only if orgkeeper made it for this organization), then writes the tombstone (orgkeeper.org_deleted) and deletes the row with its memberships and invitations. A cleanup that fails for good leaves the action failed and the organization deprovisioning, for operators (orgkeeper actions list --status failed; retry). Refused again while deprovisioning (55000).';
 
-CREATE OR REPLACE FUNCTION orgkeeper.transfer_ownership(actor uuid, org_id uuid, new_owner uuid) RETURNS void
+-- V12 added keep_as (the signature changes, so the old one is dropped).
+DROP FUNCTION IF EXISTS orgkeeper.transfer_ownership(uuid, uuid, uuid);
+CREATE OR REPLACE FUNCTION orgkeeper.transfer_ownership(actor uuid, org_id uuid, new_owner uuid, keep_as text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
 DECLARE
     v_actor  uuid := $1;
@@ -445,6 +447,7 @@ DECLARE
     v_org    orgkeeper.org;
     v_m      record;
     v_t      record;
+    v_keep   orgkeeper.role;
 BEGIN
     PERFORM orgkeeper.check_actor(v_actor, 'transfer_ownership');
     IF v_org_id IS NULL THEN PERFORM orgkeeper.refuse_null('transfer_ownership', 'org_id'); END IF;
@@ -476,14 +479,31 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'to step down yourself use orgkeeper.change_member_role or orgkeeper.leave_org';
     END IF;
+    -- The role the acting owner keeps: by default the new owner's previous
+    -- one (a swap, as Agenta does); else the one asked for. Rank rules: an
+    -- owner may grant any role, so an owner may keep any (the owner role too:
+    -- then the organization has two owners).
+    IF keep_as IS NULL THEN
+        v_keep := orgkeeper.role_by_name(v_t.role_name);
+    ELSE
+        BEGIN
+            v_keep := orgkeeper.role_by_name(keep_as);
+        EXCEPTION WHEN invalid_parameter_value THEN
+            RAISE EXCEPTION 'transfer_ownership: the acting owner cannot keep role "%": no such role (organization "%")', keep_as, v_org.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'keep_as is a role name: ' || (SELECT string_agg(r.name, ', ' ORDER BY r.rank) FROM orgkeeper.role r)
+                             || ', or NULL to take the new owner''s previous role; nothing was changed';
+        END;
+        PERFORM orgkeeper.require_grantable(v_actor, v_m.role_rank, v_org, v_keep);
+    END IF;
     UPDATE orgkeeper.org_member m SET role_id = orgkeeper.role_id('owner'), updated_at = now()
      WHERE m.org_id = v_org_id AND m.user_id = v_new;
-    UPDATE orgkeeper.org_member m SET role_id = orgkeeper.role_id('admin'), updated_at = now()
-     WHERE m.org_id = v_org_id AND m.user_id = v_actor;
+    UPDATE orgkeeper.org_member m SET role_id = v_keep.id, updated_at = now()
+     WHERE m.org_id = v_org_id AND m.user_id = v_actor AND m.role_id IS DISTINCT FROM v_keep.id;
 END;
 $$;
-COMMENT ON FUNCTION orgkeeper.transfer_ownership(uuid, uuid, uuid) IS
-  'Makes an existing active member the owner; the acting owner becomes admin. Only an owner may (42501); the new owner must be a member (P0002), active (55000), not the actor nor already an owner (22023); unknown organization: P0002.';
+COMMENT ON FUNCTION orgkeeper.transfer_ownership(uuid, uuid, uuid, text) IS
+  'Makes an existing active member the owner. The acting owner takes the new owner''s previous role (a swap), or keep_as when given (a role name; an owner may keep any role, owner included). Only an owner may (42501); the new owner must be a member (P0002), active (55000), not the actor nor already an owner (22023); an unknown keep_as role: 22023, nothing changed; unknown organization: P0002.';
 
 ------------------------------------------------------------------------------
 -- members

@@ -218,10 +218,28 @@ BEGIN
           USING p_users;
     END IF;
 
-    -- Users rows and personal orgs in one statement (foreign keys are checked
-    -- at its end, so users.current_org_id can point at the org it inserts).
-    -- The org insert trigger adds the owner membership; provisioning is left
-    -- to litellm.migrate_user (see org_after_insert in ownership.sql).
+    -- Users rows first: an organization's creator must exist (org_admit).
+    -- users.current_org_id points at the personal org once it exists (the
+    -- org insert trigger sets it for users without one; the UPDATE below for
+    -- users rows that existed before).
+    INSERT INTO orgkeeper.users AS t
+           (id, email, language, accepted_tos, enable_sound_notifications,
+            user_consents_to_analytics)
+    SELECT n.user_id, n.email, n.language, n.accepted_tos, coalesce(n.enable_sound_notifications, false),
+           n.user_consents_to_analytics
+      FROM orgkeeper.user_settings n
+     WHERE n.user_id = ANY (p_users)
+     ORDER BY n.user_id
+    ON CONFLICT (id) DO UPDATE
+       SET email = coalesce(t.email, EXCLUDED.email),
+           language = coalesce(t.language, EXCLUDED.language),
+           accepted_tos = coalesce(t.accepted_tos, EXCLUDED.accepted_tos),
+           user_consents_to_analytics = coalesce(t.user_consents_to_analytics, EXCLUDED.user_consents_to_analytics),
+           updated_at = now();
+
+    -- The personal orgs. The org insert trigger adds the owner membership;
+    -- provisioning is left to litellm.migrate_user (see org_after_insert in
+    -- ownership.sql).
     v_prev_skip := current_setting('orgkeeper.skip_provision', true);
     PERFORM set_config('orgkeeper.skip_provision', 'on', true);
     WITH s AS MATERIALIZED (
@@ -233,20 +251,6 @@ BEGIN
                orgkeeper.has_custom_llm_settings(st) AS custom
           FROM orgkeeper.user_settings st
          WHERE st.user_id = ANY (p_users)
-    ), u AS (
-        INSERT INTO orgkeeper.users AS t
-               (id, email, language, accepted_tos, enable_sound_notifications,
-                user_consents_to_analytics, current_org_id)
-        SELECT n.user_id, n.email, n.language, n.accepted_tos, coalesce(n.enable_sound_notifications, false),
-               n.user_consents_to_analytics, n.user_id
-          FROM s n
-        ON CONFLICT (id) DO UPDATE
-           SET email = coalesce(t.email, EXCLUDED.email),
-               language = coalesce(t.language, EXCLUDED.language),
-               accepted_tos = coalesce(t.accepted_tos, EXCLUDED.accepted_tos),
-               user_consents_to_analytics = coalesce(t.user_consents_to_analytics, EXCLUDED.user_consents_to_analytics),
-               current_org_id = EXCLUDED.current_org_id,
-               updated_at = now()
     )
     INSERT INTO orgkeeper.org (
         id, name, kind, created_by, contact_email,
@@ -279,6 +283,8 @@ BEGIN
      WHERE NOT (v_orgs_before ? n.user_id::text)
      ORDER BY n.user_id;
     PERFORM set_config('orgkeeper.skip_provision', coalesce(v_prev_skip, ''), true);
+    UPDATE orgkeeper.users u SET current_org_id = u.id, updated_at = now()
+     WHERE u.id = ANY (p_users) AND u.current_org_id IS DISTINCT FROM u.id;
 
     -- Custom settings stay the user's own, on their membership of the
     -- personal org the migration created.

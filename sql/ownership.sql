@@ -146,9 +146,10 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_before_write() IS
-  'Trigger: starts a new organization at the current settings version unless given one, chooses its id (random; a personal org''s is its creator''s) and refuses one named by an untrusted caller (42501), trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces personal org rules, keeps id/kind/created_by immutable. Runs after orgkeeper.org_admit (allow-list, reserved names).';
+  'Trigger: starts a new organization at the current settings version unless given one, chooses its id (random; a personal org''s is its creator''s) and refuses one named by an untrusted caller (42501), trims and validates organization names (23502/23514), refuses case-insensitive duplicates (23505), enforces personal org rules, keeps id/kind/created_by immutable. Runs after orgkeeper.org_admit (creator exists, org-creation policy, reserved names).';
 
--- Who may create, and which names nobody may take, is decided before
+-- Who may create (an existing user the org-creation policy allows), and
+-- which names nobody may take, is decided before
 -- anything about existing names is (org_before_write): a refused creator
 -- learns nothing from a name clash. Triggers of one event fire in name order,
 -- and org_admit sorts before org_before_write.
@@ -157,12 +158,28 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_te
 DECLARE
     v_name text := lower(btrim(NEW.name, E' \t\n\r\f\x0B'));
 BEGIN
-    IF TG_OP = 'INSERT' AND NEW.kind = 'team'
-       AND EXISTS (SELECT 1 FROM orgkeeper.org_creator_allowlist)
-       AND NOT EXISTS (SELECT 1 FROM orgkeeper.org_creator_allowlist a WHERE a.user_id = NEW.created_by) THEN
-        RAISE EXCEPTION 'user % may not create team organizations (cannot create "%")', NEW.created_by, NEW.name
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'the org_creator_allowlist is in force; a DBA can add the user: INSERT INTO orgkeeper.org_creator_allowlist (user_id) VALUES (...)';
+    IF TG_OP = 'INSERT' AND NEW.created_by IS NOT NULL THEN
+        -- The application creates organizations for its own user only (the
+        -- org_app_insert policy says so too, but only after these checks):
+        -- asked about anyone else, the checks below would tell whether that
+        -- user exists and whether their email domain may create.
+        IF NOT orgkeeper.caller_is_schema_trusted()
+           AND NEW.created_by IS DISTINCT FROM orgkeeper.current_app_user() THEN
+            RAISE EXCEPTION 'organization "%" cannot be created for user %: the application creates organizations for its own user only (orgkeeper.user_id is %)',
+                    NEW.name, NEW.created_by, coalesce(orgkeeper.current_app_user()::text, 'not set')
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'set created_by to the session''s user (SET LOCAL orgkeeper.user_id = ''<uuid>'' at the start of the transaction)';
+        END IF;
+        -- The creator becomes the owner: a user the database knows, not one
+        -- invented here without an email.
+        IF NOT EXISTS (SELECT 1 FROM orgkeeper.users u WHERE u.id = NEW.created_by) THEN
+            RAISE EXCEPTION 'user % does not exist: insert the users row first (cannot create organization "%")', NEW.created_by, NEW.name
+                USING ERRCODE = 'foreign_key_violation',
+                      HINT = 'INSERT INTO orgkeeper.users (id, email) VALUES (...) first (the identity-provider sync records verified emails), then create the organization; nothing was changed';
+        END IF;
+        IF NEW.kind = 'team' OR orgkeeper.policy_applies_to_personal_orgs() THEN
+            PERFORM orgkeeper.check_creation_policy(NEW.created_by, NEW.kind, NEW.name);
+        END IF;
     END IF;
     IF v_name ~ '^user_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}_org$'
        AND NOT (NEW.kind = 'personal' AND v_name = orgkeeper.personal_org_name(NEW.created_by)) THEN
@@ -174,7 +191,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_admit() IS
-  'Trigger, before org_before_write looks at existing names: enforces the team-org creator allow-list (42501) and keeps the personal-organization names user_<id>_org for the personal organization of that user (23514), so nobody can squat them.';
+  'Trigger, before org_before_write looks at existing names: refuses (42501) an application inserting an organization for a user other than orgkeeper.user_id; refuses a creator without a users row (23503 "user <id> does not exist: insert the users row first"); applies the org-creation policy (orgkeeper.check_creation_policy, 42501) to team organizations, and to personal ones when deployment setting policy_applies_to_personal_orgs is on — for every caller, trusted ones included; keeps the personal-organization names user_<id>_org for the personal organization of that user (23514), so nobody can squat them.';
 
 DROP TRIGGER IF EXISTS org_admit ON orgkeeper.org;
 CREATE TRIGGER org_admit
@@ -222,7 +239,6 @@ CREATE TRIGGER org_before_write
 CREATE OR REPLACE FUNCTION orgkeeper.org_after_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO orgkeeper.users (id) VALUES (NEW.created_by) ON CONFLICT (id) DO NOTHING;
     INSERT INTO orgkeeper.org_member (org_id, user_id, role_id, status)
     VALUES (NEW.id, NEW.created_by, orgkeeper.role_id('owner'), 'active');
     UPDATE orgkeeper.users SET current_org_id = NEW.id, updated_at = now()

@@ -24,8 +24,8 @@
 ------------------------------------------------------------------------------
 -- functions that write other tables run as their owner
 ------------------------------------------------------------------------------
--- The triggers of ownership.sql / outbox.sql insert memberships, users and
--- outbox rows and read names and the allow-list the application cannot see;
+-- The triggers of ownership.sql / outbox.sql insert memberships and
+-- outbox rows and read names and the org-creation policy the application cannot see;
 -- they run as the table owner, with a pinned search_path. (ownership.sql
 -- re-creates them with CREATE OR REPLACE, which resets these settings, and
 -- this file runs after it.)
@@ -163,7 +163,7 @@ COMMENT ON POLICY org_app_select ON orgkeeper.org IS 'The application sees the o
 DROP POLICY IF EXISTS org_app_insert ON orgkeeper.org;
 CREATE POLICY org_app_insert ON orgkeeper.org FOR INSERT TO orgkeeper_app
     WITH CHECK (created_by = (SELECT orgkeeper.current_app_user()));
-COMMENT ON POLICY org_app_insert ON orgkeeper.org IS 'The application creates organizations owned by its user only (the allow-list trigger applies too).';
+COMMENT ON POLICY org_app_insert ON orgkeeper.org IS 'The application creates organizations owned by its user only (the trigger orgkeeper.org_admit says so first, then checks that the user exists and applies the org-creation policy).';
 
 DROP POLICY IF EXISTS org_app_update ON orgkeeper.org;
 CREATE POLICY org_app_update ON orgkeeper.org FOR UPDATE TO orgkeeper_app
@@ -310,9 +310,11 @@ END
 $related$;
 
 -- No application policy (so no application access, whatever is granted):
--- org_creator_allowlist, pending_external_actions, user_settings, conversation_metadata,
--- org_deleted (tombstones are for operators: the application never reads
--- them, not even of organizations its user deleted).
+-- org_creation_policy (which emails and domains may create organizations: the
+-- application must not learn it), deployment_setting, pending_external_actions,
+-- user_settings, conversation_metadata, org_deleted (tombstones are for
+-- operators: the application never reads them, not even of organizations its
+-- user deleted).
 
 ------------------------------------------------------------------------------
 -- privileges
@@ -404,7 +406,7 @@ GRANT EXECUTE ON FUNCTION
     orgkeeper.rls_managed_members(),
     orgkeeper.rename_org(uuid, uuid, text),
     orgkeeper.delete_org(uuid, uuid),
-    orgkeeper.transfer_ownership(uuid, uuid, uuid),
+    orgkeeper.transfer_ownership(uuid, uuid, uuid, text),
     orgkeeper.add_member(uuid, uuid, uuid, text),
     orgkeeper.change_member_role(uuid, uuid, uuid, text),
     orgkeeper.remove_member(uuid, uuid, uuid),
@@ -432,7 +434,7 @@ GRANT SELECT (id, email, email_verified), INSERT (id, email, email_verified), UP
 -- Reads everything and writes results back; deletes nothing.
 GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA orgkeeper TO orgkeeper_daemon;
 REVOKE INSERT, UPDATE ON orgkeeper.role, orgkeeper.settings_version, orgkeeper.rls_exempt, orgkeeper.sql_library, orgkeeper.schema_history,
-                         orgkeeper.org_creator_allowlist, orgkeeper.invitation, orgkeeper.deployment_setting FROM orgkeeper_daemon;
+                         orgkeeper.org_creation_policy, orgkeeper.invitation, orgkeeper.deployment_setting FROM orgkeeper_daemon;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA orgkeeper TO orgkeeper_daemon;
 -- ... except its own waiting mark (orgkeeper.daemon_busy).
 GRANT DELETE ON orgkeeper.daemon_waiting TO orgkeeper_daemon;

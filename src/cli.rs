@@ -27,7 +27,7 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply the versioned migrations and the SQL function library (safe to run twice, or from two places at once), then record the deployment settings given (ORGKEEPER_BILLING)
+    /// Apply the versioned migrations and the SQL function library (safe to run twice, or from two places at once), then record the deployment settings given (ORGKEEPER_BILLING, ORGKEEPER_POLICY_PERSONAL_ORGS) and seed the org-creation policy (ORGKEEPER_ALLOWED_OWNER_EMAILS, ORGKEEPER_ALLOWED_DOMAINS)
     Migrate(MigrateArgs),
     /// Run the daemon: perform outbox actions against LiteLLM and Stripe until SIGTERM/SIGINT
     Listen(Box<crate::listen::ListenArgs>),
@@ -44,6 +44,13 @@ enum Command {
         database: DatabaseArgs,
         #[command(subcommand)]
         command: crate::orgs::OrgCommand,
+    },
+    /// Who may create organizations: allowed owner emails and email domains (empty = everyone)
+    Policy {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: crate::policy::PolicyCommand,
     },
     /// Inspect, retry or cancel outbox actions
     Actions {
@@ -143,6 +150,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "LITELLM_BASE_URL",
                 )?);
             }
+            let seed = args.settings.policy_seed()?;
             let report = crate::db::migrate(&url).await?;
             if report.applied.is_empty() {
                 println!("migrations: up to date");
@@ -169,6 +177,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     }
                 );
             }
+            for (entry, added) in crate::db::apply_policy_seed(&url, &seed).await? {
+                println!(
+                    "org-creation policy: {} {} ({})",
+                    entry.kind,
+                    entry.value,
+                    if added { "added" } else { "already allowed" }
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Listen(args) => {
@@ -193,6 +209,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Org { database, command } => {
             let pool = crate::db::connect(&database.url()?, 2).await?;
             crate::orgs::run(&pool, command).await
+        }
+        Command::Policy { database, command } => {
+            let pool = crate::db::connect(&database.url()?, 1).await?;
+            crate::policy::run(&pool, command).await
         }
         Command::Actions { database, command } => {
             let pool = crate::db::connect(&database.url()?, 2).await?;

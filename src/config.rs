@@ -76,6 +76,46 @@ pub struct DeploymentSettingsArgs {
     /// Billing customers for team orgs: on = every new team organization gets a Stripe customer (stripe.create_customer); off = none. Unset = keep the recorded value (default off)
     #[arg(long, env = "ORGKEEPER_BILLING")]
     pub billing: Option<String>,
+    /// Whether the org-creation policy also withholds personal organizations from users it does not allow: on | off. Unset = keep the recorded value (default off)
+    #[arg(long, env = "ORGKEEPER_POLICY_PERSONAL_ORGS")]
+    pub policy_personal_orgs: Option<String>,
+    /// Owner emails allowed to create organizations, comma-separated (added to orgkeeper.org_creation_policy; entries are never removed by migrate)
+    #[arg(long, env = "ORGKEEPER_ALLOWED_OWNER_EMAILS")]
+    pub allowed_owner_emails: Option<String>,
+    /// Email domains allowed to create organizations, comma-separated (added to orgkeeper.org_creation_policy; entries are never removed by migrate)
+    #[arg(long, env = "ORGKEEPER_ALLOWED_DOMAINS")]
+    pub allowed_domains: Option<String>,
+}
+
+/// One entry of the org-creation policy to seed at `orgkeeper migrate`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySeed {
+    /// `email` or `domain`.
+    pub kind: &'static str,
+    /// Trimmed and lower-cased.
+    pub value: String,
+    /// The environment variable (and flag) it came from, for `added_by`.
+    pub env: &'static str,
+}
+
+/// Splits a comma-separated list: trimmed, lower-cased, empty items skipped.
+fn comma_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|item| item.trim().to_lowercase())
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
+fn on_off(value: &str, env: &'static str, flag: &'static str) -> Result<String, ConfigError> {
+    let normalised = value.trim().to_ascii_lowercase();
+    if normalised != "on" && normalised != "off" {
+        return Err(ConfigError {
+            env,
+            flag,
+            problem: format!("must be on or off, not {value:?}"),
+        });
+    }
+    Ok(normalised)
 }
 
 /// The `litellm_base_url` deployment setting for `url` (validated, without a
@@ -109,19 +149,72 @@ impl DeploymentSettingsArgs {
     pub fn settings(&self) -> Result<Vec<DeploymentSetting>, ConfigError> {
         let mut out = Vec::new();
         if let Some(billing) = &self.billing {
-            let value = billing.trim().to_ascii_lowercase();
-            if value != "on" && value != "off" {
-                return Err(ConfigError {
-                    env: "ORGKEEPER_BILLING",
-                    flag: "billing",
-                    problem: format!("must be on or off, not {billing:?}"),
-                });
-            }
             out.push(DeploymentSetting {
                 name: "billing",
-                value,
+                value: on_off(billing, "ORGKEEPER_BILLING", "billing")?,
                 env: "ORGKEEPER_BILLING",
             });
+        }
+        if let Some(personal) = &self.policy_personal_orgs {
+            out.push(DeploymentSetting {
+                name: "policy_applies_to_personal_orgs",
+                value: on_off(
+                    personal,
+                    "ORGKEEPER_POLICY_PERSONAL_ORGS",
+                    "policy-personal-orgs",
+                )?,
+                env: "ORGKEEPER_POLICY_PERSONAL_ORGS",
+            });
+        }
+        Ok(out)
+    }
+
+    /// The org-creation policy entries to seed, validated: each email has one
+    /// `@` with something on both sides, each domain none.
+    pub fn policy_seed(&self) -> Result<Vec<PolicySeed>, ConfigError> {
+        let mut out = Vec::new();
+        if let Some(emails) = &self.allowed_owner_emails {
+            for email in comma_list(emails) {
+                let valid = match email.split_once('@') {
+                    Some((local, domain)) => {
+                        !local.is_empty()
+                            && !domain.is_empty()
+                            && !domain.contains('@')
+                            && !email.contains(char::is_whitespace)
+                    }
+                    None => false,
+                };
+                if !valid {
+                    return Err(ConfigError {
+                        env: "ORGKEEPER_ALLOWED_OWNER_EMAILS",
+                        flag: "allowed-owner-emails",
+                        problem: format!("{email:?} is not an email address (name@domain)"),
+                    });
+                }
+                out.push(PolicySeed {
+                    kind: "email",
+                    value: email,
+                    env: "ORGKEEPER_ALLOWED_OWNER_EMAILS",
+                });
+            }
+        }
+        if let Some(domains) = &self.allowed_domains {
+            for domain in comma_list(domains) {
+                if domain.contains('@') || domain.contains(char::is_whitespace) {
+                    return Err(ConfigError {
+                        env: "ORGKEEPER_ALLOWED_DOMAINS",
+                        flag: "allowed-domains",
+                        problem: format!(
+                            "{domain:?} is not an email domain (example.com, without @)"
+                        ),
+                    });
+                }
+                out.push(PolicySeed {
+                    kind: "domain",
+                    value: domain,
+                    env: "ORGKEEPER_ALLOWED_DOMAINS",
+                });
+            }
         }
         Ok(out)
     }
@@ -612,6 +705,64 @@ mod tests {
         stripe: StripeArgs,
         #[command(flatten)]
         secrets: SecretArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct Deployment {
+        #[command(flatten)]
+        settings: DeploymentSettingsArgs,
+    }
+
+    #[test]
+    fn the_policy_seed_is_trimmed_lower_cased_and_validated() {
+        let args = Deployment::parse_from([
+            "x",
+            "--allowed-owner-emails",
+            " Boss@Else.test ,, ",
+            "--allowed-domains",
+            "Example.COM, ,example.org",
+            "--policy-personal-orgs",
+            " ON ",
+        ]);
+        let seed = args.settings.policy_seed().unwrap();
+        let values: Vec<(&str, &str)> = seed.iter().map(|s| (s.kind, s.value.as_str())).collect();
+        assert_eq!(
+            values,
+            [
+                ("email", "boss@else.test"),
+                ("domain", "example.com"),
+                ("domain", "example.org")
+            ]
+        );
+        let settings = args.settings.settings().unwrap();
+        assert_eq!(settings[0].name, "policy_applies_to_personal_orgs");
+        assert_eq!(settings[0].value, "on");
+
+        for (flag, value, env) in [
+            (
+                "--allowed-owner-emails",
+                "boss",
+                "ORGKEEPER_ALLOWED_OWNER_EMAILS",
+            ),
+            (
+                "--allowed-owner-emails",
+                "@else.test",
+                "ORGKEEPER_ALLOWED_OWNER_EMAILS",
+            ),
+            (
+                "--allowed-domains",
+                "a@example.com",
+                "ORGKEEPER_ALLOWED_DOMAINS",
+            ),
+        ] {
+            let args = Deployment::parse_from(["x", flag, value]);
+            assert_eq!(args.settings.policy_seed().unwrap_err().env, env, "{value}");
+        }
+        let args = Deployment::parse_from(["x", "--policy-personal-orgs", "yes"]);
+        assert_eq!(
+            args.settings.settings().unwrap_err().env,
+            "ORGKEEPER_POLICY_PERSONAL_ORGS"
+        );
     }
 
     #[test]

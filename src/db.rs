@@ -26,6 +26,7 @@ pub const SQL_LIBRARY: &[(&str, &str)] = &[
     ("invitations.sql", include_str!("../sql/invitations.sql")),
     ("migration.sql", include_str!("../sql/migration.sql")),
     ("billing.sql", include_str!("../sql/billing.sql")),
+    ("policy.sql", include_str!("../sql/policy.sql")),
     ("secrets.sql", include_str!("../sql/secrets.sql")),
     ("rls.sql", include_str!("../sql/rls.sql")),
 ];
@@ -178,6 +179,43 @@ pub async fn apply_deployment_settings(
             value: setting.value.clone(),
             changed,
         });
+    }
+    tx.commit().await?;
+    pool.close().await;
+    Ok(applied)
+}
+
+/// Adds the org-creation policy entries given in the environment
+/// (`ORGKEEPER_ALLOWED_OWNER_EMAILS`, `ORGKEEPER_ALLOWED_DOMAINS`) to
+/// `orgkeeper.org_creation_policy`, in one transaction, with `added_by` =
+/// `orgkeeper migrate (<ENV>)`. An entry already there is left as it is
+/// (whoever added it), so running `migrate` again with the same environment
+/// adds nothing. Entries are never removed here: `orgkeeper policy remove`.
+/// Returns each entry with whether this run added it.
+pub async fn apply_policy_seed(
+    database_url: &str,
+    seed: &[crate::config::PolicySeed],
+) -> anyhow::Result<Vec<(crate::config::PolicySeed, bool)>> {
+    if seed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pool = connect(database_url, 1).await?;
+    let mut tx = pool.begin().await?;
+    let mut applied = Vec::new();
+    for entry in seed {
+        let added: bool = sqlx::query_scalar("SELECT orgkeeper.policy_allow($1, $2, $3)")
+            .bind(entry.kind)
+            .bind(&entry.value)
+            .bind(format!("orgkeeper migrate ({})", entry.env))
+            .fetch_one(&mut *tx)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot allow {} {} in the org-creation policy (from {})",
+                    entry.kind, entry.value, entry.env
+                )
+            })?;
+        applied.push((entry.clone(), added));
     }
     tx.commit().await?;
     pool.close().await;

@@ -28,7 +28,8 @@ pub struct DevArgs {
     #[arg(long, env = "ORGKEEPER_DEV_LEGACY_USERS", default_value_t = 20)]
     pub legacy_users: u32,
     /// Deployment settings to record after migrating (ORGKEEPER_BILLING=on:
-    /// new team orgs get a customer at the Stripe simulator).
+    /// new team orgs get a customer at the Stripe simulator), and the
+    /// org-creation policy to seed (ORGKEEPER_ALLOWED_DOMAINS, …).
     #[command(flatten)]
     pub settings: DeploymentSettingsArgs,
 }
@@ -36,6 +37,7 @@ pub struct DevArgs {
 /// Runs the embedded environment until SIGINT/SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let settings = args.settings.settings()?;
+    let seed = args.settings.policy_seed()?;
     let cluster = tokio::task::spawn_blocking(|| PgCluster::start(Durability::Throwaway)).await??;
     // If this process dies without cleaning up, the watchdog removes the cluster.
     cluster.stop_when_process_exits(std::process::id())?;
@@ -47,6 +49,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let url = cluster.url("orgkeeper");
     crate::db::migrate(&url).await?;
     let applied = crate::db::apply_deployment_settings(&url, &settings).await?;
+    crate::db::apply_policy_seed(&url, &seed).await?;
 
     let litellm = LiteLlmSimulator::start_local().await?;
     crate::db::apply_deployment_settings(
@@ -122,9 +125,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for setting in &applied {
         println!("  setting    {} = {}", setting.name, setting.value);
     }
+    for entry in &seed {
+        println!("  may create {} {}", entry.kind, entry.value);
+    }
     println!();
     println!("Try, in psql:");
-    println!("  INSERT INTO orgkeeper.org (name, created_by) VALUES ('Acme', gen_random_uuid());");
+    println!("  WITH u AS (INSERT INTO orgkeeper.users (id, email) VALUES (gen_random_uuid(), 'ada@example.com') RETURNING id)");
+    println!("    INSERT INTO orgkeeper.org (name, created_by) SELECT 'Acme', id FROM u;   -- the creator must exist first");
     println!("  SELECT name, provisioning_status, litellm_team_id FROM orgkeeper.org;   -- pending, then active");
     println!("  SELECT id, kind, status, attempts FROM orgkeeper.pending_external_actions;");
     if args.legacy_users > 0 {

@@ -19,6 +19,7 @@ pub mod ops;
 pub mod orgs;
 pub mod outbox;
 pub mod pgcluster;
+pub mod policy;
 pub mod redact;
 pub mod secrets;
 pub mod secrets_rotate;

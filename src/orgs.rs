@@ -55,7 +55,7 @@ pub enum OrgCommand {
         #[arg(long)]
         yes: bool,
     },
-    /// Hand ownership to an existing active member; the acting owner becomes admin.
+    /// Hand ownership to an existing active member; the acting owner takes their previous role (a swap) unless --keep-as says otherwise.
     Transfer {
         /// The acting owner.
         #[arg(long = "as", value_name = "USER", env = "ORGKEEPER_ACTOR")]
@@ -65,6 +65,9 @@ pub enum OrgCommand {
         /// The member who becomes the owner.
         #[arg(long = "to", value_name = "USER")]
         new_owner: Uuid,
+        /// The role the acting owner keeps (owner, admin, member or a custom role); default: the new owner's previous role
+        #[arg(long = "keep-as", value_name = "ROLE")]
+        keep_as: Option<String>,
     },
     /// List, add, re-role or remove members.
     Members {
@@ -378,10 +381,25 @@ async fn execute(pool: &PgPool, command: OrgCommand) -> Result<ExitCode, Failure
             actor,
             org,
             new_owner,
+            keep_as,
         } => {
-            let sql = "SELECT orgkeeper.transfer_ownership($1, $2, $3)";
-            let id = call_on_org(pool, actor, &org, sql, |q| q.bind(new_owner)).await?;
-            println!("{new_owner} now owns organization {id}; {actor} is an admin");
+            let (mut tx, id) = open_org(pool, actor, &org).await?;
+            sqlx::query("SELECT orgkeeper.transfer_ownership($1, $2, $3, $4)")
+                .bind(actor)
+                .bind(id)
+                .bind(new_owner)
+                .bind(&keep_as)
+                .execute(&mut *tx)
+                .await?;
+            let kept: String = sqlx::query_scalar(
+                "SELECT m.role FROM orgkeeper.list_members($1, $2) m WHERE m.user_id = $1",
+            )
+            .bind(actor)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            println!("{new_owner} now owns organization {id}; {actor} is now {kept}");
         }
         OrgCommand::Members { command } => members(pool, command).await?,
         OrgCommand::Leave { actor, org } => {

@@ -65,7 +65,8 @@ async fn dev_runs_everything_and_ctrl_c_leaves_nothing_behind() {
     assert!(dir.exists());
 
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ('Acme', gen_random_uuid())")
+    sqlx::query("WITH u AS (INSERT INTO orgkeeper.users (id, email) VALUES (gen_random_uuid(), 'ada@example.com') RETURNING id)
+                 INSERT INTO orgkeeper.org (name, created_by) SELECT 'Acme', id FROM u")
         .execute(&pool)
         .await
         .unwrap();

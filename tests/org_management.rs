@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{db_error, personal, refused, state, team, user, TestDb};
+use common::{app, db_error, personal, refused, state, team, user, TestDb};
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
@@ -521,6 +521,75 @@ async fn deleting_an_org_detaches_billing_deletes_its_data_and_moves_current_use
 // ---------------------------------------------------------------------------
 // transfer ownership
 // ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn transfer_swaps_roles_unless_the_owner_asks_to_keep_another_as_the_application() {
+    let db = TestDb::migrated().await;
+    let t = acme(&db).await;
+    let transfer_as = |actor: Uuid, to: Uuid, keep_as: Option<&'static str>| {
+        let db = &db;
+        async move {
+            let mut conn = app(db, Some(actor)).await;
+            sqlx::query("SELECT orgkeeper.transfer_ownership($1, $2, $3, $4)")
+                .bind(actor)
+                .bind(t.org)
+                .bind(to)
+                .bind(keep_as)
+                .execute(&mut conn)
+                .await
+                .map(drop)
+        }
+    };
+
+    // Olive (owner) hands Acme to Mia (member): they swap roles.
+    transfer_as(t.owner, t.member, None).await.unwrap();
+    assert_eq!(
+        role_of(&db, t.org, t.member).await.as_deref(),
+        Some("owner")
+    );
+    assert_eq!(
+        role_of(&db, t.org, t.owner).await.as_deref(),
+        Some("member")
+    );
+    assert_eq!(role_of(&db, t.org, t.admin).await.as_deref(), Some("admin"));
+
+    // A role that does not exist: refused, nothing changed.
+    let before = state(&db.pool).await;
+    let hint = refused(
+        transfer_as(t.member, t.admin, Some("superuser")).await,
+        "22023",
+        &[
+            "the acting owner cannot keep role \"superuser\": no such role",
+            "organization \"Acme\"",
+        ],
+    );
+    assert!(hint.contains("owner, admin, member"), "{hint}");
+    assert!(hint.contains("nothing was changed"), "{hint}");
+    assert_eq!(state(&db.pool).await, before);
+    // Whatever keep_as says, the other rules still apply first.
+    refused(
+        transfer_as(t.member, t.member, Some("admin")).await,
+        "22023",
+        &["already owns organization \"Acme\""],
+    );
+    assert_eq!(state(&db.pool).await, before);
+
+    // Mia hands it to Adam (admin) but stays admin herself, as she asks ...
+    transfer_as(t.member, t.admin, Some("Admin")).await.unwrap();
+    assert_eq!(role_of(&db, t.org, t.admin).await.as_deref(), Some("owner"));
+    assert_eq!(
+        role_of(&db, t.org, t.member).await.as_deref(),
+        Some("admin")
+    );
+    // ... and Adam hands it back to Olive (member) keeping ownership: two owners.
+    transfer_as(t.admin, t.owner, Some("owner")).await.unwrap();
+    assert_eq!(role_of(&db, t.org, t.owner).await.as_deref(), Some("owner"));
+    assert_eq!(role_of(&db, t.org, t.admin).await.as_deref(), Some("owner"));
+    assert_eq!(
+        role_of(&db, t.org, t.member).await.as_deref(),
+        Some("admin")
+    );
+}
 
 #[tokio::test]
 async fn ownership_goes_to_an_active_member_and_the_old_owner_becomes_admin() {
@@ -1296,4 +1365,360 @@ async fn listings_show_a_users_orgs_and_an_orgs_members() {
         "42501",
         &["is not a member of organization"],
     );
+}
+
+// ---------------------------------------------------------------------------
+// who may create an organization
+// ---------------------------------------------------------------------------
+
+/// The org-creation policy as (kind, value, added_by), for asserting it.
+async fn policy(db: &TestDb) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT kind, value, added_by FROM orgkeeper.org_creation_policy ORDER BY kind, value",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn app_insert_org(db: &TestDb, who: Uuid, name: &str) -> Result<Uuid, sqlx::Error> {
+    let mut conn = app(db, Some(who)).await;
+    sqlx::query_scalar("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, $2) RETURNING id")
+        .bind(name)
+        .bind(who)
+        .fetch_one(&mut conn)
+        .await
+}
+
+#[tokio::test]
+async fn the_creator_of_an_organization_must_exist() {
+    let db = TestDb::migrated().await;
+    let bystander = user(&db, "by@stander.test").await;
+    personal(&db, bystander).await;
+    let ghost = Uuid::new_v4();
+    let before = state(&db.pool).await;
+    // The application inserting for its user, who has no users row yet.
+    let hint = refused(
+        app_insert_org(&db, ghost, "Ghost Inc").await,
+        "23503",
+        &[&format!(
+            "user {ghost} does not exist: insert the users row first"
+        )],
+    );
+    assert!(hint.contains("INSERT INTO orgkeeper.users"), "{hint}");
+    // A DBA through create_org, and a personal organization: the same.
+    refused(
+        sqlx::query("SELECT orgkeeper.create_org('Ghost Inc', $1)")
+            .bind(ghost)
+            .execute(&db.pool)
+            .await,
+        "23503",
+        &[&format!(
+            "user {ghost} does not exist: insert the users row first"
+        )],
+    );
+    refused(
+        sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+            .bind(ghost)
+            .execute(&db.pool)
+            .await,
+        "23503",
+        &[&format!("user {ghost} does not exist")],
+    );
+    assert_eq!(
+        state(&db.pool).await,
+        before,
+        "no org, and no invented user"
+    );
+
+    // Asked for another user, the application learns nothing about whether
+    // that user exists: the refusal is the same either way.
+    let me = user(&db, "me@acme.test").await;
+    let someone = user(&db, "someone@acme.test").await;
+    let before = state(&db.pool).await;
+    for other in [someone, Uuid::new_v4()] {
+        let mut conn = app(&db, Some(me)).await;
+        refused(
+            sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ('Theirs', $1)")
+                .bind(other)
+                .execute(&mut conn)
+                .await,
+            "42501",
+            &[&format!(
+                "organization \"Theirs\" cannot be created for user {other}: the application creates organizations for its own user only"
+            )],
+        );
+    }
+    assert_eq!(state(&db.pool).await, before);
+
+    // The application records its user first, then creates: one statement.
+    let mut conn = app(&db, Some(ghost)).await;
+    let org: Uuid = sqlx::query_scalar(
+        "WITH u AS (INSERT INTO orgkeeper.users (id, email) VALUES ($1, 'ghost@acme.test') RETURNING id)
+         INSERT INTO orgkeeper.org (name, created_by) SELECT 'Ghost Inc', u.id FROM u RETURNING id",
+    )
+    .bind(ghost)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(role_of(&db, org, ghost).await.as_deref(), Some("owner"));
+}
+
+#[tokio::test]
+async fn team_orgs_are_created_by_verified_allowed_emails_and_domains_only() {
+    let db = TestDb::migrated().await;
+    let ada = user(&db, "ada@allowed.test").await;
+    let eve = user(&db, "eve@evil.test").await;
+    let pia = user(&db, "Pia@Partner.test").await;
+    let una = Uuid::new_v4(); // claims an allowed address the provider has not verified
+    sqlx::query("INSERT INTO orgkeeper.users (id, email) VALUES ($1, 'una@allowed.test')")
+        .bind(una)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // Empty policy: everyone may.
+    app_insert_org(&db, eve, "Eve Before").await.unwrap();
+
+    for (kind, value) in [("domain", " Allowed.TEST "), ("email", "pia@partner.test")] {
+        let added: bool = sqlx::query_scalar("SELECT orgkeeper.policy_allow($1, $2, 'a DBA')")
+            .bind(kind)
+            .bind(value)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert!(added);
+    }
+    assert_eq!(
+        policy(&db).await,
+        [
+            ("domain".into(), "allowed.test".into(), "a DBA".into()),
+            ("email".into(), "pia@partner.test".into(), "a DBA".into()),
+        ]
+    );
+
+    // A disallowed domain, as the application inserts it: refused with a
+    // message naming the domain and who grants access, and nothing else.
+    let before = (state(&db.pool).await, policy(&db).await);
+    let err = app_insert_org(&db, eve, "Evil Corp").await.unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501", "{message}");
+    assert!(
+        message.contains(&format!(
+            "user {eve} may not create organization \"Evil Corp\": the email domain \"evil.test\" is not allowed to create organizations"
+        )),
+        "{message}"
+    );
+    let hint = common::hint(&err).unwrap_or_default();
+    assert!(
+        hint.contains("an operator or DBA of this deployment can grant access"),
+        "{hint}"
+    );
+    for leak in ["allowed.test", "partner", "pia"] {
+        assert!(
+            !message.contains(leak) && !hint.contains(leak),
+            "leaks {leak}: {message} / {hint}"
+        );
+    }
+    // Through create_org, and by a DBA on Eve's behalf: the policy is about the owner.
+    let mut conn = app(&db, Some(eve)).await;
+    refused(
+        sqlx::query("SELECT orgkeeper.create_org('Evil Corp', $1)")
+            .bind(eve)
+            .execute(&mut conn)
+            .await,
+        "42501",
+        &["the email domain \"evil.test\" is not allowed"],
+    );
+    refused(
+        sqlx::query("SELECT orgkeeper.create_org('Evil Corp', $1)")
+            .bind(eve)
+            .execute(&db.pool)
+            .await,
+        "42501",
+        &["the email domain \"evil.test\" is not allowed"],
+    );
+    // An allowed address that is not verified counts for nothing.
+    refused(
+        app_insert_org(&db, una, "Una Ltd").await,
+        "42501",
+        &[&format!(
+            "user {una} may not create organization \"Una Ltd\": organization creation is restricted to allowed email addresses and domains, and the user has no verified email address"
+        )],
+    );
+    assert_eq!(
+        (state(&db.pool).await, policy(&db).await),
+        before,
+        "nothing changed"
+    );
+
+    // An allowed email and an allowed domain: accepted.
+    let p = app_insert_org(&db, pia, "Partner Co").await.unwrap();
+    assert_eq!(role_of(&db, p, pia).await.as_deref(), Some("owner"));
+    let a = app_insert_org(&db, ada, "Ada Labs").await.unwrap();
+    assert_eq!(role_of(&db, a, ada).await.as_deref(), Some("owner"));
+
+    // Personal organizations: not withheld by default (as OpenHands) ...
+    let mut conn = app(&db, Some(eve)).await;
+    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+        .bind(eve)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // ... withheld when the deployment says so (as Agenta's signup org).
+    sqlx::query(
+        "INSERT INTO orgkeeper.deployment_setting (name, value, set_by) VALUES ('policy_applies_to_personal_orgs', 'on', 'a DBA')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let before = state(&db.pool).await;
+    let mut conn = app(&db, Some(una)).await;
+    refused(
+        sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+            .bind(una)
+            .execute(&mut conn)
+            .await,
+        "42501",
+        &[&format!(
+            "user {una} may not create a personal organization"
+        )],
+    );
+    assert_eq!(state(&db.pool).await, before);
+    let mut conn = app(&db, Some(ada)).await;
+    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+        .bind(ada)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // The setting accepts on and off only.
+    let err = sqlx::query("UPDATE orgkeeper.deployment_setting SET value = 'yes' WHERE name = 'policy_applies_to_personal_orgs'")
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "23514");
+
+    // The application can neither read nor write the policy.
+    let mut conn = app(&db, Some(eve)).await;
+    for sql in [
+        "SELECT * FROM orgkeeper.org_creation_policy",
+        "INSERT INTO orgkeeper.org_creation_policy (kind, value, added_by) VALUES ('domain', 'evil.test', 'eve')",
+        "DELETE FROM orgkeeper.org_creation_policy",
+        "SELECT orgkeeper.policy_allow('domain', 'evil.test', 'eve')",
+        "SELECT orgkeeper.creation_policy_allows('eve@evil.test')",
+    ] {
+        let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
+        assert_eq!(db_error(&err).0, "42501", "{sql}: {err}");
+    }
+    assert_eq!(policy(&db).await.len(), 2);
+
+    // Removing the last entry lets everyone create again.
+    for (kind, value) in [("domain", "allowed.test"), ("email", "PIA@partner.test")] {
+        let removed: bool = sqlx::query_scalar("SELECT orgkeeper.policy_remove($1, $2)")
+            .bind(kind)
+            .bind(value)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert!(removed, "{value}");
+    }
+    app_insert_org(&db, eve, "Evil Corp").await.unwrap();
+}
+
+#[tokio::test]
+async fn the_policy_is_seeded_from_the_environment_once() {
+    let db = TestDb::migrated().await;
+    let migrate = |emails: &'static str, domains: &'static str| {
+        let url = db.url.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_orgkeeper"))
+                .arg("migrate")
+                .env("DATABASE_URL", url)
+                .env_remove("ORGKEEPER_BILLING")
+                .env("ORGKEEPER_POLICY_PERSONAL_ORGS", "off")
+                .env("ORGKEEPER_ALLOWED_OWNER_EMAILS", emails)
+                .env("ORGKEEPER_ALLOWED_DOMAINS", domains)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let added_at = || async {
+        sqlx::query_scalar::<_, Vec<chrono::DateTime<chrono::Utc>>>(
+            "SELECT array_agg(added_at ORDER BY kind, value) FROM orgkeeper.org_creation_policy",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+
+    // Malformed: exit 2 naming the variable, nothing recorded.
+    let out = migrate("boss", "").await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ORGKEEPER_ALLOWED_OWNER_EMAILS"));
+    assert!(policy(&db).await.is_empty());
+
+    let out = migrate(" Boss@Else.test ,", "Allowed.test, ,partner.test ").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("org-creation policy: domain allowed.test (added)"),
+        "{stdout}"
+    );
+    let seeded = vec![
+        (
+            "domain".to_string(),
+            "allowed.test".to_string(),
+            "orgkeeper migrate (ORGKEEPER_ALLOWED_DOMAINS)".to_string(),
+        ),
+        (
+            "domain".into(),
+            "partner.test".into(),
+            "orgkeeper migrate (ORGKEEPER_ALLOWED_DOMAINS)".into(),
+        ),
+        (
+            "email".into(),
+            "boss@else.test".into(),
+            "orgkeeper migrate (ORGKEEPER_ALLOWED_OWNER_EMAILS)".into(),
+        ),
+    ];
+    assert_eq!(policy(&db).await, seeded);
+    let first = added_at().await;
+
+    // Again with the same environment: nothing is added twice.
+    let out = migrate("boss@else.test", "allowed.test,partner.test").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("org-creation policy: domain allowed.test (already allowed)"),
+        "{stdout}"
+    );
+    assert_eq!(policy(&db).await, seeded);
+    assert_eq!(added_at().await, first);
+    let personal: String = sqlx::query_scalar(
+        "SELECT value FROM orgkeeper.deployment_setting WHERE name = 'policy_applies_to_personal_orgs'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(personal, "off");
+
+    // And it is in force for the application.
+    let eve = user(&db, "eve@evil.test").await;
+    let boss = user(&db, "boss@else.test").await;
+    let before = state(&db.pool).await;
+    refused(
+        app_insert_org(&db, eve, "Evil Corp").await,
+        "42501",
+        &["the email domain \"evil.test\" is not allowed to create organizations"],
+    );
+    assert_eq!(state(&db.pool).await, before);
+    app_insert_org(&db, boss, "Boss Corp").await.unwrap();
 }

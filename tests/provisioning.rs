@@ -685,7 +685,8 @@ async fn no_committed_org_waits_for_the_poll_while_the_daemon_is_idle() {
                 let mut tick = tokio::time::interval(Duration::from_millis(80));
                 for i in 0..50 {
                     tick.tick().await;
-                    sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())")
+                    sqlx::query("WITH u AS (INSERT INTO orgkeeper.users (id) VALUES (gen_random_uuid()) RETURNING id)
+                                 INSERT INTO orgkeeper.org (name, created_by) SELECT $1, id FROM u")
                         .bind(format!("Wake {c}-{i}"))
                         .execute(&pool)
                         .await

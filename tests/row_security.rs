@@ -289,7 +289,8 @@ async fn a_user_sees_only_their_organizations_rows_through_every_table(level: &s
         "pending_external_actions",
         "user_settings",
         "conversation_metadata",
-        "org_creator_allowlist",
+        "org_creation_policy",
+        "deployment_setting",
         "sql_library",
     ] {
         let err = sqlx::query(&format!("SELECT * FROM orgkeeper.{table}"))
@@ -1033,6 +1034,11 @@ async fn the_application_cannot_skip_the_provisioning_of_its_organizations() {
     let db = TestDb::migrated().await;
     let user = Uuid::new_v4();
     let mut conn = app(&db, Some(user)).await;
+    sqlx::query("INSERT INTO orgkeeper.users (id) VALUES ($1)")
+        .bind(user)
+        .execute(&mut conn)
+        .await
+        .unwrap();
     // The setting user migration uses; any session can set a custom setting.
     sqlx::query("SET orgkeeper.skip_provision = 'on'")
         .execute(&mut conn)
@@ -1080,11 +1086,13 @@ async fn the_application_cannot_skip_the_provisioning_of_its_organizations() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let trusted: Uuid =
-        sqlx::query_scalar("SELECT orgkeeper.create_org('Trusted', gen_random_uuid())")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
+    let trusted: Uuid = sqlx::query_scalar(
+        "WITH u AS (INSERT INTO orgkeeper.users (id) VALUES (gen_random_uuid()) RETURNING id)
+                            SELECT orgkeeper.create_org('Trusted', u.id) FROM u",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let actions: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE org_id = $1",

@@ -8,7 +8,21 @@ use sqlx::postgres::PgListener;
 use sqlx::{Connection, Row};
 use uuid::Uuid;
 
+/// A users row (an organization's creator must exist).
+async fn new_user(db: &TestDb) -> Uuid {
+    sqlx::query_scalar("INSERT INTO orgkeeper.users (id) VALUES (gen_random_uuid()) RETURNING id")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Inserts an organization, and its owner's users row when there is none.
 async fn insert_org(db: &TestDb, name: &str, owner: Uuid) -> Uuid {
+    sqlx::query("INSERT INTO orgkeeper.users (id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(owner)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     sqlx::query_scalar("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, $2) RETURNING id")
         .bind(name)
         .bind(owner)
@@ -123,6 +137,7 @@ async fn deleting_the_owner_in_the_inserting_transaction_fails_the_commit_and_le
     let err = run_in_transaction(
         &db,
         &[
+            format!("INSERT INTO orgkeeper.users (id) VALUES ('{owner}')"),
             format!("INSERT INTO orgkeeper.org (id, name, created_by) VALUES ('{owner}', 'Orphan Inc', '{owner}')"),
             format!("DELETE FROM orgkeeper.org_member WHERE user_id = '{owner}'"),
         ],
@@ -308,7 +323,7 @@ async fn names_are_unique_case_insensitively_and_trimmed() {
     for clash in ["acme labs", "ACME LABS", " Acme Labs\t"] {
         let err = sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, $2)")
             .bind(clash)
-            .bind(Uuid::new_v4())
+            .bind(new_user(&db).await)
             .execute(&db.pool)
             .await
             .expect_err(clash);
@@ -337,7 +352,7 @@ async fn empty_blank_and_overlong_names_are_refused() {
     ] {
         let err = sqlx::query("SELECT orgkeeper.create_org($1, $2)")
             .bind(name)
-            .bind(Uuid::new_v4())
+            .bind(new_user(&db).await)
             .execute(&db.pool)
             .await
             .expect_err("refused");
@@ -346,7 +361,7 @@ async fn empty_blank_and_overlong_names_are_refused() {
         assert!(message.contains(expected), "{message}");
     }
     let err = sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES (NULL, $1)")
-        .bind(Uuid::new_v4())
+        .bind(new_user(&db).await)
         .execute(&db.pool)
         .await
         .unwrap_err();
@@ -357,6 +372,11 @@ async fn empty_blank_and_overlong_names_are_refused() {
 async fn personal_orgs_have_the_owners_id_and_there_is_one_per_user() {
     let db = TestDb::migrated().await;
     let user = Uuid::new_v4();
+    sqlx::query("INSERT INTO orgkeeper.users (id, email) VALUES ($1, 'ada@example.com')")
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     let err = sqlx::query("INSERT INTO orgkeeper.org (id, name, kind, created_by) VALUES ($1, 'Mine', 'personal', $2)")
         .bind(Uuid::new_v4())
@@ -371,11 +391,6 @@ async fn personal_orgs_have_the_owners_id_and_there_is_one_per_user() {
         "{message}"
     );
 
-    sqlx::query("INSERT INTO orgkeeper.users (id, email) VALUES ($1, 'ada@example.com')")
-        .bind(user)
-        .execute(&db.pool)
-        .await
-        .unwrap();
     let org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_personal_org($1)")
         .bind(user)
         .fetch_one(&db.pool)
@@ -421,7 +436,7 @@ async fn create_org_validates_its_arguments() {
     assert_eq!(code, "22023");
     assert!(message.contains("'guild'"), "{message}");
 
-    let owner = Uuid::new_v4();
+    let owner = new_user(&db).await;
     let org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_org('Team Rocket', $1)")
         .bind(owner)
         .fetch_one(&db.pool)
@@ -571,7 +586,7 @@ async fn names_keep_their_letters_v_and_lose_surrounding_whitespace_including_ve
     assert_eq!(stored, "velvet v");
     let err = sqlx::query("SELECT orgkeeper.create_org($1, $2)")
         .bind("\u{0B}\t\u{0B}")
-        .bind(Uuid::new_v4())
+        .bind(new_user(&db).await)
         .execute(&db.pool)
         .await
         .unwrap_err();

@@ -856,8 +856,7 @@ async fn item8_names_invitations_deletions_listings_and_errors_leak_nothing_and_
             "organization name \"user_{adam}_org\" is reserved for the personal organization of user {adam}"
         )],
     );
-    sqlx::query("INSERT INTO orgkeeper.org_creator_allowlist (user_id) VALUES ($1)")
-        .bind(olive)
+    sqlx::query("SELECT orgkeeper.policy_allow('email', 'olive@acme.test', 'a DBA')")
         .execute(&db.pool)
         .await
         .unwrap();
@@ -872,12 +871,12 @@ async fn item8_names_invitations_deletions_listings_and_errors_leak_nothing_and_
             .await,
             "42501",
             &[&format!(
-                "user {mallory} may not create team organizations (cannot create \"{taken_or_not}\")"
+                "user {mallory} may not create organization \"{taken_or_not}\": the email domain \"evil.test\" is not allowed"
             )],
         );
     }
     assert_eq!(state(&db.pool).await, before_allowlist, "nothing changed");
-    sqlx::query("DELETE FROM orgkeeper.org_creator_allowlist")
+    sqlx::query("DELETE FROM orgkeeper.org_creation_policy")
         .execute(&db.pool)
         .await
         .unwrap();

@@ -252,6 +252,11 @@ async fn a_legacy_user_is_migrated_verified_after_the_daemon_and_rolled_back_exa
     // Before the migration the user already joined a team org (so a users
     // row exists), and one of their API keys belongs to that org.
     let acme_owner = Uuid::new_v4();
+    sqlx::query("INSERT INTO orgkeeper.users (id) VALUES ($1)")
+        .bind(acme_owner)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let acme: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_org('Acme', $1)")
         .bind(acme_owner)
         .fetch_one(&db.pool)
@@ -1415,4 +1420,71 @@ async fn only_transient_sqlstates_are_retried_rather_than_recorded() {
         transient,
         ["40001", "40P01", "55P03", "53200", "53100", "57014", "57P01", "58030"]
     );
+}
+
+#[tokio::test]
+async fn user_migration_follows_the_policy_for_personal_orgs_only_when_the_setting_is_on() {
+    let db = TestDb::migrated().await;
+    sqlx::query("SELECT orgkeeper.policy_allow('domain', 'allowed.test', 'a DBA')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // Setting off (the default): a user outside the policy still gets their
+    // personal organization.
+    let early = Uuid::new_v4();
+    seed_legacy_user(&db, early, "early@evil.test").await;
+    assert_eq!(migrate(&db, early).await["status"], "migrated");
+
+    sqlx::query(
+        "INSERT INTO orgkeeper.deployment_setting (name, value, set_by) VALUES ('policy_applies_to_personal_orgs', 'on', 'a DBA')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // On: refused for a user the policy does not allow, nothing changed ...
+    let eve = Uuid::new_v4();
+    seed_legacy_user(&db, eve, "eve@evil.test").await;
+    let before = (snapshot(&db, eve).await, footprint(&db).await);
+    let err = sqlx::query("SELECT orgkeeper.migrate_user($1)")
+        .bind(eve)
+        .execute(&db.pool)
+        .await
+        .unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501", "{message}");
+    assert!(
+        message.contains(&format!(
+            "user {eve} may not create a personal organization"
+        )),
+        "{message}"
+    );
+    assert_eq!((snapshot(&db, eve).await, footprint(&db).await), before);
+    // ... the back-fill records them and goes on ...
+    let ada = Uuid::new_v4();
+    seed_legacy_user(&db, ada, "ada@allowed.test").await;
+    // (whose address the identity provider has verified)
+    sqlx::query("INSERT INTO orgkeeper.users (id, email, email_verified) VALUES ($1, 'ada@allowed.test', true)")
+        .bind(ada)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let migrated: i32 = sqlx::query_scalar("SELECT orgkeeper.migrate_users(10)")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(migrated, 1);
+    let recorded: String = sqlx::query_scalar(
+        "SELECT sqlstate FROM orgkeeper.user_migration_error WHERE user_id = $1",
+    )
+    .bind(eve)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded, "42501");
+    let kind: String = sqlx::query_scalar("SELECT kind FROM orgkeeper.org WHERE id = $1")
+        .bind(ada)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(kind, "personal");
 }

@@ -140,7 +140,8 @@ async fn insert_all(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 sqlx::query(
-                    "INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())",
+                    "WITH u AS (INSERT INTO orgkeeper.users (id) VALUES (gen_random_uuid()) RETURNING id)
+                     INSERT INTO orgkeeper.org (name, created_by) SELECT $1, u.id FROM u",
                 )
                 .bind(format!("{prefix} {i} {}", uuid::Uuid::new_v4().simple()))
                 .execute(&pool)
@@ -193,7 +194,8 @@ async fn light_load_latency(pool: &PgPool, rate: u32, secs: u64) -> anyhow::Resu
         let pool = pool.clone();
         tokio::spawn(async move {
             let _ = sqlx::query(
-                "INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, gen_random_uuid())",
+                "WITH u AS (INSERT INTO orgkeeper.users (id) VALUES (gen_random_uuid()) RETURNING id)
+                     INSERT INTO orgkeeper.org (name, created_by) SELECT $1, u.id FROM u",
             )
             .bind(format!("light {i} {}", uuid::Uuid::new_v4().simple()))
             .execute(&pool)

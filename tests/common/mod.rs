@@ -312,11 +312,13 @@ pub async fn status_counts(pool: &PgPool) -> std::collections::BTreeMap<String, 
     .collect()
 }
 
-/// Inserts `n` organizations, each with its own new owner, as an application would.
+/// Inserts `n` organizations, each with its own new owner (users row first,
+/// in the same statement), as an application would.
 pub async fn insert_orgs(pool: &PgPool, prefix: &str, n: usize) -> Vec<Uuid> {
     sqlx::query_scalar(
-        "INSERT INTO orgkeeper.org (name, created_by)
-         SELECT $1 || ' ' || g, gen_random_uuid() FROM generate_series(1, $2) g RETURNING id",
+        "WITH u AS (INSERT INTO orgkeeper.users (id) SELECT gen_random_uuid() FROM generate_series(1, $2) RETURNING id),
+              n AS (SELECT u.id, row_number() OVER (ORDER BY u.id) AS g FROM u)
+         INSERT INTO orgkeeper.org (name, created_by) SELECT $1 || ' ' || n.g, n.id FROM n ORDER BY n.g RETURNING id",
     )
     .bind(prefix)
     .bind(n as i32)
