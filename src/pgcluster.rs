@@ -247,6 +247,17 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
         .with_context(|| format!("path {} is not UTF-8", path.display()))
 }
 
+/// The path of one of the PostgreSQL client or server programs (`pg_dump`,
+/// `psql`, …) of the installation the clusters are started from, so that
+/// its version matches theirs.
+pub fn program(name: &str) -> anyhow::Result<PathBuf> {
+    let path = find_bindir()?.join(name);
+    if !path.is_file() {
+        bail!("{} is not installed next to initdb", path.display());
+    }
+    Ok(path)
+}
+
 /// Finds the directory holding `initdb` and `pg_ctl`: `PG_BINDIR`, then
 /// `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`, then `PATH`.
 fn find_bindir() -> anyhow::Result<PathBuf> {
