@@ -39,6 +39,7 @@ pub enum UsersCommand {
         /// Also check the user, team and key at LiteLLM and the customers at Stripe.
         #[arg(long, env = "ORGKEEPER_VERIFY_LIVE")]
         live: bool,
+        /// How to reach LiteLLM and Stripe, and the secret key (used with --live).
         #[command(flatten)]
         services: Box<LiveArgs>,
     },
