@@ -27,7 +27,7 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply the versioned migrations and the SQL function library (safe to run twice, or from two places at once), then record the deployment settings given (ORGKEEPER_BILLING, ORGKEEPER_POLICY_PERSONAL_ORGS) and seed the org-creation policy (ORGKEEPER_ALLOWED_OWNER_EMAILS, ORGKEEPER_ALLOWED_DOMAINS)
+    /// Apply the versioned migrations and the SQL function library (safe to run twice, or from two places at once), then record the deployment settings given (ORGKEEPER_BILLING, ORGKEEPER_POLICY_PERSONAL_ORGS, LITELLM_BASE_URL) and seed the org-creation policy (ORGKEEPER_ALLOWED_OWNER_EMAILS, ORGKEEPER_ALLOWED_DOMAINS)
     Migrate(MigrateArgs),
     /// Run the daemon: perform outbox actions against LiteLLM and Stripe until SIGTERM/SIGINT
     Listen(Box<crate::listen::ListenArgs>),
@@ -59,7 +59,7 @@ enum Command {
         #[command(subcommand)]
         command: crate::operator::ActionsCommand,
     },
-    /// Members' LiteLLM keys: replace them
+    /// Members' LiteLLM keys: check that they work, replace them
     Keys {
         #[command(flatten)]
         database: DatabaseArgs,
