@@ -72,19 +72,23 @@ enum Command {
         command: crate::secrets_rotate::SecretsCommand,
     },
     /// Everything on this machine with no configuration: a private PostgreSQL, the simulators and the daemon
+    #[cfg(feature = "dev-tools")]
     Dev(crate::dev::DevArgs),
     /// Run a benchmark and print its figures
+    #[cfg(feature = "dev-tools")]
     Bench {
         #[command(subcommand)]
         command: crate::bench::BenchCommand,
     },
     /// Run a LiteLLM or Stripe simulator as a standalone server
+    #[cfg(feature = "dev-tools")]
     Simulate {
         #[command(subcommand)]
         service: Simulated,
     },
 }
 
+#[cfg(feature = "dev-tools")]
 #[derive(Debug, Subcommand)]
 enum Simulated {
     /// The LiteLLM admin API (in memory)
@@ -223,14 +227,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             crate::keys::run(&pool, command).await
         }
         Command::Secrets { command } => crate::secrets_rotate::run(command).await,
+        #[cfg(feature = "dev-tools")]
         Command::Dev(args) => {
             crate::dev::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "dev-tools")]
         Command::Bench { command } => {
             crate::bench::run(command).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "dev-tools")]
         Command::Simulate { service } => {
             match service {
                 Simulated::Litellm(args) => crate::litellm::serve_forever(args).await?,

@@ -3,12 +3,15 @@
 //! external actions (LiteLLM, Stripe), and offers the operator commands.
 
 pub mod actions;
+#[cfg(feature = "dev-tools")]
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
+#[cfg(feature = "dev-tools")]
 pub mod dev;
 pub mod keys;
+#[cfg(feature = "dev-tools")]
 pub mod legacy_data;
 pub mod legacy_secrets;
 pub mod listen;
@@ -18,11 +21,13 @@ pub mod operator;
 pub mod ops;
 pub mod orgs;
 pub mod outbox;
+#[cfg(feature = "dev-tools")]
 pub mod pgcluster;
 pub mod policy;
 pub mod redact;
 pub mod secrets;
 pub mod secrets_rotate;
+#[cfg(feature = "dev-tools")]
 pub mod simkit;
 pub mod stripe;
 pub mod users;

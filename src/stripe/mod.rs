@@ -7,8 +7,11 @@
 //! [`StripeError::Permanent`], and leaves retry policy to the outbox.
 
 pub mod client;
+#[cfg(feature = "dev-tools")]
 pub mod simulator;
 
+#[cfg(feature = "dev-tools")]
 pub use crate::simkit::Faults;
 pub use client::{Customer, SearchResult, StripeClient, StripeConfig, StripeError};
+#[cfg(feature = "dev-tools")]
 pub use simulator::{serve_forever, SimStats, SimulatorArgs, StripeSimulator};
