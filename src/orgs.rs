@@ -1,4 +1,4 @@
-//! `orgkeeper orgs …`: organization management from the command line.
+//! `orgkeeper org …`: organization management from the command line.
 //!
 //! Every subcommand calls the SQL functions of `sql/members.sql` and
 //! `sql/invitations.sql` in one transaction that first names the acting user
@@ -146,7 +146,7 @@ pub enum OrgCommand {
     },
 }
 
-/// `orgkeeper orgs members …`
+/// `orgkeeper org members …`
 #[derive(Debug, clap::Subcommand)]
 pub enum MembersCommand {
     /// List the members of an organization (any member may).
@@ -273,7 +273,7 @@ async fn resolve_org(
     match ids.as_slice() {
         [id] => Ok(*id),
         _ => Err(Failure::Usage(format!(
-            "user {actor} belongs to no organization named {org:?}; give its id, or see `orgkeeper orgs list --as {actor}`"
+            "user {actor} belongs to no organization named {org:?}; give its id, or see `orgkeeper org list --as {actor}`"
         ))),
     }
 }
