@@ -150,8 +150,8 @@ BEGIN
         -- The organization was deleted while Stripe answered: keep the
         -- customer as a detached financial record, as delete_org does with
         -- the customers of an organization it deletes.
-        INSERT INTO orgkeeper.stripe_customers (user_id, org_id, stripe_customer_id)
-        SELECT p_user_id, NULL, p_customer_id
+        INSERT INTO orgkeeper.stripe_customers (user_id, org_id, detached_from_org, stripe_customer_id)
+        SELECT p_user_id, NULL, v_org_id, p_customer_id
          WHERE NOT EXISTS (SELECT 1 FROM orgkeeper.stripe_customers s
                             WHERE s.org_id IS NULL AND s.stripe_customer_id = p_customer_id);
     END IF;

@@ -44,10 +44,10 @@ DECLARE
 BEGIN
     -- Related rows (their foreign keys RESTRICT on purpose): billing and
     -- financial records are kept and detached; the organization's own data goes.
-    UPDATE orgkeeper.stripe_customers t SET org_id = NULL, updated_at = now() WHERE t.org_id = p_org_id;
+    UPDATE orgkeeper.stripe_customers t SET org_id = NULL, detached_from_org = p_org_id, updated_at = now() WHERE t.org_id = p_org_id;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     IF v_n > 0 THEN v_rows := v_rows || jsonb_build_object('stripe_customers_detached', v_n); END IF;
-    UPDATE orgkeeper.billing_sessions t SET org_id = NULL, updated_at = now() WHERE t.org_id = p_org_id;
+    UPDATE orgkeeper.billing_sessions t SET org_id = NULL, detached_from_org = p_org_id, updated_at = now() WHERE t.org_id = p_org_id;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     IF v_n > 0 THEN v_rows := v_rows || jsonb_build_object('billing_sessions_detached', v_n); END IF;
     DELETE FROM orgkeeper.api_keys t WHERE t.org_id = p_org_id;
@@ -75,7 +75,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.release_org_rows(uuid) IS
-  'Internal (delete_org, record_org_deleted): detaches the organization''s financial records (stripe_customers, billing_sessions: org_id = NULL, user_id still says whose) and deletes its own data (api_keys, custom_secrets, slack_users, slack_conversation, user_repos, gitlab_webhook, conversation_metadata_saas). Returns {table: rows} for the tables it touched.';
+  'Internal (delete_org, record_org_deleted): detaches the organization''s financial records (stripe_customers, billing_sessions: org_id = NULL, detached_from_org = the org, user_id still says whose) and deletes its own data (api_keys, custom_secrets, slack_users, slack_conversation, user_repos, gitlab_webhook, conversation_metadata_saas). Returns {table: rows} for the tables it touched.';
 
 ------------------------------------------------------------------------------
 -- the daemon's side of litellm.deprovision_org

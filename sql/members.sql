@@ -704,11 +704,16 @@ BEGIN
             USING ERRCODE = 'no_data_found',
                   HINT = 'orgkeeper.list_orgs(user_id) lists the user''s memberships, the invited ones with status invited';
     END IF;
+    IF v_org.provisioning_status = 'deprovisioning' THEN
+        RAISE EXCEPTION '%: organization % is being deleted; nothing changed', p_function, p_org_id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'its memberships go with it';
+    END IF;
     RETURN v_org;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.lock_invited_membership(uuid, uuid, text) IS
-  'Internal: checks that the user acts for themselves (orgkeeper.check_actor) and returns the organization, locked, in which they have an invited membership; raises P0002 (without telling whether the organization exists) otherwise.';
+  'Internal: checks that the user acts for themselves (orgkeeper.check_actor) and returns the organization, locked, in which they have an invited membership; raises P0002 (without telling whether the organization exists) otherwise, and 55000 when the organization is being deleted.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.accept_membership(user_id uuid, org_id uuid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$

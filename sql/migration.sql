@@ -102,13 +102,13 @@ COMMENT ON FUNCTION orgkeeper.migration_blocker(uuid) IS
 CREATE OR REPLACE FUNCTION orgkeeper.migration_settings_columns() RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['agent', 'max_iterations', 'security_analyzer', 'confirmation_mode', 'llm_model', 'llm_base_url',
-                 'llm_api_key', 'llm_api_key_for_byor', 'remote_runtime_resource_factor', 'enable_default_condenser',
+                 'llm_api_key_for_byor', 'remote_runtime_resource_factor', 'enable_default_condenser',
                  'condenser_max_size', 'billing_margin', 'enable_proactive_conversation_starters',
                  'enable_solvability_analysis', 'sandbox_base_container_image', 'sandbox_runtime_container_image',
                  'mcp_config', 'search_api_key', 'sandbox_api_key', 'max_budget_per_task', 'byor_export_enabled'];
 $$;
 COMMENT ON FUNCTION orgkeeper.migration_settings_columns() IS
-  'Internal: the organization settings a migration fills from user_settings in a personal organization it adopts (only where the organization has none), and that its rollback restores.';
+  'Internal: the organization settings a migration fills from user_settings in a personal organization it adopts (only where the organization has none), and that its rollback restores. Not llm_api_key: the user''s LiteLLM key is their membership''s, never the organization''s.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.has_custom_llm_settings(p_settings orgkeeper.user_settings) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
@@ -212,7 +212,7 @@ BEGIN
         EXECUTE format(
             'UPDATE orgkeeper.org o SET %s, byor_export_enabled = o.byor_export_enabled OR EXISTS (
                  SELECT 1 FROM orgkeeper.billing_sessions b
-                  WHERE b.user_id = s.user_id AND b.org_id IS NULL AND b.status = ''completed'')
+                  WHERE b.user_id = s.user_id AND b.org_id IS NULL AND b.detached_from_org IS NULL AND b.status = ''completed'')
                FROM orgkeeper.user_settings s
               WHERE s.user_id = o.id AND o.id = ANY ($1) AND o.kind = ''personal''', v_fill)
           USING p_users;
@@ -247,7 +247,8 @@ BEGIN
                -- BYOR export from the user's own legacy billing history only:
                -- sessions of an organization (org_id set) are not the user's.
                EXISTS (SELECT 1 FROM orgkeeper.billing_sessions b
-                        WHERE b.user_id = st.user_id AND b.org_id IS NULL AND b.status = 'completed') AS byor,
+                        WHERE b.user_id = st.user_id AND b.org_id IS NULL AND b.detached_from_org IS NULL
+                          AND b.status = 'completed') AS byor,
                orgkeeper.has_custom_llm_settings(st) AS custom
           FROM orgkeeper.user_settings st
          WHERE st.user_id = ANY (p_users)
@@ -271,7 +272,9 @@ BEGIN
            n.security_analyzer, coalesce(n.confirmation_mode, false),
            CASE WHEN n.custom THEN orgkeeper.default_llm_model(NULL) ELSE n.llm_model END,
            CASE WHEN n.custom THEN orgkeeper.get_deployment_setting('litellm_base_url', NULL) ELSE n.llm_base_url END,
-           n.llm_api_key, CASE WHEN n.custom THEN NULL ELSE n.llm_api_key_for_byor END,
+           -- The user's LiteLLM key goes to their membership (below), never
+           -- to the organization, whose other admins could read it.
+           NULL, CASE WHEN n.custom THEN NULL ELSE n.llm_api_key_for_byor END,
            n.remote_runtime_resource_factor, coalesce(n.enable_default_condenser, true), n.condenser_max_size,
            n.billing_margin, coalesce(n.enable_proactive_conversation_starters, true),
            coalesce(n.enable_solvability_analysis, false),
@@ -283,6 +286,15 @@ BEGIN
      WHERE NOT (v_orgs_before ? n.user_id::text)
      ORDER BY n.user_id;
     PERFORM set_config('orgkeeper.skip_provision', coalesce(v_prev_skip, ''), true);
+    -- The setting is honoured for trusted callers only; an application whose
+    -- user's first login runs this migration (create_personal_org) got a
+    -- litellm.provision_org for each org inserted above. The migration
+    -- provisions them itself (litellm.migrate_user, with the credits, and
+    -- failing for good for a user LiteLLM does not know): those actions,
+    -- uncommitted and never seen by anyone, go.
+    DELETE FROM orgkeeper.pending_external_actions a
+     WHERE a.kind = 'litellm.provision_org' AND a.org_id = ANY (p_users)
+       AND a.status = 'pending' AND a.attempts = 0 AND NOT (v_orgs_before ? a.org_id::text);
     UPDATE orgkeeper.users u SET current_org_id = u.id, updated_at = now()
      WHERE u.id = ANY (p_users) AND u.current_org_id IS DISTINCT FROM u.id;
 
@@ -316,8 +328,9 @@ BEGIN
           JOIN orgkeeper.org o ON o.id = s.user_id
          WHERE s.user_id = ANY (p_users) AND o.id = ANY (p_users)
     ),
+    -- Legacy rows only: never rows detached from a deleted organization.
     sc AS (UPDATE orgkeeper.stripe_customers t SET org_id = t.user_id
-            WHERE t.user_id = ANY (p_users) AND t.org_id IS NULL
+            WHERE t.user_id = ANY (p_users) AND t.org_id IS NULL AND t.detached_from_org IS NULL
         RETURNING t.user_id, t.id, t.stripe_customer_id),
     su AS (UPDATE orgkeeper.slack_users t SET org_id = t.user_id
             WHERE t.user_id = ANY (p_users) AND t.org_id IS NULL
@@ -332,7 +345,7 @@ BEGIN
             WHERE t.user_id = ANY (p_users) AND t.org_id IS NULL
         RETURNING t.user_id, t.id, t.secret_value),
     bs AS (UPDATE orgkeeper.billing_sessions t SET org_id = t.user_id
-            WHERE t.user_id = ANY (p_users) AND t.org_id IS NULL
+            WHERE t.user_id = ANY (p_users) AND t.org_id IS NULL AND t.detached_from_org IS NULL
         RETURNING t.user_id, t.id),
     ur AS (UPDATE orgkeeper.user_repos t SET org_id = t.user_id
             WHERE t.user_id = ANY (p_users) AND t.org_id IS NULL
@@ -351,13 +364,10 @@ BEGIN
         RETURNING user_id, conversation_id),
     -- Where legacy ciphertext now lives; the daemon re-encrypts it.
     secrets AS (
-        SELECT b.user_id, 1 AS ord, 'org' AS tbl, 'llm_api_key' AS col,
-               jsonb_build_object('id', b.user_id) AS row_key, NULL::text AS legacy, NULL::bigint AS row_id
-          FROM b WHERE orgkeeper.is_legacy_ciphertext(b.llm_api_key)
-        UNION ALL
-        SELECT b.user_id, 2, CASE WHEN b.custom THEN 'org_member' ELSE 'org' END, 'llm_api_key_for_byor',
+        SELECT b.user_id, 2 AS ord, CASE WHEN b.custom THEN 'org_member' ELSE 'org' END AS tbl,
+               'llm_api_key_for_byor' AS col,
                CASE WHEN b.custom THEN jsonb_build_object('org_id', b.user_id, 'user_id', b.user_id)
-                    ELSE jsonb_build_object('id', b.user_id) END, NULL, NULL
+                    ELSE jsonb_build_object('id', b.user_id) END AS row_key, NULL::text AS legacy, NULL::bigint AS row_id
           FROM b WHERE orgkeeper.is_legacy_ciphertext(b.llm_api_key_for_byor)
         UNION ALL
         SELECT b.user_id, 3, 'org', 'search_api_key', jsonb_build_object('id', b.user_id), NULL, NULL

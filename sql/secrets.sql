@@ -272,8 +272,15 @@ BEGIN
     IF $2 IS NULL THEN PERFORM orgkeeper.refuse_null('org_secrets', 'org_id'); END IF;
     v_org := orgkeeper.find_org($2);
     PERFORM orgkeeper.require_manager(v_actor, v_org, 'read its keys');
+    -- A personal organization's credentials are its user's own: an admin
+    -- they invited does not read them.
+    IF v_org.kind = 'personal' AND v_actor <> v_org.created_by THEN
+        RAISE EXCEPTION 'org_secrets: the keys of personal organization "%" are its user''s own; user % cannot read them', v_org.name, v_actor
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'a member reads their own key with orgkeeper.my_llm_api_key(org_id)';
+    END IF;
     RETURN QUERY SELECT v_org.llm_api_key, v_org.llm_api_key_for_byor, v_org.search_api_key, v_org.sandbox_api_key;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.org_secrets(uuid, uuid) IS
-  'The organization-level key ciphertext (org.llm_api_key, llm_api_key_for_byor, search_api_key, sandbox_api_key), for its active owners and admins only (42501 otherwise, and for acting as another user); unknown organization P0002; NULL arguments 22004.';
+  'The organization-level key ciphertext (org.llm_api_key, llm_api_key_for_byor, search_api_key, sandbox_api_key), for its active owners and admins only — of a personal organization for its user only — (42501 otherwise, and for acting as another user); unknown organization P0002; NULL arguments 22004.';

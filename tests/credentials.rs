@@ -722,3 +722,38 @@ async fn an_operator_finds_a_revoked_key_and_replaces_it_from_the_command_line()
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_admin_of_someone_elses_personal_org_cannot_read_its_keys() {
+    let w = World::new().await;
+    let owner = w.user("owner@example.com").await;
+    let admin = w.user("admin@example.com").await;
+    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+        .bind(owner)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT orgkeeper.add_member($1, $1, $2, 'admin')")
+        .bind(owner)
+        .bind(admin)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    let mut conn = app(&w.db, admin).await;
+    let err = sqlx::query("SELECT * FROM orgkeeper.org_secrets($1, $2)")
+        .bind(admin)
+        .bind(owner)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_err();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501");
+    assert!(message.contains("are its user's own"), "{message}");
+    let mut own = app(&w.db, owner).await;
+    let rows = sqlx::query("SELECT * FROM orgkeeper.org_secrets($1, $1)")
+        .bind(owner)
+        .fetch_all(&mut own)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the user reads their own");
+}

@@ -220,17 +220,16 @@ async fn a_migrated_user_ends_with_budget_keys_customer_and_secrets_in_their_org
     );
 
     let ring = w.keyring();
-    let (org_key, search_key, secret_id, secret): (String, String, i64, String) = sqlx::query_as(
+    let (org_key, search_key, secret_id, secret): (Option<String>, String, i64, String) = sqlx::query_as(
         "SELECT o.llm_api_key, o.search_api_key, s.id, s.secret_value FROM orgkeeper.org o, orgkeeper.custom_secrets s WHERE o.id = $1 AND s.user_id = $1",
     )
     .bind(user)
     .fetch_one(&w.db.pool)
     .await
     .unwrap();
-    let org_place = Place::new("org", "llm_api_key", user.to_string());
     assert_eq!(
-        ring.decrypt(&org_place, &org_key).unwrap().expose_secret(),
-        format!("sk-personal-a-{}", user.simple())
+        org_key, None,
+        "the user's LiteLLM key is their membership's, never the organization's"
     );
     let member_key: String = sqlx::query_scalar(
         "SELECT llm_api_key FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $1",
@@ -262,7 +261,7 @@ async fn a_migrated_user_ends_with_budget_keys_customer_and_secrets_in_their_org
         "github-token-123"
     );
     assert!(
-        ring.decrypt(&secret_place, &org_key).is_err(),
+        ring.decrypt(&secret_place, &search_key).is_err(),
         "re-encrypted values are bound to their row and column"
     );
     let status: String =
@@ -804,7 +803,6 @@ async fn a_wrong_legacy_jwt_secret_fails_the_reencryption_naming_user_and_fields
     assert_eq!(attempts, 1, "a wrong secret is permanent: not retried");
     assert!(error.contains(&user.to_string()), "names the user: {error}");
     for field in [
-        "org.llm_api_key",
         "org_member.llm_api_key",
         "custom_secrets.secret_value",
         "ORGKEEPER_LEGACY_JWT_SECRET",
@@ -855,17 +853,16 @@ async fn a_wrong_legacy_jwt_secret_fails_the_reencryption_naming_user_and_fields
     for (check, ok, detail) in w.checks(user).await {
         assert!(ok, "{check}: {detail}");
     }
-    let org_key: String = sqlx::query_scalar("SELECT llm_api_key FROM orgkeeper.org WHERE id = $1")
-        .bind(user)
-        .fetch_one(&w.db.pool)
-        .await
-        .unwrap();
+    let member_key: String = sqlx::query_scalar(
+        "SELECT llm_api_key FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
     assert_eq!(
         w.keyring()
-            .decrypt(
-                &Place::new("org", "llm_api_key", user.to_string()),
-                &org_key
-            )
+            .decrypt(&Place::member_key(user, user), &member_key)
             .unwrap()
             .expose_secret(),
         format!("sk-personal-a-{}", user.simple())
@@ -915,7 +912,7 @@ async fn generated_openhands_users_migrate_end_to_end_and_every_credential_reads
     let stored: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT 'org', c, s.user_id::text, v
            FROM orgkeeper.user_settings s,
-                LATERAL (VALUES ('llm_api_key', s.llm_api_key), ('search_api_key', s.search_api_key),
+                LATERAL (VALUES ('search_api_key', s.search_api_key),
                                 ('sandbox_api_key', s.sandbox_api_key)) AS x(c, v)
           WHERE v IS NOT NULL
          UNION ALL
@@ -1302,4 +1299,106 @@ async fn a_user_with_custom_settings_keeps_them_on_the_membership_and_a_default_
         (org_model.as_deref(), org_iterations, org_version),
         (Some("litellm_proxy/claude-sonnet-4-20250514"), Some(50), 3)
     );
+}
+
+#[tokio::test]
+async fn a_first_login_of_a_user_litellm_does_not_know_fails_like_any_migration() {
+    let w = World::new().await;
+    let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
+    w.litellm.delete_user(&user.to_string());
+    let mut app = common::app(&w.db, Some(user)).await;
+    sqlx::query("SELECT orgkeeper.create_personal_org($1)")
+        .bind(user)
+        .execute(&mut app)
+        .await
+        .unwrap();
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT kind FROM orgkeeper.pending_external_actions WHERE org_id = $1 ORDER BY id",
+    )
+    .bind(user)
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        !kinds.iter().any(|k| k == "litellm.provision_org"),
+        "the migration provisions the org itself: {kinds:?}"
+    );
+    let d = w.daemon("w1");
+    wait_until(LONG, "the actions to finish", || w.actions_finished()).await;
+    d.stop().await;
+    let status: String =
+        sqlx::query_scalar("SELECT provisioning_status FROM orgkeeper.org WHERE id = $1")
+            .bind(user)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "failed", "no unlimited team for an unknown user");
+    assert!(w.litellm.team(&user.to_string()).is_none());
+}
+
+#[tokio::test]
+async fn records_detached_from_a_deleted_org_are_not_taken_for_the_creators_legacy_rows() {
+    let w = World::new().await;
+    let creator = Uuid::new_v4();
+    sqlx::query("INSERT INTO orgkeeper.users (id, email, email_verified) VALUES ($1, 'x@example.com', true)")
+        .bind(creator)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    let mut orgs = Vec::new();
+    for name in ["Paid", "Kept"] {
+        let org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_org($1, $2)")
+            .bind(name)
+            .bind(creator)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+        orgs.push(org);
+    }
+    sqlx::query(
+        "INSERT INTO orgkeeper.stripe_customers (user_id, org_id, stripe_customer_id) VALUES ($1, $2, 'cus_team_paid');
+         ",
+    )
+    .bind(creator)
+    .bind(orgs[0])
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO orgkeeper.billing_sessions (user_id, org_id, status) VALUES ($1, $2, 'completed')")
+        .bind(creator)
+        .bind(orgs[0])
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT orgkeeper.delete_org($1, $2)")
+        .bind(creator)
+        .bind(orgs[0])
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    // The creator turns out to be a legacy user too.
+    sqlx::query(
+        "INSERT INTO orgkeeper.user_settings (user_id, email) VALUES ($1, 'x@example.com')",
+    )
+    .bind(creator)
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    let report = w.migrate(creator).await;
+    assert_eq!(report["status"], "migrated", "{report}");
+    assert_eq!(report["moved"]["stripe_customers"], 0, "{report}");
+    assert_eq!(report["moved"]["billing_sessions"], 0, "{report}");
+    let (customer_org, byor): (Option<Uuid>, bool) = sqlx::query_as(
+        "SELECT s.org_id, o.byor_export_enabled FROM orgkeeper.stripe_customers s, orgkeeper.org o
+          WHERE s.stripe_customer_id = 'cus_team_paid' AND o.id = $1",
+    )
+    .bind(creator)
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        customer_org, None,
+        "the deleted org's customer stays detached"
+    );
+    assert!(!byor, "another org's payment does not enable BYOR export");
 }

@@ -519,3 +519,40 @@ async fn the_daemon_role_finishes_a_deletion_though_it_deletes_nothing_itself() 
     assert!(gone);
     assert_eq!(tombstones, 1);
 }
+
+#[tokio::test]
+async fn an_invited_member_cannot_accept_a_membership_of_an_org_being_deleted() {
+    let db = TestDb::migrated().await;
+    let owner = common::user(&db, "owner@example.com").await;
+    let guest = common::user(&db, "guest@example.com").await;
+    common::personal(&db, owner).await;
+    let org = common::team(&db, "Going", owner).await;
+    let mut app_owner = common::app(&db, Some(owner)).await;
+    sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
+        .bind(owner)
+        .bind(org)
+        .bind(guest)
+        .execute(&mut app_owner)
+        .await
+        .unwrap();
+    delete_org(&mut app_owner, owner, org).await.unwrap();
+    let mut app_guest = common::app(&db, Some(guest)).await;
+    let err = sqlx::query("SELECT orgkeeper.accept_membership($1, $2)")
+        .bind(guest)
+        .bind(org)
+        .execute(&mut app_guest)
+        .await
+        .unwrap_err();
+    let (code, message) = common::db_error(&err);
+    assert_eq!(code, "55000");
+    assert!(message.contains("is being deleted"), "{message}");
+    let status: String = sqlx::query_scalar(
+        "SELECT status FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $2",
+    )
+    .bind(org)
+    .bind(guest)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "invited", "nothing changed");
+}

@@ -301,8 +301,8 @@ async fn a_legacy_user_is_migrated_verified_after_the_daemon_and_rolled_back_exa
     assert_eq!(report["conversations_copied"], 3);
     assert_eq!(report["users_row"], "updated");
     assert_eq!(
-        report["legacy_secrets"], 5,
-        "org llm/search key, member key, one custom secret, the webhook secret"
+        report["legacy_secrets"], 4,
+        "org search key, member key, one custom secret, the webhook secret"
     );
     assert_eq!(
         action_kinds(&report["actions"]),
@@ -371,7 +371,11 @@ async fn a_legacy_user_is_migrated_verified_after_the_daemon_and_rolled_back_exa
     assert_eq!(org.get::<f64, _>("billing_margin"), 1.25);
     assert!(org.get::<bool, _>("byor_export_enabled"));
     assert_eq!(org.get::<Value, _>("mcp_config"), json!({"servers": ["a"]}));
-    assert_eq!(org.get::<String, _>("llm_api_key"), "legacy:llm-key");
+    assert_eq!(
+        org.get::<Option<String>, _>("llm_api_key"),
+        None,
+        "the user's LiteLLM key is their membership's"
+    );
     assert_eq!(
         org.get::<String, _>("llm_api_key_for_byor"),
         "ok1:byor-already-current"
@@ -459,7 +463,6 @@ async fn a_legacy_user_is_migrated_verified_after_the_daemon_and_rolled_back_exa
     );
     let legacy = &checks["no_legacy_ciphertext"].1;
     for place in [
-        "org.llm_api_key",
         "org.search_api_key",
         "org_member.llm_api_key",
         "custom_secrets.secret_value",
