@@ -241,6 +241,7 @@ pub fn daemon_config(
 ) -> orgkeeper::listen::DaemonConfig {
     orgkeeper::listen::DaemonConfig {
         database_url: db_url.to_string(),
+        listen_database_url: None,
         litellm: orgkeeper::config::LiteLlmSettings {
             client: orgkeeper::litellm::LiteLlmConfig {
                 base_url: litellm.base_url(),
