@@ -4,6 +4,8 @@
 //! run in parallel and start clean.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod pooler;
+
 use orgkeeper::pgcluster::{Durability, PgCluster};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::OnceLock;
