@@ -104,18 +104,25 @@ pub async fn services(config: DaemonConfig) -> anyhow::Result<(Arc<Services>, Da
 /// Checks that the LISTEN connection (`ORGKEEPER_LISTEN_DATABASE_URL`) can
 /// be made and can LISTEN, as `orgkeeper listen --check` does.
 pub async fn check_listen(url: &str) -> anyhow::Result<()> {
-    let mut listener = sqlx::postgres::PgListener::connect(url)
+    use sqlx::{Connection, Executor};
+    let named = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!(
+            "ORGKEEPER_LISTEN_DATABASE_URL: cannot LISTEN on {}: {e}",
+            crate::db::redact_url(url)
+        )
+    };
+    // One attempt, bounded (a pool would retry a refused connection for its whole acquire timeout).
+    let mut conn = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sqlx::PgConnection::connect(url),
+    )
+    .await
+    .map_err(|e| named(&e))?
+    .map_err(|e| named(&e))?;
+    conn.execute("LISTEN orgkeeper_actions; UNLISTEN *")
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "ORGKEEPER_LISTEN_DATABASE_URL: cannot connect to {}: {e}",
-                crate::db::redact_url(url)
-            )
-        })?;
-    listener.listen("orgkeeper_actions").await.map_err(|e| {
-        anyhow::anyhow!("ORGKEEPER_LISTEN_DATABASE_URL: cannot LISTEN orgkeeper_actions: {e}")
-    })?;
-    listener.unlisten_all().await?;
+        .map_err(|e| named(&e))?;
+    conn.close().await?;
     Ok(())
 }
 
