@@ -194,6 +194,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Listen(args) => {
             let config = args.validate()?;
             if args.check {
+                if let Some(url) = &config.listen_database_url {
+                    crate::listen::check_listen(url).await?;
+                }
                 let (services, settings) = crate::listen::services(config).await?;
                 println!(
                     "configuration ok: database reachable and migrated; worker {}, concurrency {}, secret key id {}",

@@ -52,14 +52,43 @@ impl DatabaseArgs {
             "database-url",
             "the PostgreSQL connection URL, e.g. postgres://user@127.0.0.1:5432/db",
         )?;
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(ConfigError {
-                env: "DATABASE_URL",
-                flag: "database-url",
-                problem: "must start with postgres:// or postgresql://".into(),
-            });
+        postgres_url(url, "DATABASE_URL", "database-url")
+    }
+}
+
+/// `url` when it is a PostgreSQL URL, else an error naming the setting.
+fn postgres_url(url: String, env: &'static str, flag: &'static str) -> Result<String, ConfigError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError {
+            env,
+            flag,
+            problem: "must start with postgres:// or postgresql://".into(),
+        });
+    }
+    Ok(url)
+}
+
+/// The daemon's LISTEN connection, when `DATABASE_URL` is a pooler.
+#[derive(Clone, Args)]
+pub struct ListenDatabaseArgs {
+    /// A direct PostgreSQL connection URL (not through a transaction-pooling
+    /// PgBouncer) for LISTEN orgkeeper_actions; default: DATABASE_URL
+    #[arg(long, env = "ORGKEEPER_LISTEN_DATABASE_URL", hide_env_values = true)]
+    pub listen_database_url: Option<String>,
+}
+
+impl ListenDatabaseArgs {
+    /// The validated URL, if one is set (an empty value counts as unset).
+    pub fn url(&self) -> Result<Option<String>, ConfigError> {
+        match self.listen_database_url.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(url) => postgres_url(
+                url.to_string(),
+                "ORGKEEPER_LISTEN_DATABASE_URL",
+                "listen-database-url",
+            )
+            .map(Some),
         }
-        Ok(url)
     }
 }
 
@@ -660,6 +689,20 @@ impl fmt::Debug for DatabaseArgs {
     }
 }
 
+impl fmt::Debug for ListenDatabaseArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenDatabaseArgs")
+            .field(
+                "listen_database_url",
+                &self
+                    .listen_database_url
+                    .as_deref()
+                    .map(crate::db::redact_url),
+            )
+            .finish()
+    }
+}
+
 impl fmt::Debug for LiteLlmArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LiteLlmArgs")
@@ -699,6 +742,8 @@ mod tests {
     struct All {
         #[command(flatten)]
         database: DatabaseArgs,
+        #[command(flatten)]
+        listen_database: ListenDatabaseArgs,
         #[command(flatten)]
         litellm: LiteLlmArgs,
         #[command(flatten)]
@@ -766,11 +811,35 @@ mod tests {
     }
 
     #[test]
+    fn the_listen_url_is_optional_and_validated_like_database_url() {
+        #[derive(Debug, Parser)]
+        struct Listen {
+            #[command(flatten)]
+            listen: ListenDatabaseArgs,
+        }
+        let unset = Listen::parse_from(["x"]);
+        assert_eq!(unset.listen.url().unwrap(), None);
+        let empty = Listen::parse_from(["x", "--listen-database-url", " "]);
+        assert_eq!(empty.listen.url().unwrap(), None);
+        let direct = Listen::parse_from(["x", "--listen-database-url", "postgres://db:5432/app"]);
+        assert_eq!(
+            direct.listen.url().unwrap().as_deref(),
+            Some("postgres://db:5432/app")
+        );
+        let bad = Listen::parse_from(["x", "--listen-database-url", "mysql://db/app"]);
+        let err = bad.listen.url().unwrap_err();
+        assert_eq!(err.env, "ORGKEEPER_LISTEN_DATABASE_URL");
+        assert!(err.to_string().contains("postgres://"), "{err}");
+    }
+
+    #[test]
     fn debug_output_of_settings_shows_no_secret() {
         let all = All::parse_from([
             "x",
             "--database-url",
             "postgres://app:hunter2@db/app",
+            "--listen-database-url",
+            "postgres://app:hunter3@db-direct/app",
             "--litellm-master-key",
             "sk-master-secret-1",
             "--stripe-api-key",
@@ -783,6 +852,7 @@ mod tests {
         let shown = format!("{all:?}");
         for secret in [
             "hunter2",
+            "hunter3",
             "sk-master-secret-1",
             "sk_live_secret_2",
             "c2VjcmV0",

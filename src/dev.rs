@@ -78,6 +78,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let config = DaemonConfig {
         database_url: url.clone(),
+        listen_database_url: None,
         litellm: LiteLlmSettings {
             client: LiteLlmConfig {
                 base_url: litellm.base_url(),

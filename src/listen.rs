@@ -3,8 +3,8 @@
 
 use crate::actions::Services;
 use crate::config::{
-    ConfigError, DaemonArgs, DaemonSettings, DatabaseArgs, LiteLlmArgs, LiteLlmSettings,
-    SecretArgs, StripeArgs,
+    ConfigError, DaemonArgs, DaemonSettings, DatabaseArgs, ListenDatabaseArgs, LiteLlmArgs,
+    LiteLlmSettings, SecretArgs, StripeArgs,
 };
 use crate::litellm::LiteLlmClient;
 use crate::ops::Metrics;
@@ -20,6 +20,8 @@ pub struct ListenArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
+    listen_database: ListenDatabaseArgs,
+    #[command(flatten)]
     litellm: LiteLlmArgs,
     #[command(flatten)]
     stripe: StripeArgs,
@@ -34,8 +36,11 @@ pub struct ListenArgs {
 
 /// The daemon's validated configuration (its Debug output shows no secret).
 pub struct DaemonConfig {
-    /// The database.
+    /// The database (claims, write-backs): direct, or through a pooler.
     pub database_url: String,
+    /// A direct connection for LISTEN when `database_url` is a pooler that
+    /// cannot keep one (PgBouncer in transaction mode); None: `database_url`.
+    pub listen_database_url: Option<String>,
     /// LiteLLM connection and provisioning defaults.
     pub litellm: LiteLlmSettings,
     /// Stripe, when configured.
@@ -50,6 +55,13 @@ impl std::fmt::Debug for DaemonConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DaemonConfig")
             .field("database_url", &crate::db::redact_url(&self.database_url))
+            .field(
+                "listen_database_url",
+                &self
+                    .listen_database_url
+                    .as_deref()
+                    .map(crate::db::redact_url),
+            )
             .field("litellm", &self.litellm)
             .field("stripe", &self.stripe)
             .field("keyring", &self.keyring)
@@ -63,6 +75,7 @@ impl ListenArgs {
     pub fn validate(&self) -> Result<DaemonConfig, ConfigError> {
         Ok(DaemonConfig {
             database_url: self.database.url()?,
+            listen_database_url: self.listen_database.url()?,
             litellm: self.litellm.settings()?,
             stripe: self.stripe.settings()?,
             keyring: self.secrets.keyring()?,
@@ -88,8 +101,34 @@ pub async fn services(config: DaemonConfig) -> anyhow::Result<(Arc<Services>, Da
     Ok((Arc::new(services), config.daemon))
 }
 
+/// Checks that the LISTEN connection (`ORGKEEPER_LISTEN_DATABASE_URL`) can
+/// be made and can LISTEN, as `orgkeeper listen --check` does.
+pub async fn check_listen(url: &str) -> anyhow::Result<()> {
+    use sqlx::{Connection, Executor};
+    let named = |e: &dyn std::fmt::Display| {
+        anyhow::anyhow!(
+            "ORGKEEPER_LISTEN_DATABASE_URL: cannot LISTEN on {}: {e}",
+            crate::db::redact_url(url)
+        )
+    };
+    // One attempt, bounded (a pool would retry a refused connection for its whole acquire timeout).
+    let mut conn = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sqlx::PgConnection::connect(url),
+    )
+    .await
+    .map_err(|e| named(&e))?
+    .map_err(|e| named(&e))?;
+    conn.execute("LISTEN orgkeeper_actions; UNLISTEN *")
+        .await
+        .map_err(|e| named(&e))?;
+    conn.close().await?;
+    Ok(())
+}
+
 /// Runs the daemon (and its /healthz and /metrics endpoint) until `shutdown`.
 pub async fn run(config: DaemonConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let listen_url = config.listen_database_url.clone();
     let (services, settings) = services(config).await?;
     if let Some(addr) = settings.metrics_addr {
         let bound = crate::ops::serve(addr, services.pool.clone(), services.metrics.clone())
@@ -97,7 +136,10 @@ pub async fn run(config: DaemonConfig, shutdown: Shutdown) -> anyhow::Result<()>
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e} (set ORGKEEPER_METRICS_ADDR to another address, or off)"))?;
         tracing::info!(%bound, "serving /healthz and /metrics");
     }
-    Daemon::new(services, settings).run(shutdown).await
+    Daemon::new(services, settings)
+        .listen_on(listen_url)
+        .run(shutdown)
+        .await
 }
 
 /// A shutdown signal that turns true on SIGTERM or SIGINT (Ctrl-C).

@@ -340,6 +340,7 @@ async fn missing_or_malformed_settings_give_one_line_naming_the_setting_and_exit
         ("ORGKEEPER_METRICS_ADDR", Some("everywhere")),
         ("ORGKEEPER_CONCURRENCY", Some("0")),
         ("STRIPE_API_KEY", Some("pk_live_public")),
+        ("ORGKEEPER_LISTEN_DATABASE_URL", Some("mysql://x")),
     ];
     for (setting, value) in cases {
         let mut env: Vec<(&str, &str)> = good

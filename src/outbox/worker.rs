@@ -41,6 +41,7 @@ pub struct Daemon {
     outbox: Outbox,
     services: Arc<Services>,
     settings: DaemonSettings,
+    listen_url: Option<String>,
 }
 
 /// Waits until shutdown is requested (a dropped sender counts as a request).
@@ -68,7 +69,17 @@ impl Daemon {
             outbox,
             services,
             settings,
+            listen_url: None,
         }
+    }
+
+    /// LISTENs on its own connection to `url` instead of one from the pool:
+    /// for a pool that goes through a transaction-pooling PgBouncer, where a
+    /// LISTEN would be lost when the server connection is handed to another
+    /// client. `None` keeps the pool.
+    pub fn listen_on(mut self, url: Option<String>) -> Self {
+        self.listen_url = url;
+        self
     }
 
     /// Runs until `shutdown`; then stops claiming, lets in-flight actions
@@ -76,11 +87,11 @@ impl Daemon {
     pub async fn run(self, mut shutdown: Shutdown) -> anyhow::Result<()> {
         let wake = Arc::new(Notify::new());
         // Aborted when this future ends or is dropped: a killed daemon leaves no listener behind.
-        let listener = AbortOnDrop(tokio::spawn(listen(
-            self.services.pool.clone(),
-            wake.clone(),
-            shutdown.clone(),
-        )));
+        let source = match &self.listen_url {
+            Some(url) => ListenSource::Direct(url.clone()),
+            None => ListenSource::Pool(self.services.pool.clone()),
+        };
+        let listener = AbortOnDrop(tokio::spawn(listen(source, wake.clone(), shutdown.clone())));
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let in_flight: InFlight = Arc::default();
         let mut tasks = JoinSet::new();
@@ -427,14 +438,25 @@ impl Job {
     }
 }
 
+/// Where the LISTEN connection comes from.
+enum ListenSource {
+    /// A connection of the daemon's pool (a direct database URL).
+    Pool(sqlx::PgPool),
+    /// Its own connection to this URL (`ORGKEEPER_LISTEN_DATABASE_URL`).
+    Direct(String),
+}
+
 /// Forwards NOTIFYs on `orgkeeper_actions` to `wake`. A lost or re-made
 /// connection also wakes the loop, since notifications may have been missed;
 /// reconnects back off up to 5 s.
-async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>, shutdown: Shutdown) {
+async fn listen(source: ListenSource, wake: Arc<Notify>, shutdown: Shutdown) {
     let mut backoff = Duration::from_millis(100);
     while !stopped(&shutdown) {
         let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
+            let mut listener = match &source {
+                ListenSource::Pool(pool) => PgListener::connect_with(pool).await?,
+                ListenSource::Direct(url) => PgListener::connect(url).await?,
+            };
             listener.listen("orgkeeper_actions").await?;
             Ok::<_, sqlx::Error>(listener)
         };

@@ -4,6 +4,8 @@
 //! run in parallel and start clean.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod pooler;
+
 use orgkeeper::pgcluster::{Durability, PgCluster};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::OnceLock;
@@ -241,6 +243,7 @@ pub fn daemon_config(
 ) -> orgkeeper::listen::DaemonConfig {
     orgkeeper::listen::DaemonConfig {
         database_url: db_url.to_string(),
+        listen_database_url: None,
         litellm: orgkeeper::config::LiteLlmSettings {
             client: orgkeeper::litellm::LiteLlmConfig {
                 base_url: litellm.base_url(),
