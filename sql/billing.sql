@@ -57,9 +57,13 @@ COMMENT ON FUNCTION orgkeeper.set_org_budget(uuid, double precision) IS
 -- (billing below; an org-creation policy seeded from the environment may
 -- follow). `orgkeeper migrate` writes the rows from the environment
 -- (src/db.rs apply_deployment_settings).
+-- plpgsql: a SQL function with a SET clause is never inlined and is
+-- planned again at every call (org inserts read two settings).
 CREATE OR REPLACE FUNCTION orgkeeper.get_deployment_setting(p_name text, p_default text DEFAULT NULL) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-    SELECT coalesce((SELECT s.value FROM orgkeeper.deployment_setting s WHERE s.name = p_name), p_default);
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT s.value FROM orgkeeper.deployment_setting s WHERE s.name = p_name), p_default);
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.get_deployment_setting(text, text) IS
   'The value of a deployment setting (table orgkeeper.deployment_setting), or p_default when it was never set. Not granted to the application; SECURITY DEFINER triggers read settings through it.';

@@ -75,8 +75,10 @@ COMMENT ON FUNCTION orgkeeper.find_invitation(text, text) IS
 -- not granted to the application; the sync (orgkeeper_identity) and trusted
 -- roles set it, and any other change of the email resets it.
 CREATE OR REPLACE FUNCTION orgkeeper.caller_may_verify_email() RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-    SELECT orgkeeper.caller_is_trusted() OR pg_has_role(orgkeeper.caller_role(), 'orgkeeper_identity', 'MEMBER');
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+BEGIN
+    RETURN orgkeeper.caller_is_trusted() OR pg_has_role(orgkeeper.caller_role(), 'orgkeeper_identity', 'MEMBER');
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.caller_may_verify_email() IS
   'True when the session''s role may say an email is verified: the identity-provider sync (members of orgkeeper_identity) and trusted roles (orgkeeper.caller_is_trusted).';
@@ -84,8 +86,10 @@ COMMENT ON FUNCTION orgkeeper.caller_may_verify_email() IS
 CREATE OR REPLACE FUNCTION orgkeeper.users_email_verification() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
 BEGIN
-    IF NOT orgkeeper.caller_may_verify_email()
-       AND (TG_OP = 'INSERT' OR NEW.email IS DISTINCT FROM OLD.email) THEN
+    -- Cheapest test first: a row already unverified needs no role lookup.
+    IF NEW.email_verified IS DISTINCT FROM false
+       AND (TG_OP = 'INSERT' OR NEW.email IS DISTINCT FROM OLD.email)
+       AND NOT orgkeeper.caller_may_verify_email() THEN
         NEW.email_verified := false;
     END IF;
     RETURN NEW;

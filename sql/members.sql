@@ -53,13 +53,22 @@ $$;
 COMMENT ON FUNCTION orgkeeper.caller_role() IS
   'The role the session acts as (SET ROLE, else the login role), even inside SECURITY DEFINER functions.';
 
+-- plpgsql rather than SQL: a SQL function with a SET clause is never
+-- inlined and is planned again at every call, while plpgsql keeps its plan
+-- for the session; the role is resolved once (in a WHERE clause a
+-- non-inlined function is called once per pg_roles row). On the org insert
+-- path this is ~10x cheaper.
 CREATE OR REPLACE FUNCTION orgkeeper.caller_is_trusted() RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-    SELECT coalesce((
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_role name := orgkeeper.caller_role();
+BEGIN
+    RETURN coalesce((
         SELECT r.rolsuper OR r.rolbypassrls
                OR pg_has_role(r.oid, 'orgkeeper_dba', 'MEMBER')
                OR pg_has_role(r.oid, 'orgkeeper_daemon', 'MEMBER')
-          FROM pg_roles r WHERE r.rolname = orgkeeper.caller_role()), false);
+          FROM pg_roles r WHERE r.rolname = v_role), false);
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.caller_is_trusted() IS
   'True when the session''s role is not confined by row security: a superuser, a BYPASSRLS role, or a member of orgkeeper_dba or orgkeeper_daemon. Such callers may act for any user.';

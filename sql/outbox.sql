@@ -11,10 +11,17 @@
 ------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION orgkeeper.enqueue_action(p_kind text, p_org_id uuid, p_user_id uuid, p_payload jsonb DEFAULT '{}'::jsonb)
 RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+-- plpgsql rather than SQL: a SQL function whose body is an INSERT is
+-- planned again at every call; plpgsql keeps the plan for the session.
+DECLARE
+    v_id bigint;
+BEGIN
     INSERT INTO orgkeeper.pending_external_actions (kind, org_id, user_id, payload)
     VALUES (p_kind, p_org_id, p_user_id, coalesce(p_payload, '{}'::jsonb))
-    RETURNING id;
+    RETURNING id INTO v_id;
+    RETURN v_id;
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.enqueue_action(text, uuid, uuid, jsonb) IS
   'Adds an external action to the outbox in the caller''s transaction; the daemon is notified when it commits. Returns the action id.';

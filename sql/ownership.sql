@@ -163,8 +163,8 @@ BEGIN
         -- org_app_insert policy says so too, but only after these checks):
         -- asked about anyone else, the checks below would tell whether that
         -- user exists and whether their email domain may create.
-        IF NOT orgkeeper.caller_is_schema_trusted()
-           AND NEW.created_by IS DISTINCT FROM orgkeeper.current_app_user() THEN
+        IF NEW.created_by IS DISTINCT FROM orgkeeper.current_app_user()
+           AND NOT orgkeeper.caller_is_schema_trusted() THEN
             RAISE EXCEPTION 'organization "%" cannot be created for user %: the application creates organizations for its own user only (orgkeeper.user_id is %)',
                     NEW.name, NEW.created_by, coalesce(orgkeeper.current_app_user()::text, 'not set')
                 USING ERRCODE = 'insufficient_privilege',
@@ -332,13 +332,14 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.check_owner_at_commit() IS
-  'Deferred constraint trigger: at COMMIT, every organization inserted or whose memberships changed must still have an active owner.';
+  'Deferred constraint trigger on org_member: at COMMIT, every organization whose memberships changed must still have an active owner (an inserted one gets its owner from org_after_insert in the same statement).';
 
+-- No check is queued for an inserted organization: org_after_insert gives
+-- it an active owner in the inserting statement (or the statement fails),
+-- and whatever later removes or demotes that owner fires
+-- org_member_keeps_owner (deleting the organization takes its members
+-- with it). The check runs only when a membership changed.
 DROP TRIGGER IF EXISTS org_has_owner ON orgkeeper.org;
-CREATE CONSTRAINT TRIGGER org_has_owner
-    AFTER INSERT ON orgkeeper.org
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION orgkeeper.check_owner_at_commit();
 
 DROP TRIGGER IF EXISTS org_member_keeps_owner ON orgkeeper.org_member;
 CREATE CONSTRAINT TRIGGER org_member_keeps_owner
@@ -358,8 +359,14 @@ CREATE OR REPLACE FUNCTION orgkeeper.bump_membership_version() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
 BEGIN
     -- OLD is NULL on INSERT and NEW on DELETE; a moved membership bumps both orgs.
+    -- An org row this transaction already wrote (xmin is its own xid: an
+    -- org inserted in this transaction, as with the creator's membership,
+    -- or one it already bumped) needs no second write: that write is the
+    -- conflict. In a subtransaction xmin is the subtransaction's xid, and
+    -- the row is bumped as before.
     UPDATE orgkeeper.org o SET membership_version = o.membership_version + 1
-     WHERE o.id IN (OLD.org_id, NEW.org_id);
+     WHERE o.id IN (OLD.org_id, NEW.org_id)
+       AND o.xmin <> pg_current_xact_id()::xid;
     RETURN NULL;
 END;
 $$;

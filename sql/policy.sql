@@ -28,12 +28,15 @@ $$;
 COMMENT ON FUNCTION orgkeeper.email_domain(text) IS
   'The lower-cased domain of an email address (the part after its last @); NULL when there is none.';
 
+-- plpgsql: planned once per session, not at every org insert.
 CREATE OR REPLACE FUNCTION orgkeeper.creation_policy_allows(p_email text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-    SELECT NOT EXISTS (SELECT 1 FROM orgkeeper.org_creation_policy)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+BEGIN
+    RETURN NOT EXISTS (SELECT 1 FROM orgkeeper.org_creation_policy)
         OR EXISTS (SELECT 1 FROM orgkeeper.org_creation_policy p
                     WHERE (p.kind = 'email' AND p.value = lower(btrim(p_email)))
                        OR (p.kind = 'domain' AND p.value = orgkeeper.email_domain(p_email)));
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.creation_policy_allows(text) IS
   'Internal: true when the org-creation policy is empty, or allows this (verified) email address — listed itself, or its domain listed. NULL allows nothing unless the policy is empty.';
@@ -44,6 +47,10 @@ DECLARE
     v_email  text;
     v_what   text := CASE p_kind WHEN 'personal' THEN 'a personal organization' ELSE format('organization "%s"', p_org_name) END;
 BEGIN
+    -- An empty policy (the default) allows everyone: no user lookup.
+    IF NOT EXISTS (SELECT 1 FROM orgkeeper.org_creation_policy) THEN
+        RETURN;
+    END IF;
     SELECT u.email INTO v_email FROM orgkeeper.users u WHERE u.id = p_user AND u.email_verified;
     IF orgkeeper.creation_policy_allows(v_email) THEN
         RETURN;

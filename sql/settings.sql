@@ -1,9 +1,13 @@
 -- settings.sql — OpenHands' settings versions (migrations/V9): the current
 -- version, the default model path, and moving an organization forward.
 
+-- plpgsql: an aggregate keeps a SQL function from being inlined, and a
+-- non-inlined SQL function is planned again at every call (every org insert).
 CREATE OR REPLACE FUNCTION orgkeeper.current_settings_version() RETURNS integer
-LANGUAGE sql STABLE AS $$
-    SELECT max(version) FROM orgkeeper.settings_version;
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT max(version) FROM orgkeeper.settings_version);
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.current_settings_version() IS
   'The current (highest) settings version; new organizations start there.';

@@ -231,6 +231,82 @@ pub fn verify_table(rows: &[(String, bool, String)]) -> String {
     out
 }
 
+/// What [`migrate_batches`] did.
+pub struct BatchRun {
+    /// Duration of each `migrate_users` call that migrated someone, in ms.
+    pub batch_ms: Vec<f64>,
+    /// The first error of a session (the others stopped after their batch).
+    pub error: Option<anyhow::Error>,
+}
+
+/// The back-fill loop of `orgkeeper users migrate --all` (and of `orgkeeper
+/// bench migrate`, which times this very code): `jobs` sessions each call
+/// `orgkeeper.migrate_users(batch)` (one transaction per call) until it
+/// returns 0, `stop` is set, or — with `limit` — `migrated` reaches it.
+/// `migrated` counts the users migrated; `on_batch(n)` is called after each
+/// batch. An error stops the other sessions after their current batch.
+pub async fn migrate_batches(
+    options: &sqlx::postgres::PgConnectOptions,
+    batch: i32,
+    jobs: usize,
+    limit: Option<u64>,
+    migrated: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    on_batch: impl Fn(u64) + Clone + Send + Sync + 'static,
+) -> BatchRun {
+    let mut workers = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        let options = options.clone();
+        let (migrated, stop, on_batch) = (migrated.clone(), stop.clone(), on_batch.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conn = PgConnection::connect_with(&options).await?;
+            let mut batch_ms = Vec::new();
+            let outcome = async {
+                while !stop.load(Ordering::SeqCst)
+                    && limit.is_none_or(|l| migrated.load(Ordering::SeqCst) < l)
+                {
+                    let t = Instant::now();
+                    let n: i32 = sqlx::query_scalar("SELECT orgkeeper.migrate_users($1)")
+                        .bind(batch)
+                        .fetch_one(&mut conn)
+                        .await?;
+                    if n == 0 {
+                        break;
+                    }
+                    batch_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                    migrated.fetch_add(n as u64, Ordering::SeqCst);
+                    on_batch(n as u64);
+                }
+                Ok::<_, anyhow::Error>(())
+            }
+            .await;
+            if outcome.is_err() {
+                // The other sessions stop after their current batch.
+                stop.store(true, Ordering::SeqCst);
+            }
+            let _ = conn.close().await;
+            outcome.map(|()| batch_ms)
+        }));
+    }
+    let mut run = BatchRun {
+        batch_ms: Vec::new(),
+        error: None,
+    };
+    for worker in workers {
+        let outcome = match worker.await {
+            Ok(outcome) => outcome,
+            Err(join) => Err(anyhow::anyhow!("a migration job panicked: {join}")),
+        };
+        match outcome {
+            Ok(ms) => run.batch_ms.extend(ms),
+            Err(err) => {
+                run.error.get_or_insert(err);
+            }
+        }
+    }
+    run
+}
+
 async fn migrate_all(pool: &PgPool, batch: i32, jobs: u16) -> anyhow::Result<ExitCode> {
     let (total, started_at): (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
         "SELECT count(*), now() FROM orgkeeper.user_settings s
@@ -267,46 +343,21 @@ async fn migrate_all(pool: &PgPool, batch: i32, jobs: u16) -> anyhow::Result<Exi
     };
 
     let clock = Instant::now();
-    let options = pool.connect_options();
-    let mut workers = Vec::with_capacity(jobs as usize);
-    for _ in 0..jobs {
-        let options = options.clone();
-        let (migrated, stop, bar) = (migrated.clone(), stop.clone(), bar.clone());
-        workers.push(tokio::spawn(async move {
-            let mut conn = PgConnection::connect_with(&options).await?;
-            let outcome = async {
-                while !stop.load(Ordering::SeqCst) {
-                    let n: i32 = sqlx::query_scalar("SELECT orgkeeper.migrate_users($1)")
-                        .bind(batch)
-                        .fetch_one(&mut conn)
-                        .await?;
-                    if n == 0 {
-                        break;
-                    }
-                    migrated.fetch_add(n as u64, Ordering::SeqCst);
-                    bar.inc(n as u64);
-                }
-                Ok::<_, anyhow::Error>(())
-            }
-            .await;
-            if outcome.is_err() {
-                // The other sessions stop after their current batch.
-                stop.store(true, Ordering::SeqCst);
-            }
-            let _ = conn.close().await;
-            outcome
-        }));
-    }
-    let mut first_error = None;
-    for worker in workers {
-        let outcome = match worker.await {
-            Ok(outcome) => outcome,
-            Err(join) => Err(anyhow::anyhow!("a migration job panicked: {join}")),
-        };
-        if let Err(err) = outcome {
-            first_error.get_or_insert(err);
-        }
-    }
+    let on_batch = {
+        let bar = bar.clone();
+        move |n: u64| bar.inc(n)
+    };
+    let run = migrate_batches(
+        &pool.connect_options(),
+        batch,
+        jobs as usize,
+        None,
+        migrated.clone(),
+        stop.clone(),
+        on_batch,
+    )
+    .await;
+    let first_error = run.error;
     interrupt.abort();
     bar.finish_and_clear();
 

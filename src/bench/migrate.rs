@@ -18,8 +18,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
-use sqlx::{Connection, PgConnection, PgPool};
-use std::sync::atomic::{AtomicU64, Ordering};
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,7 +220,9 @@ impl DbPhase {
 
 /// `sessions` connections each call `migrate_users(batch)` in a loop (one
 /// transaction per call) until it returns 0 or, with `limit`, until that
-/// many users are migrated.
+/// many users are migrated — through `orgkeeper users migrate --all`'s own
+/// loop ([`crate::users::migrate_batches`]), so the figure is that of the
+/// code operators run.
 async fn migrate_sessions(
     url: &str,
     batch: i32,
@@ -228,41 +230,30 @@ async fn migrate_sessions(
     limit: Option<u64>,
     expected: u64,
 ) -> anyhow::Result<DbPhase> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
     let migrated = Arc::new(AtomicU64::new(0));
     let bar = progress(expected, "users");
-    let mut conns = Vec::with_capacity(sessions);
-    for _ in 0..sessions {
-        conns.push(PgConnection::connect(url).await?);
-    }
+    let on_batch = {
+        let bar = bar.clone();
+        move |n: u64| bar.inc(n)
+    };
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut conn in conns {
-        let (migrated, bar) = (migrated.clone(), bar.clone());
-        tasks.spawn(async move {
-            let mut batch_ms = Vec::new();
-            while limit.is_none_or(|l| migrated.load(Ordering::SeqCst) < l) {
-                let t = Instant::now();
-                let n: i32 = sqlx::query_scalar("SELECT orgkeeper.migrate_users($1)")
-                    .bind(batch)
-                    .fetch_one(&mut conn)
-                    .await?;
-                if n == 0 {
-                    break;
-                }
-                batch_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-                migrated.fetch_add(n as u64, Ordering::SeqCst);
-                bar.inc(n as u64);
-            }
-            conn.close().await?;
-            Ok::<_, anyhow::Error>(batch_ms)
-        });
-    }
-    let mut batch_ms = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        batch_ms.extend(done??);
-    }
+    let run = crate::users::migrate_batches(
+        &options,
+        batch,
+        sessions,
+        limit,
+        migrated.clone(),
+        Arc::new(AtomicBool::new(false)),
+        on_batch,
+    )
+    .await;
     let secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    if let Some(err) = run.error {
+        return Err(err);
+    }
+    let mut batch_ms = run.batch_ms;
     batch_ms.sort_by(f64::total_cmp);
     Ok(DbPhase {
         sessions,

@@ -33,6 +33,10 @@ pub struct ProvisionArgs {
     /// The daemon's concurrency
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Rows inserted for each of the two peer figures (plain one-row INSERT,
+    /// org INSERT alone), measured before the daemon starts
+    #[arg(long, default_value_t = 10_000)]
+    pub peer_inserts: usize,
     /// Use this server (a fresh database is created on it) instead of a private cluster
     #[arg(long, env = "BENCH_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -44,6 +48,20 @@ pub struct ProvisionArgs {
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
     let mut env = BenchEnv::start(args.database_url.as_deref()).await?;
+    let pool = crate::db::connect(&env.url, args.clients as u32 + 2).await?;
+
+    println!(
+        "peers: {} plain one-row INSERTs vs {} org INSERTs alone, {} connections, daemon stopped",
+        args.peer_inserts, args.peer_inserts, args.clients
+    );
+    let (plain_insert_per_s, org_insert_only_per_s) =
+        peer_inserts(&pool, args.peer_inserts, args.clients).await?;
+    println!("  plain inserts/s      {plain_insert_per_s:>10.0}");
+    println!(
+        "  org inserts alone/s  {org_insert_only_per_s:>10.0}  ({:.0} % of plain)",
+        100.0 * org_insert_only_per_s / plain_insert_per_s
+    );
+
     let sim = LiteLlmSimulator::start_local().await?;
     env.spawn_daemon(&[
         ("LITELLM_BASE_URL", sim.base_url()),
@@ -54,7 +72,6 @@ pub async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
         ),
         ("ORGKEEPER_CONCURRENCY", args.concurrency.to_string()),
     ])?;
-    let pool = crate::db::connect(&env.url, args.clients as u32 + 2).await?;
 
     println!(
         "throughput: inserting {} orgs from {} connections",
@@ -94,6 +111,9 @@ pub async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             json!({
+                "plain_insert_per_s": round1(plain_insert_per_s),
+                "org_insert_only_per_s": round1(org_insert_only_per_s),
+                "org_insert_only_ratio": (org_insert_only_per_s / plain_insert_per_s * 100.0).round() / 100.0,
                 "inserts_per_s": round1(inserts_per_s),
                 "provisioned_per_s": round1(provisioned_per_s),
                 "latency_p50_ms": round1(p50),
@@ -108,6 +128,98 @@ pub async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// The peer figures, daemon stopped: one-row INSERTs per second into a plain
+/// table (uuid key, unique `lower(name)` index) and org INSERTs per second
+/// with their creators' users rows already there (one creator per org,
+/// inserted untimed), from `clients` connections, one transaction each.
+/// The two alternate in three rounds, so drift on a shared machine hits both.
+/// The org inserts' outbox actions are cancelled afterwards: they are not
+/// part of the provisioning figures.
+async fn peer_inserts(pool: &PgPool, n: usize, clients: usize) -> anyhow::Result<(f64, f64)> {
+    sqlx::query(
+        "CREATE TABLE public.bench_plain (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query("CREATE UNIQUE INDEX bench_plain_name ON public.bench_plain (lower(name))")
+        .execute(pool)
+        .await?;
+    let creators: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO orgkeeper.users (id) SELECT gen_random_uuid() FROM generate_series(1, $1) RETURNING id",
+    )
+    .bind(n as i64)
+    .fetch_all(pool)
+    .await?;
+    let creators = Arc::new(creators);
+    let rounds = 3;
+    let (mut plain_secs, mut org_secs) = (0.0, 0.0);
+    for round in 0..rounds {
+        let (from, to) = (n * round / rounds, n * (round + 1) / rounds);
+        let started = Instant::now();
+        let p = pool.clone();
+        run_clients(clients, from, to, move |i| {
+            let pool = p.clone();
+            async move {
+                sqlx::query("INSERT INTO public.bench_plain (name) VALUES ($1)")
+                    .bind(format!("plain {i} {}", uuid::Uuid::new_v4().simple()))
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await?;
+        plain_secs += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let (p, c) = (pool.clone(), creators.clone());
+        run_clients(clients, from, to, move |i| {
+            let (pool, creators) = (p.clone(), c.clone());
+            async move {
+                sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, $2)")
+                    .bind(format!("peer {i} {}", uuid::Uuid::new_v4().simple()))
+                    .bind(creators[i])
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await?;
+        org_secs += started.elapsed().as_secs_f64();
+    }
+    sqlx::query(
+        "UPDATE orgkeeper.pending_external_actions SET status = 'cancelled', finished_at = now()
+          WHERE status = 'pending'",
+    )
+    .execute(pool)
+    .await?;
+    Ok((n as f64 / plain_secs, n as f64 / org_secs))
+}
+
+/// Runs `op(i)` for every i in `from..to` from `clients` concurrent tasks.
+async fn run_clients<F, Fut>(clients: usize, from: usize, to: usize, op: F) -> anyhow::Result<()>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), sqlx::Error>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(from));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (next, op) = (next.clone(), op.clone());
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= to {
+                    return Ok::<_, sqlx::Error>(());
+                }
+                op(i).await?;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
 }
 
 /// Inserts `n` orgs from `clients` connections, one transaction each, as
@@ -183,9 +295,13 @@ async fn wait_active(pool: &PgPool, n: i64) -> anyhow::Result<()> {
 /// Inserts at `rate`/s for `secs` and returns the p50 and p99 of
 /// insert-to-active latency (org created_at to the write-back's updated_at).
 async fn light_load_latency(pool: &PgPool, rate: u32, secs: u64) -> anyhow::Result<(f64, f64)> {
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM orgkeeper.org")
-        .fetch_one(pool)
-        .await?;
+    // Active ones only: the peer figures' orgs stay pending (their actions
+    // were cancelled).
+    let before: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.org WHERE provisioning_status = 'active'",
+    )
+    .fetch_one(pool)
+    .await?;
     let n = rate as u64 * secs;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     let bar = progress(n);
