@@ -323,11 +323,7 @@ COMMENT ON FUNCTION orgkeeper.assert_org_has_owner(uuid) IS
 CREATE OR REPLACE FUNCTION orgkeeper.check_owner_at_commit() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_TABLE_NAME = 'org' THEN
-        PERFORM orgkeeper.assert_org_has_owner(NEW.id);
-    ELSE
-        PERFORM orgkeeper.assert_org_has_owner(OLD.org_id);
-    END IF;
+    PERFORM orgkeeper.assert_org_has_owner(OLD.org_id);
     RETURN NULL;
 END;
 $$;
