@@ -13,7 +13,7 @@
 --    (orgkeeper.find_org: 55000 "organization … is being deleted"), and yet
 --    nothing is freed: the row keeps its name taken (org_name_unique_ci) and
 --    its id, memberships and invitations stay until the row goes.
--- 2. The daemon (src/actions/deprovision_org.rs) reads
+-- 2. The daemon (src/outbox/handlers/deprovision_org.rs) reads
 --    orgkeeper.deprovisioning_context, deletes the LiteLLM team if it is the
 --    one orgkeeper made for this organization (a foreign team is left and
 --    reported), then calls orgkeeper.record_org_deleted: one transaction,

@@ -2,7 +2,6 @@
 //! crate applies the schema, runs the daemon that performs the outbox's
 //! external actions (LiteLLM, Stripe), and offers the operator commands.
 
-pub mod actions;
 #[cfg(feature = "dev-tools")]
 pub mod bench;
 pub mod cli;

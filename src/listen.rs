@@ -1,7 +1,7 @@
 //! `orgkeeper listen`: assembles the daemon from validated settings and runs
 //! it until SIGTERM or SIGINT.
 
-use crate::actions::Services;
+use crate::outbox::handlers::Services;
 use crate::config::{
     ConfigError, DaemonArgs, DaemonSettings, DatabaseArgs, ListenDatabaseArgs, LiteLlmArgs,
     LiteLlmSettings, SecretArgs, StripeArgs,

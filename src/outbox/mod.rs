@@ -1,6 +1,7 @@
 //! The outbox: claiming actions, recording their outcomes (fenced on the
 //! lease), the retry policy, and the listen/poll loop that drives it all.
 
+pub mod handlers;
 mod retry;
 mod store;
 mod worker;

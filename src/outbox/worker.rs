@@ -7,7 +7,7 @@
 //! at once, so a stale task never calls the outside world again.
 
 use super::{Action, Outbox};
-use crate::actions::{self, ActionError, Finish, Services};
+use super::handlers::{self, ActionError, Finish, Services};
 use crate::config::DaemonSettings;
 use futures::FutureExt;
 use sqlx::postgres::PgListener;
@@ -246,7 +246,7 @@ impl Daemon {
         let started = Instant::now();
         let mut claimed = self.outbox.claim(free).await?;
         self.services.metrics.claim_latency(started.elapsed());
-        if let Err(e) = actions::prepare(&self.services, &self.outbox, &mut claimed).await {
+        if let Err(e) = handlers::prepare(&self.services, &self.outbox, &mut claimed).await {
             // Not fatal: each handler saves its own checkpoint when it finds none.
             tracing::debug!(error = %e, "could not prepare the claimed batch");
         }
@@ -356,7 +356,7 @@ impl Job {
             )));
         }
         let handler =
-            AssertUnwindSafe(actions::perform(&self.services, &self.outbox, action)).catch_unwind();
+            AssertUnwindSafe(handlers::perform(&self.services, &self.outbox, action)).catch_unwind();
         match tokio::time::timeout(self.settings.action_timeout, handler).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(panic)) => Err(ActionError::Permanent(format!(
@@ -431,7 +431,7 @@ impl Job {
         // Cleanup gets as many attempts again as the forward work had.
         let may_retry = action.attempts < self.settings.max_attempts * 2;
         let status =
-            actions::compensate(&self.services, &self.outbox, action, error, may_retry).await?;
+            handlers::compensate(&self.services, &self.outbox, action, error, may_retry).await?;
         self.services.metrics.action(&action.kind, status);
         tracing::warn!(action = action.id, kind = %action.kind, outcome = status, "compensation finished");
         Ok(())
