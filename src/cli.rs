@@ -30,55 +30,55 @@ enum Command {
     /// Apply the versioned migrations and the SQL function library (safe to run twice, or from two places at once), then record the deployment settings given (ORGKEEPER_BILLING, ORGKEEPER_POLICY_PERSONAL_ORGS, LITELLM_BASE_URL) and seed the org-creation policy (ORGKEEPER_ALLOWED_OWNER_EMAILS, ORGKEEPER_ALLOWED_DOMAINS)
     Migrate(MigrateArgs),
     /// Run the daemon: perform outbox actions against LiteLLM and Stripe until SIGTERM/SIGINT
-    Listen(Box<crate::listen::ListenArgs>),
+    Listen(Box<crate::commands::listen::ListenArgs>),
     /// Move pre-organization users into personal organizations, verify, roll back
     Users {
         #[command(flatten)]
         database: DatabaseArgs,
         #[command(subcommand)]
-        command: crate::users::UsersCommand,
+        command: crate::commands::users::UsersCommand,
     },
     /// Manage organizations as a user would: create, rename, delete, transfer, members, invitations
     Org {
         #[command(flatten)]
         database: DatabaseArgs,
         #[command(subcommand)]
-        command: crate::orgs::OrgCommand,
+        command: crate::commands::org::OrgCommand,
     },
     /// Who may create organizations: allowed owner emails and email domains (empty = everyone)
     Policy {
         #[command(flatten)]
         database: DatabaseArgs,
         #[command(subcommand)]
-        command: crate::policy::PolicyCommand,
+        command: crate::commands::policy::PolicyCommand,
     },
     /// Inspect, retry or cancel outbox actions
     Actions {
         #[command(flatten)]
         database: DatabaseArgs,
         #[command(subcommand)]
-        command: crate::operator::ActionsCommand,
+        command: crate::commands::actions::ActionsCommand,
     },
     /// Members' LiteLLM keys: check that they work, replace them
     Keys {
         #[command(flatten)]
         database: DatabaseArgs,
         #[command(subcommand)]
-        command: crate::keys::KeysCommand,
+        command: crate::commands::keys::KeysCommand,
     },
     /// Secrets at rest: re-encrypt them under the current key
     Secrets {
         #[command(subcommand)]
-        command: crate::secrets_rotate::SecretsCommand,
+        command: crate::commands::secrets::SecretsCommand,
     },
     /// Everything on this machine with no configuration: a private PostgreSQL, the simulators and the daemon
     #[cfg(feature = "dev-tools")]
-    Dev(crate::dev::DevArgs),
+    Dev(crate::commands::dev::DevArgs),
     /// Run a benchmark and print its figures
     #[cfg(feature = "dev-tools")]
     Bench {
         #[command(subcommand)]
-        command: crate::bench::BenchCommand,
+        command: crate::commands::bench::BenchCommand,
     },
     /// Run a LiteLLM or Stripe simulator as a standalone server
     #[cfg(feature = "dev-tools")]
@@ -195,9 +195,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let config = args.validate()?;
             if args.check {
                 if let Some(url) = &config.listen_database_url {
-                    crate::listen::check_listen(url).await?;
+                    crate::commands::listen::check_listen(url).await?;
                 }
-                let (services, settings) = crate::listen::services(config).await?;
+                let (services, settings) = crate::commands::listen::services(config).await?;
                 println!(
                     "configuration ok: database reachable and migrated; worker {}, concurrency {}, secret key id {}",
                     settings.worker_id,
@@ -206,38 +206,39 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            crate::listen::run(config, crate::listen::shutdown_on_signals()).await?;
+            crate::commands::listen::run(config, crate::commands::listen::shutdown_on_signals())
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Users { database, command } => {
             let pool = crate::db::connect(&database.url()?, 2).await?;
-            crate::users::run(&pool, command).await
+            crate::commands::users::run(&pool, command).await
         }
         Command::Org { database, command } => {
             let pool = crate::db::connect(&database.url()?, 2).await?;
-            crate::orgs::run(&pool, command).await
+            crate::commands::org::run(&pool, command).await
         }
         Command::Policy { database, command } => {
             let pool = crate::db::connect(&database.url()?, 1).await?;
-            crate::policy::run(&pool, command).await
+            crate::commands::policy::run(&pool, command).await
         }
         Command::Actions { database, command } => {
             let pool = crate::db::connect(&database.url()?, 2).await?;
-            crate::operator::run(&pool, command).await
+            crate::commands::actions::run(&pool, command).await
         }
         Command::Keys { database, command } => {
             let pool = crate::db::connect(&database.url()?, 2).await?;
-            crate::keys::run(&pool, command).await
+            crate::commands::keys::run(&pool, command).await
         }
-        Command::Secrets { command } => crate::secrets_rotate::run(command).await,
+        Command::Secrets { command } => crate::commands::secrets::run(command).await,
         #[cfg(feature = "dev-tools")]
         Command::Dev(args) => {
-            crate::dev::run(args).await?;
+            crate::commands::dev::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "dev-tools")]
         Command::Bench { command } => {
-            crate::bench::run(command).await?;
+            crate::commands::bench::run(command).await?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "dev-tools")]

@@ -1224,7 +1224,7 @@ async fn a_user_locked_by_another_session_is_skipped_by_the_back_fill_and_times_
 
 #[tokio::test]
 async fn the_cli_back_fills_verifies_and_rolls_back() {
-    use orgkeeper::users::{run, UsersCommand};
+    use orgkeeper::commands::users::{run, UsersCommand};
     let db = TestDb::migrated().await;
     seed_many(&db, 120).await;
 

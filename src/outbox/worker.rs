@@ -6,8 +6,8 @@
 //! (the replica stalled and another took over) the action's task is dropped
 //! at once, so a stale task never calls the outside world again.
 
-use super::{Action, Outbox};
 use super::handlers::{self, ActionError, Finish, Services};
+use super::{Action, Outbox};
 use crate::config::DaemonSettings;
 use futures::FutureExt;
 use sqlx::postgres::PgListener;
@@ -355,8 +355,8 @@ impl Job {
                 action.attempts - 1
             )));
         }
-        let handler =
-            AssertUnwindSafe(handlers::perform(&self.services, &self.outbox, action)).catch_unwind();
+        let handler = AssertUnwindSafe(handlers::perform(&self.services, &self.outbox, action))
+            .catch_unwind();
         match tokio::time::timeout(self.settings.action_timeout, handler).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(panic)) => Err(ActionError::Permanent(format!(

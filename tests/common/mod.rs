@@ -240,8 +240,8 @@ pub fn daemon_config(
     litellm: &orgkeeper::litellm::LiteLlmSimulator,
     secret_key: &secrecy::SecretString,
     daemon: orgkeeper::config::DaemonSettings,
-) -> orgkeeper::listen::DaemonConfig {
-    orgkeeper::listen::DaemonConfig {
+) -> orgkeeper::commands::listen::DaemonConfig {
+    orgkeeper::commands::listen::DaemonConfig {
         database_url: db_url.to_string(),
         listen_database_url: None,
         litellm: orgkeeper::config::LiteLlmSettings {
@@ -268,9 +268,9 @@ pub fn daemon_config(
 
 impl TestDaemon {
     /// Starts a daemon task with `config`.
-    pub fn start(config: orgkeeper::listen::DaemonConfig) -> TestDaemon {
+    pub fn start(config: orgkeeper::commands::listen::DaemonConfig) -> TestDaemon {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let handle = tokio::spawn(orgkeeper::listen::run(config, shutdown));
+        let handle = tokio::spawn(orgkeeper::commands::listen::run(config, shutdown));
         TestDaemon { stop, handle }
     }
 

@@ -2,6 +2,8 @@
 //! `sql/migration.sql` from the command line. The database does the work;
 //! this module calls the functions, shows progress and reports.
 
+pub mod live_checks;
+
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use sqlx::postgres::PgDatabaseError;
@@ -200,9 +202,7 @@ async fn verify(pool: &PgPool, user_id: Uuid, live: Option<&LiveArgs>) -> anyhow
             .map(crate::stripe::StripeClient::new)
             .transpose()?;
         let keyring = args.secrets.keyring()?;
-        rows.extend(
-            crate::live_checks::run(pool, &litellm, stripe.as_ref(), &keyring, user_id).await?,
-        );
+        rows.extend(live_checks::run(pool, &litellm, stripe.as_ref(), &keyring, user_id).await?);
     }
     print!("{}", verify_table(&rows));
     let failed = rows.iter().filter(|(_, ok, _)| !ok).count();

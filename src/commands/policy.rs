@@ -41,7 +41,7 @@ pub enum PolicyCommand {
 pub async fn run(pool: &PgPool, command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match execute(pool, command).await {
         Ok(code) => Ok(code),
-        Err(err) => match crate::orgs::refusal(&err) {
+        Err(err) => match crate::commands::org::refusal(&err) {
             Some(text) => {
                 eprintln!("{text}");
                 Ok(ExitCode::from(1))

@@ -221,7 +221,7 @@ impl DbPhase {
 /// `sessions` connections each call `migrate_users(batch)` in a loop (one
 /// transaction per call) until it returns 0 or, with `limit`, until that
 /// many users are migrated — through `orgkeeper users migrate --all`'s own
-/// loop ([`crate::users::migrate_batches`]), so the figure is that of the
+/// loop ([`crate::commands::users::migrate_batches`]), so the figure is that of the
 /// code operators run.
 async fn migrate_sessions(
     url: &str,
@@ -238,7 +238,7 @@ async fn migrate_sessions(
         move |n: u64| bar.inc(n)
     };
     let started = Instant::now();
-    let run = crate::users::migrate_batches(
+    let run = crate::commands::users::migrate_batches(
         &options,
         batch,
         sessions,

@@ -1,13 +1,13 @@
 //! `orgkeeper listen`: assembles the daemon from validated settings and runs
 //! it until SIGTERM or SIGINT.
 
-use crate::outbox::handlers::Services;
 use crate::config::{
     ConfigError, DaemonArgs, DaemonSettings, DatabaseArgs, ListenDatabaseArgs, LiteLlmArgs,
     LiteLlmSettings, SecretArgs, StripeArgs,
 };
 use crate::litellm::LiteLlmClient;
 use crate::ops::Metrics;
+use crate::outbox::handlers::Services;
 use crate::outbox::{Daemon, Shutdown};
 use crate::secrets::Keyring;
 use crate::stripe::{StripeClient, StripeConfig};

@@ -3,10 +3,10 @@
 //! and a few pre-organization users to migrate, their secrets in OpenHands'
 //! format — until Ctrl-C, which stops and removes all of it.
 
+use crate::commands::listen::DaemonConfig;
 use crate::config::{
     DaemonSettings, DeploymentSettingsArgs, LiteLlmSettings, ProvisioningDefaults,
 };
-use crate::listen::DaemonConfig;
 use crate::litellm::{LiteLlmConfig, LiteLlmSimulator};
 use crate::pgcluster::{Durability, PgCluster};
 use crate::stripe::{StripeConfig, StripeSimulator};
@@ -143,7 +143,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     println!();
 
-    let result = crate::listen::run(config, crate::listen::shutdown_on_signals()).await;
+    let result =
+        crate::commands::listen::run(config, crate::commands::listen::shutdown_on_signals()).await;
     litellm.shutdown().await;
     stripe.shutdown().await;
     tokio::task::spawn_blocking(move || cluster.stop()).await??;

@@ -83,7 +83,7 @@ pub async fn run(pool: &PgPool, command: KeysCommand) -> anyhow::Result<ExitCode
 
 /// A refusal by the database printed (exit 1); other failures returned.
 fn refused(err: sqlx::Error) -> anyhow::Result<ExitCode> {
-    match crate::orgs::refusal(&err) {
+    match crate::commands::org::refusal(&err) {
         Some(text) => {
             eprintln!("{text}");
             Ok(ExitCode::from(1))
