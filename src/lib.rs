@@ -10,7 +10,7 @@ pub mod db;
 pub mod legacy_data;
 pub mod legacy_secrets;
 pub mod litellm;
-pub mod ops;
+pub mod monitoring;
 pub mod outbox;
 #[cfg(feature = "dev-tools")]
 pub mod pgcluster;

@@ -6,7 +6,7 @@ use crate::config::{
     LiteLlmSettings, SecretArgs, StripeArgs,
 };
 use crate::litellm::LiteLlmClient;
-use crate::ops::Metrics;
+use crate::monitoring::Metrics;
 use crate::outbox::handlers::Services;
 use crate::outbox::{Daemon, Shutdown};
 use crate::secrets::Keyring;
@@ -131,7 +131,7 @@ pub async fn run(config: DaemonConfig, shutdown: Shutdown) -> anyhow::Result<()>
     let listen_url = config.listen_database_url.clone();
     let (services, settings) = services(config).await?;
     if let Some(addr) = settings.metrics_addr {
-        let bound = crate::ops::serve(addr, services.pool.clone(), services.metrics.clone())
+        let bound = crate::monitoring::serve(addr, services.pool.clone(), services.metrics.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e} (set ORGKEEPER_METRICS_ADDR to another address, or off)"))?;
         tracing::info!(%bound, "serving /healthz and /metrics");

@@ -20,7 +20,7 @@ mod verify_key;
 
 use crate::config::ProvisioningDefaults;
 use crate::litellm::{LiteLlmClient, LiteLlmError};
-use crate::ops::Metrics;
+use crate::monitoring::Metrics;
 use crate::outbox::{Action, Outbox};
 use crate::secrets::{Keyring, SecretError};
 use crate::stripe::{StripeClient, StripeError};

@@ -1,17 +1,10 @@
-//! What operators watch: Prometheus metrics and the `/healthz` and
-//! `/metrics` HTTP endpoints.
+//! The daemon's Prometheus metrics: counters and histograms recorded by the
+//! worker and the handlers, rendered as Prometheus text.
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
-use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 const BUCKETS: [f64; 12] = [
@@ -147,65 +140,4 @@ fn write_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     };
     let _ = writeln!(out, "{name}_sum{braces} {}", h.sum);
     let _ = writeln!(out, "{name}_count{braces} {}", h.count);
-}
-
-#[derive(Clone)]
-struct OpsState {
-    pool: PgPool,
-    metrics: Arc<Metrics>,
-}
-
-/// Serves `/healthz` and `/metrics` on `addr` until the process ends; returns the bound address.
-pub async fn serve(
-    addr: SocketAddr,
-    pool: PgPool,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_page))
-        .with_state(OpsState { pool, metrics });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics endpoint stopped");
-        }
-    });
-    Ok(bound)
-}
-
-async fn healthz(State(state): State<OpsState>) -> impl IntoResponse {
-    let probe = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
-    )
-    .await;
-    match probe {
-        Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unreachable: {e}\n"),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database unreachable: no answer within 2 s\n".to_string(),
-        ),
-    }
-}
-
-async fn metrics_page(State(state): State<OpsState>) -> impl IntoResponse {
-    let depth: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT s.status, count(a.id)
-           FROM unnest(ARRAY['pending', 'running', 'compensating']) AS s(status)
-           LEFT JOIN orgkeeper.pending_external_actions a ON a.status = s.status
-          GROUP BY s.status ORDER BY s.status",
-    )
-    .fetch_all(&state.pool)
-    .await
-    .unwrap_or_default();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&depth),
-    )
 }
