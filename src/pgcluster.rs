@@ -318,7 +318,8 @@ fn chown_to(dir: &Path, user: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot hand {} to user {user}", dir.display()))
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it).
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
 }

@@ -50,12 +50,6 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// Quotes a value for pgbouncer's libpq-style connection string.
 fn conn_value(value: &str) -> String {
@@ -104,7 +98,7 @@ impl Pooler {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).expect("pgbouncer directory");
-        let port = free_port();
+        let port = orgkeeper::pgcluster::free_port().expect("a free port");
         let config = format!(
             "[databases]\n\
              app = {target}\n\

@@ -4,9 +4,8 @@
 //! their own, removed members lose theirs, and a ciphertext decrypts only at
 //! the place it was written for.
 
-mod common;
 
-use common::{daemon_config, daemon_settings, db_error, wait_until, TestDaemon, TestDb};
+use crate::support::{daemon_config, daemon_settings, db_error, wait_until, TestDaemon, TestDb};
 use orgkeeper::litellm::{LiteLlmClient, LiteLlmConfig, LiteLlmSimulator, NewTeam};
 use orgkeeper::secrets::{Keyring, Place, SecretError};
 use secrecy::{ExposeSecret, SecretString};
@@ -65,7 +64,7 @@ impl World {
     }
 
     async fn user(&self, email: &str) -> Uuid {
-        common::user(&self.db, email).await
+        crate::support::user(&self.db, email).await
     }
 
     async fn org(&self, name: &str, owner: Uuid) -> Uuid {

@@ -2,9 +2,8 @@
 //! org rows into exactly one team, user membership and key each, whatever
 //! crashes, retries, faults and replicas happen on the way.
 
-mod common;
 
-use common::{
+use crate::support::{
     daemon_config, daemon_settings, insert_orgs, status_counts, wait_until, TestDaemon, TestDb,
 };
 use orgkeeper::litellm::{Faults, LiteLlmSimulator};
@@ -388,15 +387,15 @@ async fn an_org_deleted_through_delete_org_while_provisioning_is_in_flight_is_ne
         ..Faults::default()
     });
     let key = orgkeeper::secrets::generate_key();
-    let owner = common::user(&db, "owner@fleeting.test").await;
-    common::personal(&db, owner).await;
-    let org = common::team(&db, "Fleeting Co", owner).await;
+    let owner = crate::support::user(&db, "owner@fleeting.test").await;
+    crate::support::personal(&db, owner).await;
+    let org = crate::support::team(&db, "Fleeting Co", owner).await;
     let d = daemon(&db, &sim, &key, "w1", LONG);
     wait_until(LONG, "the team to exist", || async {
         sim.team(&org.to_string()).is_some()
     })
     .await;
-    let mut owner_app = common::app(&db, Some(owner)).await;
+    let mut owner_app = crate::support::app(&db, Some(owner)).await;
     sqlx::query("SELECT orgkeeper.delete_org($1, $2)")
         .bind(owner)
         .bind(org)

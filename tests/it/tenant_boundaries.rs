@@ -5,9 +5,8 @@
 //! refused with a SQLSTATE, a message naming the object and a hint, and
 //! nothing changed; the legitimate path still works.
 
-mod common;
 
-use common::{app, db_error, personal, refused, state, team, user, LoginRole, TestDb};
+use crate::support::{app, db_error, personal, refused, state, team, user, LoginRole, TestDb};
 use sqlx::PgConnection;
 use uuid::Uuid;
 

@@ -10,10 +10,9 @@
 //! and sqlx statements unnamed (`.persistent(false)`; a statement cache of 0
 //! alone still names them).
 
-mod common;
 
-use common::pooler::Pooler;
-use common::{daemon_config, daemon_settings, status_counts, user, wait_until, TestDaemon, TestDb};
+use crate::support::pooler::Pooler;
+use crate::support::{daemon_config, daemon_settings, status_counts, user, wait_until, TestDaemon, TestDb};
 use orgkeeper::litellm::LiteLlmSimulator;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
@@ -200,7 +199,7 @@ async fn sqlx_named_statements_collide_across_clients_and_unnamed_ones_do_not() 
         let err = in_tx(&mut b, true)
             .await
             .expect_err("named statements collide");
-        let (code, message) = common::db_error(&err);
+        let (code, message) = crate::support::db_error(&err);
         assert_eq!(code, "42P05", "{message}");
         assert!(message.contains("sqlx_s_1"), "{message}");
         // Leave no named statement behind for the next round.
@@ -428,7 +427,7 @@ async fn management_functions_through_the_pooler_from_several_organizations_at_o
                 .bind(carol)
                 .execute(&mut *tx)
                 .await;
-            assert_eq!(common::db_error(&refused.unwrap_err()).0, "42501");
+            assert_eq!(crate::support::db_error(&refused.unwrap_err()).0, "42501");
             tx.rollback().await.unwrap();
         });
     }

@@ -1,9 +1,8 @@
 //! Stories of running orgkeeper like a product: the embedded `dev`
 //! environment, signals, health and metrics, and configuration errors.
 
-mod common;
 
-use common::{
+use crate::support::{
     daemon_config, daemon_settings, insert_orgs, status_counts, wait_until, TestDaemon, TestDb,
 };
 use orgkeeper::litellm::{Faults, LiteLlmSimulator};
@@ -157,13 +156,6 @@ async fn sigterm_during_a_burst_exits_within_the_deadline_and_a_restart_finishes
     assert_eq!(sim.stats().teams, 300);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The value of the first sample of `metric` with all of `labels`.
 fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
@@ -223,7 +215,7 @@ async fn metrics_move_with_work_and_healthz_fails_without_the_database() {
     orgkeeper::db::migrate(&url).await.unwrap();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let sim = LiteLlmSimulator::start_local().await.unwrap();
-    let port = free_port();
+    let port = orgkeeper::pgcluster::free_port().expect("a free port");
     let mut settings = daemon_settings("w1", Duration::from_secs(30));
     settings.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
     let d = TestDaemon::start(daemon_config(

@@ -1,9 +1,8 @@
 //! Stories about the schema's invariants: ownership, names, personal
 //! organizations, the outbox, the role catalog and `migrate` itself.
 
-mod common;
 
-use common::{db_error, TestDb};
+use crate::support::{db_error, TestDb};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, Row};
 use uuid::Uuid;

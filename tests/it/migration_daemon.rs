@@ -4,9 +4,8 @@
 //! Fernet tokens, or plaintext) — once, whatever crashes — and reverses all
 //! of it on rollback.
 
-mod common;
 
-use common::{daemon_config, daemon_settings, wait_until, TestDaemon, TestDb};
+use crate::support::{daemon_config, daemon_settings, wait_until, TestDaemon, TestDb};
 use orgkeeper::legacy_data::{self, LegacyValues};
 use orgkeeper::legacy_secrets::LegacyKey;
 use orgkeeper::litellm::{Faults, LiteLlmSimulator};
@@ -1014,7 +1013,7 @@ async fn generated_openhands_users_migrate_end_to_end_and_every_credential_reads
 async fn a_legacy_users_first_login_through_create_personal_org_migrates_them() {
     let w = World::new().await;
     let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
-    let mut app = common::app(&w.db, Some(user)).await;
+    let mut app = crate::support::app(&w.db, Some(user)).await;
     let org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_personal_org($1)")
         .bind(user)
         .fetch_one(&mut app)
@@ -1176,7 +1175,7 @@ async fn a_personal_org_with_other_members_is_not_adopted_and_the_refusal_says_w
         .execute(&w.db.pool)
         .await
         .unwrap_err();
-    let (code, message) = common::db_error(&err);
+    let (code, message) = crate::support::db_error(&err);
     assert_eq!(code, "55000");
     assert!(
         message.contains("cannot adopt")
@@ -1306,7 +1305,7 @@ async fn a_first_login_of_a_user_litellm_does_not_know_fails_like_any_migration(
     let w = World::new().await;
     let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
     w.litellm.delete_user(&user.to_string());
-    let mut app = common::app(&w.db, Some(user)).await;
+    let mut app = crate::support::app(&w.db, Some(user)).await;
     sqlx::query("SELECT orgkeeper.create_personal_org($1)")
         .bind(user)
         .execute(&mut app)

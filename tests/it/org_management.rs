@@ -4,9 +4,8 @@
 //! with its SQLSTATE, its message and the presence of a hint, and that it
 //! changed nothing.
 
-mod common;
 
-use common::{app, db_error, personal, refused, state, team, user, TestDb};
+use crate::support::{app, db_error, personal, refused, state, team, user, TestDb};
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
@@ -1508,7 +1507,7 @@ async fn team_orgs_are_created_by_verified_allowed_emails_and_domains_only() {
         )),
         "{message}"
     );
-    let hint = common::hint(&err).unwrap_or_default();
+    let hint = crate::support::hint(&err).unwrap_or_default();
     assert!(
         hint.contains("an operator or DBA of this deployment can grant access"),
         "{hint}"

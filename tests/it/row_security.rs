@@ -5,9 +5,8 @@
 //! and management functions keep working for it; the daemon and DBA roles
 //! are not confined; every table has row-level security or a recorded reason.
 
-mod common;
 
-use common::{app, app_at, db_error, LoginRole, TestDb};
+use crate::support::{app, app_at, db_error, LoginRole, TestDb};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -818,7 +817,7 @@ async fn a_daemon_login_role_can_execute_every_function_the_daemon_uses() {
     assert!(claimed.is_empty());
 
     // Seven organizations, seven provisioning actions, one per write-back.
-    let orgs = common::insert_orgs(&db.pool, "Daemon Test", 7).await;
+    let orgs = crate::support::insert_orgs(&db.pool, "Daemon Test", 7).await;
     let claimed: Vec<(i64, String, Uuid, Uuid)> = sqlx::query_as(
         "SELECT id, locked_by, org_id, user_id FROM orgkeeper.claim_actions($1, 10, interval '1 minute') ORDER BY id",
     )

@@ -3,13 +3,12 @@
 //! held; nothing a concurrent writer stored is overwritten; a value that
 //! cannot be decrypted is named and left alone.
 
-mod common;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
 use chacha20poly1305::XChaCha20Poly1305;
-use common::{daemon_config, daemon_settings, insert_orgs, wait_until, TestDaemon, TestDb};
+use crate::support::{daemon_config, daemon_settings, insert_orgs, wait_until, TestDaemon, TestDb};
 use indicatif::ProgressBar;
 use orgkeeper::commands::secrets::{rotate, Rotation, RotationReport};
 use orgkeeper::litellm::LiteLlmSimulator;
@@ -367,7 +366,7 @@ async fn rotation_while_a_daemon_keeps_provisioning_leaves_every_key_current_and
 }
 
 async fn active_is(pool: &PgPool, n: i64) -> bool {
-    common::status_counts(pool).await.get("active").copied() == Some(n)
+    crate::support::status_counts(pool).await.get("active").copied() == Some(n)
 }
 
 #[tokio::test]
@@ -611,7 +610,7 @@ async fn every_listed_secret_column_exists_and_its_row_key_is_the_primary_key() 
     ] {
         let err = sqlx::query(sql).execute(&db.pool).await.unwrap_err();
         assert_eq!(
-            common::db_error(&err),
+            crate::support::db_error(&err),
             (
                 "22023".to_string(),
                 "org.name is not a column that holds an encrypted secret".to_string()

@@ -5,9 +5,8 @@
 //! `orgkeeper.org_deleted`. A cleanup that fails for good leaves the
 //! organization `deprovisioning` and the action visible to operators.
 
-mod common;
 
-use common::{
+use crate::support::{
     app, daemon_config, daemon_settings, db_error, personal, refused, team, user, wait_until,
     TestDaemon, TestDb,
 };
@@ -523,11 +522,11 @@ async fn the_daemon_role_finishes_a_deletion_though_it_deletes_nothing_itself() 
 #[tokio::test]
 async fn an_invited_member_cannot_accept_a_membership_of_an_org_being_deleted() {
     let db = TestDb::migrated().await;
-    let owner = common::user(&db, "owner@example.com").await;
-    let guest = common::user(&db, "guest@example.com").await;
-    common::personal(&db, owner).await;
-    let org = common::team(&db, "Going", owner).await;
-    let mut app_owner = common::app(&db, Some(owner)).await;
+    let owner = crate::support::user(&db, "owner@example.com").await;
+    let guest = crate::support::user(&db, "guest@example.com").await;
+    crate::support::personal(&db, owner).await;
+    let org = crate::support::team(&db, "Going", owner).await;
+    let mut app_owner = crate::support::app(&db, Some(owner)).await;
     sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
         .bind(owner)
         .bind(org)
@@ -536,14 +535,14 @@ async fn an_invited_member_cannot_accept_a_membership_of_an_org_being_deleted() 
         .await
         .unwrap();
     delete_org(&mut app_owner, owner, org).await.unwrap();
-    let mut app_guest = common::app(&db, Some(guest)).await;
+    let mut app_guest = crate::support::app(&db, Some(guest)).await;
     let err = sqlx::query("SELECT orgkeeper.accept_membership($1, $2)")
         .bind(guest)
         .bind(org)
         .execute(&mut app_guest)
         .await
         .unwrap_err();
-    let (code, message) = common::db_error(&err);
+    let (code, message) = crate::support::db_error(&err);
     assert_eq!(code, "55000");
     assert!(message.contains("is being deleted"), "{message}");
     let status: String = sqlx::query_scalar(

@@ -3,9 +3,8 @@
 //! against what the simulator received), and settings versions are data that
 //! decide what a new organization gets.
 
-mod common;
 
-use common::{daemon_config, daemon_settings, user, wait_until, TestDaemon, TestDb};
+use crate::support::{daemon_config, daemon_settings, user, wait_until, TestDaemon, TestDb};
 use orgkeeper::litellm::LiteLlmSimulator;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -279,7 +278,7 @@ async fn a_new_settings_version_is_one_insert_and_upgrades_move_models_that_foll
         .execute(&db.pool)
         .await
         .unwrap_err();
-    assert_eq!(common::db_error(&err).0, "P0002");
+    assert_eq!(crate::support::db_error(&err).0, "P0002");
 }
 
 #[tokio::test]
@@ -309,14 +308,14 @@ async fn a_top_up_reaches_the_team_and_every_member_and_a_payment_enables_byor_e
             .execute(&db.pool)
             .await
             .unwrap_err();
-        assert_eq!(common::db_error(&err).0, code);
+        assert_eq!(crate::support::db_error(&err).0, code);
     }
     let err = sqlx::query("SELECT orgkeeper.set_org_budget($1, 5)")
         .bind(Uuid::new_v4())
         .execute(&db.pool)
         .await
         .unwrap_err();
-    assert_eq!(common::db_error(&err).0, "P0002");
+    assert_eq!(crate::support::db_error(&err).0, "P0002");
 
     sqlx::query("SELECT orgkeeper.set_org_budget($1, 50)")
         .bind(org)

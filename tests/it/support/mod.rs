@@ -1,8 +1,7 @@
 //! The test harness: a PostgreSQL server (the one in `DATABASE_URL`, or a
-//! private throwaway cluster started once per test binary), a template
+//! private throwaway cluster started once per test run), a template
 //! database migrated once, and a fresh clone of it for every test so tests
 //! run in parallel and start clean.
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod pooler;
 
@@ -178,6 +177,7 @@ pub fn db_error(err: &sqlx::Error) -> (String, String) {
     }
 }
 
+/// The hint of a database error, if it has one.
 pub fn hint(err: &sqlx::Error) -> Option<String> {
     err.as_database_error()
         .and_then(|e| e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
