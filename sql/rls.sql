@@ -15,7 +15,7 @@
 -- are merely members of them). The application role has neither.
 --
 -- Tables without row security are listed, with the reason, in
--- orgkeeper.rls_exempt (maintained below; tests/row_security.rs checks that
+-- orgkeeper.rls_exempt (maintained below; tests/it/row_security.rs checks that
 -- every other table has it enabled).
 --
 -- This file is re-applied whenever the library changes: policies are dropped
@@ -447,7 +447,7 @@ GRANT DELETE ON orgkeeper.daemon_waiting TO orgkeeper_daemon;
 --    they are not SECURITY DEFINER) or its handlers call. This list is the
 --    one place that names them: a "Daemon:" function that calls another
 --    orgkeeper function needs it to be "Daemon:" too or to be listed here.
---    tests/row_security.rs checks that every orgkeeper function a "Daemon:"
+--    tests/it/row_security.rs checks that every orgkeeper function a "Daemon:"
 --    function calls is executable by the daemon.
 DO $daemon$
 DECLARE
@@ -462,7 +462,7 @@ DECLARE
         'default_llm_model', -- provisioning_context: the model path of a settings version
         'wakeup_lock_key',   -- inserts_settled: the wake-up handshake's lock
         'release_org_rows'   -- record_org_deleted (SECURITY DEFINER, so it runs as orgkeeper_definer;
-                             -- listed for the check in tests/row_security.rs; the daemon role deletes nothing)
+                             -- listed for the check in tests/it/row_security.rs; the daemon role deletes nothing)
     ];
     v_fn      regprocedure;
     v_missing text;
