@@ -8,7 +8,9 @@ use std::process::ExitCode;
 /// invariants, a daemon performs the external side effects (LiteLLM,
 /// Stripe) from an outbox table.
 ///
-/// Every flag can also be given as the environment variable named in its help.
+/// Every setting can also be given as the environment variable named in its
+/// help (`[env: …]`); options that only say what one run does are flags only.
+/// A malformed value stops the command with one line naming both, exit 2.
 #[derive(Debug, Parser)]
 #[command(name = "orgkeeper", version, about, long_about)]
 pub struct Cli {
@@ -100,7 +102,10 @@ enum Simulated {
 /// Parses the command line, runs the command, and maps failures to exit
 /// codes: 2 for a missing or malformed setting, 1 for other failures.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return parse_error(err),
+    };
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,6 +133,83 @@ pub fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// clap's own report, except for a value it could not parse: that becomes
+/// one line naming the environment variable (if the flag has one) and the
+/// flag, like every other malformed setting, and exit status 2.
+fn parse_error(err: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let invalid = matches!(
+        err.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    );
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
+        err.get(ContextKind::InvalidArg),
+        err.get(ContextKind::InvalidValue),
+    ) else {
+        err.exit()
+    };
+    let Some(flag) = arg
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.strip_prefix("--"))
+    else {
+        err.exit()
+    };
+    if !invalid {
+        err.exit()
+    }
+    let (path, env) = flag_env(flag);
+    let named = match env {
+        Some((env, true)) => format!("{env} (--{flag}): the value given"),
+        Some((env, false)) => format!("{env} (--{flag}): {value:?}"),
+        None => format!("--{flag}: {value:?}"),
+    };
+    let why = match (
+        std::error::Error::source(&err),
+        err.get(ContextKind::ValidValue),
+    ) {
+        (Some(source), _) => source.to_string(),
+        (None, Some(ContextValue::Strings(valid))) => {
+            format!("expected one of {}", valid.join(", "))
+        }
+        _ => "not a valid value".to_string(),
+    };
+    eprintln!("error: {named} is not valid: {why}; `{path} --help` describes it");
+    ExitCode::from(2)
+}
+
+/// The command line's subcommand path (e.g. `orgkeeper users migrate`), and
+/// the environment variable of its flag `--long` (searched from the
+/// innermost subcommand out) with whether its values are hidden.
+fn flag_env(long: &str) -> (String, Option<(String, bool)>) {
+    use clap::CommandFactory;
+    let mut chain = vec![Cli::command()];
+    for word in std::env::args().skip(1) {
+        let sub = chain.last().and_then(|c| c.find_subcommand(&word)).cloned();
+        if let Some(sub) = sub {
+            chain.push(sub);
+        }
+    }
+    let path = chain
+        .iter()
+        .map(|c| c.get_name().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let env = chain.iter().rev().find_map(|cmd| {
+        cmd.get_arguments()
+            .find(|arg| arg.get_long() == Some(long))
+            .map(|arg| {
+                arg.get_env().map(|env| {
+                    (
+                        env.to_string_lossy().into_owned(),
+                        arg.is_hide_env_values_set(),
+                    )
+                })
+            })
+    });
+    (path, env.flatten())
 }
 
 fn init_logging(format: LogFormat) {

@@ -39,7 +39,7 @@ fn required<T: Clone>(
 #[derive(Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL connection URL, e.g. postgres://orgkeeper@db:5432/app
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
 }
 

@@ -57,8 +57,9 @@ fn server() -> &'static Server {
     })
 }
 
-/// Creates the migrated template database once per schema version; test
-/// binaries running at once coordinate through an advisory lock.
+/// Creates the migrated template database once per schema version (and
+/// drops the templates of older ones); test runs at once coordinate through
+/// an advisory lock.
 async fn ensure_template(admin_url: &str) -> anyhow::Result<String> {
     let template = format!(
         "orgkeeper_tpl_{}",
@@ -85,6 +86,20 @@ async fn ensure_template(admin_url: &str) -> anyhow::Result<String> {
         sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}"))
             .execute(&mut admin)
             .await?;
+        // Templates of older schemas are of no further use; one still open
+        // by a concurrent run of an older build stays (the drop fails).
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database
+              WHERE datname LIKE 'orgkeeper\\_tpl\\_%' AND datname <> $1",
+        )
+        .bind(&template)
+        .fetch_all(&mut admin)
+        .await?;
+        for name in stale {
+            let _ = sqlx::query(&format!("DROP DATABASE {name}"))
+                .execute(&mut admin)
+                .await;
+        }
     }
     sqlx::query("SELECT pg_advisory_unlock(7426001)")
         .execute(&mut admin)
