@@ -6,7 +6,9 @@
 //! deliveries happen; personal organizations get none, and with billing off
 //! nothing is enqueued.
 
-use crate::support::{daemon_config, daemon_settings, wait_until, TestDaemon, TestDb};
+use crate::support::{
+    assert_refusal, daemon_config, daemon_settings, wait_until, TestDaemon, TestDb,
+};
 use orgkeeper::config::DeploymentSetting;
 use orgkeeper::litellm::LiteLlmSimulator;
 use orgkeeper::stripe::{Customer, Faults, StripeSimulator};
@@ -285,7 +287,7 @@ async fn with_billing_off_or_never_set_nothing_is_enqueued() {
             .execute(&w.db.pool)
             .await
             .unwrap_err();
-    assert_eq!(crate::support::db_error(&err).0, "23514");
+    assert_refusal(&err, "23514", &[]);
 
     // Turning it on affects organizations created from then on.
     w.set_billing("on").await;

@@ -4,7 +4,9 @@
 //! their own, removed members lose theirs, and a ciphertext decrypts only at
 //! the place it was written for.
 
-use crate::support::{daemon_config, daemon_settings, db_error, wait_until, TestDaemon, TestDb};
+use crate::support::{
+    assert_refusal, daemon_config, daemon_settings, db_error, wait_until, TestDaemon, TestDb,
+};
 use orgkeeper::litellm::{LiteLlmClient, LiteLlmConfig, LiteLlmSimulator, NewTeam};
 use orgkeeper::secrets::{Keyring, Place, SecretError};
 use secrecy::{ExposeSecret, SecretString};
@@ -744,9 +746,7 @@ async fn an_admin_of_someone_elses_personal_org_cannot_read_its_keys() {
         .fetch_all(&mut conn)
         .await
         .unwrap_err();
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "42501");
-    assert!(message.contains("are its user's own"), "{message}");
+    assert_refusal(&err, "42501", &["are its user's own"]);
     let mut own = app(&w.db, owner).await;
     let rows = sqlx::query("SELECT * FROM orgkeeper.org_secrets($1, $1)")
         .bind(owner)

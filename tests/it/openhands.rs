@@ -3,7 +3,9 @@
 //! against what the simulator received), and settings versions are data that
 //! decide what a new organization gets.
 
-use crate::support::{daemon_config, daemon_settings, user, wait_until, TestDaemon, TestDb};
+use crate::support::{
+    assert_refusal, daemon_config, daemon_settings, user, wait_until, TestDaemon, TestDb,
+};
 use orgkeeper::litellm::LiteLlmSimulator;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -277,7 +279,7 @@ async fn a_new_settings_version_is_one_insert_and_upgrades_move_models_that_foll
         .execute(&db.pool)
         .await
         .unwrap_err();
-    assert_eq!(crate::support::db_error(&err).0, "P0002");
+    assert_refusal(&err, "P0002", &[]);
 }
 
 #[tokio::test]
@@ -314,7 +316,7 @@ async fn a_top_up_reaches_the_team_and_every_member_and_a_payment_enables_byor_e
         .execute(&db.pool)
         .await
         .unwrap_err();
-    assert_eq!(crate::support::db_error(&err).0, "P0002");
+    assert_refusal(&err, "P0002", &[]);
 
     sqlx::query("SELECT orgkeeper.set_org_budget($1, 50)")
         .bind(org)

@@ -6,7 +6,7 @@
 //! organization `deprovisioning` and the action visible to operators.
 
 use crate::support::{
-    app, daemon_config, daemon_settings, db_error, personal, refused, team, user, wait_until,
+    app, assert_refusal, daemon_config, daemon_settings, personal, refused, team, user, wait_until,
     TestDaemon, TestDb,
 };
 use orgkeeper::litellm::{Faults, LiteLlmSimulator};
@@ -265,14 +265,14 @@ async fn deletion_passes_through_deprovisioning_and_leaves_a_tombstone() {
         .execute(&mut bob_app)
         .await
         .unwrap_err();
-    assert_eq!(db_error(&err).0, "42501");
+    assert_refusal(&err, "42501", &[]);
     // Nothing is freed: the name stays taken.
     let err = sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ('doomed co', $1)")
         .bind(bob)
         .execute(&mut bob_app)
         .await
         .unwrap_err();
-    assert_eq!(db_error(&err).0, "23505");
+    assert_refusal(&err, "23505", &[]);
 
     // The daemon finishes it: team gone, row gone, tombstone kept.
     let d = w.daemon();
@@ -306,7 +306,7 @@ async fn deletion_passes_through_deprovisioning_and_leaves_a_tombstone() {
         .execute(&mut owner_app)
         .await
         .unwrap_err();
-    assert_eq!(db_error(&err).0, "42501");
+    assert_refusal(&err, "42501", &[]);
     // Now the name is free again.
     team(&w.db, "Doomed Co", owner).await;
 }
@@ -469,7 +469,7 @@ async fn the_daemon_role_finishes_a_deletion_though_it_deletes_nothing_itself() 
         .execute(&mut daemon)
         .await
         .unwrap_err();
-    assert_eq!(db_error(&err).0, "42501");
+    assert_refusal(&err, "42501", &[]);
     // … but the fenced write-back does it. (Earlier actions of the org first.)
     sqlx::query(
         "UPDATE orgkeeper.pending_external_actions SET status = 'cancelled', finished_at = now()
@@ -541,9 +541,7 @@ async fn an_invited_member_cannot_accept_a_membership_of_an_org_being_deleted() 
         .execute(&mut app_guest)
         .await
         .unwrap_err();
-    let (code, message) = crate::support::db_error(&err);
-    assert_eq!(code, "55000");
-    assert!(message.contains("is being deleted"), "{message}");
+    assert_refusal(&err, "55000", &["is being deleted"]);
     let status: String = sqlx::query_scalar(
         "SELECT status FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $2",
     )

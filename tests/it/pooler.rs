@@ -12,7 +12,8 @@
 
 use crate::support::pooler::Pooler;
 use crate::support::{
-    daemon_config, daemon_settings, status_counts, user, wait_until, TestDaemon, TestDb,
+    assert_refusal, daemon_config, daemon_settings, status_counts, user, wait_until, TestDaemon,
+    TestDb,
 };
 use orgkeeper::litellm::LiteLlmSimulator;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
@@ -200,9 +201,7 @@ async fn sqlx_named_statements_collide_across_clients_and_unnamed_ones_do_not() 
         let err = in_tx(&mut b, true)
             .await
             .expect_err("named statements collide");
-        let (code, message) = crate::support::db_error(&err);
-        assert_eq!(code, "42P05", "{message}");
-        assert!(message.contains("sqlx_s_1"), "{message}");
+        assert_refusal(&err, "42P05", &["sqlx_s_1"]);
         // Leave no named statement behind for the next round.
         sqlx::raw_sql("DEALLOCATE ALL")
             .execute(&mut a)
@@ -428,7 +427,7 @@ async fn management_functions_through_the_pooler_from_several_organizations_at_o
                 .bind(carol)
                 .execute(&mut *tx)
                 .await;
-            assert_eq!(crate::support::db_error(&refused.unwrap_err()).0, "42501");
+            assert_refusal(&refused.unwrap_err(), "42501", &[]);
             tx.rollback().await.unwrap();
         });
     }

@@ -1,7 +1,7 @@
 //! Stories about the schema's invariants: ownership, names, personal
 //! organizations, the outbox, the role catalog and `migrate` itself.
 
-use crate::support::{db_error, TestDb};
+use crate::support::{assert_refusal, db_error, TestDb};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, Row};
 use uuid::Uuid;
@@ -168,9 +168,7 @@ async fn demoting_or_disabling_the_last_owner_is_refused_at_commit() {
         format!("UPDATE orgkeeper.org_member SET status = 'disabled' WHERE org_id = '{org}'"),
         format!("DELETE FROM orgkeeper.users WHERE id = '{owner}'"),
     ] {
-        let (code, message) = db_error(&run_in_transaction(&db, std::slice::from_ref(&change)).await);
-        assert_eq!(code, "23514", "{change}");
-        assert!(message.contains("\"Solo\""), "{message}");
+        assert_refusal(&run_in_transaction(&db, std::slice::from_ref(&change)).await, "23514", &["\"Solo\""]);
     }
     assert_eq!(role_of(&db, org, owner).await.as_deref(), Some("owner"));
 }
@@ -354,16 +352,14 @@ async fn empty_blank_and_overlong_names_are_refused() {
             .execute(&db.pool)
             .await
             .expect_err("refused");
-        let (code, message) = db_error(&err);
-        assert_eq!(code, "23514");
-        assert!(message.contains(expected), "{message}");
+        assert_refusal(&err, "23514", &[expected]);
     }
     let err = sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES (NULL, $1)")
         .bind(new_user(&db).await)
         .execute(&db.pool)
         .await
         .unwrap_err();
-    assert_eq!(db_error(&err).0, "23502");
+    assert_refusal(&err, "23502", &[]);
 }
 
 #[tokio::test]
@@ -382,11 +378,10 @@ async fn personal_orgs_have_the_owners_id_and_there_is_one_per_user() {
         .execute(&db.pool)
         .await
         .unwrap_err();
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "23514");
-    assert!(
-        message.contains("personal organization \"Mine\" must have id = created_by"),
-        "{message}"
+    assert_refusal(
+        &err,
+        "23514",
+        &["personal organization \"Mine\" must have id = created_by"],
     );
 
     let org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_personal_org($1)")
@@ -409,12 +404,7 @@ async fn personal_orgs_have_the_owners_id_and_there_is_one_per_user() {
         .execute(&db.pool)
         .await
         .unwrap_err();
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "23505");
-    assert!(
-        message.contains("already has a personal organization"),
-        "{message}"
-    );
+    assert_refusal(&err, "23505", &["already has a personal organization"]);
 }
 
 #[tokio::test]
@@ -424,15 +414,13 @@ async fn create_org_validates_its_arguments() {
         .execute(&db.pool)
         .await
         .unwrap_err();
-    assert_eq!(db_error(&err).0, "22004");
+    assert_refusal(&err, "22004", &[]);
     let err = sqlx::query("SELECT orgkeeper.create_org('Weird', $1, 'guild')")
         .bind(Uuid::new_v4())
         .execute(&db.pool)
         .await
         .unwrap_err();
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "22023");
-    assert!(message.contains("'guild'"), "{message}");
+    assert_refusal(&err, "22023", &["'guild'"]);
 
     let owner = new_user(&db).await;
     let org: Uuid = sqlx::query_scalar("SELECT orgkeeper.create_org('Team Rocket', $1)")
@@ -610,9 +598,7 @@ async fn names_keep_their_letters_v_and_lose_surrounding_whitespace_including_ve
             .execute(&mut *tx)
             .await
             .unwrap_err();
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "23514");
-    assert!(message.contains("org_name_trimmed_nonempty"), "{message}");
+    assert_refusal(&err, "23514", &["org_name_trimmed_nonempty"]);
     tx.rollback().await.unwrap();
 }
 
@@ -695,7 +681,7 @@ async fn provisioning_write_backs_lock_the_actions_org_through_one_helper() {
         .execute(&mut b)
         .await
         .unwrap_err();
-    assert_eq!(db_error(&err).0, "55P03");
+    assert_refusal(&err, "55P03", &[]);
     sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR KEY SHARE NOWAIT")
         .bind(org)
         .execute(&mut b)

@@ -5,7 +5,9 @@
 //! refused with a SQLSTATE, a message naming the object and a hint, and
 //! nothing changed; the legitimate path still works.
 
-use crate::support::{app, db_error, personal, refused, state, team, user, LoginRole, TestDb};
+use crate::support::{
+    app, assert_refusal, db_error, personal, refused, state, team, user, LoginRole, TestDb,
+};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -328,9 +330,7 @@ async fn issue9_item5_a_member_reads_only_their_own_key_and_never_another_member
         "SELECT * FROM orgkeeper.org WHERE created_by = $1",
     ] {
         let err = call(&mut b, sql, &[ann]).await.unwrap_err();
-        let (code, message) = db_error(&err);
-        assert_eq!(code, "42501", "{sql}");
-        assert!(message.contains("permission denied for table"), "{message}");
+        assert_refusal(&err, "42501", &["permission denied for table"]);
     }
     refused(
         call(
@@ -484,9 +484,7 @@ async fn item3_an_app_user_who_sets_their_email_to_the_invited_one_cannot_accept
         "INSERT INTO orgkeeper.users (id, email, email_verified) VALUES ($1, 'x@y.test', true) ON CONFLICT DO NOTHING",
     ] {
         let err = call(&mut m, sql, &[mallory]).await.unwrap_err();
-        let (code, message) = db_error(&err);
-        assert_eq!(code, "42501", "{sql}");
-        assert!(message.contains("permission denied for table users"), "{message}");
+        assert_refusal(&err, "42501", &["permission denied for table users"]);
     }
     let before = state(&db.pool).await;
     let hint = refused(
@@ -522,7 +520,7 @@ async fn item3_an_app_user_who_sets_their_email_to_the_invited_one_cannot_accept
     )
     .await
     .unwrap_err();
-    assert_eq!(db_error(&err).0, "42501");
+    assert_refusal(&err, "42501", &[]);
     let mut c = app(&db, Some(carol)).await;
     let joined: Uuid = sqlx::query_scalar("SELECT orgkeeper.accept_invitation($1, $2)")
         .bind(carol)

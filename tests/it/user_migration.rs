@@ -2,7 +2,7 @@
 //! organizations: orgkeeper.migrate_user, migrate_users, verify_user_migration
 //! and rollback_user_migration (sql/migration.sql), and `orgkeeper users`.
 
-use crate::support::{db_error, TestDb};
+use crate::support::{assert_refusal, db_error, TestDb};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 use std::collections::BTreeMap;
@@ -605,9 +605,7 @@ async fn rollback_refuses_when_the_personal_org_gained_a_member_or_new_rows() {
     .unwrap();
     let state = snapshot(&db, user).await;
     let err = rollback(&db, user).await.expect_err("refused");
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "55000");
-    assert!(message.contains("api_keys: 1"), "{message}");
+    assert_refusal(&err, "55000", &["api_keys: 1"]);
     assert_eq!(snapshot(&db, user).await, state, "nothing changed");
     sqlx::query("DELETE FROM orgkeeper.api_keys WHERE key_hash = 'new'")
         .execute(&db.pool)
@@ -979,7 +977,7 @@ async fn bad_input_gets_a_clear_outcome_and_changes_nothing() {
         .fetch_one(&db.pool)
         .await
         .unwrap_err();
-    assert_eq!(db_error(&err).0, "22023");
+    assert_refusal(&err, "22023", &[]);
 
     // Unknown user.
     let unknown = Uuid::new_v4();
@@ -1160,7 +1158,7 @@ async fn the_back_fill_records_users_it_cannot_migrate_and_still_ends() {
         .fetch_one(&db.pool)
         .await
         .unwrap_err();
-    assert_eq!(db_error(&err).0, "55000");
+    assert_refusal(&err, "55000", &[]);
 }
 
 #[tokio::test]
@@ -1198,9 +1196,7 @@ async fn a_user_locked_by_another_session_is_skipped_by_the_back_fill_and_times_
         .fetch_one(&db.pool)
         .await
         .unwrap_err();
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "55P03");
-    assert!(message.contains(&held.to_string()), "{message}");
+    let message = assert_refusal(&err, "55P03", &[&held.to_string()]);
     assert!(
         message.contains(&format!("held by pid {holder} ")),
         "{message}"
@@ -1383,7 +1379,7 @@ async fn a_transient_error_fails_the_back_fill_call_without_recording_the_user_s
         "transient errors are not recorded: {errors:?}"
     );
     let err = outcome.expect_err("the back-fill call fails with the transient error");
-    assert_eq!(db_error(&err).0, "40001");
+    assert_refusal(&err, "40001", &[]);
 
     // The next back-fill (READ COMMITTED, as documented) migrates both.
     let n: i32 = sqlx::query_scalar("SELECT orgkeeper.migrate_users(10)")
@@ -1451,13 +1447,12 @@ async fn user_migration_follows_the_policy_for_personal_orgs_only_when_the_setti
         .execute(&db.pool)
         .await
         .unwrap_err();
-    let (code, message) = db_error(&err);
-    assert_eq!(code, "42501", "{message}");
-    assert!(
-        message.contains(&format!(
+    assert_refusal(
+        &err,
+        "42501",
+        &[&format!(
             "user {eve} may not create a personal organization"
-        )),
-        "{message}"
+        )],
     );
     assert_eq!((snapshot(&db, eve).await, footprint(&db).await), before);
     // ... the back-fill records them and goes on ...

@@ -200,6 +200,21 @@ pub fn hint(err: &sqlx::Error) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Asserts that `err` is the database refusing with `sqlstate` and a message
+/// containing every fragment. Returns the message.
+#[track_caller]
+pub fn assert_refusal(err: &sqlx::Error, sqlstate: &str, fragments: &[&str]) -> String {
+    let (code, message) = db_error(err);
+    assert_eq!(code, sqlstate, "SQLSTATE of: {message}");
+    for f in fragments {
+        assert!(
+            message.contains(f),
+            "message {message:?} should contain {f:?}"
+        );
+    }
+    message
+}
+
 /// Asserts a refusal: its SQLSTATE, that its message contains every fragment,
 /// and that it says what to do next. Returns the hint.
 #[track_caller]
@@ -209,14 +224,7 @@ pub fn refused<T: std::fmt::Debug>(
     fragments: &[&str],
 ) -> String {
     let err = result.expect_err("the call must be refused");
-    let (code, message) = db_error(&err);
-    assert_eq!(code, sqlstate, "SQLSTATE of: {message}");
-    for f in fragments {
-        assert!(
-            message.contains(f),
-            "message {message:?} should contain {f:?}"
-        );
-    }
+    let message = assert_refusal(&err, sqlstate, fragments);
     let hint = hint(&err).unwrap_or_default();
     assert!(!hint.is_empty(), "refusal {message:?} has no hint");
     hint
