@@ -215,6 +215,21 @@ BEGIN
                 USING ERRCODE = 'serialization_failure', HINT = 'the daemon retries the action';
         END IF;
     END LOOP;
+    -- The rollback copies of plaintext legacy values, sealed by the daemon
+    -- as OpenHands seals credentials, replace the plaintext ones.
+    IF jsonb_path_exists(p_swaps, '$[*].legacy_sealed') THEN
+        UPDATE orgkeeper.user_migration m
+           SET legacy_ciphertext = (
+                SELECT jsonb_agg(CASE WHEN s.legacy_sealed IS NULL THEN e
+                                      ELSE e || jsonb_build_object('value', s.legacy_sealed) END
+                                 ORDER BY x.ord)
+                  FROM jsonb_array_elements(m.legacy_ciphertext) WITH ORDINALITY AS x(e, ord)
+                  LEFT JOIN jsonb_to_recordset(p_swaps)
+                         AS s("table" text, "column" text, key jsonb, old text, legacy_sealed text)
+                    ON s."table" = e ->> 'table' AND s."column" = e ->> 'column'
+                   AND s.key ->> 'id' = e ->> 'id' AND s.old = e ->> 'value')
+         WHERE m.user_id = v_user;
+    END IF;
     PERFORM orgkeeper.complete_action(p_action_id, p_worker, p_result);
     -- Now that the member's key is readable, check it (and replace it when
     -- the proxy refuses it).
@@ -224,7 +239,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_reencrypted(bigint, text, jsonb, jsonb) IS
-  'Daemon: swaps in every re-encrypted value of a secrets.reencrypt action by compare-and-set and marks it done, in one transaction fenced on the lease. A value changed meanwhile rolls everything back (40001, retried); a rolled-back migration writes nothing (skipped). Once done it enqueues litellm.verify_key for the member''s key. Returns done, skipped or lease_lost.';
+  'Daemon: swaps in every re-encrypted value of a secrets.reencrypt action by compare-and-set and marks it done, in one transaction fenced on the lease. A swap carrying legacy_sealed (a plaintext legacy value sealed as OpenHands seals credentials) also replaces that value''s rollback copy in user_migration.legacy_ciphertext, so no plaintext copy stays at rest. A value changed meanwhile rolls everything back (40001, retried); a rolled-back migration writes nothing (skipped). Once done it enqueues litellm.verify_key for the member''s key. Returns done, skipped or lease_lost.';
 
 ------------------------------------------------------------------------------
 -- who reads which ciphertext (the application role has no SELECT on key

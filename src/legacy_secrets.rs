@@ -102,8 +102,11 @@ impl LegacyKey {
     }
 
     /// Writes `plaintext` the way OpenHands does:
-    /// `base64(Fernet(key).encrypt(plaintext))`. For tests, benchmarks and
-    /// data generators that need legacy data; orgkeeper never writes it.
+    /// `base64(Fernet(key).encrypt(plaintext))`. orgkeeper writes it only to
+    /// seal the rollback copy of a legacy value OpenHands kept in plaintext
+    /// (`secrets.reencrypt`), so that no copy of it is plaintext at rest and
+    /// a rollback restores a value OpenHands reads the same; tests,
+    /// benchmarks and data generators use it to make legacy data.
     pub fn encrypt(&self, plaintext: &SecretString) -> String {
         STANDARD.encode(self.fernet.encrypt(plaintext.expose_secret().as_bytes()))
     }

@@ -308,6 +308,13 @@ impl Keyring {
     pub fn decrypt_legacy(&self, stored: &str) -> Result<LegacyValue, LegacySecretError> {
         crate::legacy_secrets::decrypt(self.legacy.as_ref(), stored)
     }
+
+    /// `plaintext` sealed as OpenHands seals a credential (a Fernet token
+    /// under the legacy jwt secret), or `None` when no legacy secret is
+    /// configured.
+    pub fn seal_legacy(&self, plaintext: &SecretString) -> Option<String> {
+        self.legacy.as_ref().map(|key| key.encrypt(plaintext))
+    }
 }
 
 /// A random 24-byte nonce from the operating system's CSPRNG.

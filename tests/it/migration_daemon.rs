@@ -1400,3 +1400,85 @@ async fn records_detached_from_a_deleted_org_are_not_taken_for_the_creators_lega
     );
     assert!(!byor, "another org's payment does not enable BYOR export");
 }
+
+/// Every value of `user_migration.legacy_ciphertext`, the copies rollback
+/// restores.
+async fn rollback_copies(w: &World, user: Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT e ->> 'value' FROM orgkeeper.user_migration m,
+                jsonb_array_elements(m.legacy_ciphertext) e WHERE m.user_id = $1",
+    )
+    .bind(user)
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_plaintext_legacy_secret_is_not_kept_in_plaintext_for_rollback_and_rollback_restores_what_openhands_reads(
+) {
+    let w = World::new().await;
+    let (user, _) = w.legacy_user(None, 0.0, 5, None).await;
+    // An older custom secret, stored in plaintext by OpenHands.
+    sqlx::query("INSERT INTO orgkeeper.custom_secrets (user_id, secret_name, secret_value) VALUES ($1, 'OLD', 'ghp-plaintext-old-token')")
+        .bind(user)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    w.migrate(user).await;
+    assert!(
+        rollback_copies(&w, user)
+            .await
+            .contains(&"ghp-plaintext-old-token".to_string()),
+        "before the daemon re-encrypts, the copy is the legacy value itself"
+    );
+    let d = w.daemon("w1");
+    wait_until(LONG, "migration to finish", || w.actions_finished()).await;
+
+    let copies = rollback_copies(&w, user).await;
+    assert_eq!(copies.len(), 2, "both custom secrets are kept for rollback");
+    let legacy = LegacyKey::from_jwt_secret(&w.jwt_secret);
+    for copy in &copies {
+        assert!(
+            !copy.contains("ghp-plaintext") && !copy.contains("github-token"),
+            "no plaintext copy at rest: {copy}"
+        );
+        assert!(
+            !legacy.decrypt(copy).unwrap().was_plaintext(),
+            "each copy is sealed as OpenHands seals secrets"
+        );
+    }
+
+    let report: serde_json::Value =
+        sqlx::query_scalar("SELECT orgkeeper.rollback_user_migration($1)")
+            .bind(user)
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(report["status"], "rolled_back", "{report}");
+    wait_until(LONG, "the reversals to finish", || w.actions_finished()).await;
+    d.stop().await;
+    let restored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT secret_name, secret_value FROM orgkeeper.custom_secrets WHERE user_id = $1 AND org_id IS NULL ORDER BY secret_name",
+    )
+    .bind(user)
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap();
+    let read: Vec<(String, String)> = restored
+        .iter()
+        .map(|(name, value)| {
+            let value = legacy.decrypt(value).unwrap();
+            assert!(!value.was_plaintext(), "{name} is restored sealed");
+            (name.clone(), value.secret().expose_secret().to_string())
+        })
+        .collect();
+    assert_eq!(
+        read,
+        vec![
+            ("GITHUB".to_string(), "github-token-123".to_string()),
+            ("OLD".to_string(), "ghp-plaintext-old-token".to_string()),
+        ],
+        "OpenHands reads back exactly what it had"
+    );
+}

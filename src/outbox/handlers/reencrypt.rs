@@ -10,6 +10,14 @@
 //! that does not authenticate (the wrong jwt secret, or damaged data) fails
 //! the action permanently, naming the user and every such field, and writes
 //! nothing: a ciphertext is never stored as if it were a key.
+//!
+//! A legacy value OpenHands kept in plaintext also has a copy the migration
+//! keeps for rollback (`user_migration.legacy_ciphertext`): in the same
+//! transaction, that copy is replaced by the value sealed as OpenHands seals
+//! credentials (a Fernet token under `ORGKEEPER_LEGACY_JWT_SECRET`), so no
+//! plaintext copy stays at rest and a rollback restores a value OpenHands
+//! reads the same. Without the legacy secret the copy cannot be sealed; the
+//! result counts it (`plaintext_not_sealed_for_rollback`).
 
 use super::{ActionError, Finish, Services};
 use crate::outbox::Action;
@@ -30,7 +38,7 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
             .bind(items)
             .fetch_all(&services.pool)
             .await?;
-    let (mut swaps, mut already, mut gone, mut plaintext) = (Vec::new(), 0, 0, 0);
+    let (mut swaps, mut already, mut gone, mut plaintext, mut unsealed) = (Vec::new(), 0, 0, 0, 0);
     let mut unreadable = Vec::new();
     for (item, value) in stored {
         match value {
@@ -50,14 +58,23 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
                         continue;
                     }
                 };
-                plaintext += usize::from(plain.was_plaintext());
-                swaps.push(json!({
+                let mut swap = json!({
                     "table": item["table"],
                     "column": item["column"],
                     "key": item["key"],
                     "old": current,
                     "new": services.keyring.encrypt(&place, plain.secret()),
-                }));
+                });
+                if plain.was_plaintext() {
+                    plaintext += 1;
+                    // The rollback copy of a plaintext legacy value (if the
+                    // migration kept one) is sealed as OpenHands would have.
+                    match services.keyring.seal_legacy(plain.secret()) {
+                        Some(sealed) => swap["legacy_sealed"] = json!(sealed),
+                        None => unsealed += 1,
+                    }
+                }
+                swaps.push(swap);
             }
         }
     }
@@ -73,6 +90,7 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     let result = json!({
         "reencrypted": swaps.len(),
         "plaintext": plaintext,
+        "plaintext_not_sealed_for_rollback": unsealed,
         "already_current": already,
         "gone": gone,
         "key_id": services.keyring.current_key_id(),
