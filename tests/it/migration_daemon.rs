@@ -157,6 +157,14 @@ impl World {
             .unwrap()
     }
 
+    async fn rollback(&self, user: Uuid) -> serde_json::Value {
+        sqlx::query_scalar("SELECT orgkeeper.rollback_user_migration($1)")
+            .bind(user)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
     async fn actions_finished(&self) -> bool {
         let open: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM orgkeeper.pending_external_actions WHERE finished_at IS NULL",
@@ -455,12 +463,7 @@ async fn rollback_returns_budget_keys_and_customer_to_the_user() {
     let d = w.daemon("w1");
     wait_until(LONG, "migration to finish", || w.actions_finished()).await;
 
-    let report: serde_json::Value =
-        sqlx::query_scalar("SELECT orgkeeper.rollback_user_migration($1)")
-            .bind(user)
-            .fetch_one(&w.db.pool)
-            .await
-            .unwrap();
+    let report = w.rollback(user).await;
     assert_eq!(report["status"], "rolled_back", "{report}");
     wait_until(LONG, "the reversals to finish", || w.actions_finished()).await;
     d.stop().await;
@@ -596,12 +599,7 @@ async fn migration_moves_only_the_users_own_legacy_keys_and_rollback_puts_each_b
     .unwrap();
     assert_eq!(moved.as_array().unwrap().len(), 3, "{moved}");
 
-    let report: serde_json::Value =
-        sqlx::query_scalar("SELECT orgkeeper.rollback_user_migration($1)")
-            .bind(user)
-            .fetch_one(&w.db.pool)
-            .await
-            .unwrap();
+    let report = w.rollback(user).await;
     assert_eq!(report["status"], "rolled_back", "{report}");
     wait_until(LONG, "the rollback to finish", || w.actions_finished()).await;
     d.stop().await;
@@ -1117,12 +1115,7 @@ async fn a_user_whose_personal_org_exists_is_migrated_into_it_and_rolled_back_to
         "the member keeps the working key they had"
     );
 
-    let undo: serde_json::Value =
-        sqlx::query_scalar("SELECT orgkeeper.rollback_user_migration($1)")
-            .bind(user)
-            .fetch_one(&w.db.pool)
-            .await
-            .unwrap();
+    let undo = w.rollback(user).await;
     assert_eq!(undo["org"], "restored", "{undo}");
     wait_until(LONG, "the rollback to finish", || w.actions_finished()).await;
     d.stop().await;
@@ -1449,12 +1442,7 @@ async fn a_plaintext_legacy_secret_is_not_kept_in_plaintext_for_rollback_and_rol
         );
     }
 
-    let report: serde_json::Value =
-        sqlx::query_scalar("SELECT orgkeeper.rollback_user_migration($1)")
-            .bind(user)
-            .fetch_one(&w.db.pool)
-            .await
-            .unwrap();
+    let report = w.rollback(user).await;
     assert_eq!(report["status"], "rolled_back", "{report}");
     wait_until(LONG, "the reversals to finish", || w.actions_finished()).await;
     d.stop().await;
