@@ -1,0 +1,97 @@
+//! The simulator's command line (`orgkeeper simulate stripe`).
+
+use super::server::mask_key;
+use super::{Faults, DEFAULT_API_KEY, DEFAULT_PORT, ENDPOINTS};
+use crate::simkit::{self, parse_fraction, parse_latency};
+use std::fmt;
+
+/// Command-line settings of the simulator (`orgkeeper simulate stripe`).
+/// `Debug` masks the API key.
+#[derive(Clone, clap::Args)]
+pub struct SimulatorArgs {
+    /// Port to listen on at 127.0.0.1 (0 picks any free port).
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// The secret key clients must send (`Authorization: Bearer <key>`).
+    #[arg(long, env = "STRIPE_API_KEY", default_value = DEFAULT_API_KEY, hide_env_values = true)]
+    pub api_key: String,
+    /// Fraction of requests (0 to 1) answered 500 `api_error` without acting.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub error_rate: f64,
+    /// Added latency per request in milliseconds: `N`, or `MIN..MAX` for a uniform pick.
+    #[arg(long, default_value = "0", value_parser = parse_latency)]
+    pub latency_ms: (u64, u64),
+    /// Perform the first attempt of each idempotency key, then answer 502 (the response is "lost").
+    #[arg(long)]
+    pub perform_then_502: bool,
+    /// Fraction of requests (0 to 1) whose connection is dropped without an answer (nothing is performed).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub drop_rate: f64,
+    /// Always answer ENDPOINT with STATUS without acting, e.g. `update_customer=429`
+    /// (endpoints: create_customer, update_customer, get_customer, list_customers,
+    /// search_customers, delete_customer, or `*`). Repeatable.
+    #[arg(long = "fail", value_name = "ENDPOINT=STATUS", value_parser = parse_fail)]
+    pub fail: Vec<(String, u16)>,
+}
+
+impl fmt::Debug for SimulatorArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimulatorArgs")
+            .field("port", &self.port)
+            .field("api_key", &mask_key(&self.api_key))
+            .field("error_rate", &self.error_rate)
+            .field("latency_ms", &self.latency_ms)
+            .field("perform_then_502", &self.perform_then_502)
+            .field("drop_rate", &self.drop_rate)
+            .field("fail", &self.fail)
+            .finish()
+    }
+}
+
+impl SimulatorArgs {
+    /// Settings for an in-process simulator: any free port, the default key, no faults.
+    pub fn local() -> Self {
+        SimulatorArgs {
+            port: 0,
+            api_key: DEFAULT_API_KEY.to_string(),
+            error_rate: 0.0,
+            latency_ms: (0, 0),
+            perform_then_502: false,
+            drop_rate: 0.0,
+            fail: Vec::new(),
+        }
+    }
+
+    /// The fault-injection part of these settings.
+    pub fn faults(&self) -> Faults {
+        Faults {
+            error_rate: self.error_rate,
+            latency_ms: self.latency_ms,
+            perform_then_502: self.perform_then_502,
+            drop_rate: self.drop_rate,
+            fail: self.fail.clone(),
+        }
+    }
+}
+
+/// Parses `ENDPOINT=STATUS` for `--fail`: one of [`ENDPOINTS`], or `*` for every endpoint.
+fn parse_fail(s: &str) -> Result<(String, u16), String> {
+    let known: Vec<&str> = ENDPOINTS.into_iter().chain(["*"]).collect();
+    simkit::parse_fail(s, &known)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_and_refuse_nonsense() {
+        assert_eq!(
+            parse_fail("update_customer=429"),
+            Ok(("update_customer".into(), 429))
+        );
+        assert_eq!(parse_fail("*=503"), Ok(("*".into(), 503)));
+        assert!(parse_fail("update=429").is_err());
+        assert!(parse_fail("get_customer=200").is_err());
+    }
+}
