@@ -1,7 +1,7 @@
 //! The simulator's command line (`orgkeeper simulate litellm`).
 
 use super::{Faults, DEFAULT_MASTER_KEY, DEFAULT_MODELS, ENDPOINTS};
-use crate::simkit::{self, parse_fraction, parse_latency};
+use crate::simkit::{self, FaultFlags};
 use secrecy::SecretString;
 
 // ---------------------------------------------------------------------------
@@ -23,19 +23,9 @@ pub struct SimulatorArgs {
         value_parser = parse_secret
     )]
     pub master_key: SecretString,
-    /// Fraction (0..1) of requests answered with a 5xx without acting.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
-    pub error_rate: f64,
-    /// Latency added to every request, in milliseconds: `N` or `MIN..MAX`.
-    #[arg(long, default_value = "0", value_parser = parse_latency)]
-    pub latency_ms: (u64, u64),
-    /// Every mutating call's first successful attempt for a given resource
-    /// performs the action, then answers 502 (a lost answer).
-    #[arg(long)]
-    pub perform_then_502: bool,
-    /// Fraction (0..1) of requests whose connection is closed without an answer (and without acting).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
-    pub drop_rate: f64,
+    /// Injected faults.
+    #[command(flatten)]
+    pub fault_flags: FaultFlags,
     /// `ENDPOINT=STATUS`, e.g. `key/generate=400`: that endpoint always fails
     /// with that status, without acting. Repeatable.
     #[arg(long = "fail", value_name = "ENDPOINT=STATUS", value_parser = parse_fail)]
@@ -61,10 +51,7 @@ impl Default for SimulatorArgs {
         Self {
             port: 4000,
             master_key: SecretString::from(DEFAULT_MASTER_KEY),
-            error_rate: 0.0,
-            latency_ms: (0, 0),
-            perform_then_502: false,
-            drop_rate: 0.0,
+            fault_flags: FaultFlags::default(),
             fail: Vec::new(),
             redirect_to: None,
             models: DEFAULT_MODELS.map(String::from).to_vec(),
@@ -75,13 +62,7 @@ impl Default for SimulatorArgs {
 impl SimulatorArgs {
     /// The faults these arguments ask for.
     pub fn faults(&self) -> Faults {
-        Faults {
-            error_rate: self.error_rate,
-            latency_ms: self.latency_ms,
-            perform_then_502: self.perform_then_502,
-            drop_rate: self.drop_rate,
-            fail: self.fail.clone(),
-        }
+        self.fault_flags.faults(&self.fail)
     }
 }
 
@@ -191,7 +172,10 @@ mod tests {
         assert!(Cli::try_parse_from(["sim", "--error-rate", "2"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--fail", "nope"]).is_err());
         let d = Cli::try_parse_from(["sim"]).unwrap().args;
-        assert_eq!((d.port, d.latency_ms, d.fail.len()), (4000, (0, 0), 0));
+        assert_eq!(
+            (d.port, d.fault_flags.latency_ms, d.fail.len()),
+            (4000, (0, 0), 0)
+        );
         assert_eq!(
             (d.redirect_to, d.models),
             (None, vec![DEFAULT_MODELS[0].to_string()])

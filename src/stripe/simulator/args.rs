@@ -2,7 +2,7 @@
 
 use super::server::mask_key;
 use super::{Faults, DEFAULT_API_KEY, DEFAULT_PORT, ENDPOINTS};
-use crate::simkit::{self, parse_fraction, parse_latency};
+use crate::simkit::{self, FaultFlags};
 use std::fmt;
 
 /// Command-line settings of the simulator (`orgkeeper simulate stripe`).
@@ -15,18 +15,9 @@ pub struct SimulatorArgs {
     /// The secret key clients must send (`Authorization: Bearer <key>`).
     #[arg(long, env = "STRIPE_API_KEY", default_value = DEFAULT_API_KEY, hide_env_values = true)]
     pub api_key: String,
-    /// Fraction of requests (0 to 1) answered 500 `api_error` without acting.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
-    pub error_rate: f64,
-    /// Added latency per request in milliseconds: `N`, or `MIN..MAX` for a uniform pick.
-    #[arg(long, default_value = "0", value_parser = parse_latency)]
-    pub latency_ms: (u64, u64),
-    /// Perform the first attempt of each idempotency key, then answer 502 (the response is "lost").
-    #[arg(long)]
-    pub perform_then_502: bool,
-    /// Fraction of requests (0 to 1) whose connection is dropped without an answer (nothing is performed).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
-    pub drop_rate: f64,
+    /// Injected faults.
+    #[command(flatten)]
+    pub fault_flags: FaultFlags,
     /// Always answer ENDPOINT with STATUS without acting, e.g. `update_customer=429`
     /// (endpoints: create_customer, update_customer, get_customer, list_customers,
     /// search_customers, delete_customer, or `*`). Repeatable.
@@ -39,10 +30,7 @@ impl fmt::Debug for SimulatorArgs {
         f.debug_struct("SimulatorArgs")
             .field("port", &self.port)
             .field("api_key", &mask_key(&self.api_key))
-            .field("error_rate", &self.error_rate)
-            .field("latency_ms", &self.latency_ms)
-            .field("perform_then_502", &self.perform_then_502)
-            .field("drop_rate", &self.drop_rate)
+            .field("fault_flags", &self.fault_flags)
             .field("fail", &self.fail)
             .finish()
     }
@@ -54,23 +42,14 @@ impl SimulatorArgs {
         SimulatorArgs {
             port: 0,
             api_key: DEFAULT_API_KEY.to_string(),
-            error_rate: 0.0,
-            latency_ms: (0, 0),
-            perform_then_502: false,
-            drop_rate: 0.0,
+            fault_flags: FaultFlags::default(),
             fail: Vec::new(),
         }
     }
 
     /// The fault-injection part of these settings.
     pub fn faults(&self) -> Faults {
-        Faults {
-            error_rate: self.error_rate,
-            latency_ms: self.latency_ms,
-            perform_then_502: self.perform_then_502,
-            drop_rate: self.drop_rate,
-            fail: self.fail.clone(),
-        }
+        self.fault_flags.faults(&self.fail)
     }
 }
 
