@@ -1,6 +1,7 @@
 //! The daemon's Prometheus metrics: counters and histograms recorded by the
 //! worker and the handlers, rendered as Prometheus text.
 
+use crate::outbox::Outcome;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -33,15 +34,15 @@ impl Histogram {
 /// The daemon's counters and histograms, shared by its tasks.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    actions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    actions: Mutex<BTreeMap<(String, Outcome), u64>>,
     claim: Mutex<Histogram>,
     calls: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     in_flight: AtomicI64,
 }
 
 impl Metrics {
-    /// Counts an action outcome (`done`, `retried`, `compensated`, `failed`, `lease_lost`, `released`).
-    pub fn action(&self, kind: &str, outcome: &'static str) {
+    /// Counts an action outcome.
+    pub fn action(&self, kind: &str, outcome: Outcome) {
         *self
             .actions
             .lock()
@@ -71,7 +72,7 @@ impl Metrics {
     }
 
     /// How many actions ended with `outcome` (all kinds).
-    pub fn count(&self, outcome: &str) -> u64 {
+    pub fn count(&self, outcome: Outcome) -> u64 {
         self.actions
             .lock()
             .unwrap()

@@ -33,9 +33,6 @@ use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
 
-/// The action kind this module handles.
-pub const KIND: &str = "stripe.create_customer";
-
 fn stripe(services: &Services) -> Result<&StripeClient, ActionError> {
     services.stripe.as_ref().ok_or_else(|| {
         ActionError::Permanent(

@@ -5,7 +5,7 @@
 
 use super::{call, keys, ActionError, Finish, Services};
 use crate::litellm::{Created, Deleted};
-use crate::outbox::{Action, Outbox};
+use crate::outbox::{Action, ActionKind, Outbox};
 use serde_json::json;
 use sqlx::Row;
 
@@ -40,7 +40,8 @@ pub async fn add(
         // ever joined.
         return Err(ActionError::Permanent(format!(
             "organization {org_id} is not provisioned (status {org_status}): its team may not be \
-             orgkeeper's; fix and retry its litellm.provision_org action, then retry this one"
+             orgkeeper's; fix and retry its {} action, then retry this one",
+            ActionKind::ProvisionOrg
         )));
     }
     let email: Option<String> = row.try_get("email")?;

@@ -16,7 +16,7 @@
 use super::provision_org::PERSONAL_TEAM_ALIAS;
 use super::{call, keys, payload_str, ActionError, Finish, Services};
 use crate::litellm::{Created, MemberBudget, NewTeam, UNLIMITED_MAX_BUDGET};
-use crate::outbox::{Action, Outbox};
+use crate::outbox::{Action, Outbox, Outcome};
 use serde_json::{json, Value};
 
 /// The budget figures taken from LiteLLM before the migration changed anything.
@@ -368,11 +368,7 @@ async fn move_legacy_keys_in(
 /// Ends a migration that failed for good as `failed` and marks the personal
 /// org `failed`. Nothing is undone automatically: every step is idempotent,
 /// so once the cause is fixed `orgkeeper actions retry` finishes the job.
-pub async fn give_up(
-    services: &Services,
-    action: &Action,
-    error: &str,
-) -> sqlx::Result<&'static str> {
+pub async fn give_up(services: &Services, action: &Action, error: &str) -> sqlx::Result<Outcome> {
     let note = json!({
         "undone": false,
         "note": "LiteLLM changes made so far are kept; fix the cause, then: orgkeeper actions retry <id>",
@@ -386,7 +382,7 @@ pub async fn give_up(
     .bind(&note)
     .fetch_one(&services.pool)
     .await?;
-    Ok("failed")
+    Ok(Outcome::Failed)
 }
 
 async fn record_team_ready(

@@ -21,7 +21,7 @@ mod verify_key;
 use crate::config::ProvisioningDefaults;
 use crate::litellm::{LiteLlmClient, LiteLlmError};
 use crate::monitoring::Metrics;
-use crate::outbox::{Action, Outbox};
+use crate::outbox::{Action, ActionKind, ActionStatus, Outbox, Outcome};
 use crate::secrets::{Keyring, SecretError};
 use crate::stripe::{StripeClient, StripeError};
 use serde_json::{json, Value};
@@ -160,24 +160,27 @@ pub async fn perform(
     outbox: &Outbox,
     action: &Action,
 ) -> Result<Finish, ActionError> {
-    match action.kind.as_str() {
-        provision_org::KIND => provision_org::perform(services, outbox, action).await,
-        "litellm.delete_team" => delete_team::perform(services, action).await,
-        deprovision_org::KIND => deprovision_org::perform(services, action).await,
-        "litellm.add_member" => members::add(services, outbox, action).await,
-        "litellm.remove_member" => members::remove(services, action).await,
-        "litellm.rotate_key" => rotate_key::perform(services, outbox, action).await,
-        "litellm.verify_key" => verify_key::perform(services, outbox, action).await,
-        "litellm.set_budget" => set_budget::perform(services, action).await,
-        "litellm.migrate_user" => migrate_user::migrate(services, outbox, action).await,
-        "litellm.rollback_user" => migrate_user::rollback(services, action).await,
-        create_customer::KIND => create_customer::perform(services, action).await,
-        "stripe.migrate_customer" => stripe_customer::migrate(services, action).await,
-        "stripe.rollback_customer" => stripe_customer::rollback(services, action).await,
-        "secrets.reencrypt" => reencrypt::perform(services, action).await,
-        other => Err(ActionError::Permanent(format!(
-            "this daemon has no handler for action kind {other:?}; run a daemon version that knows it, then orgkeeper actions retry"
-        ))),
+    let Ok(kind) = action.kind.parse::<ActionKind>() else {
+        return Err(ActionError::Permanent(format!(
+            "this daemon has no handler for action kind {:?}; run a daemon version that knows it, then orgkeeper actions retry",
+            action.kind
+        )));
+    };
+    match kind {
+        ActionKind::ProvisionOrg => provision_org::perform(services, outbox, action).await,
+        ActionKind::DeleteTeam => delete_team::perform(services, action).await,
+        ActionKind::DeprovisionOrg => deprovision_org::perform(services, action).await,
+        ActionKind::AddMember => members::add(services, outbox, action).await,
+        ActionKind::RemoveMember => members::remove(services, action).await,
+        ActionKind::RotateKey => rotate_key::perform(services, outbox, action).await,
+        ActionKind::VerifyKey => verify_key::perform(services, outbox, action).await,
+        ActionKind::SetBudget => set_budget::perform(services, action).await,
+        ActionKind::MigrateUser => migrate_user::migrate(services, outbox, action).await,
+        ActionKind::RollbackUser => migrate_user::rollback(services, action).await,
+        ActionKind::CreateCustomer => create_customer::perform(services, action).await,
+        ActionKind::MigrateCustomer => stripe_customer::migrate(services, action).await,
+        ActionKind::RollbackCustomer => stripe_customer::rollback(services, action).await,
+        ActionKind::Reencrypt => reencrypt::perform(services, action).await,
     }
 }
 
@@ -201,22 +204,22 @@ pub async fn compensate(
     action: &Action,
     error: &str,
     may_retry: bool,
-) -> sqlx::Result<&'static str> {
-    match action.kind.as_str() {
-        "litellm.provision_org" => {
+) -> sqlx::Result<Outcome> {
+    match action.kind.parse() {
+        Ok(ActionKind::ProvisionOrg) => {
             provision_org::compensate(services, outbox, action, error, may_retry).await
         }
-        "litellm.migrate_user" => migrate_user::give_up(services, action, error).await,
+        Ok(ActionKind::MigrateUser) => migrate_user::give_up(services, action, error).await,
         _ => {
             outbox
                 .finish(
                     action,
-                    "failed",
+                    ActionStatus::Failed,
                     &json!({ "cleanup": "nothing to undo" }),
                     None,
                 )
                 .await?;
-            Ok("failed")
+            Ok(Outcome::Failed)
         }
     }
 }

@@ -17,14 +17,11 @@
 use super::keys::{self, TeamDeletion};
 use super::{call, ActionError, Finish, Services};
 use crate::litellm::{Created, NewTeam};
-use crate::outbox::{Action, Outbox};
+use crate::outbox::{Action, ActionKind, ActionStatus, Outbox, Outcome};
 use crate::secrets::Place;
 use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
-
-/// The action kind this module handles.
-pub const KIND: &str = "litellm.provision_org";
 
 /// The team alias of personal organizations, as OpenHands names them.
 pub(crate) const PERSONAL_TEAM_ALIAS: &str = "Personal Workspace";
@@ -85,7 +82,7 @@ pub async fn prepare(
     let mut chosen: Vec<(usize, Value)> = batch
         .iter()
         .enumerate()
-        .filter(|(_, a)| a.kind == KIND && keys::needs_choice(a))
+        .filter(|(_, a)| a.kind == ActionKind::ProvisionOrg.as_str() && keys::needs_choice(a))
         .map(|(i, a)| (i, keys::choose(services, a.id).1))
         .collect();
     if chosen.is_empty() {
@@ -194,29 +191,29 @@ pub async fn compensate(
     action: &Action,
     error: &str,
     may_retry: bool,
-) -> sqlx::Result<&'static str> {
+) -> sqlx::Result<Outcome> {
     let team_id = action.org_id.map(|id| id.to_string()).unwrap_or_default();
     let deleted = match action.org_id {
         Some(org_id) => keys::delete_own_team(services, &team_id, org_id).await,
         None => Ok(TeamDeletion::Absent),
     };
     let (mut cleanup, status) = match deleted {
-        Ok(deletion) => (deletion.report(&team_id), "compensated"),
+        Ok(deletion) => (deletion.report(&team_id), ActionStatus::Compensated),
         Err(ActionError::Transient(m)) if may_retry => {
             let delay = std::time::Duration::from_secs(5);
             outbox
                 .retry_later(action, &format!("cleanup: {m}"), delay)
                 .await?;
-            return Ok("cleanup_retried");
+            return Ok(Outcome::CleanupRetried);
         }
         Err(e) => {
             let message = match e {
                 ActionError::Transient(m) | ActionError::Permanent(m) => m,
-                ActionError::LeaseLost => return Ok("lease_lost"),
+                ActionError::LeaseLost => return Ok(Outcome::LeaseLost),
             };
             (
                 json!({ "team_id": team_id, "team_deleted": false, "error": message }),
-                "failed",
+                ActionStatus::Failed,
             )
         }
     };
@@ -226,10 +223,14 @@ pub async fn compensate(
     )
     .bind(action.id)
     .bind(&action.lease)
-    .bind(status)
+    .bind(status.as_str())
     .bind(error)
     .bind(&cleanup)
     .fetch_one(&services.pool)
     .await?;
-    Ok(status)
+    Ok(if status == ActionStatus::Compensated {
+        Outcome::Compensated
+    } else {
+        Outcome::Failed
+    })
 }

@@ -12,7 +12,7 @@
 //! nothing: a ciphertext is never stored as if it were a key.
 
 use super::{ActionError, Finish, Services};
-use crate::outbox::Action;
+use crate::outbox::{Action, ActionKind};
 use crate::secrets::{Keyring, Place};
 use serde_json::{json, Value};
 
@@ -66,7 +66,8 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
             .user_id
             .map_or_else(|| "(unknown)".to_string(), |u| u.to_string());
         return Err(ActionError::Permanent(format!(
-            "secrets.reencrypt of user {user}: nothing was re-encrypted, because {}",
+            "{} of user {user}: nothing was re-encrypted, because {}",
+            ActionKind::Reencrypt,
             unreadable.join("; ")
         )));
     }
