@@ -30,7 +30,8 @@ impl fmt::Display for UnknownName {
 impl std::error::Error for UnknownName {}
 
 /// Declares `enum $name` with one spelling per variant: `ALL`, `as_str`,
-/// `Display` and `FromStr` (whose error lists the known spellings).
+/// `Display`, `Into<&'static str>` and `FromStr` (whose error lists the
+/// known spellings).
 macro_rules! named_enum {
     (
         $(#[$meta:meta])*
@@ -53,6 +54,12 @@ macro_rules! named_enum {
                 match self {
                     $($name::$variant => $text,)+
                 }
+            }
+        }
+
+        impl From<$name> for &'static str {
+            fn from(v: $name) -> Self {
+                v.as_str()
             }
         }
 

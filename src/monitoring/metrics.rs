@@ -31,6 +31,20 @@ impl Histogram {
     }
 }
 
+/// A call to an external service, as its latency histogram labels it.
+pub trait ExternalCall: Copy + Into<&'static str> {
+    /// The service called (the `service` label: `litellm`, `stripe`).
+    const SERVICE: &'static str;
+}
+
+impl ExternalCall for crate::litellm::Call {
+    const SERVICE: &'static str = "litellm";
+}
+
+impl ExternalCall for crate::stripe::Call {
+    const SERVICE: &'static str = "stripe";
+}
+
 /// The daemon's counters and histograms, shared by its tasks.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -57,11 +71,11 @@ impl Metrics {
     }
 
     /// Records how long one external call took.
-    pub fn call_latency(&self, service: &'static str, call: &'static str, elapsed: Duration) {
+    pub fn call_latency<C: ExternalCall>(&self, call: C, elapsed: Duration) {
         self.calls
             .lock()
             .unwrap()
-            .entry((service, call))
+            .entry((C::SERVICE, call.into()))
             .or_default()
             .observe(elapsed.as_secs_f64());
     }

@@ -9,33 +9,33 @@ named_enum! {
     /// What an outbox action does: `service.action`, as stored in
     /// `pending_external_actions.kind`. Each has one handler.
     pub enum ActionKind ("action kind") {
-        /// Creates the organization's LiteLLM team, members and key.
+        /// Onboards an organization: its LiteLLM team, user, membership and the owner's key.
         ProvisionOrg = "litellm.provision_org",
-        /// Deletes a LiteLLM team (and with it its keys).
+        /// Removes the LiteLLM team of an organization row deleted directly.
         DeleteTeam = "litellm.delete_team",
-        /// Takes a deleted organization's LiteLLM team down.
+        /// The second half of `orgkeeper.delete_org`: the team goes, then the row.
         DeprovisionOrg = "litellm.deprovision_org",
-        /// Adds a member to the organization's team, with a key.
+        /// Gives a new active member their own key in the organization's team.
         AddMember = "litellm.add_member",
-        /// Removes a member from the team and deletes their key.
+        /// Takes the key of someone who stopped being an active member.
         RemoveMember = "litellm.remove_member",
-        /// Replaces an organization's or member's key.
+        /// Replaces a member's key (the new one stored first).
         RotateKey = "litellm.rotate_key",
-        /// Checks that a stored key still works on the proxy.
+        /// Asks the proxy whether a member's key still works.
         VerifyKey = "litellm.verify_key",
-        /// Sets the team's budget.
+        /// Brings a top-up to LiteLLM: the team's and the members' budgets.
         SetBudget = "litellm.set_budget",
-        /// Moves a legacy user's LiteLLM state into their personal organization.
+        /// Moves a legacy user's LiteLLM budget and keys into their personal organization's team.
         MigrateUser = "litellm.migrate_user",
-        /// Undoes a user migration on LiteLLM.
+        /// Moves them back (undoes a user migration on LiteLLM).
         RollbackUser = "litellm.rollback_user",
-        /// Creates (or finds) the organization's Stripe customer.
+        /// Creates (or finds) a new team organization's billing customer.
         CreateCustomer = "stripe.create_customer",
         /// Tags a migrated user's Stripe customer with their organization.
         MigrateCustomer = "stripe.migrate_customer",
-        /// Undoes a Stripe customer migration.
+        /// Untags it (undoes a Stripe customer migration).
         RollbackCustomer = "stripe.rollback_customer",
-        /// Re-encrypts secrets at rest under the current key.
+        /// Re-encrypts a migrated user's legacy secrets with the current key.
         Reencrypt = "secrets.reencrypt",
     }
 }

@@ -1,6 +1,7 @@
 //! What a failed call says: [`LiteLlmError`], and how an answer or a
 //! transport failure becomes one.
 
+use crate::litellm::Call;
 use crate::redact::redact_secrets;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -53,16 +54,20 @@ impl LiteLlmError {
         }
     }
 
-    pub(super) fn transient(call: &'static str, message: impl AsRef<str>) -> Self {
+    pub(super) fn transient(call: impl Into<&'static str>, message: impl AsRef<str>) -> Self {
         LiteLlmError::Transient {
-            call,
+            call: call.into(),
             message: redact_secrets(message.as_ref()),
         }
     }
 
-    pub(super) fn permanent(call: &'static str, status: u16, message: impl AsRef<str>) -> Self {
+    pub(super) fn permanent(
+        call: impl Into<&'static str>,
+        status: u16,
+        message: impl AsRef<str>,
+    ) -> Self {
         LiteLlmError::Permanent {
-            call,
+            call: call.into(),
             status,
             message: redact_secrets(message.as_ref()),
         }
@@ -139,11 +144,7 @@ pub(super) fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Maps a transport-level failure (no usable HTTP answer) to an error.
-pub(super) fn transport_error(
-    call: &'static str,
-    err: reqwest::Error,
-    timeout: Duration,
-) -> LiteLlmError {
+pub(super) fn transport_error(call: Call, err: reqwest::Error, timeout: Duration) -> LiteLlmError {
     let err = err.without_url();
     if err.is_builder() || err.is_redirect() {
         return LiteLlmError::permanent(
@@ -225,17 +226,17 @@ mod tests {
         ))
         .unwrap();
         let e = client.fail(
-            "x",
+            Call::TeamNew,
             &answer(
                 400,
                 r#"{"error":{"message":"bad","type":"internal_server_error","code":"400"}}"#,
             ),
         );
         assert!(!e.is_transient());
-        assert!(client.fail("x", &answer(503, "")).is_transient());
-        assert!(client.fail("x", &answer(429, "")).is_transient());
+        assert!(client.fail(Call::TeamNew, &answer(503, "")).is_transient());
+        assert!(client.fail(Call::TeamNew, &answer(429, "")).is_transient());
         let e = client.fail(
-            "x",
+            Call::TeamNew,
             &answer(401, r#"{"error":{"message":"Authentication Error, Invalid proxy server token passed. Received API Key = sk-...3456","type":"auth_error","code":"401"}}"#),
         );
         assert!(!e.is_transient());

@@ -2,6 +2,7 @@
 
 use super::error::{chain, Answer};
 use super::{hash_key, Created, Deleted, LiteLlmClient, LiteLlmError};
+use crate::litellm::Call;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
@@ -63,9 +64,9 @@ impl LiteLlmClient {
         &self,
         key: &SecretString,
     ) -> Result<Option<Option<String>>, LiteLlmError> {
-        const CALL: &str = "key/info";
+        const CALL: Call = Call::KeyInfo;
         let token = hash_key(key.expose_secret());
-        let answer = self.get(CALL, "/key/info", &[("key", &token)]).await?;
+        let answer = self.get(CALL, &[("key", &token)]).await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -79,8 +80,8 @@ impl LiteLlmClient {
 
     /// `GET /key/info?key=<token>` for a hashed token (as `/key/list` returns).
     pub async fn token_exists(&self, token: &str) -> Result<bool, LiteLlmError> {
-        const CALL: &str = "key/info";
-        let answer = self.get(CALL, "/key/info", &[("key", token)]).await?;
+        const CALL: Call = Call::KeyInfo;
+        let answer = self.get(CALL, &[("key", token)]).await?;
         if answer.is_success() {
             return Ok(true);
         }
@@ -97,7 +98,7 @@ impl LiteLlmClient {
     /// success or another key's alias. Confirm with
     /// [`key_exists`](Self::key_exists), or use [`ensure_key`](Self::ensure_key).
     pub async fn generate_key(&self, key: &NewKey<'_>) -> Result<Created, LiteLlmError> {
-        const CALL: &str = "key/generate";
+        const CALL: Call = Call::KeyGenerate;
         let value = key.key.expose_secret();
         if !value.starts_with("sk-") || value.chars().count() < 16 {
             // Checked here so that the proxy cannot echo a malformed key into an error.
@@ -118,7 +119,7 @@ impl LiteLlmClient {
             "models": key.models,
             "metadata": key.metadata,
         });
-        let answer = self.post(CALL, "/key/generate", &body).await?;
+        let answer = self.post(CALL, &body).await?;
         if answer.is_success() {
             return Ok(Created::New);
         }
@@ -134,7 +135,7 @@ impl LiteLlmClient {
     /// the alias belongs to another key or the proxy answered 200 without
     /// writing anything.
     pub async fn ensure_key(&self, key: &NewKey<'_>) -> Result<Created, LiteLlmError> {
-        const CALL: &str = "key/generate";
+        const CALL: Call = Call::KeyGenerate;
         let token = hash_key(key.key.expose_secret());
         if self.token_exists(&token).await? {
             return Ok(Created::Existing);
@@ -173,8 +174,8 @@ impl LiteLlmClient {
     }
 
     async fn delete_keys(&self, body: Value) -> Result<Deleted, LiteLlmError> {
-        const CALL: &str = "key/delete";
-        let answer = self.post(CALL, "/key/delete", &body).await?;
+        const CALL: Call = Call::KeyDelete;
+        let answer = self.post(CALL, &body).await?;
         if answer.is_success() {
             return Ok(Deleted::Deleted);
         }
@@ -212,9 +213,9 @@ impl LiteLlmClient {
     /// `POST /key/update {key, key_alias}`: renames a key (by hashed token).
     /// A key that is gone means [`Deleted::AlreadyGone`] (nothing to rename).
     pub async fn rename_key(&self, token: &str, alias: &str) -> Result<Deleted, LiteLlmError> {
-        const CALL: &str = "key/update";
+        const CALL: Call = Call::KeyUpdate;
         let body = json!({ "key": token, "key_alias": alias });
-        let answer = self.post(CALL, "/key/update", &body).await?;
+        let answer = self.post(CALL, &body).await?;
         if answer.is_success() {
             return Ok(Deleted::Deleted);
         }
@@ -226,7 +227,7 @@ impl LiteLlmClient {
 
     /// `GET /key/list?user_id=` (all pages): the user's keys as hashed tokens with their team.
     pub async fn list_user_keys(&self, user_id: &str) -> Result<Vec<ListedKey>, LiteLlmError> {
-        const CALL: &str = "key/list";
+        const CALL: Call = Call::KeyList;
         let size = KEY_LIST_PAGE_SIZE.to_string();
         let mut keys = Vec::new();
         let mut page = 1usize;
@@ -235,7 +236,6 @@ impl LiteLlmClient {
             let answer = self
                 .get(
                     CALL,
-                    "/key/list",
                     &[
                         ("user_id", user_id),
                         ("return_full_object", "true"),
@@ -304,11 +304,11 @@ impl LiteLlmClient {
         token: &str,
         team_id: Option<&str>,
     ) -> Result<(), LiteLlmError> {
-        const CALL: &str = "key/update";
+        const CALL: Call = Call::KeyUpdate;
         let mut body = Map::new();
         body.insert("key".into(), json!(token));
         body.insert("team_id".into(), json!(team_id));
-        let answer = self.post(CALL, "/key/update", &Value::Object(body)).await?;
+        let answer = self.post(CALL, &Value::Object(body)).await?;
         if answer.is_success() {
             return Ok(());
         }

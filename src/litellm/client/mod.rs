@@ -13,6 +13,7 @@
 //! The client's configuration and transport live here; the calls by family in
 //! `teams`, `users` and `keys`, what a failure says in `error`.
 
+use crate::litellm::Call;
 use crate::redact::redact_secrets;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -243,7 +244,7 @@ impl LiteLlmClient {
             .request(method, format!("{}{}", self.base_url, path))
     }
 
-    async fn send(&self, call: &'static str, req: RequestBuilder) -> Result<Answer, LiteLlmError> {
+    async fn send(&self, call: Call, req: RequestBuilder) -> Result<Answer, LiteLlmError> {
         let resp = req
             .send()
             .await
@@ -265,28 +266,28 @@ impl LiteLlmClient {
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned();
         let answer = Answer { status, json, text };
-        tracing::debug!(call, status = status.as_u16(), "litellm answered");
+        tracing::debug!(
+            call = call.as_str(),
+            status = status.as_u16(),
+            "litellm answered"
+        );
         Ok(answer)
     }
 
-    async fn post(
-        &self,
-        call: &'static str,
-        path: &str,
-        body: &Value,
-    ) -> Result<Answer, LiteLlmError> {
-        self.send(call, self.request(Method::POST, path).json(body))
-            .await
+    async fn post(&self, call: Call, body: &Value) -> Result<Answer, LiteLlmError> {
+        self.send(
+            call,
+            self.request(Method::POST, &format!("/{call}")).json(body),
+        )
+        .await
     }
 
-    async fn get(
-        &self,
-        call: &'static str,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> Result<Answer, LiteLlmError> {
-        self.send(call, self.request(Method::GET, path).query(query))
-            .await
+    async fn get(&self, call: Call, query: &[(&str, &str)]) -> Result<Answer, LiteLlmError> {
+        self.send(
+            call,
+            self.request(Method::GET, &format!("/{call}")).query(query),
+        )
+        .await
     }
 
     /// The answer's description with the master key removed, even where it
@@ -302,7 +303,7 @@ impl LiteLlmClient {
     }
 
     /// The error for an answer that none of the call's special cases accepted.
-    fn fail(&self, call: &'static str, answer: &Answer) -> LiteLlmError {
+    fn fail(&self, call: Call, answer: &Answer) -> LiteLlmError {
         let status = answer.status.as_u16();
         match answer.status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => LiteLlmError::permanent(

@@ -2,6 +2,7 @@
 
 use super::error::truncate;
 use super::{Created, Deleted, LiteLlmClient, LiteLlmError};
+use crate::litellm::Call;
 use crate::redact::redact_secrets;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -84,7 +85,7 @@ impl LiteLlmClient {
     /// `POST /team/new`. A 400 "already exists" is confirmed with
     /// `GET /team/info` and reported as [`Created::Existing`].
     pub async fn create_team(&self, team: &NewTeam<'_>) -> Result<Created, LiteLlmError> {
-        const CALL: &str = "team/new";
+        const CALL: Call = Call::TeamNew;
         let mut body = json!({
             "team_id": team.team_id,
             "team_alias": team.team_alias,
@@ -95,7 +96,7 @@ impl LiteLlmClient {
         if let Some(budget) = team.max_budget {
             body["max_budget"] = json!(budget);
         }
-        let answer = self.post(CALL, "/team/new", &body).await?;
+        let answer = self.post(CALL, &body).await?;
         if answer.is_success() {
             return Ok(Created::New);
         }
@@ -137,10 +138,8 @@ impl LiteLlmClient {
     /// `GET /team/info?team_id=`: the team's metadata, members and budgets;
     /// `None` when there is no such team.
     pub async fn team_info(&self, team_id: &str) -> Result<Option<TeamInfo>, LiteLlmError> {
-        const CALL: &str = "team/info";
-        let answer = self
-            .get(CALL, "/team/info", &[("team_id", team_id)])
-            .await?;
+        const CALL: Call = Call::TeamInfo;
+        let answer = self.get(CALL, &[("team_id", team_id)]).await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -191,7 +190,7 @@ impl LiteLlmClient {
         user_id: &str,
         max_budget_in_team: Option<f64>,
     ) -> Result<Created, LiteLlmError> {
-        const CALL: &str = "team/member_add";
+        const CALL: Call = Call::TeamMemberAdd;
         let mut body = json!({
             "team_id": team_id,
             "member": {"user_id": user_id, "role": "user"},
@@ -199,7 +198,7 @@ impl LiteLlmClient {
         if let Some(budget) = max_budget_in_team {
             body["max_budget_in_team"] = json!(budget);
         }
-        let answer = self.post(CALL, "/team/member_add", &body).await?;
+        let answer = self.post(CALL, &body).await?;
         if answer.is_success() {
             return Ok(Created::New);
         }
@@ -219,9 +218,9 @@ impl LiteLlmClient {
         team_id: &str,
         user_id: &str,
     ) -> Result<Deleted, LiteLlmError> {
-        const CALL: &str = "team/member_delete";
+        const CALL: Call = Call::TeamMemberDelete;
         let body = json!({"team_id": team_id, "user_id": user_id});
-        let answer = self.post(CALL, "/team/member_delete", &body).await?;
+        let answer = self.post(CALL, &body).await?;
         if answer.is_success() {
             return Ok(Deleted::Deleted);
         }
@@ -248,9 +247,9 @@ impl LiteLlmClient {
         team_id: &str,
         max_budget: Option<f64>,
     ) -> Result<(), LiteLlmError> {
-        const CALL: &str = "team/update";
+        const CALL: Call = Call::TeamUpdate;
         let body = json!({ "team_id": team_id, "max_budget": max_budget });
-        let answer = self.post(CALL, "/team/update", &body).await?;
+        let answer = self.post(CALL, &body).await?;
         if answer.is_success() {
             return Ok(());
         }
@@ -265,13 +264,13 @@ impl LiteLlmClient {
         user_id: &str,
         max_budget_in_team: Option<f64>,
     ) -> Result<Deleted, LiteLlmError> {
-        const CALL: &str = "team/member_update";
+        const CALL: Call = Call::TeamMemberUpdate;
         let body = json!({
             "team_id": team_id,
             "user_id": user_id,
             "max_budget_in_team": max_budget_in_team,
         });
-        let answer = self.post(CALL, "/team/member_update", &body).await?;
+        let answer = self.post(CALL, &body).await?;
         if answer.is_success() {
             return Ok(Deleted::Deleted);
         }
@@ -289,10 +288,8 @@ impl LiteLlmClient {
     /// `POST /team/delete`; the proxy also deletes the team's keys and
     /// memberships. A 404 means [`Deleted::AlreadyGone`].
     pub async fn delete_team(&self, team_id: &str) -> Result<Deleted, LiteLlmError> {
-        const CALL: &str = "team/delete";
-        let answer = self
-            .post(CALL, "/team/delete", &json!({"team_ids": [team_id]}))
-            .await?;
+        const CALL: Call = Call::TeamDelete;
+        let answer = self.post(CALL, &json!({"team_ids": [team_id]})).await?;
         if answer.is_success() {
             return Ok(Deleted::Deleted);
         }

@@ -1,6 +1,7 @@
 //! The user calls: create, look up, budgets.
 
 use super::{Created, LiteLlmClient, LiteLlmError, MemberBudget, UNLIMITED_MAX_BUDGET};
+use crate::litellm::Call;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -44,7 +45,7 @@ impl LiteLlmClient {
     /// for the email (taken by another user, case-insensitively) retries
     /// once without the email.
     pub async fn create_user(&self, user: &NewUser<'_>) -> Result<Created, LiteLlmError> {
-        const CALL: &str = "user/new";
+        const CALL: Call = Call::UserNew;
         let user_id = user.user_id;
         let mut email = user.email.filter(|e| !e.trim().is_empty());
         loop {
@@ -59,7 +60,7 @@ impl LiteLlmClient {
             if let Some(e) = email {
                 body["user_email"] = json!(e);
             }
-            let answer = self.post(CALL, "/user/new", &body).await?;
+            let answer = self.post(CALL, &body).await?;
             if answer.is_success() {
                 return Ok(Created::New);
             }
@@ -84,10 +85,8 @@ impl LiteLlmClient {
 
     /// `GET /user/info?user_id=`: the user's budget and spend, `None` for an unknown user.
     pub async fn user_info(&self, user_id: &str) -> Result<Option<UserInfo>, LiteLlmError> {
-        const CALL: &str = "user/info";
-        let answer = self
-            .get(CALL, "/user/info", &[("user_id", user_id)])
-            .await?;
+        const CALL: Call = Call::UserInfo;
+        let answer = self.get(CALL, &[("user_id", user_id)]).await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -130,8 +129,8 @@ impl LiteLlmClient {
     }
 
     async fn update_user(&self, body: Value) -> Result<(), LiteLlmError> {
-        const CALL: &str = "user/update";
-        let answer = self.post(CALL, "/user/update", &body).await?;
+        const CALL: Call = Call::UserUpdate;
+        let answer = self.post(CALL, &body).await?;
         if answer.is_success() {
             return Ok(());
         }

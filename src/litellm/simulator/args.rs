@@ -1,6 +1,7 @@
 //! The simulator's command line (`orgkeeper simulate litellm`).
 
-use super::{Faults, DEFAULT_MASTER_KEY, DEFAULT_MODELS, ENDPOINTS};
+use super::{Faults, DEFAULT_MASTER_KEY, DEFAULT_MODELS};
+use crate::litellm::Call;
 use crate::simkit::{self, FaultFlags};
 use secrecy::SecretString;
 
@@ -91,7 +92,8 @@ pub fn parse_redirect(s: &str) -> Result<String, String> {
 
 /// Parses `ENDPOINT=STATUS` (`key/generate=400`; a leading `/` is allowed).
 pub fn parse_fail(s: &str) -> Result<(String, u16), String> {
-    simkit::parse_fail(s.trim_start().trim_start_matches('/'), &ENDPOINTS)
+    let known: Vec<&str> = Call::ALL.iter().map(|c| c.as_str()).collect();
+    simkit::parse_fail(s.trim_start().trim_start_matches('/'), &known)
 }
 
 #[cfg(test)]

@@ -51,26 +51,6 @@ pub const DEFAULT_MASTER_KEY: &str = "sk-orgkeeper-dev-master-key";
 /// to every team as an admin.
 pub const CALLER_ADMIN_USER_ID: &str = "default_user_id";
 
-/// The endpoints the simulator serves, as named in `--fail` and in [`SimStats`].
-pub const ENDPOINTS: [&str; 16] = [
-    "team/new",
-    "team/info",
-    "team/update",
-    "team/delete",
-    "team/member_add",
-    "team/member_update",
-    "team/member_delete",
-    "user/new",
-    "user/info",
-    "user/update",
-    "key/generate",
-    "key/info",
-    "key/list",
-    "key/update",
-    "key/delete",
-    "v1/models",
-];
-
 /// The models the simulator serves unless told otherwise (`--models`).
 pub const DEFAULT_MODELS: [&str; 1] = ["claude-sonnet-4-20250514"];
 

@@ -5,8 +5,9 @@ use super::models::models_list;
 use super::replies::{
     abbreviate, proxy_error, str_field, string_list, token_of, validation_error, Reply,
 };
-use super::{Faults, Shared, BAD_GATEWAY_HTML, ENDPOINTS, UNAVAILABLE_HTML};
+use super::{Faults, Shared, BAD_GATEWAY_HTML, UNAVAILABLE_HTML};
 use crate::litellm::client::hash_key;
+use crate::litellm::Call;
 use crate::simkit::{self, ConnHandle, Roll};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
@@ -20,36 +21,36 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// The identity of the resource a mutating call touches, for `--perform-then-502`.
-fn resource_of(endpoint: &str, body: &Map<String, Value>, reply: &Reply) -> Option<String> {
+fn resource_of(call: Call, body: &Map<String, Value>, reply: &Reply) -> Option<String> {
     let s = |f: &str| str_field(body, f).unwrap_or("");
     let from_reply = |f: &str| match reply {
         Reply::Json(_, v) => v.get(f).and_then(Value::as_str).unwrap_or("").to_owned(),
         Reply::Html(..) => String::new(),
     };
-    Some(match endpoint {
-        "team/new" => format!("team:{}", from_reply("team_id")),
-        "user/new" => format!("user:{}", from_reply("user_id")),
-        "user/update" => format!("user-update:{}", s("user_id")),
-        "team/update" => format!("team-update:{}", s("team_id")),
-        "team/member_update" => format!("member-update:{}:{}", s("team_id"), s("user_id")),
-        "team/member_add" => {
+    Some(match call {
+        Call::TeamNew => format!("team:{}", from_reply("team_id")),
+        Call::UserNew => format!("user:{}", from_reply("user_id")),
+        Call::UserUpdate => format!("user-update:{}", s("user_id")),
+        Call::TeamUpdate => format!("team-update:{}", s("team_id")),
+        Call::TeamMemberUpdate => format!("member-update:{}:{}", s("team_id"), s("user_id")),
+        Call::TeamMemberAdd => {
             let member = body.get("member").map(Value::to_string).unwrap_or_default();
             format!("member:{}:{member}", s("team_id"))
         }
-        "team/member_delete" => format!(
+        Call::TeamMemberDelete => format!(
             "member-delete:{}:{}:{}",
             s("team_id"),
             s("user_id"),
             s("user_email")
         ),
-        "team/delete" => {
+        Call::TeamDelete => {
             let mut ids = string_list(body, "team_ids").unwrap_or_default();
             ids.sort();
             format!("team-delete:{}", ids.join(","))
         }
-        "key/generate" => format!("key:{}", hash_key(&from_reply("key"))),
-        "key/update" => format!("key-update:{}", token_of(s("key"))),
-        "key/delete" => {
+        Call::KeyGenerate => format!("key:{}", hash_key(&from_reply("key"))),
+        Call::KeyUpdate => format!("key-update:{}", token_of(s("key"))),
+        Call::KeyDelete => {
             let mut keys: Vec<String> = string_list(body, "keys")
                 .unwrap_or_default()
                 .iter()
@@ -116,22 +117,22 @@ fn percent_decode(s: &str) -> String {
 
 fn endpoint_name(path: &str) -> &'static str {
     let path = path.trim_start_matches('/');
-    ENDPOINTS
-        .iter()
-        .copied()
-        .find(|e| *e == path)
-        .unwrap_or(match path {
+    path.parse::<Call>().map_or(
+        match path {
             "health/liveliness" | "health/readiness" => "health",
             // The proxy serves the OpenAI model list under both paths.
-            "models" => "v1/models",
+            "models" => Call::Models.as_str(),
             _ => "other",
-        })
+        },
+        Call::as_str,
+    )
 }
 
 fn method_of(endpoint: &str) -> Method {
-    match endpoint {
-        "team/info" | "user/info" | "key/info" | "key/list" | "v1/models" | "health" => Method::GET,
-        _ => Method::POST,
+    match endpoint.parse::<Call>() {
+        Ok(call) => call.method(),
+        Err(_) if endpoint == "health" => Method::GET,
+        Err(_) => Method::POST,
     }
 }
 
@@ -300,7 +301,7 @@ fn respond(
     };
     let master_key = shared.master_key.expose_secret();
     // `/v1/models` takes virtual keys too; the admin endpoints only the master key.
-    let models = if endpoint == "v1/models" {
+    let models = if endpoint == Call::Models.as_str() {
         let models = shared.db().models_for(&presented, master_key);
         match models {
             Some(m) => Some(m),
@@ -340,28 +341,32 @@ fn respond(
         &empty
     };
     let mut db = shared.db();
-    let outcome = match endpoint {
-        "team/new" => db.team_new(body),
-        "team/info" => db.team_info(query_param(query, "team_id").as_deref()),
-        "team/delete" => db.team_delete(body),
-        "team/member_add" => db.member_add(body),
-        "team/member_delete" => db.member_delete(body),
-        "team/update" => db.team_update(body),
-        "team/member_update" => db.member_update(body),
-        "user/new" => db.user_new(body),
-        "user/info" => db.user_info(query_param(query, "user_id").as_deref()),
-        "user/update" => db.user_update(body),
-        "key/generate" => db.key_generate(body),
-        "key/info" => db.key_info(query_param(query, "key").as_deref()),
-        "key/list" => db.key_list(query),
-        "key/update" => db.key_update(body),
-        "key/delete" => db.key_delete(body),
+    let outcome = match endpoint.parse::<Call>() {
+        Ok(Call::TeamNew) => db.team_new(body),
+        Ok(Call::TeamInfo) => db.team_info(query_param(query, "team_id").as_deref()),
+        Ok(Call::TeamDelete) => db.team_delete(body),
+        Ok(Call::TeamMemberAdd) => db.member_add(body),
+        Ok(Call::TeamMemberDelete) => db.member_delete(body),
+        Ok(Call::TeamUpdate) => db.team_update(body),
+        Ok(Call::TeamMemberUpdate) => db.member_update(body),
+        Ok(Call::UserNew) => db.user_new(body),
+        Ok(Call::UserInfo) => db.user_info(query_param(query, "user_id").as_deref()),
+        Ok(Call::UserUpdate) => db.user_update(body),
+        Ok(Call::KeyGenerate) => db.key_generate(body),
+        Ok(Call::KeyInfo) => db.key_info(query_param(query, "key").as_deref()),
+        Ok(Call::KeyList) => db.key_list(query),
+        Ok(Call::KeyUpdate) => db.key_update(body),
+        Ok(Call::KeyDelete) => db.key_delete(body),
         _ => Err(Reply::Json(404, json!({"detail": "Not Found"}))),
     };
     match outcome {
         Ok(reply) => {
             if faults.perform_then_502 && *method == Method::POST {
-                if let Some(resource) = resource_of(endpoint, body, &reply) {
+                if let Some(resource) = endpoint
+                    .parse()
+                    .ok()
+                    .and_then(|call| resource_of(call, body, &reply))
+                {
                     if db.performed.insert(resource) {
                         return Reply::Html(502, BAD_GATEWAY_HTML);
                     }
@@ -408,7 +413,7 @@ mod tests {
         let body = json!({"keys": ["sk-b-0123456789abcdef", "aa"], "key_aliases": ["z", "y"]});
         let reply = Reply::Json(200, json!({}));
         assert_eq!(
-            resource_of("key/delete", body.as_object().unwrap(), &reply).unwrap(),
+            resource_of(Call::KeyDelete, body.as_object().unwrap(), &reply).unwrap(),
             format!("key-delete:{}:y,z", {
                 let mut t = [hash_key("sk-b-0123456789abcdef"), "aa".to_string()];
                 t.sort();

@@ -4,6 +4,7 @@
 //! `orgkeeper.org_member_key_lifecycle`).
 
 use super::{call, keys, ActionError, Finish, Services};
+use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, Deleted};
 use crate::outbox::{Action, ActionKind, Outbox};
 use serde_json::json;
@@ -49,11 +50,11 @@ pub async fn add(
     let litellm = &services.litellm;
     let user = user_id.to_string();
     let new_user = keys::new_user(services, &user, email.as_deref(), &profile);
-    call(services, "litellm", "user_new", || {
+    call(services, LiteLlmCall::UserNew, || {
         litellm.create_user(&new_user)
     })
     .await?;
-    let added = call(services, "litellm", "team_member_add", || {
+    let added = call(services, LiteLlmCall::TeamMemberAdd, || {
         litellm.add_team_member(team_id, &user, services.defaults.team_max_budget)
     })
     .await?;
@@ -74,12 +75,12 @@ pub async fn remove(services: &Services, action: &Action) -> Result<Finish, Acti
     let (org_id, user_id, team_id) = keys::member_of(action)?;
     let litellm = &services.litellm;
     let alias = keys::alias(services, org_id, user_id);
-    let key = call(services, "litellm", "key_delete", || {
+    let key = call(services, LiteLlmCall::KeyDelete, || {
         litellm.delete_key_by_alias(&alias)
     })
     .await?;
     let user = user_id.to_string();
-    let removed = call(services, "litellm", "team_member_delete", || {
+    let removed = call(services, LiteLlmCall::TeamMemberDelete, || {
         litellm.remove_team_member(team_id, &user)
     })
     .await?;

@@ -20,6 +20,7 @@ mod verify_key;
 
 use crate::config::ProvisioningDefaults;
 use crate::litellm::{LiteLlmClient, LiteLlmError};
+use crate::monitoring::metrics::ExternalCall;
 use crate::monitoring::Metrics;
 use crate::outbox::{Action, ActionKind, ActionStatus, Outbox, Outcome};
 use crate::secrets::{Keyring, SecretError};
@@ -123,23 +124,22 @@ const CALL_RETRIES: [Duration; 2] = [Duration::from_millis(25), Duration::from_m
 
 /// Performs one external call, timing it, and retrying it in place a couple
 /// of times when the failure is transient (every call is idempotent).
-pub(crate) async fn call<T, E, Fut>(
+pub(crate) async fn call<C, T, E, Fut>(
     services: &Services,
-    service: &'static str,
-    name: &'static str,
+    call: C,
     mut f: impl FnMut() -> Fut,
 ) -> Result<T, ActionError>
 where
+    C: ExternalCall,
     E: ExternalError,
     Fut: Future<Output = Result<T, E>>,
 {
+    let (service, name) = (C::SERVICE, call.into());
     let mut retries = CALL_RETRIES.iter();
     loop {
         let started = Instant::now();
         let result = f().await;
-        services
-            .metrics
-            .call_latency(service, name, started.elapsed());
+        services.metrics.call_latency(call, started.elapsed());
         match result {
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() => match retries.next() {

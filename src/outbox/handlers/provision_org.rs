@@ -16,6 +16,7 @@
 
 use super::keys::{self, TeamDeletion};
 use super::{call, ActionError, Finish, Services};
+use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, NewTeam};
 use crate::outbox::{Action, ActionKind, ActionStatus, Outbox, Outcome};
 use crate::secrets::Place;
@@ -128,7 +129,7 @@ pub async fn perform(
         models: &defaults.allowed_models,
         metadata,
     };
-    let team = call(services, "litellm", "team_new", || {
+    let team = call(services, LiteLlmCall::TeamNew, || {
         litellm.create_team(&new_team)
     })
     .await?;
@@ -140,11 +141,11 @@ pub async fn perform(
         return Err(ActionError::LeaseLost);
     }
     let new_user = keys::new_user(services, &owner, org.owner_email.as_deref(), &profile);
-    call(services, "litellm", "user_new", || {
+    call(services, LiteLlmCall::UserNew, || {
         litellm.create_user(&new_user)
     })
     .await?;
-    call(services, "litellm", "team_member_add", || {
+    call(services, LiteLlmCall::TeamMemberAdd, || {
         litellm.add_team_member(&team_id, &owner, defaults.team_max_budget)
     })
     .await?;

@@ -1,8 +1,9 @@
 //! The simulator's command line (`orgkeeper simulate stripe`).
 
 use super::server::mask_key;
-use super::{Faults, DEFAULT_API_KEY, DEFAULT_PORT, ENDPOINTS};
+use super::{Faults, DEFAULT_API_KEY, DEFAULT_PORT};
 use crate::simkit::{self, FaultFlags};
+use crate::stripe::Call;
 use std::fmt;
 
 /// Command-line settings of the simulator (`orgkeeper simulate stripe`).
@@ -53,9 +54,9 @@ impl SimulatorArgs {
     }
 }
 
-/// Parses `ENDPOINT=STATUS` for `--fail`: one of [`ENDPOINTS`], or `*` for every endpoint.
+/// Parses `ENDPOINT=STATUS` for `--fail`: a [`Call`]'s name, or `*` for every endpoint.
 fn parse_fail(s: &str) -> Result<(String, u16), String> {
-    let known: Vec<&str> = ENDPOINTS.into_iter().chain(["*"]).collect();
+    let known: Vec<&str> = Call::ALL.iter().map(|c| c.as_str()).chain(["*"]).collect();
     simkit::parse_fail(s, &known)
 }
 

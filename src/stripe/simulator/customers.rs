@@ -3,6 +3,7 @@
 use super::search::SearchQuery;
 use super::server::Endpoint;
 use super::{Inner, Stored, MAX_METADATA_KEYS, MAX_METADATA_KEY_LEN, MAX_METADATA_VALUE_LEN};
+use crate::stripe::Call;
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -64,7 +65,7 @@ pub(super) fn execute(
 ) -> Outcome {
     let id = id.unwrap_or_default();
     match endpoint {
-        Endpoint::Create => {
+        Endpoint::Call(Call::CreateCustomer) => {
             let changes = match CustomerChanges::parse(params) {
                 Ok(c) => c,
                 Err(o) => return o,
@@ -84,7 +85,7 @@ pub(super) fn execute(
             inner.stats.mutations += 1;
             Outcome::ok(inner.customers[&new_id].to_json())
         }
-        Endpoint::Update => {
+        Endpoint::Call(Call::UpdateCustomer) => {
             let changes = match CustomerChanges::parse(params) {
                 Ok(c) => c,
                 Err(o) => return o,
@@ -110,7 +111,7 @@ pub(super) fn execute(
             inner.stats.mutations += 1;
             Outcome::ok(body)
         }
-        Endpoint::Get => {
+        Endpoint::Call(Call::GetCustomer) => {
             if let Some(o) = unknown_param(params, &[]) {
                 return o;
             }
@@ -119,16 +120,18 @@ pub(super) fn execute(
                 None => Outcome::missing(id),
             }
         }
-        Endpoint::Delete => match inner.customers.get_mut(id).filter(|c| !c.deleted) {
-            Some(stored) => {
-                stored.deleted = true;
-                inner.stats.mutations += 1;
-                Outcome::ok(json!({"id": id, "object": "customer", "deleted": true}))
+        Endpoint::Call(Call::DeleteCustomer) => {
+            match inner.customers.get_mut(id).filter(|c| !c.deleted) {
+                Some(stored) => {
+                    stored.deleted = true;
+                    inner.stats.mutations += 1;
+                    Outcome::ok(json!({"id": id, "object": "customer", "deleted": true}))
+                }
+                None => Outcome::missing(id),
             }
-            None => Outcome::missing(id),
-        },
-        Endpoint::List => list(inner, params),
-        Endpoint::Search => search(inner, params),
+        }
+        Endpoint::Call(Call::ListCustomers) => list(inner, params),
+        Endpoint::Call(Call::SearchCustomers) => search(inner, params),
         Endpoint::Unknown => Outcome::invalid("Unrecognized request URL.".into(), None, None),
     }
 }

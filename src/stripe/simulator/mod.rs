@@ -86,16 +86,6 @@ pub const DEFAULT_API_KEY: &str = "sk_test_orgkeeper_dev";
 /// How long an idempotency key's result is kept (Stripe: 24 hours).
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The endpoint names used by `--fail` and [`SimStats`].
-pub const ENDPOINTS: [&str; 6] = [
-    "create_customer",
-    "update_customer",
-    "get_customer",
-    "list_customers",
-    "search_customers",
-    "delete_customer",
-];
-
 /// Most metadata keys a customer may carry (Stripe's limit).
 const MAX_METADATA_KEYS: usize = 50;
 /// Longest metadata key (Stripe's limit).
@@ -107,7 +97,7 @@ const MAX_METADATA_VALUE_LEN: usize = 500;
 pub struct SimStats {
     /// Customers that exist and are not deleted.
     pub customers: usize,
-    /// Responses sent, by endpoint name (see [`ENDPOINTS`]; `unknown` for
+    /// Responses sent, by endpoint name (see [`Call`](crate::stripe::Call); `unknown` for
     /// unrecognized URLs) and HTTP status.
     pub requests: BTreeMap<(String, u16), u64>,
     /// POSTs answered from the idempotency store (`Idempotent-Replayed: true`).

@@ -5,6 +5,7 @@ use super::customers::execute;
 use super::idempotency::{Reservation, ReservationGuard};
 use super::Shared;
 use crate::simkit::{self, pause, ConnHandle};
+use crate::stripe::Call;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -17,26 +18,19 @@ use std::sync::Arc;
 // ---------------------------------------------------------------------------
 // Requests
 
+/// What a request asks for: one of the customer endpoints, or a URL
+/// the simulator does not serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Endpoint {
-    Create,
-    Update,
-    Get,
-    List,
-    Search,
-    Delete,
+    Call(Call),
     Unknown,
 }
 
 impl Endpoint {
+    /// The endpoint's name in `--fail` and in [`SimStats`](super::SimStats).
     pub(super) fn name(self) -> &'static str {
         match self {
-            Endpoint::Create => "create_customer",
-            Endpoint::Update => "update_customer",
-            Endpoint::Get => "get_customer",
-            Endpoint::List => "list_customers",
-            Endpoint::Search => "search_customers",
-            Endpoint::Delete => "delete_customer",
+            Endpoint::Call(call) => call.as_str(),
             Endpoint::Unknown => "unknown",
         }
     }
@@ -47,14 +41,14 @@ fn route(method: &Method, path: &str) -> (Endpoint, Option<String>) {
     let path = path.trim_end_matches('/');
     if path == "/v1/customers/search" {
         return match *method {
-            Method::GET => (Endpoint::Search, None),
+            Method::GET => (Endpoint::Call(Call::SearchCustomers), None),
             _ => (Endpoint::Unknown, None),
         };
     }
     if path == "/v1/customers" {
         return match *method {
-            Method::POST => (Endpoint::Create, None),
-            Method::GET => (Endpoint::List, None),
+            Method::POST => (Endpoint::Call(Call::CreateCustomer), None),
+            Method::GET => (Endpoint::Call(Call::ListCustomers), None),
             _ => (Endpoint::Unknown, None),
         };
     }
@@ -62,9 +56,9 @@ fn route(method: &Method, path: &str) -> (Endpoint, Option<String>) {
         if !id.is_empty() && !id.contains('/') {
             let id = Some(percent_decode(id));
             return match *method {
-                Method::POST => (Endpoint::Update, id),
-                Method::GET => (Endpoint::Get, id),
-                Method::DELETE => (Endpoint::Delete, id),
+                Method::POST => (Endpoint::Call(Call::UpdateCustomer), id),
+                Method::GET => (Endpoint::Call(Call::GetCustomer), id),
+                Method::DELETE => (Endpoint::Call(Call::DeleteCustomer), id),
                 _ => (Endpoint::Unknown, None),
             };
         }
@@ -474,11 +468,17 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route(&Method::POST, "/v1/customers").0, Endpoint::Create);
-        assert_eq!(route(&Method::GET, "/v1/customers").0, Endpoint::List);
+        assert_eq!(
+            route(&Method::POST, "/v1/customers").0,
+            Endpoint::Call(Call::CreateCustomer)
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/customers").0,
+            Endpoint::Call(Call::ListCustomers)
+        );
         assert_eq!(
             route(&Method::GET, "/v1/customers/search").0,
-            Endpoint::Search
+            Endpoint::Call(Call::SearchCustomers)
         );
         assert_eq!(
             route(&Method::POST, "/v1/customers/search").0,
@@ -486,11 +486,11 @@ mod tests {
         );
         assert_eq!(
             route(&Method::POST, "/v1/customers/cus_1"),
-            (Endpoint::Update, Some("cus_1".into()))
+            (Endpoint::Call(Call::UpdateCustomer), Some("cus_1".into()))
         );
         assert_eq!(
             route(&Method::DELETE, "/v1/customers/cus_1").0,
-            Endpoint::Delete
+            Endpoint::Call(Call::DeleteCustomer)
         );
         assert_eq!(
             route(&Method::GET, "/v1/customers/a/b").0,
