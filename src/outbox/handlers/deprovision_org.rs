@@ -14,8 +14,8 @@
 //! The organization then stays `deprovisioning` and `orgkeeper actions list
 //! --status failed` shows the action; `orgkeeper actions retry` finishes it.
 
-use super::{keys, ActionError, Finish, Services};
-use crate::outbox::Action;
+use super::{keys, ActionError, Finish, Handler, Performing, Services};
+use crate::outbox::{Action, Outbox};
 use sqlx::Row;
 
 /// Deletes the team if it is ours, then the org row with its tombstone.
@@ -56,5 +56,19 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
             "organization {org_id} stopped deprovisioning while its team was being deleted; the row was kept"
         ))),
         _ => Err(ActionError::LeaseLost),
+    }
+}
+
+/// The `litellm.deprovision_org` handler.
+pub(super) struct DeprovisionOrg;
+
+impl Handler for DeprovisionOrg {
+    fn perform<'a>(
+        &'a self,
+        services: &'a Services,
+        _outbox: &'a Outbox,
+        action: &'a Action,
+    ) -> Performing<'a> {
+        Box::pin(perform(services, action))
     }
 }

@@ -14,7 +14,9 @@
 //! unlimited" the proxy would report the sentinel).
 
 use super::provision_org::PERSONAL_TEAM_ALIAS;
-use super::{call, keys, payload_str, ActionError, Finish, Services};
+use super::{
+    call, keys, payload_str, ActionError, Compensating, Finish, Handler, Performing, Services,
+};
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, MemberBudget, NewTeam, UNLIMITED_MAX_BUDGET};
 use crate::outbox::{Action, Outbox, Outcome};
@@ -403,6 +405,45 @@ async fn record_team_ready(
         Ok(Finish::Recorded)
     } else {
         Err(ActionError::LeaseLost)
+    }
+}
+
+/// The `litellm.migrate_user` handler.
+pub(super) struct MigrateUser;
+
+impl Handler for MigrateUser {
+    fn perform<'a>(
+        &'a self,
+        services: &'a Services,
+        outbox: &'a Outbox,
+        action: &'a Action,
+    ) -> Performing<'a> {
+        Box::pin(migrate(services, outbox, action))
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        services: &'a Services,
+        _outbox: &'a Outbox,
+        action: &'a Action,
+        error: &'a str,
+        _may_retry: bool,
+    ) -> Compensating<'a> {
+        Box::pin(give_up(services, action, error))
+    }
+}
+
+/// The `litellm.rollback_user` handler.
+pub(super) struct RollbackUser;
+
+impl Handler for RollbackUser {
+    fn perform<'a>(
+        &'a self,
+        services: &'a Services,
+        _outbox: &'a Outbox,
+        action: &'a Action,
+    ) -> Performing<'a> {
+        Box::pin(rollback(services, action))
     }
 }
 

@@ -1,6 +1,8 @@
-//! The action handlers: one module per action kind, and the registry that
-//! maps a kind to its handler. A new external action is a new module plus
-//! one line in [`perform`] (and in [`compensate`] if it has something to undo).
+//! The action handlers: one module per action kind (or pair of kinds), each
+//! implementing [`Handler`], and the registry [`handler`] that maps an
+//! [`ActionKind`] to its handler. A new external action is a new kind, a
+//! new module implementing [`Handler`] (its `compensate` if it has
+//! something to undo) and one line in [`handler`].
 //!
 //! Handlers talk to the outside world through the clients in `litellm` and
 //! `stripe`, and to the database only through SQL functions.
@@ -25,6 +27,7 @@ use crate::monitoring::Metrics;
 use crate::outbox::{Action, ActionKind, ActionStatus, Outbox, Outcome};
 use crate::secrets::{Keyring, SecretError};
 use crate::stripe::{StripeClient, StripeError};
+use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::future::Future;
@@ -154,33 +157,71 @@ where
     }
 }
 
+/// A handler's forward work in progress.
+pub type Performing<'a> = BoxFuture<'a, Result<Finish, ActionError>>;
+
+/// A handler's compensation in progress; it ends with the attempt's outcome.
+pub type Compensating<'a> = BoxFuture<'a, sqlx::Result<Outcome>>;
+
+/// What the daemon does with one kind of action. The futures are boxed so
+/// that [`handler`] can hand out every kind's handler as the same type.
+pub trait Handler: Sync {
+    /// Performs the action's forward work.
+    fn perform<'a>(
+        &'a self,
+        services: &'a Services,
+        outbox: &'a Outbox,
+        action: &'a Action,
+    ) -> Performing<'a>;
+
+    /// Undoes what the action may have done after the permanent failure
+    /// `error`, and ends it as `compensated` or `failed`, or schedules the
+    /// cleanup again when it failed transiently and `may_retry`. By default
+    /// there is nothing to undo: the action ends `failed`.
+    fn compensate<'a>(
+        &'a self,
+        _services: &'a Services,
+        outbox: &'a Outbox,
+        action: &'a Action,
+        _error: &'a str,
+        _may_retry: bool,
+    ) -> Compensating<'a> {
+        Box::pin(nothing_to_undo(outbox, action))
+    }
+}
+
+/// The handler of each action kind.
+pub fn handler(kind: ActionKind) -> &'static dyn Handler {
+    match kind {
+        ActionKind::ProvisionOrg => &provision_org::ProvisionOrg,
+        ActionKind::DeleteTeam => &delete_team::DeleteTeam,
+        ActionKind::DeprovisionOrg => &deprovision_org::DeprovisionOrg,
+        ActionKind::AddMember => &members::AddMember,
+        ActionKind::RemoveMember => &members::RemoveMember,
+        ActionKind::RotateKey => &rotate_key::RotateKey,
+        ActionKind::VerifyKey => &verify_key::VerifyKey,
+        ActionKind::SetBudget => &set_budget::SetBudget,
+        ActionKind::MigrateUser => &migrate_user::MigrateUser,
+        ActionKind::RollbackUser => &migrate_user::RollbackUser,
+        ActionKind::CreateCustomer => &create_customer::CreateCustomer,
+        ActionKind::MigrateCustomer => &stripe_customer::MigrateCustomer,
+        ActionKind::RollbackCustomer => &stripe_customer::RollbackCustomer,
+        ActionKind::Reencrypt => &reencrypt::Reencrypt,
+    }
+}
+
 /// Performs `action`'s forward work with the handler for its kind.
 pub async fn perform(
     services: &Services,
     outbox: &Outbox,
     action: &Action,
 ) -> Result<Finish, ActionError> {
-    let Ok(kind) = action.kind.parse::<ActionKind>() else {
-        return Err(ActionError::Permanent(format!(
+    match action.kind.parse() {
+        Ok(kind) => handler(kind).perform(services, outbox, action).await,
+        Err(_) => Err(ActionError::Permanent(format!(
             "this daemon has no handler for action kind {:?}; run a daemon version that knows it, then orgkeeper actions retry",
             action.kind
-        )));
-    };
-    match kind {
-        ActionKind::ProvisionOrg => provision_org::perform(services, outbox, action).await,
-        ActionKind::DeleteTeam => delete_team::perform(services, action).await,
-        ActionKind::DeprovisionOrg => deprovision_org::perform(services, action).await,
-        ActionKind::AddMember => members::add(services, outbox, action).await,
-        ActionKind::RemoveMember => members::remove(services, action).await,
-        ActionKind::RotateKey => rotate_key::perform(services, outbox, action).await,
-        ActionKind::VerifyKey => verify_key::perform(services, outbox, action).await,
-        ActionKind::SetBudget => set_budget::perform(services, action).await,
-        ActionKind::MigrateUser => migrate_user::migrate(services, outbox, action).await,
-        ActionKind::RollbackUser => migrate_user::rollback(services, action).await,
-        ActionKind::CreateCustomer => create_customer::perform(services, action).await,
-        ActionKind::MigrateCustomer => stripe_customer::migrate(services, action).await,
-        ActionKind::RollbackCustomer => stripe_customer::rollback(services, action).await,
-        ActionKind::Reencrypt => reencrypt::perform(services, action).await,
+        ))),
     }
 }
 
@@ -194,10 +235,9 @@ pub async fn prepare(
     provision_org::prepare(services, outbox, batch).await
 }
 
-/// Undoes what `action` may have done after a permanent failure `error`, and
-/// ends it as `compensated` or `failed`, or schedules the cleanup again when
-/// it failed transiently and `may_retry` (returns the outcome). Kinds with
-/// nothing to undo end as `failed` with the error.
+/// Undoes what `action` may have done after a permanent failure `error`
+/// with the handler for its kind (see [`Handler::compensate`]); an action of
+/// a kind this daemon does not know has nothing to undo.
 pub async fn compensate(
     services: &Services,
     outbox: &Outbox,
@@ -206,22 +246,26 @@ pub async fn compensate(
     may_retry: bool,
 ) -> sqlx::Result<Outcome> {
     match action.kind.parse() {
-        Ok(ActionKind::ProvisionOrg) => {
-            provision_org::compensate(services, outbox, action, error, may_retry).await
+        Ok(kind) => {
+            handler(kind)
+                .compensate(services, outbox, action, error, may_retry)
+                .await
         }
-        Ok(ActionKind::MigrateUser) => migrate_user::give_up(services, action, error).await,
-        _ => {
-            outbox
-                .finish(
-                    action,
-                    ActionStatus::Failed,
-                    &json!({ "cleanup": "nothing to undo" }),
-                    None,
-                )
-                .await?;
-            Ok(Outcome::Failed)
-        }
+        Err(_) => nothing_to_undo(outbox, action).await,
     }
+}
+
+/// Ends an action that has nothing to undo as `failed`.
+async fn nothing_to_undo(outbox: &Outbox, action: &Action) -> sqlx::Result<Outcome> {
+    outbox
+        .finish(
+            action,
+            ActionStatus::Failed,
+            &json!({ "cleanup": "nothing to undo" }),
+            None,
+        )
+        .await?;
+    Ok(Outcome::Failed)
 }
 
 /// A required string field of an action's payload.

@@ -15,7 +15,7 @@
 //! owner's key goes to their membership; no key is shared by the org.
 
 use super::keys::{self, TeamDeletion};
-use super::{call, ActionError, Finish, Services};
+use super::{call, ActionError, Compensating, Finish, Handler, Performing, Services};
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, NewTeam};
 use crate::outbox::{Action, ActionKind, ActionStatus, Outbox, Outcome};
@@ -234,4 +234,29 @@ pub async fn compensate(
     } else {
         Outcome::Failed
     })
+}
+
+/// The `litellm.provision_org` handler.
+pub(super) struct ProvisionOrg;
+
+impl Handler for ProvisionOrg {
+    fn perform<'a>(
+        &'a self,
+        services: &'a Services,
+        outbox: &'a Outbox,
+        action: &'a Action,
+    ) -> Performing<'a> {
+        Box::pin(perform(services, outbox, action))
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        services: &'a Services,
+        outbox: &'a Outbox,
+        action: &'a Action,
+        error: &'a str,
+        may_retry: bool,
+    ) -> Compensating<'a> {
+        Box::pin(compensate(services, outbox, action, error, may_retry))
+    }
 }

@@ -11,8 +11,8 @@
 //! the action permanently, naming the user and every such field, and writes
 //! nothing: a ciphertext is never stored as if it were a key.
 
-use super::{ActionError, Finish, Services};
-use crate::outbox::{Action, ActionKind};
+use super::{ActionError, Finish, Handler, Performing, Services};
+use crate::outbox::{Action, ActionKind, Outbox};
 use crate::secrets::{Keyring, Place};
 use serde_json::{json, Value};
 
@@ -89,5 +89,19 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     match recorded.as_str() {
         "lease_lost" => Err(ActionError::LeaseLost),
         _ => Ok(Finish::Recorded),
+    }
+}
+
+/// The `secrets.reencrypt` handler.
+pub(super) struct Reencrypt;
+
+impl Handler for Reencrypt {
+    fn perform<'a>(
+        &'a self,
+        services: &'a Services,
+        _outbox: &'a Outbox,
+        action: &'a Action,
+    ) -> Performing<'a> {
+        Box::pin(perform(services, action))
     }
 }

@@ -2,10 +2,10 @@
 //! first, then every active member's `max_budget_in_team` (as OpenHands
 //! does). Each call sets a value, so repeating the action is harmless.
 
-use super::{call, payload_str, ActionError, Finish, Services};
+use super::{call, payload_str, ActionError, Finish, Handler, Performing, Services};
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::Deleted;
-use crate::outbox::Action;
+use crate::outbox::{Action, Outbox};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -42,4 +42,18 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
         "members_updated": updated,
         "members_absent": members.len() - updated,
     })))
+}
+
+/// The `litellm.set_budget` handler.
+pub(super) struct SetBudget;
+
+impl Handler for SetBudget {
+    fn perform<'a>(
+        &'a self,
+        services: &'a Services,
+        _outbox: &'a Outbox,
+        action: &'a Action,
+    ) -> Performing<'a> {
+        Box::pin(perform(services, action))
+    }
 }
