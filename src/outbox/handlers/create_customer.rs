@@ -26,8 +26,8 @@
 //! customer; one deleted while Stripe answered leaves the customer recorded
 //! detached (`org_id` NULL), as `delete_org` does with an org's customers.
 
-use super::{call, payload_str, ActionError, Finish, Handler, Performing, Services};
-use crate::outbox::{Action, Outbox};
+use super::{call, payload_str, ActionError, Finish, Services};
+use crate::outbox::Action;
 use crate::stripe::Call as StripeCall;
 use crate::stripe::{Customer, StripeClient};
 use serde_json::{json, Value};
@@ -132,16 +132,8 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     }
 }
 
-/// The `stripe.create_customer` handler.
-pub(super) struct CreateCustomer;
-
-impl Handler for CreateCustomer {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        _outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(perform(services, action))
-    }
-}
+perform_only_handler!(
+    /// The `stripe.create_customer` handler.
+    CreateCustomer,
+    |services, _outbox, action| perform(services, action)
+);

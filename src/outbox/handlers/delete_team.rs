@@ -8,8 +8,8 @@
 //! (`orgkeeper.record_team_deleted`) completes the action and adds the
 //! outcome to the organization's tombstone, in one transaction.
 
-use super::{keys, payload_str, ActionError, Finish, Handler, Performing, Services};
-use crate::outbox::{Action, Outbox};
+use super::{keys, payload_str, ActionError, Finish, Services};
+use crate::outbox::Action;
 
 /// Deletes the team named in the payload, if it is this organization's.
 pub async fn perform(services: &Services, action: &Action) -> Result<Finish, ActionError> {
@@ -31,16 +31,8 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     }
 }
 
-/// The `litellm.delete_team` handler.
-pub(super) struct DeleteTeam;
-
-impl Handler for DeleteTeam {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        _outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(perform(services, action))
-    }
-}
+perform_only_handler!(
+    /// The `litellm.delete_team` handler.
+    DeleteTeam,
+    |services, _outbox, action| perform(services, action)
+);

@@ -14,8 +14,8 @@
 //! The organization then stays `deprovisioning` and `orgkeeper actions list
 //! --status failed` shows the action; `orgkeeper actions retry` finishes it.
 
-use super::{keys, ActionError, Finish, Handler, Performing, Services};
-use crate::outbox::{Action, Outbox};
+use super::{keys, ActionError, Finish, Services};
+use crate::outbox::Action;
 use sqlx::Row;
 
 /// Deletes the team if it is ours, then the org row with its tombstone.
@@ -59,16 +59,8 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     }
 }
 
-/// The `litellm.deprovision_org` handler.
-pub(super) struct DeprovisionOrg;
-
-impl Handler for DeprovisionOrg {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        _outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(perform(services, action))
-    }
-}
+perform_only_handler!(
+    /// The `litellm.deprovision_org` handler.
+    DeprovisionOrg,
+    |services, _outbox, action| perform(services, action)
+);

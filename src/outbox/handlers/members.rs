@@ -3,7 +3,7 @@
 //! being an active member (enqueued by the trigger
 //! `orgkeeper.org_member_key_lifecycle`).
 
-use super::{call, keys, ActionError, Finish, Handler, Performing, Services};
+use super::{call, keys, ActionError, Finish, Services};
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, Deleted};
 use crate::outbox::{Action, ActionKind, Outbox};
@@ -92,30 +92,14 @@ pub async fn remove(services: &Services, action: &Action) -> Result<Finish, Acti
     })))
 }
 
-/// The `litellm.add_member` handler.
-pub(super) struct AddMember;
+perform_only_handler!(
+    /// The `litellm.add_member` handler.
+    AddMember,
+    |services, outbox, action| add(services, outbox, action)
+);
 
-impl Handler for AddMember {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(add(services, outbox, action))
-    }
-}
-
-/// The `litellm.remove_member` handler.
-pub(super) struct RemoveMember;
-
-impl Handler for RemoveMember {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        _outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(remove(services, action))
-    }
-}
+perform_only_handler!(
+    /// The `litellm.remove_member` handler.
+    RemoveMember,
+    |services, _outbox, action| remove(services, action)
+);

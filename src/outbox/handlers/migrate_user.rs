@@ -433,19 +433,11 @@ impl Handler for MigrateUser {
     }
 }
 
-/// The `litellm.rollback_user` handler.
-pub(super) struct RollbackUser;
-
-impl Handler for RollbackUser {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        _outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(rollback(services, action))
-    }
-}
+perform_only_handler!(
+    /// The `litellm.rollback_user` handler.
+    RollbackUser,
+    |services, _outbox, action| rollback(services, action)
+);
 
 #[cfg(test)]
 mod tests {

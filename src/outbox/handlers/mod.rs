@@ -7,6 +7,26 @@
 //! Handlers talk to the outside world through the clients in `litellm` and
 //! `stripe`, and to the database only through SQL functions.
 
+/// Declares a handler with nothing to undo: a unit struct whose
+/// [`Handler::perform`] is `$perform` over `services`, `outbox` and `action`
+/// (named by the caller, `_`-prefixed when unused).
+macro_rules! perform_only_handler {
+    ($(#[$meta:meta])* $name:ident, |$services:ident, $outbox:ident, $action:ident| $perform:expr) => {
+        $(#[$meta])*
+        pub(super) struct $name;
+
+        impl $crate::outbox::handlers::Handler for $name {
+            fn perform<'a>(
+                &'a self,
+                $services: &'a $crate::outbox::handlers::Services,
+                $outbox: &'a $crate::outbox::Outbox,
+                $action: &'a $crate::outbox::Action,
+            ) -> $crate::outbox::handlers::Performing<'a> {
+                Box::pin($perform)
+            }
+        }
+    };
+}
 mod create_customer;
 mod delete_team;
 mod deprovision_org;

@@ -11,8 +11,8 @@
 //! the action permanently, naming the user and every such field, and writes
 //! nothing: a ciphertext is never stored as if it were a key.
 
-use super::{ActionError, Finish, Handler, Performing, Services};
-use crate::outbox::{Action, ActionKind, Outbox};
+use super::{ActionError, Finish, Services};
+use crate::outbox::{Action, ActionKind};
 use crate::secrets::{Keyring, Place};
 use serde_json::{json, Value};
 
@@ -92,16 +92,8 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     }
 }
 
-/// The `secrets.reencrypt` handler.
-pub(super) struct Reencrypt;
-
-impl Handler for Reencrypt {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        _outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(perform(services, action))
-    }
-}
+perform_only_handler!(
+    /// The `secrets.reencrypt` handler.
+    Reencrypt,
+    |services, _outbox, action| perform(services, action)
+);

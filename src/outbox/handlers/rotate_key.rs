@@ -13,7 +13,7 @@
 //!    (re-encrypted meanwhile by `orgkeeper secrets rotate`);
 //! 5. delete the old key (already gone = done).
 
-use super::{call, keys, ActionError, Finish, Handler, Performing, Services};
+use super::{call, keys, ActionError, Finish, Services};
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{hash_key, Deleted};
 use crate::outbox::{Action, Outbox};
@@ -164,16 +164,8 @@ async fn reencrypted(
     }))
 }
 
-/// The `litellm.rotate_key` handler.
-pub(super) struct RotateKey;
-
-impl Handler for RotateKey {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(perform(services, outbox, action))
-    }
-}
+perform_only_handler!(
+    /// The `litellm.rotate_key` handler.
+    RotateKey,
+    |services, outbox, action| perform(services, outbox, action)
+);

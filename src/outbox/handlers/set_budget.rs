@@ -2,10 +2,10 @@
 //! first, then every active member's `max_budget_in_team` (as OpenHands
 //! does). Each call sets a value, so repeating the action is harmless.
 
-use super::{call, payload_str, ActionError, Finish, Handler, Performing, Services};
+use super::{call, payload_str, ActionError, Finish, Services};
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::Deleted;
-use crate::outbox::{Action, Outbox};
+use crate::outbox::Action;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -44,16 +44,8 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     })))
 }
 
-/// The `litellm.set_budget` handler.
-pub(super) struct SetBudget;
-
-impl Handler for SetBudget {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        _outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(perform(services, action))
-    }
-}
+perform_only_handler!(
+    /// The `litellm.set_budget` handler.
+    SetBudget,
+    |services, _outbox, action| perform(services, action)
+);

@@ -4,8 +4,8 @@
 //! The update is naturally idempotent, and every call carries an
 //! `Idempotency-Key` derived from the action id, so Stripe replays a retry.
 
-use super::{call, payload_str, ActionError, Finish, Handler, Performing, Services};
-use crate::outbox::{Action, Outbox};
+use super::{call, payload_str, ActionError, Finish, Services};
+use crate::outbox::Action;
 use crate::stripe::Call as StripeCall;
 use crate::stripe::StripeClient;
 use serde_json::{json, Value};
@@ -51,30 +51,14 @@ pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, Ac
     ))
 }
 
-/// The `stripe.migrate_customer` handler.
-pub(super) struct MigrateCustomer;
+perform_only_handler!(
+    /// The `stripe.migrate_customer` handler.
+    MigrateCustomer,
+    |services, _outbox, action| migrate(services, action)
+);
 
-impl Handler for MigrateCustomer {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        _outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(migrate(services, action))
-    }
-}
-
-/// The `stripe.rollback_customer` handler.
-pub(super) struct RollbackCustomer;
-
-impl Handler for RollbackCustomer {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        _outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(rollback(services, action))
-    }
-}
+perform_only_handler!(
+    /// The `stripe.rollback_customer` handler.
+    RollbackCustomer,
+    |services, _outbox, action| rollback(services, action)
+);

@@ -6,7 +6,7 @@
 //! a key meant for this LiteLLM proxy: one used with another base URL (the
 //! user's own provider) is neither checked nor replaced.
 
-use super::{keys, ActionError, Finish, Handler, Performing, Services};
+use super::{keys, ActionError, Finish, Services};
 use crate::litellm::Call as LiteLlmCall;
 use crate::outbox::{Action, Outbox};
 use crate::secrets::Place;
@@ -63,16 +63,8 @@ pub async fn perform(
     keys::store(services, action, org_id, user_id, &key, result).await
 }
 
-/// The `litellm.verify_key` handler.
-pub(super) struct VerifyKey;
-
-impl Handler for VerifyKey {
-    fn perform<'a>(
-        &'a self,
-        services: &'a Services,
-        outbox: &'a Outbox,
-        action: &'a Action,
-    ) -> Performing<'a> {
-        Box::pin(perform(services, outbox, action))
-    }
-}
+perform_only_handler!(
+    /// The `litellm.verify_key` handler.
+    VerifyKey,
+    |services, outbox, action| perform(services, outbox, action)
+);
