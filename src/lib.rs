@@ -11,6 +11,7 @@ pub mod legacy_data;
 pub mod legacy_secrets;
 pub mod litellm;
 pub mod monitoring;
+pub mod names;
 pub mod outbox;
 #[cfg(feature = "dev-tools")]
 pub mod pgcluster;

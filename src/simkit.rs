@@ -1,7 +1,7 @@
 //! What the simulators share: fault injection and the server lifecycle.
 //!
-//! The LiteLLM and Stripe simulators parse the same fault flags into
-//! [`Faults`], draw each request's faults with [`roll`], close connections
+//! The LiteLLM and Stripe simulators take the same fault flags
+//! ([`FaultFlags`]) and turn them into [`Faults`], draw each request's faults with [`roll`], close connections
 //! without an answer through [`ConnHandle`], and run as a [`SimServer`] on
 //! 127.0.0.1 ([`serve_until_signal`] from the command line). Each simulator
 //! decides the order in which the drawn faults apply and what its errors
@@ -66,6 +66,41 @@ impl Faults {
     }
 }
 
+/// The fault flags both simulators take on their command line (`--fail`,
+/// whose endpoint names differ, is each simulator's own).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FaultFlags {
+    /// Fraction (0..1) of requests answered with a simulated server error
+    /// (5xx), without acting.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub error_rate: f64,
+    /// Latency added to every request, in milliseconds: `N`, or `MIN..MAX`
+    /// for a uniform pick.
+    #[arg(long, default_value = "0", value_parser = parse_latency)]
+    pub latency_ms: (u64, u64),
+    /// A mutating call's first successful attempt acts, then answers 502 (a
+    /// lost answer): per resource on LiteLLM, per idempotency key on Stripe.
+    #[arg(long)]
+    pub perform_then_502: bool,
+    /// Fraction (0..1) of requests whose connection is closed without an
+    /// answer (and without acting).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub drop_rate: f64,
+}
+
+impl FaultFlags {
+    /// These flags with the `--fail` rules, as the faults to inject.
+    pub fn faults(&self, fail: &[(String, u16)]) -> Faults {
+        Faults {
+            error_rate: self.error_rate,
+            latency_ms: self.latency_ms,
+            perform_then_502: self.perform_then_502,
+            drop_rate: self.drop_rate,
+            fail: fail.to_vec(),
+        }
+    }
+}
+
 fn clamp_fraction(v: f64) -> f64 {
     if v.is_nan() {
         0.0
@@ -107,17 +142,17 @@ pub fn parse_latency(s: &str) -> Result<(u64, u64), String> {
     Ok((min, max))
 }
 
-/// Parses `ENDPOINT=STATUS` for `--fail`: the endpoint one of `known`, the
-/// status an error status (400..599).
+/// Parses `ENDPOINT=STATUS` for `--fail`: the endpoint one of `known` or
+/// `*` (every endpoint), the status an error status (400..599).
 pub fn parse_fail(s: &str, known: &[&str]) -> Result<(String, u16), String> {
     let example = known.first().copied().unwrap_or("ENDPOINT");
     let (endpoint, status) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not ENDPOINT=STATUS (e.g. {example}=503)"))?;
     let endpoint = endpoint.trim();
-    if !known.contains(&endpoint) {
+    if endpoint != "*" && !known.contains(&endpoint) {
         return Err(format!(
-            "unknown endpoint {endpoint:?}; known: {}",
+            "unknown endpoint {endpoint:?}; known: {}, or * for every endpoint",
             known.join(", ")
         ));
     }

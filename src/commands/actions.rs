@@ -1,5 +1,6 @@
 //! `orgkeeper actions …`: look into the outbox and act on stuck actions.
 
+use crate::outbox::{ActionKind, ActionStatus};
 use clap::Subcommand;
 use sqlx::{PgPool, Row};
 use std::process::ExitCode;
@@ -11,10 +12,10 @@ pub enum ActionsCommand {
     List {
         /// Only actions in this status (pending, running, done, failed, compensating, compensated, cancelled)
         #[arg(long)]
-        status: Option<String>,
+        status: Option<ActionStatus>,
         /// Only actions of this kind, e.g. litellm.provision_org
         #[arg(long)]
-        kind: Option<String>,
+        kind: Option<ActionKind>,
         /// Only actions of this organization
         #[arg(long)]
         org: Option<uuid::Uuid>,
@@ -57,8 +58,8 @@ pub async fn run(pool: &PgPool, command: ActionsCommand) -> anyhow::Result<ExitC
                     AND ($3::uuid IS NULL OR org_id = $3)
                   ORDER BY id DESC LIMIT $4",
             )
-            .bind(&status)
-            .bind(&kind)
+            .bind(status.map(ActionStatus::as_str))
+            .bind(kind.map(ActionKind::as_str))
             .bind(org)
             .bind(limit)
             .fetch_all(pool)
@@ -119,7 +120,13 @@ pub async fn run(pool: &PgPool, command: ActionsCommand) -> anyhow::Result<ExitC
             .await
         }
         ActionsCommand::Cancel { id } => {
-            sql_command(pool, "SELECT orgkeeper.cancel_action($1)", id, "cancelled").await
+            sql_command(
+                pool,
+                "SELECT orgkeeper.cancel_action($1)",
+                id,
+                ActionStatus::Cancelled.as_str(),
+            )
+            .await
         }
     }
 }

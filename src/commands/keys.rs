@@ -2,6 +2,7 @@
 //! Both run as outbox actions performed by the daemon (`orgkeeper listen`),
 //! so the check is exactly the one user migration makes.
 
+use crate::outbox::{ActionKind, ActionStatus};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sqlx::{PgPool, Row};
@@ -69,9 +70,10 @@ pub async fn run(pool: &PgPool, command: KeysCommand) -> anyhow::Result<ExitCode
                 Ok(ids) => {
                     println!(
                         "{} key rotation(s) enqueued for organization {org} (actions {}); \
-                         the daemon performs them — follow with: orgkeeper actions list --kind litellm.rotate_key --org {org}",
+                         the daemon performs them — follow with: orgkeeper actions list --kind {} --org {org}",
                         ids.len(),
-                        ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                        ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", "),
+                        ActionKind::RotateKey,
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -121,10 +123,11 @@ async fn verify_report(pool: &PgPool, ids: &[i64], wait: Duration) -> anyhow::Re
             bar.abandon();
             eprintln!(
                 "error: {} of {} checks are still waiting after {}s: is the daemon (orgkeeper listen) running? \
-                 The actions stay queued; see: orgkeeper actions list --kind litellm.verify_key",
+                 The actions stay queued; see: orgkeeper actions list --kind {}",
                 rows.len() - finished,
                 rows.len(),
-                wait.as_secs()
+                wait.as_secs(),
+                ActionKind::VerifyKey,
             );
             return Ok(ExitCode::from(1));
         }
@@ -135,15 +138,17 @@ async fn verify_report(pool: &PgPool, ids: &[i64], wait: Duration) -> anyhow::Re
     println!("{:<36}  {:<36}  verdict", "organization", "user");
     for row in &rows {
         let result: Option<serde_json::Value> = row.get("result");
-        let verdict = match (row.get::<String, _>("status").as_str(), result.as_ref()) {
-            ("done", Some(r)) if r["valid"] == true => "valid".to_string(),
-            ("done", Some(r)) if r["valid"] == false => {
+        let status: String = row.get("status");
+        let done = status == ActionStatus::Done.as_str();
+        let verdict = match (done, result.as_ref()) {
+            (true, Some(r)) if r["valid"] == true => "valid".to_string(),
+            (true, Some(r)) if r["valid"] == false => {
                 invalid += 1;
                 "INVALID: the proxy refuses it (replace it: orgkeeper keys rotate)".to_string()
             }
-            ("done", Some(r)) if r["skipped"].is_string() => format!("skipped: {}", r["skipped"]),
-            ("done", _) => "inconclusive: the proxy did not answer 2xx, 401 or 403".to_string(),
-            (status, _) => format!(
+            (true, Some(r)) if r["skipped"].is_string() => format!("skipped: {}", r["skipped"]),
+            (true, _) => "inconclusive: the proxy did not answer 2xx, 401 or 403".to_string(),
+            (false, _) => format!(
                 "check {status}: {}",
                 row.get::<Option<String>, _>("last_error")
                     .unwrap_or_default()
@@ -165,8 +170,7 @@ async fn verify_report(pool: &PgPool, ids: &[i64], wait: Duration) -> anyhow::Re
 
 /// Whether an outbox action row reached a terminal status.
 fn is_finished(row: &sqlx::postgres::PgRow) -> bool {
-    matches!(
-        row.get::<String, _>("status").as_str(),
-        "done" | "failed" | "compensated" | "cancelled"
-    )
+    row.get::<String, _>("status")
+        .parse::<ActionStatus>()
+        .is_ok_and(ActionStatus::is_terminal)
 }

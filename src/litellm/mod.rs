@@ -3,12 +3,14 @@
 //! `orgkeeper dev` and `orgkeeper simulate litellm`. Both follow
 //! `shared/spec/litellm.md`, quirks included.
 
+mod call;
 mod client;
 #[cfg(feature = "dev-tools")]
 pub mod simulator;
 
 #[cfg(feature = "dev-tools")]
 pub use crate::simkit::Faults;
+pub use call::Call;
 pub use client::{
     hash_key, Created, Deleted, ListedKey, LiteLlmClient, LiteLlmConfig, LiteLlmError,
     MemberBudget, NewKey, NewTeam, NewUser, TeamInfo, TeamOwner, UserInfo, DEFAULT_AUTH_HEADER,

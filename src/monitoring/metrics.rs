@@ -1,6 +1,7 @@
 //! The daemon's Prometheus metrics: counters and histograms recorded by the
 //! worker and the handlers, rendered as Prometheus text.
 
+use crate::outbox::Outcome;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -30,18 +31,32 @@ impl Histogram {
     }
 }
 
+/// A call to an external service, as its latency histogram labels it.
+pub trait ExternalCall: Copy + Into<&'static str> {
+    /// The service called (the `service` label: `litellm`, `stripe`).
+    const SERVICE: &'static str;
+}
+
+impl ExternalCall for crate::litellm::Call {
+    const SERVICE: &'static str = "litellm";
+}
+
+impl ExternalCall for crate::stripe::Call {
+    const SERVICE: &'static str = "stripe";
+}
+
 /// The daemon's counters and histograms, shared by its tasks.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    actions: Mutex<BTreeMap<(String, &'static str), u64>>,
+    actions: Mutex<BTreeMap<(String, Outcome), u64>>,
     claim: Mutex<Histogram>,
     calls: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     in_flight: AtomicI64,
 }
 
 impl Metrics {
-    /// Counts an action outcome (`done`, `retried`, `compensated`, `failed`, `lease_lost`, `released`).
-    pub fn action(&self, kind: &str, outcome: &'static str) {
+    /// Counts an action outcome.
+    pub fn action(&self, kind: &str, outcome: Outcome) {
         *self
             .actions
             .lock()
@@ -56,11 +71,11 @@ impl Metrics {
     }
 
     /// Records how long one external call took.
-    pub fn call_latency(&self, service: &'static str, call: &'static str, elapsed: Duration) {
+    pub fn call_latency<C: ExternalCall>(&self, call: C, elapsed: Duration) {
         self.calls
             .lock()
             .unwrap()
-            .entry((service, call))
+            .entry((C::SERVICE, call.into()))
             .or_default()
             .observe(elapsed.as_secs_f64());
     }
@@ -71,7 +86,7 @@ impl Metrics {
     }
 
     /// How many actions ended with `outcome` (all kinds).
-    pub fn count(&self, outcome: &str) -> u64 {
+    pub fn count(&self, outcome: Outcome) -> u64 {
         self.actions
             .lock()
             .unwrap()

@@ -2,10 +2,12 @@
 //! lease), the retry policy, and the listen/poll loop that drives it all.
 
 pub mod handlers;
+mod kind;
 mod retry;
 mod store;
 mod worker;
 
+pub use kind::{ActionKind, ActionStatus, Outcome};
 pub use retry::RetryPolicy;
 pub use store::{Action, Outbox};
 pub use worker::{Daemon, Shutdown};

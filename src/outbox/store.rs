@@ -1,6 +1,7 @@
 //! The daemon's side of the outbox table: one method per SQL function in
 //! `sql/outbox.sql`. Every write is fenced on this replica's lease.
 
+use super::ActionStatus;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use std::time::Duration;
@@ -192,14 +193,14 @@ impl Outbox {
     pub async fn finish(
         &self,
         action: &Action,
-        status: &str,
+        status: ActionStatus,
         result: &Value,
         error: Option<&str>,
     ) -> sqlx::Result<bool> {
         self.fenced(
             "SELECT orgkeeper.finish_action($1, $2, $3, $4, $5)",
             action,
-            |q| q.bind(status).bind(result).bind(error),
+            |q| q.bind(status.as_str()).bind(result).bind(error),
         )
         .await
     }

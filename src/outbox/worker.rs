@@ -7,7 +7,7 @@
 //! at once, so a stale task never calls the outside world again.
 
 use super::handlers::{self, ActionError, Finish, Services};
-use super::{Action, Outbox};
+use super::{Action, ActionStatus, Outbox, Outcome};
 use crate::config::DaemonSettings;
 use futures::FutureExt;
 use sqlx::postgres::PgListener;
@@ -183,7 +183,10 @@ impl Daemon {
                 in_flight.lock().unwrap().drain().map(|(_, a)| a).collect();
             for action in unfinished {
                 match self.outbox.release(&action).await {
-                    Ok(true) => self.services.metrics.action(&action.kind, "released"),
+                    Ok(true) => self
+                        .services
+                        .metrics
+                        .action(&action.kind, Outcome::Released),
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(action = action.id, error = %e, "could not release; its lease will expire")
@@ -307,7 +310,7 @@ impl Job {
         let metrics = &self.services.metrics;
         metrics.in_flight(1);
         let work = async {
-            if action.status == "compensating" {
+            if action.status == ActionStatus::Compensating.as_str() {
                 let error = action
                     .last_error
                     .clone()
@@ -324,7 +327,7 @@ impl Job {
                 }
             }
             () = self.heartbeat(&action) => {
-                metrics.action(&action.kind, "lease_lost");
+                metrics.action(&action.kind, Outcome::LeaseLost);
                 tracing::warn!(action = action.id, "lease lost (another replica took over); abandoning the action");
             }
         }
@@ -379,10 +382,10 @@ impl Job {
         match self.attempt(action).await {
             Ok(Finish::Result(result)) => {
                 if self.outbox.complete(action, &result).await? {
-                    metrics.action(&action.kind, "done");
+                    metrics.action(&action.kind, Outcome::Done);
                     tracing::info!(action = action.id, kind = %action.kind, "done");
                 } else {
-                    metrics.action(&action.kind, "lease_lost");
+                    metrics.action(&action.kind, Outcome::LeaseLost);
                     tracing::warn!(
                         action = action.id,
                         "lease lost before completion; another replica owns it now"
@@ -390,11 +393,11 @@ impl Job {
                 }
             }
             Ok(Finish::Recorded) => {
-                metrics.action(&action.kind, "done");
+                metrics.action(&action.kind, Outcome::Done);
                 tracing::info!(action = action.id, kind = %action.kind, "done");
             }
             Err(ActionError::LeaseLost) => {
-                metrics.action(&action.kind, "lease_lost");
+                metrics.action(&action.kind, Outcome::LeaseLost);
                 tracing::warn!(
                     action = action.id,
                     "lease lost; another replica owns the action now"
@@ -405,7 +408,7 @@ impl Job {
             {
                 let delay = self.settings.retry.delay(action.attempts);
                 if self.outbox.retry_later(action, &message, delay).await? {
-                    metrics.action(&action.kind, "retried");
+                    metrics.action(&action.kind, Outcome::Retried);
                     tracing::info!(action = action.id, error = %message, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
                 }
             }
@@ -430,10 +433,10 @@ impl Job {
     async fn compensate(&self, action: &Action, error: &str) -> sqlx::Result<()> {
         // Cleanup gets as many attempts again as the forward work had.
         let may_retry = action.attempts < self.settings.max_attempts * 2;
-        let status =
+        let outcome =
             handlers::compensate(&self.services, &self.outbox, action, error, may_retry).await?;
-        self.services.metrics.action(&action.kind, status);
-        tracing::warn!(action = action.id, kind = %action.kind, outcome = status, "compensation finished");
+        self.services.metrics.action(&action.kind, outcome);
+        tracing::warn!(action = action.id, kind = %action.kind, outcome = outcome.as_str(), "compensation finished");
         Ok(())
     }
 }

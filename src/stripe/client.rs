@@ -10,6 +10,7 @@
 //! error passes through [`redact_secrets`] first.
 
 use crate::redact::redact_secrets;
+use crate::stripe::Call;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
@@ -286,7 +287,7 @@ impl StripeClient {
         email: Option<&str>,
         idempotency_key: &str,
     ) -> Result<Customer, StripeError> {
-        const CALL: &str = "update_customer";
+        const CALL: &str = Call::UpdateCustomer.as_str();
         let path = format!("/v1/customers/{}", path_segment(CALL, customer_id)?);
         let mut form = metadata_form(metadata);
         if let Some(email) = email {
@@ -316,7 +317,7 @@ impl StripeClient {
         metadata: &[(&str, &str)],
         idempotency_key: &str,
     ) -> Result<Customer, StripeError> {
-        const CALL: &str = "create_customer";
+        const CALL: &str = Call::CreateCustomer.as_str();
         let mut form = vec![("name".to_string(), name.to_string())];
         if let Some(email) = email {
             form.push(("email".into(), email.into()));
@@ -339,7 +340,7 @@ impl StripeClient {
     /// (`resource_missing`) or the customer is deleted. A 404 for an
     /// unrecognized URL (a wrong base URL) stays an error.
     pub async fn get_customer(&self, customer_id: &str) -> Result<Option<Customer>, StripeError> {
-        const CALL: &str = "get_customer";
+        const CALL: &str = Call::GetCustomer.as_str();
         let path = format!("/v1/customers/{}", path_segment(CALL, customer_id)?);
         match self
             .send(CALL, reqwest::Method::GET, &path, None, &[], None)
@@ -367,7 +368,7 @@ impl StripeClient {
         email: &str,
         limit: u32,
     ) -> Result<Vec<Customer>, StripeError> {
-        const CALL: &str = "list_customers";
+        const CALL: &str = Call::ListCustomers.as_str();
         let limit = limit.clamp(1, MAX_LIST_LIMIT).to_string();
         let query = [("email", email), ("limit", limit.as_str())];
         let body = self
@@ -399,7 +400,7 @@ impl StripeClient {
     /// It complements the creating call's `Idempotency-Key` (which covers
     /// that window) by finding customers after Stripe forgot the key (24 h).
     pub async fn search_customers_by_org(&self, org_id: &str) -> Result<SearchResult, StripeError> {
-        const CALL: &str = "search_customers";
+        const CALL: &str = Call::SearchCustomers.as_str();
         if let Some(problem) = search_value_problem(org_id) {
             return Err(StripeError::invalid_argument(
                 CALL,

@@ -263,7 +263,7 @@ async fn metrics_move_with_work_and_healthz_fails_without_the_database() {
         sample(
             &after,
             "orgkeeper_external_call_duration_seconds_count",
-            &["call=\"team_new\""]
+            &["call=\"team/new\""]
         )
         .unwrap()
             >= 5.0

@@ -488,6 +488,76 @@ async fn the_outbox_state_machine_is_enforced_by_constraints() {
     }
 }
 
+/// The names a CHECK constraint of the outbox table allows (`x IN (...)`,
+/// which PostgreSQL keeps as `x = ANY (ARRAY[...])`).
+async fn allowed_names(db: &TestDb, constraint: &str) -> Vec<String> {
+    let definition: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+          WHERE conrelid = 'orgkeeper.pending_external_actions'::regclass AND conname = $1",
+    )
+    .bind(constraint)
+    .fetch_one(&db.pool)
+    .await
+    .expect(constraint);
+    definition
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_outbox_constraints_list_the_daemons_kinds_and_statuses() {
+    use orgkeeper::outbox::{ActionKind, ActionStatus};
+    let db = TestDb::migrated().await;
+    assert_eq!(
+        allowed_names(&db, "action_kind_known").await,
+        ActionKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        allowed_names(&db, "action_status_valid").await,
+        ActionStatus::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+    );
+    let terminal: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+          WHERE conname = 'action_finished_iff_terminal'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    for status in ActionStatus::ALL {
+        assert_eq!(
+            terminal.contains(&format!("'{status}'")),
+            status.is_terminal(),
+            "{status} in {terminal}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_action_of_an_unknown_kind_is_refused() {
+    let db = TestDb::migrated().await;
+    let org = insert_org(&db, "Unknown kind", Uuid::new_v4()).await;
+    let err = sqlx::query(
+        "INSERT INTO orgkeeper.pending_external_actions (kind, org_id) VALUES ('litellm.teleport', $1)",
+    )
+    .bind(org)
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    let sqlx::Error::Database(e) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.constraint(), Some("action_kind_known"));
+}
+
 #[tokio::test]
 async fn migrate_twice_and_concurrently_gives_the_same_schema() {
     let db = TestDb::empty().await;

@@ -624,7 +624,7 @@ fn the_command_line_takes_ports_keys_and_faults() {
 
     let defaults = Cli::try_parse_from(["simulate"]).unwrap().sim;
     assert_eq!(defaults.port, 12111);
-    assert_eq!(defaults.latency_ms, (0, 0));
+    assert_eq!(defaults.fault_flags.latency_ms, (0, 0));
     assert!(Cli::try_parse_from(["simulate", "--fail", "teams=500"]).is_err());
     assert!(Cli::try_parse_from(["simulate", "--error-rate", "2"]).is_err());
     assert!(Cli::try_parse_from(["simulate", "--latency-ms", "9..1"]).is_err());

@@ -28,13 +28,11 @@
 
 use super::{call, payload_str, ActionError, Finish, Services};
 use crate::outbox::Action;
+use crate::stripe::Call as StripeCall;
 use crate::stripe::{Customer, StripeClient};
 use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
-
-/// The action kind this module handles.
-pub const KIND: &str = "stripe.create_customer";
 
 fn stripe(services: &Services) -> Result<&StripeClient, ActionError> {
     services.stripe.as_ref().ok_or_else(|| {
@@ -88,7 +86,7 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
 
     let stripe = stripe(services)?;
     let org = org_id.to_string();
-    let found = call(services, "stripe", "customer_search", || {
+    let found = call(services, StripeCall::SearchCustomers, || {
         stripe.search_customers_by_org(&org)
     })
     .await?;
@@ -101,7 +99,7 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     let (customer, source) = if tagged.is_empty() {
         let key = format!("orgkeeper-action-{}", action.id);
         let tags = [("org_id", org.as_str())];
-        let created = call(services, "stripe", "customer_create", || {
+        let created = call(services, StripeCall::CreateCustomer, || {
             stripe.create_customer(name, email, &tags, &key)
         })
         .await?;
@@ -133,3 +131,9 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
         _ => Err(ActionError::LeaseLost),
     }
 }
+
+perform_only_handler!(
+    /// The `stripe.create_customer` handler.
+    CreateCustomer,
+    |services, _outbox, action| perform(services, action)
+);

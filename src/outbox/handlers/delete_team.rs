@@ -30,3 +30,9 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
         Err(ActionError::LeaseLost)
     }
 }
+
+perform_only_handler!(
+    /// The `litellm.delete_team` handler.
+    DeleteTeam,
+    |services, _outbox, action| perform(services, action)
+);

@@ -18,9 +18,6 @@ use super::{keys, ActionError, Finish, Services};
 use crate::outbox::Action;
 use sqlx::Row;
 
-/// The action kind this module handles.
-pub const KIND: &str = "litellm.deprovision_org";
-
 /// Deletes the team if it is ours, then the org row with its tombstone.
 pub async fn perform(services: &Services, action: &Action) -> Result<Finish, ActionError> {
     let org_id = action
@@ -61,3 +58,9 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
         _ => Err(ActionError::LeaseLost),
     }
 }
+
+perform_only_handler!(
+    /// The `litellm.deprovision_org` handler.
+    DeprovisionOrg,
+    |services, _outbox, action| perform(services, action)
+);

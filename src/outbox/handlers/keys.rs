@@ -10,6 +10,7 @@
 //! before a fresh one is generated, as OpenHands does.
 
 use super::{call, payload_str, ActionError, Finish, Services};
+use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, Deleted, NewKey, NewUser, TeamOwner};
 use crate::outbox::{Action, Outbox};
 use crate::secrets::{random_api_key, Place};
@@ -65,7 +66,7 @@ pub(crate) async fn store(
     match recorded.as_str() {
         "done" => Ok(Finish::Recorded),
         "member_gone" => {
-            call(services, "litellm", "key_delete", || {
+            call(services, LiteLlmCall::KeyDelete, || {
                 services.litellm.delete_key(key)
             })
             .await?;
@@ -144,7 +145,7 @@ pub(crate) async fn ensure(
             None => {
                 if action.attempts > 1 {
                     // The saved key was lost: never re-derive; replace.
-                    call(services, "litellm", "key_delete", || {
+                    call(services, LiteLlmCall::KeyDelete, || {
                         litellm.delete_key_by_alias(&alias)
                     })
                     .await?;
@@ -166,7 +167,7 @@ pub(crate) async fn ensure(
         metadata: ownership(org_id),
     };
     let created = if earlier_attempt_may_have_it {
-        call(services, "litellm", "key_ensure", || {
+        call(services, LiteLlmCall::KeyGenerate, || {
             litellm.ensure_key(&new_key)
         })
         .await?
@@ -181,14 +182,14 @@ pub(crate) async fn ensure(
 /// may have succeeded before failing) is settled by `/key/info`.
 async fn generate_fresh(services: &Services, new_key: &NewKey<'_>) -> Result<Created, ActionError> {
     let litellm = &services.litellm;
-    let generated = call(services, "litellm", "key_generate", || {
+    let generated = call(services, LiteLlmCall::KeyGenerate, || {
         litellm.generate_key(new_key)
     })
     .await;
     if let Ok(Created::New) = generated {
         return Ok(Created::New);
     }
-    if call(services, "litellm", "key_info", || {
+    if call(services, LiteLlmCall::KeyInfo, || {
         litellm.key_exists(new_key.key)
     })
     .await?
@@ -241,7 +242,7 @@ pub(crate) async fn delete_own_team(
 ) -> Result<TeamDeletion, ActionError> {
     let litellm = &services.litellm;
     let ours = ownership(org_id);
-    match call(services, "litellm", "team_info", || {
+    match call(services, LiteLlmCall::TeamInfo, || {
         litellm.team_owner(team_id, &ours)
     })
     .await?
@@ -252,7 +253,7 @@ pub(crate) async fn delete_own_team(
             Ok(TeamDeletion::Foreign(metadata))
         }
         TeamOwner::Ours => Ok(
-            match call(services, "litellm", "team_delete", || {
+            match call(services, LiteLlmCall::TeamDelete, || {
                 litellm.delete_team(team_id)
             })
             .await?

@@ -4,8 +4,9 @@
 //! `orgkeeper.org_member_key_lifecycle`).
 
 use super::{call, keys, ActionError, Finish, Services};
+use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, Deleted};
-use crate::outbox::{Action, Outbox};
+use crate::outbox::{Action, ActionKind, Outbox};
 use serde_json::json;
 use sqlx::Row;
 
@@ -40,7 +41,8 @@ pub async fn add(
         // ever joined.
         return Err(ActionError::Permanent(format!(
             "organization {org_id} is not provisioned (status {org_status}): its team may not be \
-             orgkeeper's; fix and retry its litellm.provision_org action, then retry this one"
+             orgkeeper's; fix and retry its {} action, then retry this one",
+            ActionKind::ProvisionOrg
         )));
     }
     let email: Option<String> = row.try_get("email")?;
@@ -48,11 +50,11 @@ pub async fn add(
     let litellm = &services.litellm;
     let user = user_id.to_string();
     let new_user = keys::new_user(services, &user, email.as_deref(), &profile);
-    call(services, "litellm", "user_new", || {
+    call(services, LiteLlmCall::UserNew, || {
         litellm.create_user(&new_user)
     })
     .await?;
-    let added = call(services, "litellm", "team_member_add", || {
+    let added = call(services, LiteLlmCall::TeamMemberAdd, || {
         litellm.add_team_member(team_id, &user, services.defaults.team_max_budget)
     })
     .await?;
@@ -73,12 +75,12 @@ pub async fn remove(services: &Services, action: &Action) -> Result<Finish, Acti
     let (org_id, user_id, team_id) = keys::member_of(action)?;
     let litellm = &services.litellm;
     let alias = keys::alias(services, org_id, user_id);
-    let key = call(services, "litellm", "key_delete", || {
+    let key = call(services, LiteLlmCall::KeyDelete, || {
         litellm.delete_key_by_alias(&alias)
     })
     .await?;
     let user = user_id.to_string();
-    let removed = call(services, "litellm", "team_member_delete", || {
+    let removed = call(services, LiteLlmCall::TeamMemberDelete, || {
         litellm.remove_team_member(team_id, &user)
     })
     .await?;
@@ -89,3 +91,15 @@ pub async fn remove(services: &Services, action: &Action) -> Result<Finish, Acti
         "removed": matches!(removed, Deleted::Deleted),
     })))
 }
+
+perform_only_handler!(
+    /// The `litellm.add_member` handler.
+    AddMember,
+    |services, outbox, action| add(services, outbox, action)
+);
+
+perform_only_handler!(
+    /// The `litellm.remove_member` handler.
+    RemoveMember,
+    |services, _outbox, action| remove(services, action)
+);

@@ -14,9 +14,12 @@
 //! unlimited" the proxy would report the sentinel).
 
 use super::provision_org::PERSONAL_TEAM_ALIAS;
-use super::{call, keys, payload_str, ActionError, Finish, Services};
+use super::{
+    call, keys, payload_str, ActionError, Compensating, Finish, Handler, Performing, Services,
+};
+use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, MemberBudget, NewTeam, UNLIMITED_MAX_BUDGET};
-use crate::outbox::{Action, Outbox};
+use crate::outbox::{Action, Outbox, Outcome};
 use serde_json::{json, Value};
 
 /// The budget figures taken from LiteLLM before the migration changed anything.
@@ -85,7 +88,7 @@ pub async fn migrate(
     let budget = match action.progress.get("budget").and_then(Budget::from_json) {
         Some(saved) => saved,
         None => {
-            let info = call(services, "litellm", "user_info", || litellm.user_info(user))
+            let info = call(services, LiteLlmCall::UserInfo, || litellm.user_info(user))
                 .await?
                 .ok_or_else(|| {
                     ActionError::Permanent(format!(
@@ -123,7 +126,7 @@ pub async fn migrate(
     // keeps the team with their id when they are its member.
     let earlier_team = match budget.credits {
         Some(_) => false,
-        None => call(services, "litellm", "team_info", || {
+        None => call(services, LiteLlmCall::TeamInfo, || {
             litellm.team_info(team_id)
         })
         .await?
@@ -132,7 +135,7 @@ pub async fn migrate(
     let created = if earlier_team {
         Created::Existing
     } else {
-        call(services, "litellm", "team_new", || {
+        call(services, LiteLlmCall::TeamNew, || {
             litellm.create_team(&team)
         })
         .await?
@@ -141,7 +144,7 @@ pub async fn migrate(
     // its team: it gets the credits, and what it had is kept for a rollback.
     if let (Created::Existing, Some(credits)) = (created, budget.credits) {
         if action.progress.get("team_before").is_none() {
-            let before = call(services, "litellm", "team_info", || {
+            let before = call(services, LiteLlmCall::TeamInfo, || {
                 litellm.team_info(team_id)
             })
             .await?
@@ -158,24 +161,24 @@ pub async fn migrate(
                 return Err(ActionError::LeaseLost);
             }
         }
-        call(services, "litellm", "team_update", || {
+        call(services, LiteLlmCall::TeamUpdate, || {
             litellm.update_team_budget(team_id, Some(credits))
         })
         .await?;
     }
     // No budget moves for an already-migrated user: the proxy is not told anything.
     if budget.credits.is_some() {
-        call(services, "litellm", "user_update", || {
+        call(services, LiteLlmCall::UserUpdate, || {
             litellm.update_user_max_budget(user, UNLIMITED_MAX_BUDGET)
         })
         .await?;
     }
-    let joined = call(services, "litellm", "team_member_add", || {
+    let joined = call(services, LiteLlmCall::TeamMemberAdd, || {
         litellm.add_team_member(team_id, user, budget.credits)
     })
     .await?;
     if let (Created::Existing, Some(credits)) = (joined, budget.credits) {
-        call(services, "litellm", "team_member_update", || {
+        call(services, LiteLlmCall::TeamMemberUpdate, || {
             litellm.update_member_budget(team_id, user, Some(credits))
         })
         .await?;
@@ -235,7 +238,7 @@ pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, Ac
             reported_max_budget,
             reported_spend,
         }) => Some(
-            match call(services, "litellm", "team_info", || {
+            match call(services, LiteLlmCall::TeamInfo, || {
                 litellm.team_info(team_id)
             })
             .await?
@@ -250,20 +253,20 @@ pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, Ac
         _ => None,
     };
     if let Some(budget) = restored {
-        call(services, "litellm", "user_update", || {
+        call(services, LiteLlmCall::UserUpdate, || {
             litellm.restore_user_budget(user, budget)
         })
         .await?;
     }
     if let Some(legacy_team) = &services.defaults.legacy_team_id {
-        call(services, "litellm", "team_member_add", || {
+        call(services, LiteLlmCall::TeamMemberAdd, || {
             litellm.add_team_member(legacy_team, user, None)
         })
         .await?;
     }
     let moved = MovedKey::list(&progress);
     for key in &moved {
-        call(services, "litellm", "key_update", || {
+        call(services, LiteLlmCall::KeyUpdate, || {
             litellm.move_key_to_team(&key.token, key.from_team.as_deref())
         })
         .await?;
@@ -274,17 +277,17 @@ pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, Ac
         if let Some(before) = progress.get("team_before").filter(|b| b.is_object()) {
             let team_budget = before["max_budget"].as_f64();
             let member_budget = before["member_budget"].as_f64();
-            call(services, "litellm", "team_update", || {
+            call(services, LiteLlmCall::TeamUpdate, || {
                 litellm.update_team_budget(team_id, team_budget)
             })
             .await?;
-            call(services, "litellm", "team_member_update", || {
+            call(services, LiteLlmCall::TeamMemberUpdate, || {
                 litellm.update_member_budget(team_id, user, member_budget)
             })
             .await?;
         }
     } else {
-        call(services, "litellm", "team_member_delete", || {
+        call(services, LiteLlmCall::TeamMemberDelete, || {
             litellm.remove_team_member(team_id, user)
         })
         .await?;
@@ -334,7 +337,7 @@ async fn move_legacy_keys_in(
     let mut moved = MovedKey::list(&action.progress);
     if action.progress.get("moved_keys").is_none() {
         let legacy_team = services.defaults.legacy_team_id.as_deref();
-        let keys = call(services, "litellm", "key_list", || {
+        let keys = call(services, LiteLlmCall::KeyList, || {
             litellm.list_user_keys(user)
         })
         .await?;
@@ -357,7 +360,7 @@ async fn move_legacy_keys_in(
         }
     }
     for key in &moved {
-        call(services, "litellm", "key_update", || {
+        call(services, LiteLlmCall::KeyUpdate, || {
             litellm.move_key_to_team(&key.token, Some(team))
         })
         .await?;
@@ -368,11 +371,7 @@ async fn move_legacy_keys_in(
 /// Ends a migration that failed for good as `failed` and marks the personal
 /// org `failed`. Nothing is undone automatically: every step is idempotent,
 /// so once the cause is fixed `orgkeeper actions retry` finishes the job.
-pub async fn give_up(
-    services: &Services,
-    action: &Action,
-    error: &str,
-) -> sqlx::Result<&'static str> {
+pub async fn give_up(services: &Services, action: &Action, error: &str) -> sqlx::Result<Outcome> {
     let note = json!({
         "undone": false,
         "note": "LiteLLM changes made so far are kept; fix the cause, then: orgkeeper actions retry <id>",
@@ -386,7 +385,7 @@ pub async fn give_up(
     .bind(&note)
     .fetch_one(&services.pool)
     .await?;
-    Ok("failed")
+    Ok(Outcome::Failed)
 }
 
 async fn record_team_ready(
@@ -408,6 +407,37 @@ async fn record_team_ready(
         Err(ActionError::LeaseLost)
     }
 }
+
+/// The `litellm.migrate_user` handler.
+pub(super) struct MigrateUser;
+
+impl Handler for MigrateUser {
+    fn perform<'a>(
+        &'a self,
+        services: &'a Services,
+        outbox: &'a Outbox,
+        action: &'a Action,
+    ) -> Performing<'a> {
+        Box::pin(migrate(services, outbox, action))
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        services: &'a Services,
+        _outbox: &'a Outbox,
+        action: &'a Action,
+        error: &'a str,
+        _may_retry: bool,
+    ) -> Compensating<'a> {
+        Box::pin(give_up(services, action, error))
+    }
+}
+
+perform_only_handler!(
+    /// The `litellm.rollback_user` handler.
+    RollbackUser,
+    |services, _outbox, action| rollback(services, action)
+);
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,32 @@
-//! The action handlers: one module per action kind, and the registry that
-//! maps a kind to its handler. A new external action is a new module plus
-//! one line in [`perform`] (and in [`compensate`] if it has something to undo).
+//! The action handlers: one module per action kind (or pair of kinds), each
+//! implementing [`Handler`], and the registry [`handler`] that maps an
+//! [`ActionKind`] to its handler. A new external action is a new kind, a
+//! new module implementing [`Handler`] (its `compensate` if it has
+//! something to undo) and one line in [`handler`].
 //!
 //! Handlers talk to the outside world through the clients in `litellm` and
 //! `stripe`, and to the database only through SQL functions.
 
+/// Declares a handler with nothing to undo: a unit struct whose
+/// [`Handler::perform`] is `$perform` over `services`, `outbox` and `action`
+/// (named by the caller, `_`-prefixed when unused).
+macro_rules! perform_only_handler {
+    ($(#[$meta:meta])* $name:ident, |$services:ident, $outbox:ident, $action:ident| $perform:expr) => {
+        $(#[$meta])*
+        pub(super) struct $name;
+
+        impl $crate::outbox::handlers::Handler for $name {
+            fn perform<'a>(
+                &'a self,
+                $services: &'a $crate::outbox::handlers::Services,
+                $outbox: &'a $crate::outbox::Outbox,
+                $action: &'a $crate::outbox::Action,
+            ) -> $crate::outbox::handlers::Performing<'a> {
+                Box::pin($perform)
+            }
+        }
+    };
+}
 mod create_customer;
 mod delete_team;
 mod deprovision_org;
@@ -20,10 +42,12 @@ mod verify_key;
 
 use crate::config::ProvisioningDefaults;
 use crate::litellm::{LiteLlmClient, LiteLlmError};
+use crate::monitoring::metrics::ExternalCall;
 use crate::monitoring::Metrics;
-use crate::outbox::{Action, Outbox};
+use crate::outbox::{Action, ActionKind, ActionStatus, Outbox, Outcome};
 use crate::secrets::{Keyring, SecretError};
 use crate::stripe::{StripeClient, StripeError};
+use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::future::Future;
@@ -123,23 +147,22 @@ const CALL_RETRIES: [Duration; 2] = [Duration::from_millis(25), Duration::from_m
 
 /// Performs one external call, timing it, and retrying it in place a couple
 /// of times when the failure is transient (every call is idempotent).
-pub(crate) async fn call<T, E, Fut>(
+pub(crate) async fn call<C, T, E, Fut>(
     services: &Services,
-    service: &'static str,
-    name: &'static str,
+    call: C,
     mut f: impl FnMut() -> Fut,
 ) -> Result<T, ActionError>
 where
+    C: ExternalCall,
     E: ExternalError,
     Fut: Future<Output = Result<T, E>>,
 {
+    let (service, name) = (C::SERVICE, call.into());
     let mut retries = CALL_RETRIES.iter();
     loop {
         let started = Instant::now();
         let result = f().await;
-        services
-            .metrics
-            .call_latency(service, name, started.elapsed());
+        services.metrics.call_latency(call, started.elapsed());
         match result {
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() => match retries.next() {
@@ -154,29 +177,70 @@ where
     }
 }
 
+/// A handler's forward work in progress.
+pub type Performing<'a> = BoxFuture<'a, Result<Finish, ActionError>>;
+
+/// A handler's compensation in progress; it ends with the attempt's outcome.
+pub type Compensating<'a> = BoxFuture<'a, sqlx::Result<Outcome>>;
+
+/// What the daemon does with one kind of action. The futures are boxed so
+/// that [`handler`] can hand out every kind's handler as the same type.
+pub trait Handler: Sync {
+    /// Performs the action's forward work.
+    fn perform<'a>(
+        &'a self,
+        services: &'a Services,
+        outbox: &'a Outbox,
+        action: &'a Action,
+    ) -> Performing<'a>;
+
+    /// Undoes what the action may have done after the permanent failure
+    /// `error`, and ends it as `compensated` or `failed`, or schedules the
+    /// cleanup again when it failed transiently and `may_retry`. By default
+    /// there is nothing to undo: the action ends `failed`.
+    fn compensate<'a>(
+        &'a self,
+        _services: &'a Services,
+        outbox: &'a Outbox,
+        action: &'a Action,
+        _error: &'a str,
+        _may_retry: bool,
+    ) -> Compensating<'a> {
+        Box::pin(nothing_to_undo(outbox, action))
+    }
+}
+
+/// The handler of each action kind.
+pub fn handler(kind: ActionKind) -> &'static dyn Handler {
+    match kind {
+        ActionKind::ProvisionOrg => &provision_org::ProvisionOrg,
+        ActionKind::DeleteTeam => &delete_team::DeleteTeam,
+        ActionKind::DeprovisionOrg => &deprovision_org::DeprovisionOrg,
+        ActionKind::AddMember => &members::AddMember,
+        ActionKind::RemoveMember => &members::RemoveMember,
+        ActionKind::RotateKey => &rotate_key::RotateKey,
+        ActionKind::VerifyKey => &verify_key::VerifyKey,
+        ActionKind::SetBudget => &set_budget::SetBudget,
+        ActionKind::MigrateUser => &migrate_user::MigrateUser,
+        ActionKind::RollbackUser => &migrate_user::RollbackUser,
+        ActionKind::CreateCustomer => &create_customer::CreateCustomer,
+        ActionKind::MigrateCustomer => &stripe_customer::MigrateCustomer,
+        ActionKind::RollbackCustomer => &stripe_customer::RollbackCustomer,
+        ActionKind::Reencrypt => &reencrypt::Reencrypt,
+    }
+}
+
 /// Performs `action`'s forward work with the handler for its kind.
 pub async fn perform(
     services: &Services,
     outbox: &Outbox,
     action: &Action,
 ) -> Result<Finish, ActionError> {
-    match action.kind.as_str() {
-        provision_org::KIND => provision_org::perform(services, outbox, action).await,
-        "litellm.delete_team" => delete_team::perform(services, action).await,
-        deprovision_org::KIND => deprovision_org::perform(services, action).await,
-        "litellm.add_member" => members::add(services, outbox, action).await,
-        "litellm.remove_member" => members::remove(services, action).await,
-        "litellm.rotate_key" => rotate_key::perform(services, outbox, action).await,
-        "litellm.verify_key" => verify_key::perform(services, outbox, action).await,
-        "litellm.set_budget" => set_budget::perform(services, action).await,
-        "litellm.migrate_user" => migrate_user::migrate(services, outbox, action).await,
-        "litellm.rollback_user" => migrate_user::rollback(services, action).await,
-        create_customer::KIND => create_customer::perform(services, action).await,
-        "stripe.migrate_customer" => stripe_customer::migrate(services, action).await,
-        "stripe.rollback_customer" => stripe_customer::rollback(services, action).await,
-        "secrets.reencrypt" => reencrypt::perform(services, action).await,
-        other => Err(ActionError::Permanent(format!(
-            "this daemon has no handler for action kind {other:?}; run a daemon version that knows it, then orgkeeper actions retry"
+    match action.kind.parse() {
+        Ok(kind) => handler(kind).perform(services, outbox, action).await,
+        Err(_) => Err(ActionError::Permanent(format!(
+            "this daemon has no handler for action kind {:?}; run a daemon version that knows it, then orgkeeper actions retry",
+            action.kind
         ))),
     }
 }
@@ -191,34 +255,37 @@ pub async fn prepare(
     provision_org::prepare(services, outbox, batch).await
 }
 
-/// Undoes what `action` may have done after a permanent failure `error`, and
-/// ends it as `compensated` or `failed`, or schedules the cleanup again when
-/// it failed transiently and `may_retry` (returns the outcome). Kinds with
-/// nothing to undo end as `failed` with the error.
+/// Undoes what `action` may have done after a permanent failure `error`
+/// with the handler for its kind (see [`Handler::compensate`]); an action of
+/// a kind this daemon does not know has nothing to undo.
 pub async fn compensate(
     services: &Services,
     outbox: &Outbox,
     action: &Action,
     error: &str,
     may_retry: bool,
-) -> sqlx::Result<&'static str> {
-    match action.kind.as_str() {
-        "litellm.provision_org" => {
-            provision_org::compensate(services, outbox, action, error, may_retry).await
+) -> sqlx::Result<Outcome> {
+    match action.kind.parse() {
+        Ok(kind) => {
+            handler(kind)
+                .compensate(services, outbox, action, error, may_retry)
+                .await
         }
-        "litellm.migrate_user" => migrate_user::give_up(services, action, error).await,
-        _ => {
-            outbox
-                .finish(
-                    action,
-                    "failed",
-                    &json!({ "cleanup": "nothing to undo" }),
-                    None,
-                )
-                .await?;
-            Ok("failed")
-        }
+        Err(_) => nothing_to_undo(outbox, action).await,
     }
+}
+
+/// Ends an action that has nothing to undo as `failed`.
+async fn nothing_to_undo(outbox: &Outbox, action: &Action) -> sqlx::Result<Outcome> {
+    outbox
+        .finish(
+            action,
+            ActionStatus::Failed,
+            &json!({ "cleanup": "nothing to undo" }),
+            None,
+        )
+        .await?;
+    Ok(Outcome::Failed)
 }
 
 /// A required string field of an action's payload.

@@ -15,16 +15,14 @@
 //! owner's key goes to their membership; no key is shared by the org.
 
 use super::keys::{self, TeamDeletion};
-use super::{call, ActionError, Finish, Services};
+use super::{call, ActionError, Compensating, Finish, Handler, Performing, Services};
+use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, NewTeam};
-use crate::outbox::{Action, Outbox};
+use crate::outbox::{Action, ActionKind, ActionStatus, Outbox, Outcome};
 use crate::secrets::Place;
 use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
-
-/// The action kind this module handles.
-pub const KIND: &str = "litellm.provision_org";
 
 /// The team alias of personal organizations, as OpenHands names them.
 pub(crate) const PERSONAL_TEAM_ALIAS: &str = "Personal Workspace";
@@ -85,7 +83,7 @@ pub async fn prepare(
     let mut chosen: Vec<(usize, Value)> = batch
         .iter()
         .enumerate()
-        .filter(|(_, a)| a.kind == KIND && keys::needs_choice(a))
+        .filter(|(_, a)| a.kind == ActionKind::ProvisionOrg.as_str() && keys::needs_choice(a))
         .map(|(i, a)| (i, keys::choose(services, a.id).1))
         .collect();
     if chosen.is_empty() {
@@ -131,7 +129,7 @@ pub async fn perform(
         models: &defaults.allowed_models,
         metadata,
     };
-    let team = call(services, "litellm", "team_new", || {
+    let team = call(services, LiteLlmCall::TeamNew, || {
         litellm.create_team(&new_team)
     })
     .await?;
@@ -143,11 +141,11 @@ pub async fn perform(
         return Err(ActionError::LeaseLost);
     }
     let new_user = keys::new_user(services, &owner, org.owner_email.as_deref(), &profile);
-    call(services, "litellm", "user_new", || {
+    call(services, LiteLlmCall::UserNew, || {
         litellm.create_user(&new_user)
     })
     .await?;
-    call(services, "litellm", "team_member_add", || {
+    call(services, LiteLlmCall::TeamMemberAdd, || {
         litellm.add_team_member(&team_id, &owner, defaults.team_max_budget)
     })
     .await?;
@@ -194,29 +192,29 @@ pub async fn compensate(
     action: &Action,
     error: &str,
     may_retry: bool,
-) -> sqlx::Result<&'static str> {
+) -> sqlx::Result<Outcome> {
     let team_id = action.org_id.map(|id| id.to_string()).unwrap_or_default();
     let deleted = match action.org_id {
         Some(org_id) => keys::delete_own_team(services, &team_id, org_id).await,
         None => Ok(TeamDeletion::Absent),
     };
     let (mut cleanup, status) = match deleted {
-        Ok(deletion) => (deletion.report(&team_id), "compensated"),
+        Ok(deletion) => (deletion.report(&team_id), ActionStatus::Compensated),
         Err(ActionError::Transient(m)) if may_retry => {
             let delay = std::time::Duration::from_secs(5);
             outbox
                 .retry_later(action, &format!("cleanup: {m}"), delay)
                 .await?;
-            return Ok("cleanup_retried");
+            return Ok(Outcome::CleanupRetried);
         }
         Err(e) => {
             let message = match e {
                 ActionError::Transient(m) | ActionError::Permanent(m) => m,
-                ActionError::LeaseLost => return Ok("lease_lost"),
+                ActionError::LeaseLost => return Ok(Outcome::LeaseLost),
             };
             (
                 json!({ "team_id": team_id, "team_deleted": false, "error": message }),
-                "failed",
+                ActionStatus::Failed,
             )
         }
     };
@@ -226,10 +224,39 @@ pub async fn compensate(
     )
     .bind(action.id)
     .bind(&action.lease)
-    .bind(status)
+    .bind(status.as_str())
     .bind(error)
     .bind(&cleanup)
     .fetch_one(&services.pool)
     .await?;
-    Ok(status)
+    Ok(if status == ActionStatus::Compensated {
+        Outcome::Compensated
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// The `litellm.provision_org` handler.
+pub(super) struct ProvisionOrg;
+
+impl Handler for ProvisionOrg {
+    fn perform<'a>(
+        &'a self,
+        services: &'a Services,
+        outbox: &'a Outbox,
+        action: &'a Action,
+    ) -> Performing<'a> {
+        Box::pin(perform(services, outbox, action))
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        services: &'a Services,
+        outbox: &'a Outbox,
+        action: &'a Action,
+        error: &'a str,
+        may_retry: bool,
+    ) -> Compensating<'a> {
+        Box::pin(compensate(services, outbox, action, error, may_retry))
+    }
 }

@@ -20,7 +20,7 @@
 //! result counts it (`plaintext_not_sealed_for_rollback`).
 
 use super::{ActionError, Finish, Services};
-use crate::outbox::Action;
+use crate::outbox::{Action, ActionKind};
 use crate::secrets::{Keyring, Place};
 use serde_json::{json, Value};
 
@@ -83,7 +83,8 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
             .user_id
             .map_or_else(|| "(unknown)".to_string(), |u| u.to_string());
         return Err(ActionError::Permanent(format!(
-            "secrets.reencrypt of user {user}: nothing was re-encrypted, because {}",
+            "{} of user {user}: nothing was re-encrypted, because {}",
+            ActionKind::Reencrypt,
             unreadable.join("; ")
         )));
     }
@@ -108,3 +109,9 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
         _ => Ok(Finish::Recorded),
     }
 }
+
+perform_only_handler!(
+    /// The `secrets.reencrypt` handler.
+    Reencrypt,
+    |services, _outbox, action| perform(services, action)
+);

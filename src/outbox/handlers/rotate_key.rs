@@ -14,6 +14,7 @@
 //! 5. delete the old key (already gone = done).
 
 use super::{call, keys, ActionError, Finish, Services};
+use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{hash_key, Deleted};
 use crate::outbox::{Action, Outbox};
 use crate::secrets::Place;
@@ -62,14 +63,14 @@ pub async fn perform(
         match &old_token {
             Some(token) => {
                 let retired = format!("{alias} (replaced by action {})", action.id);
-                call(services, "litellm", "key_update", || {
+                call(services, LiteLlmCall::KeyUpdate, || {
                     litellm.rename_key(token, &retired)
                 })
                 .await?;
             }
             // No key on record: whatever holds the member's alias is stale.
             None => {
-                call(services, "litellm", "key_delete", || {
+                call(services, LiteLlmCall::KeyDelete, || {
                     litellm.delete_key_by_alias(&alias)
                 })
                 .await?;
@@ -111,7 +112,7 @@ pub async fn perform(
             "changed" => {
                 // The membership changed meanwhile (removed, disabled, or
                 // given another key): neither key may stay behind.
-                call(services, "litellm", "key_delete", || {
+                call(services, LiteLlmCall::KeyDelete, || {
                     litellm.delete_key(&key)
                 })
                 .await?;
@@ -121,7 +122,7 @@ pub async fn perform(
         }
     }
     if let Some(token) = &old_token {
-        let deleted = call(services, "litellm", "key_delete", || {
+        let deleted = call(services, LiteLlmCall::KeyDelete, || {
             litellm.delete_key_by_token(token)
         })
         .await?;
@@ -162,3 +163,9 @@ async fn reencrypted(
                 .is_ok_and(|key| hash_key(key.expose_secret()) == *old_token)
     }))
 }
+
+perform_only_handler!(
+    /// The `litellm.rotate_key` handler.
+    RotateKey,
+    |services, outbox, action| perform(services, outbox, action)
+);

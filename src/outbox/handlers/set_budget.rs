@@ -3,6 +3,7 @@
 //! does). Each call sets a value, so repeating the action is harmless.
 
 use super::{call, payload_str, ActionError, Finish, Services};
+use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::Deleted;
 use crate::outbox::Action;
 use serde_json::{json, Value};
@@ -13,7 +14,7 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     let team_id = payload_str(action, "team_id")?;
     let max_budget = action.payload.get("max_budget").and_then(Value::as_f64);
     let litellm = &services.litellm;
-    call(services, "litellm", "team_update", || {
+    call(services, LiteLlmCall::TeamUpdate, || {
         litellm.update_team_budget(team_id, max_budget)
     })
     .await?;
@@ -26,7 +27,7 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
     let mut updated = 0;
     for member in &members {
         let user = member.to_string();
-        if call(services, "litellm", "team_member_update", || {
+        if call(services, LiteLlmCall::TeamMemberUpdate, || {
             litellm.update_member_budget(team_id, &user, max_budget)
         })
         .await?
@@ -42,3 +43,9 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
         "members_absent": members.len() - updated,
     })))
 }
+
+perform_only_handler!(
+    /// The `litellm.set_budget` handler.
+    SetBudget,
+    |services, _outbox, action| perform(services, action)
+);

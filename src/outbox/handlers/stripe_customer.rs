@@ -6,6 +6,7 @@
 
 use super::{call, payload_str, ActionError, Finish, Services};
 use crate::outbox::Action;
+use crate::stripe::Call as StripeCall;
 use crate::stripe::StripeClient;
 use serde_json::{json, Value};
 
@@ -25,7 +26,7 @@ pub async fn migrate(services: &Services, action: &Action) -> Result<Finish, Act
     let email = action.payload.get("email").and_then(Value::as_str);
     let key = format!("orgkeeper-action-{}", action.id);
     let tags = [("org_id", org_id), ("user_id", "")];
-    let updated = call(services, "stripe", "customer_update", || {
+    let updated = call(services, StripeCall::UpdateCustomer, || {
         stripe.update_customer(customer, &tags, email, &key)
     })
     .await?;
@@ -41,7 +42,7 @@ pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, Ac
     let user_id = payload_str(action, "user_id")?;
     let key = format!("orgkeeper-action-{}", action.id);
     let tags = [("org_id", ""), ("user_id", user_id)];
-    let updated = call(services, "stripe", "customer_update", || {
+    let updated = call(services, StripeCall::UpdateCustomer, || {
         stripe.update_customer(customer, &tags, None, &key)
     })
     .await?;
@@ -49,3 +50,15 @@ pub async fn rollback(services: &Services, action: &Action) -> Result<Finish, Ac
         json!({ "customer_id": updated.id, "metadata": updated.metadata }),
     ))
 }
+
+perform_only_handler!(
+    /// The `stripe.migrate_customer` handler.
+    MigrateCustomer,
+    |services, _outbox, action| migrate(services, action)
+);
+
+perform_only_handler!(
+    /// The `stripe.rollback_customer` handler.
+    RollbackCustomer,
+    |services, _outbox, action| rollback(services, action)
+);

@@ -7,6 +7,7 @@
 //! user's own provider) is neither checked nor replaced.
 
 use super::{keys, ActionError, Finish, Services};
+use crate::litellm::Call as LiteLlmCall;
 use crate::outbox::{Action, Outbox};
 use crate::secrets::Place;
 use serde_json::{json, Value};
@@ -47,7 +48,7 @@ pub async fn perform(
             let valid = services.litellm.key_valid(&key).await;
             services
                 .metrics
-                .call_latency("litellm", "v1_models", started.elapsed());
+                .call_latency(LiteLlmCall::Models, started.elapsed());
             valid
         }
         None => Some(false),
@@ -61,3 +62,9 @@ pub async fn perform(
     result["regenerated"] = json!(true);
     keys::store(services, action, org_id, user_id, &key, result).await
 }
+
+perform_only_handler!(
+    /// The `litellm.verify_key` handler.
+    VerifyKey,
+    |services, outbox, action| perform(services, outbox, action)
+);
