@@ -18,13 +18,16 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Longest time a batcher waits for more rows after the first one.
 pub const GATHER: Duration = Duration::from_micros(500);
 
 /// Most rows written by one statement.
 const MAX_BATCH: usize = 512;
+
+/// Batches of one kind written at once (each on its own connection).
+const LANES: usize = 4;
 
 /// One kind of write-back that many actions can write in one statement.
 pub trait BatchWrite: Sized + Send + Sync + 'static {
@@ -156,12 +159,18 @@ impl WriteBacks {
 }
 
 /// The batcher task: gathers rows, writes them, answers each row's task.
+/// Up to [`LANES`] batches of one kind are written at once; while every lane
+/// is busy, rows queue and go into the next batch.
 async fn gather<W: BatchWrite>(
     pool: PgPool,
     activity: Arc<Activity>,
     mut requests: mpsc::UnboundedReceiver<Request<W>>,
 ) {
+    let lanes = Arc::new(Semaphore::new(LANES));
     while let Some(first) = requests.recv().await {
+        let Ok(lane) = lanes.clone().acquire_owned().await else {
+            return;
+        };
         let deadline = tokio::time::Instant::now() + GATHER;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -177,7 +186,11 @@ async fn gather<W: BatchWrite>(
                 _ => break,
             }
         }
-        write_batch(&pool, batch).await;
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            write_batch(&pool, batch).await;
+            drop(lane);
+        });
     }
 }
 

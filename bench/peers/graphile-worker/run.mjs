@@ -21,9 +21,14 @@ const logger = new Logger(() => (level, message) => {
   if (level === "error" || level === "warning") console.error(message);
 });
 try {
-  await runMigrations({ connectionString });
+  await runMigrations({ connectionString, logger });
+  // The worker's pool is ours, so it is closed before the database is dropped.
+  const workerPool = new pg.Pool({ connectionString, max: 10 });
+  const report = (e) => console.error(`worker pool: ${e.message}`);
+  workerPool.on("error", report);
+  workerPool.on("connect", (client) => client.on("error", report));
   const runner = await run({
-    connectionString,
+    pgPool: workerPool,
     noHandleSignals: true,
     taskList: { noop: async () => {} },
     logger,
@@ -52,6 +57,7 @@ try {
   const total = Number(process.hrtime.bigint() - started) / 1e9;
   await runner.stop();
   await runner.promise;
+  await workerPool.end();
   await pool.end();
   console.log(
     JSON.stringify({
@@ -63,6 +69,6 @@ try {
     }),
   );
 } finally {
-  await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await admin.query(`DROP DATABASE IF EXISTS ${name}`);
   await admin.end();
 }
