@@ -263,9 +263,26 @@ impl Fence {
     }
 }
 
-/// The ids and lease tokens of `fences`, as SQL arrays.
-fn fence_arrays<'a>(fences: impl Iterator<Item = &'a Fence>) -> (Vec<i64>, Vec<&'a str>) {
-    fences.map(|f| (f.id, f.lease.as_str())).unzip()
+/// A query returning ids, its first two parameters bound.
+type IdsQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>;
+
+/// Runs `sql` (a batched SQL function taking the rows' ids and lease tokens
+/// as `$1` and `$2`, the rest bound by `bind`, and returning the ids whose
+/// lease held) and returns whether each row's lease held.
+async fn write_fenced<'q, W: 'q>(
+    conn: &mut PgConnection,
+    sql: &'q str,
+    rows: &'q [W],
+    fence: impl Fn(&W) -> &Fence,
+    bind: impl FnOnce(IdsQuery<'q>) -> IdsQuery<'q>,
+) -> sqlx::Result<Vec<bool>> {
+    let (ids, leases): (Vec<i64>, Vec<&str>) = rows
+        .iter()
+        .map(|r| (fence(r).id, fence(r).lease.as_str()))
+        .unzip();
+    let query = sqlx::query_scalar(sql).bind(ids.clone()).bind(leases);
+    let landed = bind(query).fetch_all(conn).await?;
+    Ok(held(ids, &landed))
 }
 
 /// A progress save (`orgkeeper.save_progress_many`). Committed
@@ -290,16 +307,9 @@ impl BatchWrite for Progress {
     const ASYNC_COMMIT: bool = false;
 
     async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<bool>> {
-        let (ids, leases) = fence_arrays(rows.iter().map(|r| &r.fence));
         let progress: Vec<&Value> = rows.iter().map(|r| &r.progress).collect();
-        let landed: Vec<i64> =
-            sqlx::query_scalar("SELECT orgkeeper.save_progress_many($1, $2, $3)")
-                .bind(&ids)
-                .bind(leases)
-                .bind(progress)
-                .fetch_all(conn)
-                .await?;
-        Ok(held(ids, &landed))
+        let sql = "SELECT orgkeeper.save_progress_many($1, $2, $3)";
+        write_fenced(conn, sql, rows, |r| &r.fence, |q| q.bind(progress)).await
     }
 }
 
@@ -318,15 +328,9 @@ impl BatchWrite for Completion {
     const ASYNC_COMMIT: bool = true;
 
     async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<bool>> {
-        let (ids, leases) = fence_arrays(rows.iter().map(|r| &r.fence));
         let results: Vec<&Value> = rows.iter().map(|r| &r.result).collect();
-        let landed: Vec<i64> = sqlx::query_scalar("SELECT orgkeeper.complete_actions($1, $2, $3)")
-            .bind(&ids)
-            .bind(leases)
-            .bind(results)
-            .fetch_all(conn)
-            .await?;
-        Ok(held(ids, &landed))
+        let sql = "SELECT orgkeeper.complete_actions($1, $2, $3)";
+        write_fenced(conn, sql, rows, |r| &r.fence, |q| q.bind(results)).await
     }
 }
 
@@ -344,7 +348,6 @@ impl BatchWrite for Retry {
     const ASYNC_COMMIT: bool = true;
 
     async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<bool>> {
-        let (ids, leases) = fence_arrays(rows.iter().map(|r| &r.fence));
         let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
         // Whole microseconds (an interval's precision; jittered delays have nanoseconds).
         let delays: Vec<PgInterval> = rows
@@ -355,14 +358,14 @@ impl BatchWrite for Retry {
                 microseconds: i64::try_from(r.delay.as_micros()).unwrap_or(i64::MAX),
             })
             .collect();
-        let landed: Vec<i64> =
-            sqlx::query_scalar("SELECT orgkeeper.retry_actions_later($1, $2, $3, $4)")
-                .bind(&ids)
-                .bind(leases)
-                .bind(errors)
-                .bind(delays)
-                .fetch_all(conn)
-                .await?;
-        Ok(held(ids, &landed))
+        let sql = "SELECT orgkeeper.retry_actions_later($1, $2, $3, $4)";
+        write_fenced(
+            conn,
+            sql,
+            rows,
+            |r| &r.fence,
+            |q| q.bind(errors).bind(delays),
+        )
+        .await
     }
 }
