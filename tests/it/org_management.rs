@@ -4,6 +4,7 @@
 //! with its SQLSTATE, its message and the presence of a hint, and that it
 //! changed nothing.
 
+
 use crate::support::{app, db_error, personal, refused, state, team, user, TestDb};
 use sqlx::{Connection, PgPool};
 use uuid::Uuid;

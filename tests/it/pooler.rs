@@ -10,10 +10,9 @@
 //! and sqlx statements unnamed (`.persistent(false)`; a statement cache of 0
 //! alone still names them).
 
+
 use crate::support::pooler::Pooler;
-use crate::support::{
-    daemon_config, daemon_settings, status_counts, user, wait_until, TestDaemon, TestDb,
-};
+use crate::support::{daemon_config, daemon_settings, status_counts, user, wait_until, TestDaemon, TestDb};
 use orgkeeper::litellm::LiteLlmSimulator;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};

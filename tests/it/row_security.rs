@@ -5,6 +5,7 @@
 //! and management functions keep working for it; the daemon and DBA roles
 //! are not confined; every table has row-level security or a recorded reason.
 
+
 use crate::support::{app, app_at, db_error, LoginRole, TestDb};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;

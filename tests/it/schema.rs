@@ -1,6 +1,7 @@
 //! Stories about the schema's invariants: ownership, names, personal
 //! organizations, the outbox, the role catalog and `migrate` itself.
 
+
 use crate::support::{db_error, TestDb};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, Row};

@@ -3,11 +3,12 @@
 //! held; nothing a concurrent writer stored is overwritten; a value that
 //! cannot be decrypted is named and left alone.
 
-use crate::support::{daemon_config, daemon_settings, insert_orgs, wait_until, TestDaemon, TestDb};
+
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
 use chacha20poly1305::XChaCha20Poly1305;
+use crate::support::{daemon_config, daemon_settings, insert_orgs, wait_until, TestDaemon, TestDb};
 use indicatif::ProgressBar;
 use orgkeeper::commands::secrets::{rotate, Rotation, RotationReport};
 use orgkeeper::litellm::LiteLlmSimulator;
@@ -365,11 +366,7 @@ async fn rotation_while_a_daemon_keeps_provisioning_leaves_every_key_current_and
 }
 
 async fn active_is(pool: &PgPool, n: i64) -> bool {
-    crate::support::status_counts(pool)
-        .await
-        .get("active")
-        .copied()
-        == Some(n)
+    crate::support::status_counts(pool).await.get("active").copied() == Some(n)
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //! refused with a SQLSTATE, a message naming the object and a hint, and
 //! nothing changed; the legitimate path still works.
 
+
 use crate::support::{app, db_error, personal, refused, state, team, user, LoginRole, TestDb};
 use sqlx::PgConnection;
 use uuid::Uuid;

@@ -2,6 +2,7 @@
 //! organizations: orgkeeper.migrate_user, migrate_users, verify_user_migration
 //! and rollback_user_migration (sql/migration.sql), and `orgkeeper users`.
 
+
 use crate::support::{db_error, TestDb};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
