@@ -189,19 +189,10 @@ $$;
 COMMENT ON FUNCTION orgkeeper.error_entry(integer, text, boolean) IS
   'One element for the errors history of an action: attempt number, time, message, and whether it was transient.';
 
-CREATE OR REPLACE FUNCTION orgkeeper.save_progress(p_id bigint, p_worker text, p_progress jsonb) RETURNS boolean
-LANGUAGE sql AS $$
-    WITH u AS (
-        UPDATE orgkeeper.pending_external_actions
-           SET progress = progress || p_progress, updated_at = now()
-         WHERE id = p_id AND locked_by = p_worker
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM u);
-$$;
-COMMENT ON FUNCTION orgkeeper.save_progress(bigint, text, jsonb) IS
-  'Daemon: merges checkpoint data into progress while p_worker holds the lease. False = lease lost.';
-
+-- The write-backs of a claim batch are written in one statement each
+-- (src/outbox/batch.rs): element i of each array belongs together, and each
+-- row is fenced on its own lease token, so a stale token writes nothing for
+-- its row while the others land; the functions return the ids whose fence held.
 CREATE OR REPLACE FUNCTION orgkeeper.save_progress_many(p_ids bigint[], p_workers text[], p_progress jsonb[])
 RETURNS SETOF bigint
 LANGUAGE sql AS $$
@@ -212,7 +203,16 @@ LANGUAGE sql AS $$
     RETURNING a.id;
 $$;
 COMMENT ON FUNCTION orgkeeper.save_progress_many(bigint[], text[], jsonb[]) IS
-  'Daemon: save_progress for a whole claim batch in one statement (element i of each array belongs together). Returns the ids whose lease held.';
+  'Daemon: merges checkpoint data into the progress of several actions in one statement (element i of each array belongs together), each while its token holds the lease. Returns the ids whose lease held; the others are left unchanged.';
+
+-- The one-action forms below stay for daemons of the previous release during
+-- a rolling upgrade, and for the handlers' own write-backs in SQL.
+CREATE OR REPLACE FUNCTION orgkeeper.save_progress(p_id bigint, p_worker text, p_progress jsonb) RETURNS boolean
+LANGUAGE sql AS $$
+    SELECT EXISTS (SELECT 1 FROM orgkeeper.save_progress_many(ARRAY[p_id], ARRAY[p_worker], ARRAY[p_progress]));
+$$;
+COMMENT ON FUNCTION orgkeeper.save_progress(bigint, text, jsonb) IS
+  'Daemon: merges checkpoint data into progress while p_worker holds the lease (orgkeeper.save_progress_many for one action). False = lease lost.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.hold_action(p_id bigint, p_worker text) RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -227,36 +227,48 @@ $$;
 COMMENT ON FUNCTION orgkeeper.hold_action(bigint, text) IS
   'Daemon: locks a running action row while p_worker still holds its lease (the fence of every write-back that does more than complete it); false = lease lost, nothing to write. Callers lock the org row first (orgkeeper.lock_action_org).';
 
+CREATE OR REPLACE FUNCTION orgkeeper.complete_actions(p_ids bigint[], p_workers text[], p_results jsonb[])
+RETURNS SETOF bigint
+LANGUAGE sql AS $$
+    UPDATE orgkeeper.pending_external_actions a
+       SET status = 'done', result = u.result, locked_by = NULL, locked_until = NULL,
+           finished_at = now(), updated_at = now()
+      FROM unnest(p_ids, p_workers, p_results) AS u(id, worker, result)
+     WHERE a.id = u.id AND a.locked_by = u.worker AND a.status = 'running'
+    RETURNING a.id;
+$$;
+COMMENT ON FUNCTION orgkeeper.complete_actions(bigint[], text[], jsonb[]) IS
+  'Daemon: marks several running actions done with their results in one statement (element i of each array belongs together), each only while its token holds the lease. Returns the ids whose lease held; nothing is written for the others.';
+
 CREATE OR REPLACE FUNCTION orgkeeper.complete_action(p_id bigint, p_worker text, p_result jsonb) RETURNS boolean
 LANGUAGE sql AS $$
-    WITH u AS (
-        UPDATE orgkeeper.pending_external_actions
-           SET status = 'done', result = p_result, locked_by = NULL, locked_until = NULL,
-               finished_at = now(), updated_at = now()
-         WHERE id = p_id AND locked_by = p_worker AND status = 'running'
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM u);
+    SELECT EXISTS (SELECT 1 FROM orgkeeper.complete_actions(ARRAY[p_id], ARRAY[p_worker], ARRAY[p_result]));
 $$;
 COMMENT ON FUNCTION orgkeeper.complete_action(bigint, text, jsonb) IS
-  'Daemon: marks a running action done with its result, if p_worker still holds the lease. False = lease lost, nothing written.';
+  'Daemon: marks a running action done with its result, if p_worker still holds the lease (orgkeeper.complete_actions for one action; the handlers'' own write-backs call it in their transaction). False = lease lost, nothing written.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.retry_actions_later(p_ids bigint[], p_workers text[], p_errors text[], p_delays interval[])
+RETURNS SETOF bigint
+LANGUAGE sql AS $$
+    UPDATE orgkeeper.pending_external_actions a
+       SET status = CASE WHEN a.status = 'running' THEN 'pending' ELSE a.status END,
+           run_after = now() + u.delay,
+           last_error = u.error,
+           errors = a.errors || orgkeeper.error_entry(a.attempts, u.error, true),
+           locked_by = NULL, locked_until = NULL, updated_at = now()
+      FROM unnest(p_ids, p_workers, p_errors, p_delays) AS u(id, worker, error, delay)
+     WHERE a.id = u.id AND a.locked_by = u.worker
+    RETURNING a.id;
+$$;
+COMMENT ON FUNCTION orgkeeper.retry_actions_later(bigint[], text[], text[], interval[]) IS
+  'Daemon: records a transient error for several actions in one statement (element i of each array belongs together) and releases each to run again after its delay (backoff), each only while its token holds the lease. Returns the ids whose lease held.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.retry_action_later(p_id bigint, p_worker text, p_error text, p_delay interval) RETURNS boolean
 LANGUAGE sql AS $$
-    WITH u AS (
-        UPDATE orgkeeper.pending_external_actions
-           SET status = CASE WHEN status = 'running' THEN 'pending' ELSE status END,
-               run_after = now() + p_delay,
-               last_error = p_error,
-               errors = errors || orgkeeper.error_entry(attempts, p_error, true),
-               locked_by = NULL, locked_until = NULL, updated_at = now()
-         WHERE id = p_id AND locked_by = p_worker
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM u);
+    SELECT EXISTS (SELECT 1 FROM orgkeeper.retry_actions_later(ARRAY[p_id], ARRAY[p_worker], ARRAY[p_error], ARRAY[p_delay]));
 $$;
 COMMENT ON FUNCTION orgkeeper.retry_action_later(bigint, text, text, interval) IS
-  'Daemon: records a transient error and releases the action to run again after p_delay (backoff). Fenced on the lease.';
+  'Daemon: records a transient error and releases the action to run again after p_delay (orgkeeper.retry_actions_later for one action). Fenced on the lease.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.begin_compensation(p_id bigint, p_worker text, p_error text) RETURNS boolean
 LANGUAGE sql AS $$

@@ -68,6 +68,31 @@ $$;
 COMMENT ON FUNCTION orgkeeper.record_org_provisioned(bigint, text, text, uuid, text, text, text, jsonb) IS
   'Daemon: in one transaction, writes the team id, model and base URL to the org and the owner''s own encrypted key to their membership (no key is shared by the org''s members), sets provisioning_status = active and marks the action done. Returns done, org_gone (the org was deleted or is being deleted: nothing written; compensate) or lease_lost (nothing written).';
 
+CREATE OR REPLACE FUNCTION orgkeeper.record_orgs_provisioned(
+    p_action_ids bigint[], p_workers text[], p_team_ids text[], p_owners uuid[],
+    p_models text[], p_base_urls text[], p_key_ciphertexts text[], p_results jsonb[])
+RETURNS TABLE (action_id bigint, outcome text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    -- In action id order, so two batches lock their rows in the same order.
+    FOR r IN
+        SELECT * FROM unnest(p_action_ids, p_workers, p_team_ids, p_owners, p_models, p_base_urls,
+                             p_key_ciphertexts, p_results)
+                   AS u(id, worker, team_id, owner, model, base_url, key_ciphertext, result)
+         ORDER BY u.id
+    LOOP
+        action_id := r.id;
+        outcome := orgkeeper.record_org_provisioned(r.id, r.worker, r.team_id, r.owner, r.model,
+                                                    r.base_url, r.key_ciphertext, r.result);
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_orgs_provisioned(bigint[], text[], text[], uuid[], text[], text[], text[], jsonb[]) IS
+  'Daemon: orgkeeper.record_org_provisioned for several actions in one transaction (element i of each array belongs together; rows taken in action id order), each fenced on its own lease: returns one row per action with its outcome (done, org_gone or lease_lost; nothing is written for an action whose outcome is not done).';
+
 CREATE OR REPLACE FUNCTION orgkeeper.record_provisioning_failed(
     p_action_id bigint, p_worker text, p_status text, p_error text, p_cleanup jsonb)
 RETURNS boolean

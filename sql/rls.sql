@@ -454,7 +454,7 @@ DECLARE
     v_helpers CONSTANT text[] := ARRAY[
         'enqueue_action',    -- handlers enqueue follow-up actions
         'role_id',           -- resolves role names (the catalog is no secret)
-        'error_entry',       -- retry_action_later / begin_compensation / finish_action
+        'error_entry',       -- retry_actions_later / begin_compensation / finish_action
         'current_app_user',  -- the acting user of a session (NULL for the daemon)
         'secret_row_filter', -- read_secret / replace_secret
         'secret_column',     -- secret_row_filter / read_secret / replace_secret / secrets_after / swap_secrets

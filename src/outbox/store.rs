@@ -1,9 +1,14 @@
 //! The daemon's side of the outbox table: one method per SQL function in
 //! `sql/outbox.sql`. Every write is fenced on this replica's lease.
+//! Completions, retries and progress saves go through the replica's
+//! batchers ([`super::batch`]): one statement per batch, fenced per row.
 
+use super::batch::{held, BatchWrite, Running, WriteBacks};
 use super::ActionStatus;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::postgres::types::PgInterval;
+use sqlx::{PgConnection, PgPool, Row};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -38,6 +43,7 @@ pub struct Outbox {
     pool: PgPool,
     worker: String,
     lease: Duration,
+    write_backs: Arc<WriteBacks>,
 }
 
 impl Outbox {
@@ -47,7 +53,20 @@ impl Outbox {
             pool,
             worker,
             lease,
+            write_backs: Arc::default(),
         }
+    }
+
+    /// Counts an action as running until the value is dropped: batchers
+    /// wait for running actions' write-backs (at most [`super::batch::GATHER`]).
+    pub fn running(&self) -> Running {
+        Running::start(self.write_backs.activity())
+    }
+
+    /// Writes `row` with the next batch of its kind (one statement for the
+    /// batch, fenced per row) and returns this row's outcome.
+    pub async fn write_back<W: BatchWrite>(&self, row: W) -> sqlx::Result<W::Outcome> {
+        self.write_backs.write(&self.pool, row).await
     }
 
     /// The pool, for handlers' fenced write-backs.
@@ -120,28 +139,23 @@ impl Outbox {
     }
 
     /// Merges checkpoint data into the action's progress. False = lease lost.
+    /// Batched; committed synchronously (see [`Progress`]).
     pub async fn save_progress(&self, action: &Action, progress: &Value) -> sqlx::Result<bool> {
-        self.fenced("SELECT orgkeeper.save_progress($1, $2, $3)", action, |q| {
-            q.bind(progress)
-        })
-        .await
+        self.write_back(Progress::new(action, progress.clone()))
+            .await
     }
 
-    /// Merges progress into several actions in one statement; returns the
-    /// ids whose lease still held (the others were left unchanged).
+    /// Merges progress into several actions in one statement, now; returns
+    /// whether each one's lease still held (the others were left unchanged).
     pub async fn save_progress_many(
         &self,
         entries: &[(&Action, &Value)],
-    ) -> sqlx::Result<Vec<i64>> {
-        let ids: Vec<i64> = entries.iter().map(|(a, _)| a.id).collect();
-        let leases: Vec<&str> = entries.iter().map(|(a, _)| a.lease.as_str()).collect();
-        let progress: Vec<&Value> = entries.iter().map(|(_, p)| *p).collect();
-        sqlx::query_scalar("SELECT orgkeeper.save_progress_many($1, $2, $3)")
-            .bind(ids)
-            .bind(leases)
-            .bind(progress)
-            .fetch_all(&self.pool)
-            .await
+    ) -> sqlx::Result<Vec<bool>> {
+        let rows: Vec<Progress> = entries
+            .iter()
+            .map(|(a, p)| Progress::new(a, (*p).clone()))
+            .collect();
+        Progress::write(&mut *self.pool.acquire().await?, &rows).await
     }
 
     /// Extends the action's lease by the lease length. False = lease lost.
@@ -154,28 +168,29 @@ impl Outbox {
         .await
     }
 
-    /// Marks the action done with `result`. False = lease lost.
+    /// Marks the action done with `result`. False = lease lost. Batched;
+    /// committed asynchronously (see [`Completion`]).
     pub async fn complete(&self, action: &Action, result: &Value) -> sqlx::Result<bool> {
-        self.fenced(
-            "SELECT orgkeeper.complete_action($1, $2, $3)",
-            action,
-            |q| q.bind(result),
-        )
+        self.write_back(Completion {
+            fence: Fence::of(action),
+            result: result.clone(),
+        })
         .await
     }
 
-    /// Records a transient error and schedules the action again after `delay`.
+    /// Records a transient error and schedules the action again after
+    /// `delay`. False = lease lost. Batched; committed asynchronously (see [`Retry`]).
     pub async fn retry_later(
         &self,
         action: &Action,
         error: &str,
         delay: Duration,
     ) -> sqlx::Result<bool> {
-        self.fenced(
-            "SELECT orgkeeper.retry_action_later($1, $2, $3, make_interval(secs => $4))",
-            action,
-            |q| q.bind(error).bind(delay.as_secs_f64()),
-        )
+        self.write_back(Retry {
+            fence: Fence::of(action),
+            error: error.to_string(),
+            delay,
+        })
         .await
     }
 
@@ -227,5 +242,131 @@ impl Outbox {
         bind(sqlx::query_scalar(sql).bind(action.id).bind(&action.lease))
             .fetch_one(&self.pool)
             .await
+    }
+}
+
+/// The action and lease token a batched write-back is fenced on.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// Action id.
+    pub id: i64,
+    /// The lease token the claim gave this replica.
+    pub lease: String,
+}
+
+impl Fence {
+    /// The fence of `action` as this replica claimed it.
+    pub fn of(action: &Action) -> Self {
+        Fence {
+            id: action.id,
+            lease: action.lease.clone(),
+        }
+    }
+}
+
+/// A query returning ids, its first two parameters bound.
+type IdsQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>;
+
+/// Runs `sql` (a batched SQL function taking the rows' ids and lease tokens
+/// as `$1` and `$2`, the rest bound by `bind`, and returning the ids whose
+/// lease held) and returns whether each row's lease held.
+async fn write_fenced<'q, W: 'q>(
+    conn: &mut PgConnection,
+    sql: &'q str,
+    rows: &'q [W],
+    fence: impl Fn(&W) -> &Fence,
+    bind: impl FnOnce(IdsQuery<'q>) -> IdsQuery<'q>,
+) -> sqlx::Result<Vec<bool>> {
+    let (ids, leases): (Vec<i64>, Vec<&str>) = rows
+        .iter()
+        .map(|r| (fence(r).id, fence(r).lease.as_str()))
+        .unzip();
+    let query = sqlx::query_scalar(sql).bind(ids.clone()).bind(leases);
+    let landed = bind(query).fetch_all(conn).await?;
+    Ok(held(ids, &landed))
+}
+
+/// A progress save (`orgkeeper.save_progress_many`). Committed
+/// synchronously: a progress save may hold the key chosen before
+/// `/key/generate` (see `handlers::keys`), which a retry must find.
+struct Progress {
+    fence: Fence,
+    progress: Value,
+}
+
+impl Progress {
+    fn new(action: &Action, progress: Value) -> Self {
+        Progress {
+            fence: Fence::of(action),
+            progress,
+        }
+    }
+}
+
+impl BatchWrite for Progress {
+    type Outcome = bool;
+    const ASYNC_COMMIT: bool = false;
+
+    async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<bool>> {
+        let progress: Vec<&Value> = rows.iter().map(|r| &r.progress).collect();
+        let sql = "SELECT orgkeeper.save_progress_many($1, $2, $3)";
+        write_fenced(conn, sql, rows, |r| &r.fence, |q| q.bind(progress)).await
+    }
+}
+
+/// A completion (`orgkeeper.complete_actions`). Committed asynchronously:
+/// a completion lost in a database crash leaves the action running under a
+/// lease that expires, so it runs again — as after a daemon killed just
+/// before completing it, which every handler survives (each step is
+/// idempotent). Later synchronous commits (claims, key saves) flush it.
+struct Completion {
+    fence: Fence,
+    result: Value,
+}
+
+impl BatchWrite for Completion {
+    type Outcome = bool;
+    const ASYNC_COMMIT: bool = true;
+
+    async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<bool>> {
+        let results: Vec<&Value> = rows.iter().map(|r| &r.result).collect();
+        let sql = "SELECT orgkeeper.complete_actions($1, $2, $3)";
+        write_fenced(conn, sql, rows, |r| &r.fence, |q| q.bind(results)).await
+    }
+}
+
+/// A transient failure and its backoff (`orgkeeper.retry_actions_later`).
+/// Committed asynchronously: when lost, the action's lease expires and it
+/// runs again sooner than the backoff said; only the error entry is lost.
+struct Retry {
+    fence: Fence,
+    error: String,
+    delay: Duration,
+}
+
+impl BatchWrite for Retry {
+    type Outcome = bool;
+    const ASYNC_COMMIT: bool = true;
+
+    async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<bool>> {
+        let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
+        // Whole microseconds (an interval's precision; jittered delays have nanoseconds).
+        let delays: Vec<PgInterval> = rows
+            .iter()
+            .map(|r| PgInterval {
+                months: 0,
+                days: 0,
+                microseconds: i64::try_from(r.delay.as_micros()).unwrap_or(i64::MAX),
+            })
+            .collect();
+        let sql = "SELECT orgkeeper.retry_actions_later($1, $2, $3, $4)";
+        write_fenced(
+            conn,
+            sql,
+            rows,
+            |r| &r.fence,
+            |q| q.bind(errors).bind(delays),
+        )
+        .await
     }
 }

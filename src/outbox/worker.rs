@@ -260,6 +260,7 @@ impl Daemon {
                 .try_acquire_owned()
                 .expect("a slot per claimed action");
             in_flight.lock().unwrap().insert(action.id, action.clone());
+            let running = self.outbox.running();
             let job = Job {
                 outbox: self.outbox.clone(),
                 services: self.services.clone(),
@@ -270,7 +271,7 @@ impl Daemon {
                 let id = action.id;
                 job.run(action).await;
                 in_flight.lock().unwrap().remove(&id);
-                drop(permit);
+                drop((running, permit));
             });
         }
         Ok(filled)

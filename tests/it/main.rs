@@ -25,3 +25,4 @@ mod secrets_rotation;
 mod stripe_simulator;
 mod tenant_boundaries;
 mod user_migration;
+mod write_backs;

@@ -11,17 +11,19 @@
 //! * key: random, saved encrypted before `/key/generate` (see [`super::keys`]).
 //!
 //! The write-back (`orgkeeper.record_org_provisioned`) stores the results
-//! and marks the action done in one transaction, fenced on the lease. The
-//! owner's key goes to their membership; no key is shared by the org.
+//! and marks the action done in one transaction, fenced on the lease; the
+//! write-backs of actions finishing together share one transaction
+//! ([`Provisioned`]). The owner's key goes to their membership; no key is
+//! shared by the org.
 
 use super::keys::{self, TeamDeletion};
 use super::{call, ActionError, Compensating, Finish, Handler, Performing, Services};
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, NewTeam};
-use crate::outbox::{Action, ActionKind, ActionStatus, Outbox, Outcome};
+use crate::outbox::{Action, ActionKind, ActionStatus, BatchWrite, Fence, Outbox, Outcome};
 use crate::secrets::Place;
 use serde_json::{json, Value};
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 /// The team alias of personal organizations, as OpenHands names them.
@@ -91,8 +93,8 @@ pub async fn prepare(
     }
     let entries: Vec<(&Action, &Value)> = chosen.iter().map(|(i, p)| (&batch[*i], p)).collect();
     let saved = outbox.save_progress_many(&entries).await?;
-    for (i, progress) in chosen.drain(..) {
-        if saved.contains(&batch[i].id) {
+    for ((i, progress), saved) in chosen.drain(..).zip(saved) {
+        if saved {
             batch[i].progress = progress;
         }
     }
@@ -162,19 +164,17 @@ pub async fn perform(
         "key_alias": keys::alias(services, org_id, org.owner),
         "key_reused": matches!(key_created, Created::Existing),
     });
-    let recorded: String = sqlx::query_scalar(
-        "SELECT orgkeeper.record_org_provisioned($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(action.id)
-    .bind(&action.lease)
-    .bind(&team_id)
-    .bind(org.owner)
-    .bind(&org.model)
-    .bind(&defaults.llm_base_url)
-    .bind(&ciphertext)
-    .bind(&result)
-    .fetch_one(&services.pool)
-    .await?;
+    let recorded = outbox
+        .write_back(Provisioned {
+            fence: Fence::of(action),
+            team_id,
+            owner: org.owner,
+            model: org.model,
+            base_url: defaults.llm_base_url.clone(),
+            key_ciphertext: ciphertext,
+            result,
+        })
+        .await?;
     match recorded.as_str() {
         "done" => Ok(Finish::Recorded),
         "org_gone" => Err(ActionError::Permanent(ORG_GONE.into())),
@@ -258,5 +258,57 @@ impl Handler for ProvisionOrg {
         may_retry: bool,
     ) -> Compensating<'a> {
         Box::pin(compensate(services, outbox, action, error, may_retry))
+    }
+}
+
+/// The provisioning write-back of one action, batched with others
+/// (`orgkeeper.record_orgs_provisioned`: `record_org_provisioned` per row,
+/// in one transaction). Outcome: `done`, `org_gone` or `lease_lost`.
+///
+/// Committed asynchronously: when a database crash loses it, the org is
+/// still pending and the action runs again under a new lease, finding the
+/// team, user and membership there and the key in its progress (saved
+/// synchronously before `/key/generate`): nothing is made twice.
+struct Provisioned {
+    fence: Fence,
+    team_id: String,
+    owner: Uuid,
+    model: String,
+    base_url: String,
+    key_ciphertext: String,
+    result: Value,
+}
+
+impl BatchWrite for Provisioned {
+    type Outcome = String;
+    const ASYNC_COMMIT: bool = true;
+
+    async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<String>> {
+        let column = |f: fn(&Provisioned) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+        let ids: Vec<i64> = rows.iter().map(|r| r.fence.id).collect();
+        let recorded: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT action_id, outcome FROM orgkeeper.record_orgs_provisioned($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&ids)
+        .bind(column(|r| &r.fence.lease))
+        .bind(column(|r| &r.team_id))
+        .bind(rows.iter().map(|r| r.owner).collect::<Vec<Uuid>>())
+        .bind(column(|r| &r.model))
+        .bind(column(|r| &r.base_url))
+        .bind(column(|r| &r.key_ciphertext))
+        .bind(rows.iter().map(|r| &r.result).collect::<Vec<&Value>>())
+        .fetch_all(conn)
+        .await?;
+        ids.iter()
+            .map(|id| {
+                recorded
+                    .iter()
+                    .find(|(a, _)| a == id)
+                    .map(|(_, outcome)| outcome.clone())
+                    .ok_or_else(|| {
+                        sqlx::Error::Protocol(format!("no provisioning outcome for action {id}"))
+                    })
+            })
+            .collect()
     }
 }

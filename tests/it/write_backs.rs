@@ -1,0 +1,233 @@
+//! Stories about batched write-backs: the completions, retries and progress
+//! saves of actions finishing together are written in one statement, and
+//! the fence still holds per row — a task whose lease was taken over writes
+//! nothing, in the same batch as tasks whose writes land.
+
+use crate::support::{insert_orgs, TestDb};
+use futures::future::join_all;
+use orgkeeper::outbox::{Action, Outbox};
+use serde_json::json;
+use std::time::Duration;
+
+const LEASE: Duration = Duration::from_secs(60);
+
+/// Six provisioning actions claimed by replica "a", the fourth of which
+/// then expired and was taken over by replica "b" (sweep, claim): a's task
+/// for it holds a stale token.
+async fn claimed_with_one_taken_over(db: &TestDb) -> (Outbox, Vec<Action>, usize) {
+    insert_orgs(&db.pool, "Batched", 6).await;
+    let a = Outbox::new(db.pool.clone(), "a".into(), LEASE);
+    let mut claimed = a.claim(10).await.unwrap();
+    claimed.sort_by_key(|c| c.id);
+    assert_eq!(claimed.len(), 6);
+    let stale = 3;
+    sqlx::query("UPDATE orgkeeper.pending_external_actions SET locked_until = now() - interval '1 second' WHERE id = $1")
+        .bind(claimed[stale].id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(a.sweep().await.unwrap(), 1);
+    let b = Outbox::new(db.pool.clone(), "b".into(), LEASE);
+    let taken = b.claim(10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].id, claimed[stale].id);
+    assert_eq!(taken[0].lease, "b/2");
+    (a, claimed, stale)
+}
+
+/// Runs `write` for every action at once while each counts as running (so
+/// the batcher gathers them all), and returns each one's outcome.
+async fn all_at_once<'a, F, Fut>(outbox: &Outbox, actions: &'a [Action], write: F) -> Vec<bool>
+where
+    F: Fn(&'a Action) -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<bool>>,
+{
+    let running: Vec<_> = actions.iter().map(|_| outbox.running()).collect();
+    let outcomes = join_all(actions.iter().map(write)).await;
+    drop(running);
+    outcomes.into_iter().map(Result::unwrap).collect()
+}
+
+/// The stale row as it is now: status, lease, result, progress, last error.
+async fn row(
+    db: &TestDb,
+    id: i64,
+) -> (
+    String,
+    Option<String>,
+    Option<serde_json::Value>,
+    serde_json::Value,
+    Option<String>,
+) {
+    sqlx::query_as(
+        "SELECT status, locked_by, result, progress, last_error FROM orgkeeper.pending_external_actions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// How many transactions last wrote the rows of `ids`.
+async fn writing_transactions(db: &TestDb, ids: &[i64]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM orgkeeper.pending_external_actions WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+fn live_ids(actions: &[Action], stale: usize) -> Vec<i64> {
+    (0..actions.len())
+        .filter(|i| *i != stale)
+        .map(|i| actions[i].id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stale_lease_in_a_batch_of_completions_writes_nothing_while_the_live_ones_land() {
+    let db = TestDb::migrated().await;
+    let (a, actions, stale) = claimed_with_one_taken_over(&db).await;
+
+    let landed = all_at_once(&a, &actions, |action| async {
+        a.complete(action, &json!({ "by": "a", "id": action.id }))
+            .await
+    })
+    .await;
+
+    let expected: Vec<bool> = (0..actions.len()).map(|i| i != stale).collect();
+    assert_eq!(
+        landed, expected,
+        "each task learns whether its own write landed"
+    );
+    assert_eq!(
+        row(&db, actions[stale].id).await,
+        ("running".into(), Some("b/2".into()), None, json!({}), None),
+        "the row taken over is untouched"
+    );
+    let live = live_ids(&actions, stale);
+    let done: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT id, status, result FROM orgkeeper.pending_external_actions WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(&live)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for (id, status, result) in done {
+        assert_eq!(status, "done");
+        assert_eq!(result, json!({ "by": "a", "id": id }));
+    }
+    assert_eq!(
+        writing_transactions(&db, &live).await,
+        1,
+        "the five completions were written by one statement"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_lease_in_a_batch_of_retries_and_progress_saves_writes_nothing_for_its_row() {
+    let db = TestDb::migrated().await;
+    let (a, actions, stale) = claimed_with_one_taken_over(&db).await;
+    let expected: Vec<bool> = (0..actions.len()).map(|i| i != stale).collect();
+    let live = live_ids(&actions, stale);
+
+    let saved = all_at_once(&a, &actions, |action| async {
+        a.save_progress(action, &json!({ "step": action.id })).await
+    })
+    .await;
+    assert_eq!(saved, expected);
+    assert_eq!(writing_transactions(&db, &live).await, 1);
+    let progress: Vec<(i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT id, progress FROM orgkeeper.pending_external_actions WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(&live)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(progress
+        .iter()
+        .all(|(id, p)| p.get("step") == Some(&json!(id))));
+
+    let retried = all_at_once(&a, &actions, |action| {
+        // Jittered delays carry nanoseconds; an interval keeps microseconds.
+        a.retry_later(action, "flaky", Duration::from_nanos(3_600_000_000_789))
+    })
+    .await;
+    assert_eq!(retried, expected);
+    assert_eq!(writing_transactions(&db, &live).await, 1);
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.pending_external_actions
+          WHERE id = ANY($1) AND status = 'pending' AND locked_by IS NULL
+            AND last_error = 'flaky' AND run_after > now() + interval '59 minutes'
+            AND jsonb_array_length(errors) = 1",
+    )
+    .bind(&live)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(pending, 5);
+    assert_eq!(
+        row(&db, actions[stale].id).await,
+        ("running".into(), Some("b/2".into()), None, json!({}), None),
+        "neither the progress save nor the retry touched the row taken over"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_lease_in_a_batch_of_provisioning_write_backs_leaves_its_org_pending() {
+    let db = TestDb::migrated().await;
+    let (_a, actions, stale) = claimed_with_one_taken_over(&db).await;
+    let owners: Vec<uuid::Uuid> = actions.iter().map(|a| a.user_id.unwrap()).collect();
+    let n = actions.len();
+    let outcomes: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT action_id, outcome FROM orgkeeper.record_orgs_provisioned($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(actions.iter().map(|a| a.id).collect::<Vec<_>>())
+    .bind(actions.iter().map(|a| a.lease.clone()).collect::<Vec<_>>())
+    .bind(
+        actions
+            .iter()
+            .map(|a| a.org_id.unwrap().to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(&owners)
+    .bind(vec!["model"; n])
+    .bind(vec!["https://llm"; n])
+    .bind(vec!["ok1:key"; n])
+    .bind(vec![json!({}); n])
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let expected: Vec<(i64, String)> = actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.id, if i == stale { "lease_lost" } else { "done" }.into()))
+        .collect();
+    assert_eq!(outcomes, expected);
+    let statuses: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT a.id, a.status, o.provisioning_status, m.llm_api_key
+           FROM orgkeeper.pending_external_actions a
+           JOIN orgkeeper.org o ON o.id = a.org_id
+           JOIN orgkeeper.org_member m ON m.org_id = o.id AND m.user_id = o.created_by
+          ORDER BY a.id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for (i, (id, status, org_status, key)) in statuses.into_iter().enumerate() {
+        assert_eq!(id, actions[i].id);
+        if i == stale {
+            assert_eq!(
+                (status.as_str(), org_status.as_str(), key),
+                ("running", "pending", None)
+            );
+        } else {
+            assert_eq!(
+                (status.as_str(), org_status.as_str(), key.as_deref()),
+                ("done", "active", Some("ok1:key"))
+            );
+        }
+    }
+}
