@@ -427,10 +427,7 @@ mod tests {
             place.associated_data(),
             format!("orgkeeper:org_member.llm_api_key:{VECTOR_ORG}/{VECTOR_USER}")
         );
-        let nonce: Vec<u8> = (0..VECTOR_NONCE.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&VECTOR_NONCE[i..i + 2], 16).unwrap())
-            .collect();
+        let nonce = unhex(VECTOR_NONCE);
         let written = ring.encrypt_with_nonce(
             &place,
             &SecretString::from(VECTOR_PLAINTEXT),
@@ -462,6 +459,111 @@ mod tests {
         }
         assert!(!ring.is_current(ok1));
         assert!(Keyring::is_orgkeeper_format(ok1));
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Vectors {
+        current_key: String,
+        old_key: String,
+        key_ids: Vec<KeyIdVector>,
+        ciphertexts: Vec<CiphertextVector>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct KeyIdVector {
+        key: String,
+        id: String,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct CiphertextVector {
+        name: String,
+        key: String,
+        nonce_hex: String,
+        place: Option<VectorPlace>,
+        plaintext: String,
+        stored: String,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct VectorPlace {
+        table: String,
+        column: String,
+        row_key: String,
+    }
+
+    /// `tests/fixtures/secret_vectors.json`, made independently with
+    /// libsodium (`make_secret_vectors.py`): every stored format.
+    fn vectors() -> Vectors {
+        serde_json::from_str(include_str!("../tests/fixtures/secret_vectors.json"))
+            .expect("tests/fixtures/secret_vectors.json")
+    }
+
+    #[test]
+    fn committed_key_ids_are_what_keys_are_named_by() {
+        let vectors = vectors();
+        assert!(vectors.key_ids.len() >= 4);
+        for v in vectors.key_ids {
+            let ring = Keyring::new(&SecretString::from(v.key.as_str()), &[], None).unwrap();
+            assert_eq!(ring.current_key_id(), v.id, "key {}", v.key);
+        }
+    }
+
+    /// Every committed `ok2` and `ok1` value (each kind of place, both keys)
+    /// decrypts at its place; each `ok2` under the current key is exactly
+    /// what `encrypt` writes with that nonce; no `ok2` reads elsewhere.
+    #[test]
+    fn committed_ciphertexts_of_every_place_decrypt_and_reencrypt_identically() {
+        let vectors = vectors();
+        let ring = Keyring::new(
+            &SecretString::from(vectors.current_key.as_str()),
+            &[SecretString::from(vectors.old_key.as_str())],
+            None,
+        )
+        .unwrap();
+        assert!(vectors.ciphertexts.len() >= 12);
+        let elsewhere = Place::new("org", "llm_api_key", "not-the-row");
+        for v in vectors.ciphertexts {
+            let place = v
+                .place
+                .as_ref()
+                .map(|p| Place::new(&p.table, &p.column, p.row_key.as_str()))
+                .unwrap_or_else(here);
+            let read = ring.decrypt(&place, &v.stored).expect(&v.name);
+            assert_eq!(read.expose_secret(), v.plaintext, "{}", v.name);
+            let current = v.key == vectors.current_key;
+            assert_eq!(
+                ring.is_current(&v.stored),
+                current && v.place.is_some(),
+                "{}",
+                v.name
+            );
+            if v.place.is_none() {
+                continue;
+            }
+            assert_eq!(
+                ring.decrypt(&elsewhere, &v.stored).unwrap_err(),
+                SecretError::WrongPlace(elsewhere.to_string()),
+                "{}",
+                v.name
+            );
+            if current {
+                let nonce = unhex(&v.nonce_hex);
+                let written = ring.encrypt_with_nonce(
+                    &place,
+                    &SecretString::from(v.plaintext.as_str()),
+                    XNonce::from_slice(&nonce),
+                );
+                assert_eq!(written, v.stored, "{}", v.name);
+            }
+        }
+    }
+
+    fn unhex(digits: &str) -> Vec<u8> {
+        (0..digits.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]

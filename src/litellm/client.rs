@@ -1380,5 +1380,13 @@ mod tests {
             hash_key("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        // Made by Python's hashlib (tests/fixtures/make_secret_vectors.py).
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/secret_vectors.json")).unwrap();
+        let hashes = vectors["litellm_key_hashes"].as_array().unwrap();
+        assert!(hashes.len() >= 4);
+        for v in hashes {
+            assert_eq!(hash_key(v["key"].as_str().unwrap()), v["sha256_hex"]);
+        }
     }
 }
