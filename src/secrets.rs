@@ -28,9 +28,10 @@
 use crate::legacy_secrets::{LegacyKey, LegacySecretError, LegacyValue};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use rand::RngCore;
+use rand::rngs::SysRng;
+use rand::TryRng;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -111,8 +112,9 @@ impl Key {
             return Err(SecretError::Corrupt);
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = XNonce::try_from(nonce).map_err(|_| SecretError::Corrupt)?;
         self.cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
+            .decrypt(&nonce, Payload { msg: body, aad })
             .map_err(|_| SecretError::Corrupt)
     }
 }
@@ -312,18 +314,28 @@ impl Keyring {
 
 /// A random 24-byte nonce from the operating system's CSPRNG.
 fn fresh_nonce() -> XNonce {
-    XChaCha20Poly1305::generate_nonce(&mut OsRng)
+    XNonce::generate()
+}
+
+/// 32 random bytes from the operating system's CSPRNG.
+fn random_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    SysRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the operating system's random number generator failed");
+    bytes
 }
 
 /// A fresh LiteLLM key value from the operating system's CSPRNG: `sk-` and
 /// 64 hex digits (32 random bytes). Never derived from anything, so no key
 /// can be computed from another or from the secret key.
 pub fn random_api_key() -> SecretString {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
     SecretString::from(format!(
         "sk-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        random_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     ))
 }
 
@@ -335,9 +347,7 @@ fn to_secret(bytes: Vec<u8>) -> Result<SecretString, SecretError> {
 
 /// A fresh random 32-byte key, base64-encoded (for `orgkeeper dev` and tests).
 pub fn generate_key() -> SecretString {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    SecretString::from(STANDARD.encode(bytes))
+    SecretString::from(STANDARD.encode(random_bytes()))
 }
 
 #[cfg(test)]
@@ -428,11 +438,8 @@ mod tests {
             format!("orgkeeper:org_member.llm_api_key:{VECTOR_ORG}/{VECTOR_USER}")
         );
         let nonce = unhex(VECTOR_NONCE);
-        let written = ring.encrypt_with_nonce(
-            &place,
-            &SecretString::from(VECTOR_PLAINTEXT),
-            XNonce::from_slice(&nonce),
-        );
+        let written =
+            ring.encrypt_with_nonce(&place, &SecretString::from(VECTOR_PLAINTEXT), &nonce);
         assert_eq!(written, VECTOR_OK2);
         assert_eq!(
             ring.decrypt(&place, VECTOR_OK2).unwrap().expose_secret(),
@@ -552,18 +559,19 @@ mod tests {
                 let written = ring.encrypt_with_nonce(
                     &place,
                     &SecretString::from(v.plaintext.as_str()),
-                    XNonce::from_slice(&nonce),
+                    &nonce,
                 );
                 assert_eq!(written, v.stored, "{}", v.name);
             }
         }
     }
 
-    fn unhex(digits: &str) -> Vec<u8> {
-        (0..digits.len())
+    fn unhex(digits: &str) -> XNonce {
+        let bytes: Vec<u8> = (0..digits.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
-            .collect()
+            .collect();
+        XNonce::try_from(bytes.as_slice()).unwrap()
     }
 
     #[test]

@@ -20,7 +20,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use rand::Rng;
+use rand::RngExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -452,9 +452,9 @@ fn token_of(key_or_token: &str) -> String {
 
 fn random_key() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     let tail: String = (0..22)
-        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
         .collect();
     format!("sk-{tail}")
 }
@@ -1842,7 +1842,7 @@ fn respond(
     body: &Bytes,
 ) -> Reply {
     if roll.error {
-        return match rand::thread_rng().gen_range(0..3u8) {
+        return match rand::rng().random_range(0..3u8) {
             0 => proxy_error(
                 500,
                 "Internal Server Error, simulated fault (--error-rate)",

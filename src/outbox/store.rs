@@ -212,7 +212,7 @@ impl Outbox {
 
     async fn fenced<'q>(
         &'q self,
-        sql: &'q str,
+        sql: &'static str,
         action: &'q Action,
         bind: impl FnOnce(
             sqlx::query::QueryScalar<'q, sqlx::Postgres, bool, sqlx::postgres::PgArguments>,

@@ -55,8 +55,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use rand::distributions::Alphanumeric;
-use rand::Rng;
+use rand::distr::Alphanumeric;
+use rand::RngExt;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -1443,7 +1443,7 @@ fn mask_key(key: &str) -> String {
 }
 
 fn random_id(prefix: &str, len: usize) -> String {
-    let tail: String = rand::thread_rng()
+    let tail: String = rand::rng()
         .sample_iter(&Alphanumeric)
         .take(len)
         .map(char::from)

@@ -6,7 +6,6 @@
 //! deliveries happen; personal organizations get none, and with billing off
 //! nothing is enqueued.
 
-
 use crate::support::{daemon_config, daemon_settings, wait_until, TestDaemon, TestDb};
 use orgkeeper::config::DeploymentSetting;
 use orgkeeper::litellm::LiteLlmSimulator;

@@ -4,7 +4,6 @@
 //! their own, removed members lose theirs, and a ciphertext decrypts only at
 //! the place it was written for.
 
-
 use crate::support::{daemon_config, daemon_settings, db_error, wait_until, TestDaemon, TestDb};
 use orgkeeper::litellm::{LiteLlmClient, LiteLlmConfig, LiteLlmSimulator, NewTeam};
 use orgkeeper::secrets::{Keyring, Place, SecretError};

@@ -4,7 +4,6 @@
 //! Fernet tokens, or plaintext) — once, whatever crashes — and reverses all
 //! of it on rollback.
 
-
 use crate::support::{daemon_config, daemon_settings, wait_until, TestDaemon, TestDb};
 use orgkeeper::legacy_data::{self, LegacyValues};
 use orgkeeper::legacy_secrets::LegacyKey;

@@ -3,7 +3,6 @@
 //! against what the simulator received), and settings versions are data that
 //! decide what a new organization gets.
 
-
 use crate::support::{daemon_config, daemon_settings, user, wait_until, TestDaemon, TestDb};
 use orgkeeper::litellm::LiteLlmSimulator;
 use serde_json::{json, Value};

@@ -1,7 +1,6 @@
 //! Stories of running orgkeeper like a product: the embedded `dev`
 //! environment, signals, health and metrics, and configuration errors.
 
-
 use crate::support::{
     daemon_config, daemon_settings, insert_orgs, status_counts, wait_until, TestDaemon, TestDb,
 };
@@ -155,7 +154,6 @@ async fn sigterm_during_a_burst_exits_within_the_deadline_and_a_restart_finishes
     wait_exit(&mut second, Duration::from_secs(10));
     assert_eq!(sim.stats().teams, 300);
 }
-
 
 /// The value of the first sample of `metric` with all of `labels`.
 fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {

@@ -5,7 +5,6 @@
 //! `orgkeeper.org_deleted`. A cleanup that fails for good leaves the
 //! organization `deprovisioning` and the action visible to operators.
 
-
 use crate::support::{
     app, daemon_config, daemon_settings, db_error, personal, refused, team, user, wait_until,
     TestDaemon, TestDb,

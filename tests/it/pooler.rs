@@ -10,9 +10,10 @@
 //! and sqlx statements unnamed (`.persistent(false)`; a statement cache of 0
 //! alone still names them).
 
-
 use crate::support::pooler::Pooler;
-use crate::support::{daemon_config, daemon_settings, status_counts, user, wait_until, TestDaemon, TestDb};
+use crate::support::{
+    daemon_config, daemon_settings, status_counts, user, wait_until, TestDaemon, TestDb,
+};
 use orgkeeper::litellm::LiteLlmSimulator;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
@@ -38,7 +39,7 @@ async fn app_pool(pooler: &Pooler, max: u32) -> PgPool {
 
 /// An unnamed (one-transaction) statement: what works through the pooler.
 fn q(sql: &str) -> sqlx::query::Query<'_, Postgres, PgArguments> {
-    sqlx::query(sql).persistent(false)
+    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false)
 }
 
 fn q_scalar<T>(sql: &str) -> sqlx::query::QueryScalar<'_, Postgres, T, PgArguments>
@@ -46,7 +47,7 @@ where
     T: Send + Unpin,
     (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
 {
-    sqlx::query_scalar(sql).persistent(false)
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).persistent(false)
 }
 
 /// A transaction acting as the application (`orgkeeper_app`) for `user`:
@@ -154,9 +155,9 @@ async fn set_local_ends_with_its_transaction_and_a_session_setting_leaks_to_the_
 
     // A session-level setting (SET, or set_config(..., false)) outlives the
     // transaction on the server connection: the next client becomes Alice.
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "SELECT set_config('orgkeeper.user_id', '{alice}', false)"
-    ))
+    )))
     .execute(&mut a)
     .await
     .unwrap();

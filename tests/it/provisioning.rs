@@ -2,7 +2,6 @@
 //! org rows into exactly one team, user membership and key each, whatever
 //! crashes, retries, faults and replicas happen on the way.
 
-
 use crate::support::{
     daemon_config, daemon_settings, insert_orgs, status_counts, wait_until, TestDaemon, TestDb,
 };

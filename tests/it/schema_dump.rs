@@ -6,7 +6,6 @@
 //! After changing the schema on purpose, regenerate it and commit the diff:
 //! `ORGKEEPER_BLESS_SCHEMA=1 cargo test --test schema_dump`.
 
-
 use crate::support::TestDb;
 
 const COMMITTED: &str = "tests/fixtures/orgkeeper_schema.sql";

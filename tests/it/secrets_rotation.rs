@@ -3,12 +3,11 @@
 //! held; nothing a concurrent writer stored is overwritten; a value that
 //! cannot be decrypted is named and left alone.
 
-
+use crate::support::{daemon_config, daemon_settings, insert_orgs, wait_until, TestDaemon, TestDb};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
-use chacha20poly1305::XChaCha20Poly1305;
-use crate::support::{daemon_config, daemon_settings, insert_orgs, wait_until, TestDaemon, TestDb};
+use chacha20poly1305::aead::{Aead, Generate, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use indicatif::ProgressBar;
 use orgkeeper::commands::secrets::{rotate, Rotation, RotationReport};
 use orgkeeper::litellm::LiteLlmSimulator;
@@ -34,7 +33,7 @@ fn ok1(key: &SecretString, plaintext: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let nonce = XNonce::generate();
     let mut sealed = nonce.to_vec();
     sealed.extend(
         XChaCha20Poly1305::new_from_slice(&key)
@@ -82,7 +81,7 @@ impl Spot {
                 format!("UPDATE orgkeeper.{table} SET {column} = $1 WHERE id = $2::bigint")
             }
         };
-        let done = sqlx::query(&sql)
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(value)
             .bind(&self.row)
             .execute(pool)
@@ -366,7 +365,11 @@ async fn rotation_while_a_daemon_keeps_provisioning_leaves_every_key_current_and
 }
 
 async fn active_is(pool: &PgPool, n: i64) -> bool {
-    crate::support::status_counts(pool).await.get("active").copied() == Some(n)
+    crate::support::status_counts(pool)
+        .await
+        .get("active")
+        .copied()
+        == Some(n)
 }
 
 #[tokio::test]

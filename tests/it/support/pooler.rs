@@ -50,7 +50,6 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-
 /// Quotes a value for pgbouncer's libpq-style connection string.
 fn conn_value(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
