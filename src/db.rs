@@ -236,7 +236,7 @@ fn files_checksum(files: &[(&str, &str)]) -> String {
         hasher.update(body.as_bytes());
         hasher.update([0]);
     }
-    hex(&hasher.finalize())
+    hex::encode(hasher.finalize())
 }
 
 /// Names of the embedded versioned migrations, in order (`V1__roles_users_orgs`, …).
@@ -260,11 +260,7 @@ pub fn schema_fingerprint() -> String {
         hasher.update(m.checksum().to_le_bytes());
     }
     hasher.update(library_checksum().as_bytes());
-    hex(&hasher.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
 /// How long `migrate` waits for its locks.

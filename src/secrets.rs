@@ -83,7 +83,7 @@ impl Key {
             .chain_update(b"orgkeeper-key-id:")
             .chain_update(&bytes)
             .finalize();
-        let id = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        let id = hex::encode(&digest[..4]);
         let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
             .map_err(|_| SecretError::BadKey { setting })?;
         Ok(Key { id, cipher })
@@ -330,13 +330,7 @@ fn random_bytes() -> [u8; 32] {
 /// 64 hex digits (32 random bytes). Never derived from anything, so no key
 /// can be computed from another or from the secret key.
 pub fn random_api_key() -> SecretString {
-    SecretString::from(format!(
-        "sk-{}",
-        random_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ))
+    SecretString::from(format!("sk-{}", hex::encode(random_bytes())))
 }
 
 fn to_secret(bytes: Vec<u8>) -> Result<SecretString, SecretError> {
@@ -567,11 +561,7 @@ mod tests {
     }
 
     fn unhex(digits: &str) -> XNonce {
-        let bytes: Vec<u8> = (0..digits.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap())
-            .collect();
-        XNonce::try_from(bytes.as_slice()).unwrap()
+        XNonce::try_from(hex::decode(digits).unwrap().as_slice()).unwrap()
     }
 
     #[test]

@@ -396,13 +396,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// SHA-256 hex digest: the token LiteLLM stores for a key.
 pub fn hash_key(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0x0f)]));
-    }
-    out
+    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 /// Maps a transport-level failure (no usable HTTP answer) to an error.

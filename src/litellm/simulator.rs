@@ -1572,9 +1572,8 @@ fn resource_of(endpoint: &str, body: &Map<String, Value>, reply: &Reply) -> Opti
 /// becomes a list of its values.
 fn query_json(query: &str) -> Value {
     let mut out = Map::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (percent_decode(k), Value::String(percent_decode(v)));
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let (k, v) = (k.into_owned(), Value::String(v.into_owned()));
         match out.get_mut(&k) {
             None => {
                 out.insert(k, v);
@@ -1588,34 +1587,9 @@ fn query_json(query: &str) -> Value {
 
 /// Percent-decodes one query parameter (`+` is a space, as FastAPI reads it).
 fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 // ---------------------------------------------------------------------------
@@ -2359,8 +2333,8 @@ mod tests {
             Some("x@y.z w")
         );
         assert_eq!(query_param("a=1", "user_id"), None);
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(query_param("a=100%", "a").as_deref(), Some("100%"));
+        assert_eq!(query_param("a=%4", "a").as_deref(), Some("%4"));
         assert_eq!(
             query_json("a=1&b=x%20y&a=2&a=3&c"),
             json!({"a": ["1", "2", "3"], "b": "x y", "c": ""})

@@ -26,13 +26,12 @@ const LONG: Duration = Duration::from_secs(60);
 /// associated data), as the code before version 2 wrote them.
 fn ok1(key: &SecretString, plaintext: &str) -> String {
     let key = STANDARD.decode(key.expose_secret()).unwrap();
-    let id: String = Sha256::new()
-        .chain_update(b"orgkeeper-key-id:")
-        .chain_update(&key)
-        .finalize()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let id = hex::encode(
+        &Sha256::new()
+            .chain_update(b"orgkeeper-key-id:")
+            .chain_update(&key)
+            .finalize()[..4],
+    );
     let nonce = XNonce::generate();
     let mut sealed = nonce.to_vec();
     sealed.extend(
