@@ -224,14 +224,19 @@ pub async fn apply_policy_seed(
 
 /// Checksum over the library files' names and contents.
 fn library_checksum() -> String {
+    files_checksum(SQL_LIBRARY)
+}
+
+/// SHA-256 hex of each `(name, body)` as `name NUL body NUL`, in order.
+fn files_checksum(files: &[(&str, &str)]) -> String {
     let mut hasher = Sha256::new();
-    for (name, body) in SQL_LIBRARY {
+    for (name, body) in files {
         hasher.update(name.as_bytes());
         hasher.update([0]);
         hasher.update(body.as_bytes());
         hasher.update([0]);
     }
-    hex(&hasher.finalize())
+    hex::encode(hasher.finalize())
 }
 
 /// Names of the embedded versioned migrations, in order (`V1__roles_users_orgs`, …).
@@ -255,11 +260,7 @@ pub fn schema_fingerprint() -> String {
         hasher.update(m.checksum().to_le_bytes());
     }
     hasher.update(library_checksum().as_bytes());
-    hex(&hasher.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
 /// How long `migrate` waits for its locks.
@@ -465,4 +466,20 @@ async fn migrate_locked(client: &mut tokio_postgres::Client) -> anyhow::Result<M
         applied,
         library_applied,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The library checksum is stored (`orgkeeper.sql_library`): a changed
+    /// hash would re-apply an unchanged library. The expected value is
+    /// Python's `hashlib.sha256(b"a.sql\0SELECT 1;\0b.sql\0\0").hexdigest()`.
+    #[test]
+    fn the_library_checksum_is_the_committed_sha256_of_names_and_bodies() {
+        assert_eq!(
+            files_checksum(&[("a.sql", "SELECT 1;"), ("b.sql", "")]),
+            "080a8a5ac8a1b8bbd4d2481fe925fe7f6905de09e5cc052a184210c0244bec32"
+        );
+    }
 }

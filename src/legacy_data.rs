@@ -258,7 +258,7 @@ pub async fn generate(
         let (pool, progress) = (pool.clone(), progress.cloned());
         let values = values.clone();
         tasks.spawn(async move {
-            let done = sqlx::query(&sql)
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(first)
                 .bind(last)
                 .bind(&values.tokens)
@@ -281,12 +281,12 @@ pub async fn generate(
 
 /// The users generated as numbers `first..first+n`, in number order.
 pub async fn users(pool: &PgPool, first: u32, n: u32) -> anyhow::Result<Vec<LegacyUser>> {
-    let rows: Vec<(i32, Uuid, Option<String>)> = sqlx::query_as(&format!(
+    let rows: Vec<(i32, Uuid, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT g, s.user_id, s.email
            FROM generate_series($1::int, $2::int) g
            JOIN orgkeeper.user_settings s ON s.user_id = {USER_ID_SQL}
           ORDER BY g"
-    ))
+    )))
     .bind(i32::try_from(first).context("user numbers")?)
     .bind(i32::try_from(u64::from(first) + u64::from(n) - 1).context("user numbers")?)
     .fetch_all(pool)

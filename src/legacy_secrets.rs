@@ -18,13 +18,23 @@
 //! `ORGKEEPER_LEGACY_JWT_SECRET`, or damaged data. It is never taken for a
 //! plaintext key. Tokens have no time-to-live.
 //!
-//! The cryptography is the `fernet` crate (RustCrypto backend); this module
-//! only derives the key and tells tokens from plaintext.
+//! A token is `0x80 || timestamp (u64, big-endian) || IV (16) ||
+//! AES-128-CBC-PKCS7(plaintext) || HMAC-SHA256(all before)`, base64url
+//! encoded; the key's first 16 bytes sign, the last 16 encrypt. It is
+//! implemented here on RustCrypto's `aes`, `cbc` and `hmac` (the `fernet`
+//! crate pins an older RustCrypto generation than the rest of the build) and
+//! checked against tokens made by Python's `cryptography`
+//! (`tests/fixtures/fernet_vectors.json`).
 //!
 //! [Fernet]: https://github.com/fernet/spec/blob/master/Spec.md
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
+use cbc::cipher::block_padding::Pkcs7;
+use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
+use hmac::{Hmac, KeyInit, Mac};
+use rand::rngs::SysRng;
+use rand::TryRng;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -32,8 +42,12 @@ use std::fmt;
 /// The setting holding OpenHands' `jwt_secret`.
 pub const SETTING: &str = "ORGKEEPER_LEGACY_JWT_SECRET";
 
+/// The version byte of every Fernet token.
+const VERSION: u8 = 0x80;
+/// Version byte and timestamp; then the IV.
+const IV_AT: usize = 1 + 8;
 /// Version byte, timestamp, IV; then at least one AES block; then the HMAC.
-const HEADER_LEN: usize = 1 + 8 + 16;
+const HEADER_LEN: usize = IV_AT + BLOCK;
 const HMAC_LEN: usize = 32;
 const BLOCK: usize = 16;
 
@@ -76,7 +90,10 @@ impl LegacyValue {
 
 /// The Fernet key OpenHands derives from its `jwt_secret`.
 pub struct LegacyKey {
-    fernet: fernet::Fernet,
+    /// The HMAC-SHA256 key: the first half of the Fernet key.
+    signing: [u8; 16],
+    /// The AES-128 key: the second half.
+    encryption: [u8; 16],
 }
 
 impl fmt::Debug for LegacyKey {
@@ -90,9 +107,45 @@ impl LegacyKey {
     /// `base64url(sha256(jwt_secret))`.
     pub fn from_jwt_secret(jwt_secret: &SecretString) -> Self {
         let digest = Sha256::digest(jwt_secret.expose_secret().as_bytes());
-        let fernet = fernet::Fernet::new(&URL_SAFE.encode(digest))
-            .expect("a base64url-encoded SHA-256 digest is a valid 32-byte Fernet key");
-        LegacyKey { fernet }
+        let (signing, encryption) = digest.split_at(16);
+        LegacyKey {
+            signing: signing.try_into().expect("16 of SHA-256's 32 bytes"),
+            encryption: encryption.try_into().expect("16 of SHA-256's 32 bytes"),
+        }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::new_from_slice(&self.signing).expect("HMAC takes a key of any length")
+    }
+
+    /// The Fernet token of `plaintext` made at `timestamp` with `iv`.
+    fn seal(&self, plaintext: &[u8], timestamp: u64, iv: [u8; BLOCK]) -> Vec<u8> {
+        let mut token = vec![VERSION];
+        token.extend(timestamp.to_be_bytes());
+        token.extend(iv);
+        token.extend(
+            cbc::Encryptor::<aes::Aes128>::new(&self.encryption.into(), &iv.into())
+                .encrypt_padded_vec::<Pkcs7>(plaintext),
+        );
+        let tag = self.mac().chain_update(&token).finalize().into_bytes();
+        token.extend(tag);
+        token
+    }
+
+    /// The content of a Fernet token (already checked for its shape by
+    /// [`fernet_token`]) if its HMAC is authentic. No TTL and no clock-skew
+    /// check, as Python's `Fernet.decrypt(token)`.
+    fn open(&self, token: &[u8]) -> Result<Vec<u8>, LegacySecretError> {
+        let (signed, tag) = token.split_at(token.len() - HMAC_LEN);
+        self.mac()
+            .chain_update(signed)
+            .verify_slice(tag)
+            .map_err(|_| LegacySecretError::NotAuthentic)?;
+        let (iv, ciphertext) = signed[IV_AT..].split_at(BLOCK);
+        cbc::Decryptor::<aes::Aes128>::new_from_slices(&self.encryption, iv)
+            .expect("a 16-byte key and a 16-byte IV")
+            .decrypt_padded_vec::<Pkcs7>(ciphertext)
+            .map_err(|_| LegacySecretError::NotAuthentic)
     }
 
     /// Reads a stored legacy value: the content of its Fernet token, or the
@@ -108,7 +161,15 @@ impl LegacyKey {
     /// a rollback restores a value OpenHands reads the same; tests,
     /// benchmarks and data generators use it to make legacy data.
     pub fn encrypt(&self, plaintext: &SecretString) -> String {
-        STANDARD.encode(self.fernet.encrypt(plaintext.expose_secret().as_bytes()))
+        let mut iv = [0u8; BLOCK];
+        SysRng
+            .try_fill_bytes(&mut iv)
+            .expect("the operating system's random number generator failed");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let token = self.seal(plaintext.expose_secret().as_bytes(), now, iv);
+        STANDARD.encode(URL_SAFE.encode(token))
     }
 }
 
@@ -119,13 +180,7 @@ pub fn decrypt(key: Option<&LegacyKey>, stored: &str) -> Result<LegacyValue, Leg
         return Ok(LegacyValue::Plaintext(SecretString::from(stored)));
     };
     let key = key.ok_or(LegacySecretError::NoSecret)?;
-    // No TTL and no clock-skew check, as Python's `Fernet.decrypt(token)`:
-    // the crate checks "now + 60 s < timestamp" even without a TTL, so it
-    // is given a "now" later than any token's timestamp.
-    let plain = key
-        .fernet
-        .decrypt_at_time(&token, None, u64::MAX / 2)
-        .map_err(|_| LegacySecretError::NotAuthentic)?;
+    let plain = key.open(&token)?;
     String::from_utf8(plain)
         .map(|s| LegacyValue::Decrypted(SecretString::from(s)))
         .map_err(|_| LegacySecretError::NotText)
@@ -133,12 +188,12 @@ pub fn decrypt(key: Option<&LegacyKey>, stored: &str) -> Result<LegacyValue, Leg
 
 /// The Fernet token inside a stored value, when there is one: the value is
 /// base64 of base64url text that decodes to version byte 0x80, a timestamp,
-/// an IV, whole AES blocks and an HMAC.
-fn fernet_token(stored: &str) -> Option<String> {
+/// an IV, whole AES blocks and an HMAC. Returns the token's bytes.
+fn fernet_token(stored: &str) -> Option<Vec<u8>> {
     let token = String::from_utf8(STANDARD.decode(stored.trim()).ok()?).ok()?;
     let data = URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).ok()?;
     let body = data.len().checked_sub(HEADER_LEN + HMAC_LEN)?;
-    (data[0] == 0x80 && body >= BLOCK && body % BLOCK == 0).then_some(token)
+    (data[0] == VERSION && body >= BLOCK && body % BLOCK == 0).then_some(data)
 }
 
 #[cfg(test)]
@@ -176,6 +231,20 @@ mod tests {
             let read = key(&v.jwt_secret).decrypt(&v.stored).expect(&v.name);
             assert!(!read.was_plaintext(), "{}", v.name);
             assert_eq!(read.secret().expose_secret(), v.plaintext, "{}", v.name);
+        }
+    }
+
+    /// Fernet is deterministic given the timestamp and IV: sealing each
+    /// vector's plaintext with its token's timestamp and IV gives Python's
+    /// token byte for byte, so what `encrypt` writes OpenHands reads.
+    #[test]
+    fn sealing_with_a_vectors_timestamp_and_iv_gives_pythons_token() {
+        for v in vectors() {
+            let token = fernet_token(&v.stored).expect(&v.name);
+            let timestamp = u64::from_be_bytes(token[1..IV_AT].try_into().unwrap());
+            let iv = token[IV_AT..HEADER_LEN].try_into().unwrap();
+            let sealed = key(&v.jwt_secret).seal(v.plaintext.as_bytes(), timestamp, iv);
+            assert_eq!(sealed, token, "{}", v.name);
         }
     }
 

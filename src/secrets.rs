@@ -28,9 +28,10 @@
 use crate::legacy_secrets::{LegacyKey, LegacySecretError, LegacyValue};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use rand::RngCore;
+use rand::rngs::SysRng;
+use rand::TryRng;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -82,7 +83,7 @@ impl Key {
             .chain_update(b"orgkeeper-key-id:")
             .chain_update(&bytes)
             .finalize();
-        let id = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        let id = hex::encode(&digest[..4]);
         let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
             .map_err(|_| SecretError::BadKey { setting })?;
         Ok(Key { id, cipher })
@@ -111,8 +112,9 @@ impl Key {
             return Err(SecretError::Corrupt);
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = XNonce::try_from(nonce).map_err(|_| SecretError::Corrupt)?;
         self.cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
+            .decrypt(&nonce, Payload { msg: body, aad })
             .map_err(|_| SecretError::Corrupt)
     }
 }
@@ -319,19 +321,23 @@ impl Keyring {
 
 /// A random 24-byte nonce from the operating system's CSPRNG.
 fn fresh_nonce() -> XNonce {
-    XChaCha20Poly1305::generate_nonce(&mut OsRng)
+    XNonce::generate()
+}
+
+/// 32 random bytes from the operating system's CSPRNG.
+fn random_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    SysRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the operating system's random number generator failed");
+    bytes
 }
 
 /// A fresh LiteLLM key value from the operating system's CSPRNG: `sk-` and
 /// 64 hex digits (32 random bytes). Never derived from anything, so no key
 /// can be computed from another or from the secret key.
 pub fn random_api_key() -> SecretString {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    SecretString::from(format!(
-        "sk-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    SecretString::from(format!("sk-{}", hex::encode(random_bytes())))
 }
 
 fn to_secret(bytes: Vec<u8>) -> Result<SecretString, SecretError> {
@@ -342,9 +348,7 @@ fn to_secret(bytes: Vec<u8>) -> Result<SecretString, SecretError> {
 
 /// A fresh random 32-byte key, base64-encoded (for `orgkeeper dev` and tests).
 pub fn generate_key() -> SecretString {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    SecretString::from(STANDARD.encode(bytes))
+    SecretString::from(STANDARD.encode(random_bytes()))
 }
 
 #[cfg(test)]
@@ -434,15 +438,9 @@ mod tests {
             place.associated_data(),
             format!("orgkeeper:org_member.llm_api_key:{VECTOR_ORG}/{VECTOR_USER}")
         );
-        let nonce: Vec<u8> = (0..VECTOR_NONCE.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&VECTOR_NONCE[i..i + 2], 16).unwrap())
-            .collect();
-        let written = ring.encrypt_with_nonce(
-            &place,
-            &SecretString::from(VECTOR_PLAINTEXT),
-            XNonce::from_slice(&nonce),
-        );
+        let nonce = unhex(VECTOR_NONCE);
+        let written =
+            ring.encrypt_with_nonce(&place, &SecretString::from(VECTOR_PLAINTEXT), &nonce);
         assert_eq!(written, VECTOR_OK2);
         assert_eq!(
             ring.decrypt(&place, VECTOR_OK2).unwrap().expose_secret(),
@@ -469,6 +467,108 @@ mod tests {
         }
         assert!(!ring.is_current(ok1));
         assert!(Keyring::is_orgkeeper_format(ok1));
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Vectors {
+        current_key: String,
+        old_key: String,
+        key_ids: Vec<KeyIdVector>,
+        ciphertexts: Vec<CiphertextVector>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct KeyIdVector {
+        key: String,
+        id: String,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct CiphertextVector {
+        name: String,
+        key: String,
+        nonce_hex: String,
+        place: Option<VectorPlace>,
+        plaintext: String,
+        stored: String,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct VectorPlace {
+        table: String,
+        column: String,
+        row_key: String,
+    }
+
+    /// `tests/fixtures/secret_vectors.json`, made independently with
+    /// libsodium (`make_secret_vectors.py`): every stored format.
+    fn vectors() -> Vectors {
+        serde_json::from_str(include_str!("../tests/fixtures/secret_vectors.json"))
+            .expect("tests/fixtures/secret_vectors.json")
+    }
+
+    #[test]
+    fn committed_key_ids_are_what_keys_are_named_by() {
+        let vectors = vectors();
+        assert!(vectors.key_ids.len() >= 4);
+        for v in vectors.key_ids {
+            let ring = Keyring::new(&SecretString::from(v.key.as_str()), &[], None).unwrap();
+            assert_eq!(ring.current_key_id(), v.id, "key {}", v.key);
+        }
+    }
+
+    /// Every committed `ok2` and `ok1` value (each kind of place, both keys)
+    /// decrypts at its place; each `ok2` under the current key is exactly
+    /// what `encrypt` writes with that nonce; no `ok2` reads elsewhere.
+    #[test]
+    fn committed_ciphertexts_of_every_place_decrypt_and_reencrypt_identically() {
+        let vectors = vectors();
+        let ring = Keyring::new(
+            &SecretString::from(vectors.current_key.as_str()),
+            &[SecretString::from(vectors.old_key.as_str())],
+            None,
+        )
+        .unwrap();
+        assert!(vectors.ciphertexts.len() >= 12);
+        let elsewhere = Place::new("org", "llm_api_key", "not-the-row");
+        for v in vectors.ciphertexts {
+            let place = v
+                .place
+                .as_ref()
+                .map(|p| Place::new(&p.table, &p.column, p.row_key.as_str()))
+                .unwrap_or_else(here);
+            let read = ring.decrypt(&place, &v.stored).expect(&v.name);
+            assert_eq!(read.expose_secret(), v.plaintext, "{}", v.name);
+            let current = v.key == vectors.current_key;
+            assert_eq!(
+                ring.is_current(&v.stored),
+                current && v.place.is_some(),
+                "{}",
+                v.name
+            );
+            if v.place.is_none() {
+                continue;
+            }
+            assert_eq!(
+                ring.decrypt(&elsewhere, &v.stored).unwrap_err(),
+                SecretError::WrongPlace(elsewhere.to_string()),
+                "{}",
+                v.name
+            );
+            if current {
+                let nonce = unhex(&v.nonce_hex);
+                let written = ring.encrypt_with_nonce(
+                    &place,
+                    &SecretString::from(v.plaintext.as_str()),
+                    &nonce,
+                );
+                assert_eq!(written, v.stored, "{}", v.name);
+            }
+        }
+    }
+
+    fn unhex(digits: &str) -> XNonce {
+        XNonce::try_from(hex::decode(digits).unwrap().as_slice()).unwrap()
     }
 
     #[test]

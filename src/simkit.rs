@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
 use axum::Router;
-use rand::Rng;
+use rand::RngExt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -184,16 +184,20 @@ pub struct Roll<'a> {
 /// Draws the latency and faults of one request to `endpoint` (takes no lock,
 /// never waits).
 pub fn roll<'a>(faults: &'a Faults, endpoint: &str) -> Roll<'a> {
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     let (lo, hi) = faults.latency_ms;
-    let delay = Duration::from_millis(if hi > lo { rng.gen_range(lo..=hi) } else { lo });
+    let delay = Duration::from_millis(if hi > lo {
+        rng.random_range(lo..=hi)
+    } else {
+        lo
+    });
     let fail = faults
         .fail
         .iter()
         .find(|(e, _)| e == "*" || e == endpoint)
         .map(|(e, status)| (e.as_str(), *status));
-    let drop = faults.drop_rate > 0.0 && rng.gen::<f64>() < faults.drop_rate;
-    let error = faults.error_rate > 0.0 && rng.gen::<f64>() < faults.error_rate;
+    let drop = faults.drop_rate > 0.0 && rng.random::<f64>() < faults.drop_rate;
+    let error = faults.error_rate > 0.0 && rng.random::<f64>() < faults.error_rate;
     Roll {
         delay,
         fail,

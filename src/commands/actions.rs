@@ -131,7 +131,12 @@ pub async fn run(pool: &PgPool, command: ActionsCommand) -> anyhow::Result<ExitC
     }
 }
 
-async fn sql_command(pool: &PgPool, sql: &str, id: i64, done: &str) -> anyhow::Result<ExitCode> {
+async fn sql_command(
+    pool: &PgPool,
+    sql: &'static str,
+    id: i64,
+    done: &str,
+) -> anyhow::Result<ExitCode> {
     match sqlx::query(sql).bind(id).execute(pool).await {
         Ok(_) => {
             println!("action {id}: {done}");

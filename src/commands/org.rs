@@ -313,7 +313,7 @@ async fn call_on_org<'q>(
     pool: &PgPool,
     actor: Uuid,
     org: &str,
-    sql: &'q str,
+    sql: &'static str,
     binds: impl FnOnce(PgQuery<'q>) -> PgQuery<'q>,
 ) -> Result<Uuid, Failure> {
     let (mut tx, id) = open_org(pool, actor, org).await?;

@@ -1,6 +1,6 @@
 //! When to try a failed action again.
 
-use rand::Rng;
+use rand::RngExt;
 use std::time::Duration;
 
 /// Capped exponential backoff with jitter.
@@ -19,7 +19,7 @@ impl RetryPolicy {
     pub fn delay(&self, attempts: i32) -> Duration {
         let exponent = attempts.saturating_sub(1).clamp(0, 30) as u32;
         let raw = self.base.saturating_mul(1u32 << exponent).min(self.max);
-        raw.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+        raw.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 }
 

@@ -228,7 +228,7 @@ impl Outbox {
 
     async fn fenced<'q>(
         &'q self,
-        sql: &'q str,
+        sql: &'static str,
         action: &'q Action,
         bind: impl FnOnce(
             sqlx::query::QueryScalar<'q, sqlx::Postgres, bool, sqlx::postgres::PgArguments>,
@@ -272,7 +272,7 @@ type IdsQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::post
 /// lease held) and returns whether each row's lease held.
 async fn write_fenced<'q, W: 'q>(
     conn: &mut PgConnection,
-    sql: &'q str,
+    sql: &'static str,
     rows: &'q [W],
     fence: impl Fn(&W) -> &Fence,
     bind: impl FnOnce(IdsQuery<'q>) -> IdsQuery<'q>,

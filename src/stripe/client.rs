@@ -523,15 +523,13 @@ fn path_segment(call: &'static str, id: &str) -> Result<String, StripeError> {
             "the customer id is empty",
         ));
     }
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    Ok(out)
+    // Everything but RFC 3986's unreserved characters is escaped.
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    Ok(percent_encoding::utf8_percent_encode(id, ESCAPED).to_string())
 }
 
 fn idempotency_header(call: &'static str, key: &str) -> Result<HeaderValue, StripeError> {
@@ -720,6 +718,7 @@ mod tests {
     fn path_segments_are_escaped_and_empty_ids_refused() {
         assert_eq!(path_segment("c", "cus_ABC123").unwrap(), "cus_ABC123");
         assert_eq!(path_segment("c", "a/b c").unwrap(), "a%2Fb%20c");
+        assert_eq!(path_segment("c", "é~.-_").unwrap(), "%C3%A9~.-_");
         assert!(path_segment("c", "").is_err());
     }
 

@@ -376,7 +376,7 @@ async fn deleting_an_org_detaches_billing_deletes_its_data_and_moves_current_use
                     extra_vals
                 }
             );
-            sqlx::query(&sql)
+            sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(t.owner)
                 .bind(org)
                 .execute(&db.pool)
@@ -397,9 +397,9 @@ async fn deleting_an_org_detaches_billing_deletes_its_data_and_moves_current_use
             .unwrap();
     assert_eq!(status, "deprovisioning");
     for table in ["stripe_customers", "billing_sessions"] {
-        let (detached, still): (i64, i64) = sqlx::query_as(&format!(
+        let (detached, still): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FILTER (WHERE org_id IS NULL), count(*) FILTER (WHERE org_id = $1) FROM orgkeeper.{table}"
-        ))
+        )))
         .bind(other)
         .fetch_one(&db.pool)
         .await
@@ -415,9 +415,9 @@ async fn deleting_an_org_detaches_billing_deletes_its_data_and_moves_current_use
         "gitlab_webhook",
         "conversation_metadata_saas",
     ] {
-        let (total, other_rows): (i64, i64) = sqlx::query_as(&format!(
+        let (total, other_rows): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT count(*), count(*) FILTER (WHERE org_id = $1) FROM orgkeeper.{table}"
-        ))
+        )))
         .bind(other)
         .fetch_one(&db.pool)
         .await

@@ -40,7 +40,7 @@ async fn app_pool(pooler: &Pooler, max: u32) -> PgPool {
 
 /// An unnamed (one-transaction) statement: what works through the pooler.
 fn q(sql: &str) -> sqlx::query::Query<'_, Postgres, PgArguments> {
-    sqlx::query(sql).persistent(false)
+    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false)
 }
 
 fn q_scalar<T>(sql: &str) -> sqlx::query::QueryScalar<'_, Postgres, T, PgArguments>
@@ -48,7 +48,7 @@ where
     T: Send + Unpin,
     (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
 {
-    sqlx::query_scalar(sql).persistent(false)
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).persistent(false)
 }
 
 /// A transaction acting as the application (`orgkeeper_app`) for `user`:
@@ -156,9 +156,9 @@ async fn set_local_ends_with_its_transaction_and_a_session_setting_leaks_to_the_
 
     // A session-level setting (SET, or set_config(..., false)) outlives the
     // transaction on the server connection: the next client becomes Alice.
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "SELECT set_config('orgkeeper.user_id', '{alice}', false)"
-    ))
+    )))
     .execute(&mut a)
     .await
     .unwrap();

@@ -61,7 +61,7 @@ async fn tenants(db: &TestDb) -> Tenants {
             .await
             .unwrap();
         for (table, column, value) in RELATED {
-            sqlx::query(&related_insert(table, column, value))
+            sqlx::query(sqlx::AssertSqlSafe(related_insert(table, column, value)))
                 .bind(owner)
                 .bind(org)
                 .execute(&db.pool)
@@ -123,9 +123,9 @@ async fn org_scoped_tables(db: &TestDb) -> Vec<(String, String)> {
 async fn bravo_rows(db: &TestDb, tables: &[(String, String)], bravo: Uuid) -> Vec<String> {
     let mut rows = Vec::new();
     for (table, column) in tables {
-        let mut these: Vec<String> = sqlx::query_scalar(&format!(
+        let mut these: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT '{table}: ' || t::text FROM orgkeeper.{table} t WHERE {column} = $1 ORDER BY 1"
-        ))
+        )))
         .bind(bravo)
         .fetch_all(&db.pool)
         .await
@@ -137,7 +137,7 @@ async fn bravo_rows(db: &TestDb, tables: &[(String, String)], bravo: Uuid) -> Ve
 
 /// Rows affected, or the refusal's SQLSTATE.
 async fn affected(conn: &mut PgConnection, sql: &str, id: Uuid) -> Result<u64, String> {
-    sqlx::query(sql)
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .execute(conn)
         .await
@@ -236,7 +236,7 @@ async fn a_user_sees_only_their_organizations_rows_through_every_table(level: &s
 
     for (table, column) in &tables {
         let sql = format!("SELECT count(*) FROM orgkeeper.{table} WHERE {column} = $1");
-        match sqlx::query_scalar::<_, i64>(&sql)
+        match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
             .bind(t.bravo)
             .fetch_one(&mut conn)
             .await
@@ -244,9 +244,9 @@ async fn a_user_sees_only_their_organizations_rows_through_every_table(level: &s
             Ok(n) => {
                 assert_eq!(n, 0, "{table}: Alice sees Bravo's rows");
                 // Whatever Alice sees belongs to Alpha.
-                let foreign: i64 = sqlx::query_scalar(&format!(
+                let foreign: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                     "SELECT count(*) FROM orgkeeper.{table} WHERE {column} IS DISTINCT FROM $1"
-                ))
+                )))
                 .bind(t.alpha)
                 .fetch_one(&mut conn)
                 .await
@@ -262,9 +262,9 @@ async fn a_user_sees_only_their_organizations_rows_through_every_table(level: &s
         .into_iter()
         .chain(RELATED.iter().map(|r| r.0))
     {
-        let n: i64 = sqlx::query_scalar(&format!(
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM orgkeeper.{table} WHERE org_id = $1"
-        ))
+        )))
         .bind(t.alpha)
         .fetch_one(&mut conn)
         .await
@@ -291,10 +291,12 @@ async fn a_user_sees_only_their_organizations_rows_through_every_table(level: &s
         "deployment_setting",
         "sql_library",
     ] {
-        let err = sqlx::query(&format!("SELECT * FROM orgkeeper.{table}"))
-            .fetch_all(&mut conn)
-            .await
-            .unwrap_err();
+        let err = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT * FROM orgkeeper.{table}"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_err();
         assert_eq!(db_error(&err).0, "42501", "{table}");
     }
     // Token hashes stay hidden even from the organization's owner.
@@ -350,9 +352,9 @@ async fn guessed_ids_update_and_delete_nothing_in_another_organization(level: &s
         } else {
             "id"
         };
-        let ids: Vec<String> = sqlx::query_scalar(&format!(
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT {key}::text FROM orgkeeper.{table} WHERE org_id = $1"
-        ))
+        )))
         .bind(t.bravo)
         .fetch_all(&db.pool)
         .await
@@ -387,7 +389,7 @@ async fn rows_cannot_be_written_into_another_organization(level: &str) {
     let mut conn = app_at(&db, Some(t.alice), level).await;
 
     for (table, column, value) in RELATED {
-        let err = sqlx::query(&related_insert(table, column, value))
+        let err = sqlx::query(sqlx::AssertSqlSafe(related_insert(table, column, value)))
             .bind(t.alice)
             .bind(t.bravo)
             .execute(&mut conn)
@@ -399,9 +401,9 @@ async fn rows_cannot_be_written_into_another_organization(level: &str) {
             "INSERT into {table} with Bravo's org_id: {err}"
         );
         // Moving one of Alpha's rows into Bravo is refused too.
-        let err = sqlx::query(&format!(
+        let err = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE orgkeeper.{table} SET org_id = $1 WHERE org_id = $2"
-        ))
+        )))
         .bind(t.bravo)
         .bind(t.alpha)
         .execute(&mut conn)
@@ -580,10 +582,12 @@ async fn without_a_user_the_application_sees_nothing(level: &str) {
     let t = tenants(&db).await;
     let mut conn = app_at(&db, None, level).await;
     for table in ["org", "org_member", "users", "invitation", "api_keys"] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM orgkeeper.{table}"))
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM orgkeeper.{table}"
+        )))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
         assert_eq!(n, 0, "{table}");
     }
     let err = sqlx::query("SELECT orgkeeper.rename_org($1, $2, 'X')")
@@ -682,15 +686,15 @@ async fn login_roles_that_are_members_of_the_service_roles_see_every_organizatio
     // Role attributes such as BYPASSRLS are not inherited: a login role that is
     // merely a member relies on the service policies.
     let login = format!("ok_daemon_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE ROLE {login} LOGIN IN ROLE orgkeeper_daemon"
-    ))
+    )))
     .execute(&db.pool)
     .await
     .unwrap();
     let mut conn = db.connect().await;
     let outcome: Result<(i64, i64, i64), sqlx::Error> = async {
-        sqlx::query(&format!("SET ROLE {login}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("SET ROLE {login}")))
             .execute(&mut conn)
             .await?;
         sqlx::query_as(
@@ -704,7 +708,7 @@ async fn login_roles_that_are_members_of_the_service_roles_see_every_organizatio
     .await;
     sqlx::query("RESET ROLE").execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
-    sqlx::query(&format!("DROP ROLE {login}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {login}")))
         .execute(&db.pool)
         .await
         .unwrap();
@@ -718,12 +722,14 @@ async fn a_dba_acts_for_any_user_without_naming_one_but_by_the_same_rules() {
     let db = TestDb::migrated().await;
     let t = tenants(&db).await;
     let login = format!("ok_dba_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE ROLE {login} LOGIN IN ROLE orgkeeper_dba"))
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {login} LOGIN IN ROLE orgkeeper_dba"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let mut conn = db.connect().await;
-    sqlx::query(&format!("SET ROLE {login}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET ROLE {login}")))
         .execute(&mut conn)
         .await
         .unwrap();
@@ -745,7 +751,7 @@ async fn a_dba_acts_for_any_user_without_naming_one_but_by_the_same_rules() {
         .map(drop);
     sqlx::query("RESET ROLE").execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
-    sqlx::query(&format!("DROP ROLE {login}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {login}")))
         .execute(&db.pool)
         .await
         .unwrap();

@@ -61,7 +61,10 @@ async fn run_in_transaction(db: &TestDb, statements: &[String]) -> sqlx::Error {
     let mut conn = db.connect().await;
     let mut tx = conn.begin().await.unwrap();
     for s in statements {
-        if let Err(e) = sqlx::query(s).execute(&mut *tx).await {
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(s.as_str()))
+            .execute(&mut *tx)
+            .await
+        {
             return e;
         }
     }
@@ -149,10 +152,12 @@ async fn deleting_the_owner_in_the_inserting_transaction_fails_the_commit_and_le
     );
 
     for table in ["org", "org_member", "pending_external_actions", "users"] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM orgkeeper.{table}"))
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM orgkeeper.{table}"
+        )))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
         assert_eq!(n, 0, "{table} keeps nothing from the refused transaction");
     }
 }
@@ -474,9 +479,9 @@ async fn the_outbox_state_machine_is_enforced_by_constraints() {
         ("status = 'bogus'", "action_status_valid"),
         ("finished_at = now()", "action_finished_iff_terminal"),
     ] {
-        let err = sqlx::query(&format!(
+        let err = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE orgkeeper.pending_external_actions SET {change} WHERE org_id = $1"
-        ))
+        )))
         .bind(org)
         .execute(&db.pool)
         .await

@@ -6,8 +6,8 @@
 use crate::support::{daemon_config, daemon_settings, insert_orgs, wait_until, TestDaemon, TestDb};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
-use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, Generate, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use indicatif::ProgressBar;
 use orgkeeper::commands::secrets::{rotate, Rotation, RotationReport};
 use orgkeeper::litellm::LiteLlmSimulator;
@@ -26,14 +26,13 @@ const LONG: Duration = Duration::from_secs(60);
 /// associated data), as the code before version 2 wrote them.
 fn ok1(key: &SecretString, plaintext: &str) -> String {
     let key = STANDARD.decode(key.expose_secret()).unwrap();
-    let id: String = Sha256::new()
-        .chain_update(b"orgkeeper-key-id:")
-        .chain_update(&key)
-        .finalize()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let id = hex::encode(
+        &Sha256::new()
+            .chain_update(b"orgkeeper-key-id:")
+            .chain_update(&key)
+            .finalize()[..4],
+    );
+    let nonce = XNonce::generate();
     let mut sealed = nonce.to_vec();
     sealed.extend(
         XChaCha20Poly1305::new_from_slice(&key)
@@ -81,7 +80,7 @@ impl Spot {
                 format!("UPDATE orgkeeper.{table} SET {column} = $1 WHERE id = $2::bigint")
             }
         };
-        let done = sqlx::query(&sql)
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(value)
             .bind(&self.row)
             .execute(pool)

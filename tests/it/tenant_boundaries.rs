@@ -29,7 +29,7 @@ async fn trusted_add(db: &TestDb, actor: Uuid, org: Uuid, who: Uuid, role: &str)
 
 /// Calls `sql` with uuid arguments on a connection.
 async fn call(conn: &mut PgConnection, sql: &str, args: &[Uuid]) -> Result<u64, sqlx::Error> {
-    let mut query = sqlx::query(sql);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for a in args {
         query = query.bind(*a);
     }
@@ -226,10 +226,12 @@ async fn item1_two_owners_racing_to_leave_and_demote_each_other_cannot_orphan_an
         let mut t1 = app(&db, Some(ann)).await;
         let mut t2 = app(&db, Some(ben)).await;
         for conn in [&mut t1, &mut t2] {
-            sqlx::query(&format!("BEGIN ISOLATION LEVEL {level}"))
-                .execute(&mut *conn)
-                .await
-                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "BEGIN ISOLATION LEVEL {level}"
+            )))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
             // Each reads the memberships first: the snapshot is taken.
             sqlx::query("SELECT count(*) FROM orgkeeper.org_member")
                 .execute(&mut *conn)
@@ -570,9 +572,9 @@ const USER_OWNED: &[(&str, &str)] = &[
 ];
 
 async fn own_row(db: &TestDb, table: &str, column: &str, who: Uuid, org: Uuid) {
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO orgkeeper.{table} (user_id, org_id, {column}) VALUES ($1, $2, 'x')"
-    ))
+    )))
     .bind(who)
     .bind(org)
     .execute(&db.pool)
@@ -599,9 +601,9 @@ async fn item6_a_member_cannot_read_write_or_delete_the_owners_rows_in_user_owne
     // Mia goes after Olive's rows in every user-owned table.
     let mut m = app(&db, Some(mia)).await;
     for (table, column) in USER_OWNED {
-        let seen: i64 = sqlx::query_scalar(&format!(
+        let seen: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM orgkeeper.{table} WHERE user_id = $1"
-        ))
+        )))
         .bind(olive)
         .fetch_one(&mut m)
         .await
@@ -743,10 +745,12 @@ async fn item5_an_app_user_cannot_choose_ids_and_a_squatted_conversation_id_is_a
             assert_eq!(code, "42501", "{sql}");
             assert_eq!(message, format!("permission denied for table {table}"), "{sql}");
         }
-        let err = sqlx::query(&format!("SELECT nextval('orgkeeper.{table}_id_seq')"))
-            .execute(&mut m)
-            .await
-            .unwrap_err();
+        let err = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT nextval('orgkeeper.{table}_id_seq')"
+        )))
+        .execute(&mut m)
+        .await
+        .unwrap_err();
         assert_eq!(
             db_error(&err),
             (

@@ -180,9 +180,9 @@ async fn reencrypt(db: &TestDb, action_id: i64) {
         );
         let done = match (table, column) {
             ("org", "llm_api_key" | "llm_api_key_for_byor" | "search_api_key" | "sandbox_api_key") => {
-                sqlx::query(&format!(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE orgkeeper.org SET {column} = 'ok1:' || md5({column}) WHERE id = $1"
-                ))
+                )))
                 .bind(Uuid::parse_str(key["id"].as_str().unwrap()).unwrap())
                 .execute(&db.pool)
                 .await
@@ -214,7 +214,7 @@ async fn reencrypt(db: &TestDb, action_id: i64) {
 }
 
 async fn count(db: &TestDb, sql: &str, user: Uuid) -> i64 {
-    sqlx::query_scalar(sql)
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(user)
         .fetch_one(&db.pool)
         .await

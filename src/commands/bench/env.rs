@@ -31,7 +31,7 @@ impl BenchEnv {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let admin = crate::db::connect(&admin_url, 1).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await?;
         admin.close().await;

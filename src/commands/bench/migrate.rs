@@ -180,7 +180,7 @@ async fn vacuum_analyze(pool: &PgPool) -> anyhow::Result<()> {
         .map(|t| format!("orgkeeper.{t}"))
         .collect::<Vec<_>>()
         .join(", ");
-    sqlx::query(&format!("VACUUM (ANALYZE) {tables}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM (ANALYZE) {tables}")))
         .execute(pool)
         .await?;
     Ok(())

@@ -166,7 +166,7 @@ async fn rollback(pool: &PgPool, user_id: Uuid) -> anyhow::Result<ExitCode> {
 /// gives exit status 1.
 async fn report_command(
     pool: &PgPool,
-    sql: &str,
+    sql: &'static str,
     user_id: Uuid,
     describe: impl FnOnce(&str, &Value) -> Option<String>,
 ) -> anyhow::Result<ExitCode> {

@@ -129,13 +129,7 @@ impl fmt::Debug for LiteLlmClient {
 
 /// SHA-256 hex digest: the token LiteLLM stores for a key.
 pub fn hash_key(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0x0f)]));
-    }
-    out
+    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 impl LiteLlmClient {
@@ -370,5 +364,14 @@ mod tests {
             hash_key("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        // Made by Python's hashlib (tests/fixtures/make_secret_vectors.py).
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/fixtures/secret_vectors.json"))
+                .unwrap();
+        let hashes = vectors["litellm_key_hashes"].as_array().unwrap();
+        assert!(hashes.len() >= 4);
+        for v in hashes {
+            assert_eq!(hash_key(v["key"].as_str().unwrap()), v["sha256_hex"]);
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! request bodies.
 
 use crate::litellm::client::hash_key;
-use rand::Rng;
+use rand::RngExt;
 use serde_json::{json, Map, Value};
 
 /// What a handler answers.
@@ -90,9 +90,9 @@ pub(super) fn token_of(key_or_token: &str) -> String {
 
 pub(super) fn random_key() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     let tail: String = (0..22)
-        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
         .collect();
     format!("sk-{tail}")
 }

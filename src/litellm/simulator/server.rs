@@ -14,7 +14,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use rand::Rng;
+use rand::RngExt;
 use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
@@ -69,9 +69,8 @@ fn resource_of(call: Call, body: &Map<String, Value>, reply: &Reply) -> Option<S
 /// becomes a list of its values.
 pub(super) fn query_json(query: &str) -> Value {
     let mut out = Map::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (percent_decode(k), Value::String(percent_decode(v)));
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let (k, v) = (k.into_owned(), Value::String(v.into_owned()));
         match out.get_mut(&k) {
             None => {
                 out.insert(k, v);
@@ -85,34 +84,9 @@ pub(super) fn query_json(query: &str) -> Value {
 
 /// Percent-decodes one query parameter (`+` is a space, as FastAPI reads it).
 pub(super) fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn endpoint_name(path: &str) -> &'static str {
@@ -278,7 +252,7 @@ fn respond(
     body: &Bytes,
 ) -> Reply {
     if roll.error {
-        return match rand::thread_rng().gen_range(0..3u8) {
+        return match rand::rng().random_range(0..3u8) {
             0 => proxy_error(
                 500,
                 "Internal Server Error, simulated fault (--error-rate)",
@@ -390,8 +364,8 @@ mod tests {
             Some("x@y.z w")
         );
         assert_eq!(query_param("a=1", "user_id"), None);
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(query_param("a=100%", "a").as_deref(), Some("100%"));
+        assert_eq!(query_param("a=%4", "a").as_deref(), Some("%4"));
         assert_eq!(
             query_json("a=1&b=x%20y&a=2&a=3&c"),
             json!({"a": ["1", "2", "3"], "b": "x y", "c": ""})

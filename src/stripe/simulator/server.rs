@@ -10,8 +10,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use rand::distributions::Alphanumeric;
-use rand::Rng;
+use rand::distr::Alphanumeric;
+use rand::RngExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -54,7 +54,11 @@ fn route(method: &Method, path: &str) -> (Endpoint, Option<String>) {
     }
     if let Some(id) = path.strip_prefix("/v1/customers/") {
         if !id.is_empty() && !id.contains('/') {
-            let id = Some(percent_decode(id));
+            let id = Some(
+                percent_encoding::percent_decode_str(id)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            );
             return match *method {
                 Method::POST => (Endpoint::Call(Call::UpdateCustomer), id),
                 Method::GET => (Endpoint::Call(Call::GetCustomer), id),
@@ -282,35 +286,7 @@ fn read_params(
 
 /// Parses `a=1&b%5Bc%5D=2` into pairs (`+` is a space).
 pub(super) fn parse_urlencoded(s: &str) -> Vec<(String, String)> {
-    s.split('&')
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            (
-                percent_decode(&k.replace('+', " ")),
-                percent_decode(&v.replace('+', " ")),
-            )
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(s.as_bytes()).into_owned().collect()
 }
 
 /// What identifies "the same request" for an idempotency key.
@@ -382,7 +358,7 @@ pub(super) fn mask_key(key: &str) -> String {
 }
 
 pub(super) fn random_id(prefix: &str, len: usize) -> String {
-    let tail: String = rand::thread_rng()
+    let tail: String = rand::rng()
         .sample_iter(&Alphanumeric)
         .take(len)
         .map(char::from)
@@ -445,9 +421,15 @@ mod tests {
                 ("name".to_string(), "A B".to_string()),
             ]
         );
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%4"), "%4");
-        assert_eq!(percent_decode("%zz%41"), "%zzA");
+        // A `%` that starts no escape is kept.
+        assert_eq!(
+            parse_urlencoded("a=100%&b=%4&c=%zz%41"),
+            vec![
+                ("a".to_string(), "100%".to_string()),
+                ("b".to_string(), "%4".to_string()),
+                ("c".to_string(), "%zzA".to_string()),
+            ]
+        );
     }
 
     #[test]

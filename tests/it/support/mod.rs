@@ -76,16 +76,20 @@ async fn ensure_template(admin_url: &str) -> anyhow::Result<String> {
             .await?;
     if !exists {
         let building = format!("{template}_building");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {building}"))
-            .execute(&mut admin)
-            .await?;
-        sqlx::query(&format!("CREATE DATABASE {building}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {building}"
+        )))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {building}")))
             .execute(&mut admin)
             .await?;
         orgkeeper::db::migrate(&with_database(admin_url, &building)).await?;
-        sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {template}"))
-            .execute(&mut admin)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {building} RENAME TO {template}"
+        )))
+        .execute(&mut admin)
+        .await?;
         // Templates of older schemas are of no further use; one still open
         // by a concurrent run of an older build stays (the drop fails).
         let stale: Vec<String> = sqlx::query_scalar(
@@ -96,7 +100,7 @@ async fn ensure_template(admin_url: &str) -> anyhow::Result<String> {
         .fetch_all(&mut admin)
         .await?;
         for name in stale {
-            let _ = sqlx::query(&format!("DROP DATABASE {name}"))
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
                 .execute(&mut admin)
                 .await;
         }
@@ -143,7 +147,7 @@ impl TestDb {
         let from = template
             .map(|t| format!(" TEMPLATE {t}"))
             .unwrap_or_else(|| " TEMPLATE template0".into());
-        sqlx::query(&format!("CREATE DATABASE {name}{from}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}{from}")))
             .execute(&mut admin)
             .await
             .expect("create test database");
@@ -171,9 +175,11 @@ impl Drop for TestDb {
         let _ = std::thread::spawn(move || {
             runtime().block_on(async move {
                 if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
                 }
             })
         })
@@ -362,10 +368,12 @@ pub async fn app(db: &TestDb, user: Option<Uuid>) -> PgConnection {
 /// (implicit ones included) run at isolation `level`.
 pub async fn app_at(db: &TestDb, user: Option<Uuid>, level: &str) -> PgConnection {
     let mut conn = db.connect().await;
-    sqlx::query(&format!("SET default_transaction_isolation = '{level}'"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET default_transaction_isolation = '{level}'"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let effective: String = sqlx::query_scalar("SELECT current_setting('transaction_isolation')")
         .fetch_one(&mut conn)
         .await
@@ -396,10 +404,12 @@ pub struct LoginRole {
 impl LoginRole {
     pub async fn create(db: &TestDb, prefix: &str, group: &str) -> LoginRole {
         let name = format!("{prefix}_{}", Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE ROLE {name} LOGIN IN ROLE {group}"))
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {name} LOGIN IN ROLE {group}"
+        )))
+        .execute(&db.pool)
+        .await
+        .unwrap();
         LoginRole {
             name,
             admin_url: db.url.clone(),
@@ -429,7 +439,7 @@ impl Drop for LoginRole {
                     let mut admin = PgConnection::connect(&url)
                         .await
                         .map_err(|e| e.to_string())?;
-                    sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {name}")))
                         .execute(&mut admin)
                         .await
                         .map_err(|e| e.to_string())?;
