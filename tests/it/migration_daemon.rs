@@ -404,7 +404,15 @@ async fn a_user_unknown_to_litellm_fails_for_good_and_a_retry_finishes_once_fixe
 /// Kills the daemon right after migration step `step`, then lets another
 /// finish: the budget must be counted exactly once.
 async fn kill_during_migration(step: usize) {
-    const STEPS: [&str; 4] = ["team/new", "user/update", "team/member_add", "key/list"];
+    // The order of the migration's LiteLLM calls after user/info; the
+    // action fails at STEPS[step] once STEPS[step - 1] has succeeded.
+    const STEPS: [&str; 5] = [
+        "key/list",
+        "team/new",
+        "user/update",
+        "team/member_add",
+        "key/update",
+    ];
     let w = World::new().await;
     let (user, _) = w.legacy_user(Some(10.0), 4.0, 5, None).await;
     w.migrate(user).await;
@@ -442,17 +450,17 @@ async fn kill_during_migration(step: usize) {
 
 #[tokio::test]
 async fn killed_after_team_creation_the_budget_counts_once() {
-    kill_during_migration(1).await;
-}
-
-#[tokio::test]
-async fn killed_after_the_user_went_unlimited_the_budget_counts_once() {
     kill_during_migration(2).await;
 }
 
 #[tokio::test]
-async fn killed_after_the_membership_the_budget_counts_once() {
+async fn killed_after_the_user_went_unlimited_the_budget_counts_once() {
     kill_during_migration(3).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_membership_the_budget_counts_once() {
+    kill_during_migration(4).await;
 }
 
 #[tokio::test]

@@ -85,28 +85,7 @@ pub async fn migrate(
     };
     let litellm = &services.litellm;
 
-    let budget = match action.progress.get("budget").and_then(Budget::from_json) {
-        Some(saved) => saved,
-        None => {
-            let info = call(services, LiteLlmCall::UserInfo, || litellm.user_info(user))
-                .await?
-                .ok_or_else(|| {
-                    ActionError::Permanent(format!(
-                        "LiteLLM has no user {user}: a legacy user must exist at the proxy to be migrated \
-                         (create them there, or check LITELLM_BASE_URL), then: orgkeeper actions retry {}",
-                        action.id
-                    ))
-                })?;
-            let budget = credits(info.max_budget, info.spend, margin);
-            if !outbox
-                .save_progress(action, &json!({ "budget": budget.to_json() }))
-                .await?
-            {
-                return Err(ActionError::LeaseLost);
-            }
-            budget
-        }
-    };
+    let (budget, moved) = read_before_changes(services, outbox, action, user, margin).await?;
 
     let version = action.payload.get("user_version").and_then(Value::as_i64);
     let model = action.payload.get("model").cloned().unwrap_or(Value::Null);
@@ -183,7 +162,12 @@ pub async fn migrate(
         })
         .await?;
     }
-    let moved = move_legacy_keys_in(services, outbox, action, user, team_id).await?;
+    for key in &moved {
+        call(services, LiteLlmCall::KeyUpdate, || {
+            litellm.move_key_to_team(&key.token, Some(team_id))
+        })
+        .await?;
+    }
 
     let result = json!({
         "team_id": team_id,
@@ -195,7 +179,7 @@ pub async fn migrate(
         "credits": budget.credits,
         "already_migrated": budget.credits.is_none(),
         "original": budget.to_json(),
-        "keys_moved": moved,
+        "keys_moved": moved.len(),
     });
     record_team_ready(services, action, team_id, &result).await
 }
@@ -320,28 +304,49 @@ impl MovedKey {
     }
 }
 
-/// Moves the user's own legacy keys into `team`: keys in no team or in the
-/// legacy shared team (`ORGKEEPER_LEGACY_TEAM_ID`), never keys orgkeeper
-/// made (those belong to organizations, personal or not). The list is
-/// saved in the action's progress before any key moves, so a retry moves
-/// the same keys and a rollback puts each back where it was. Returns how
-/// many moved; moving is idempotent.
-async fn move_legacy_keys_in(
+/// What the migration needs to know before it changes anything at LiteLLM:
+/// the user's budget (credits computed with `margin`) and the user's own
+/// legacy keys to move — keys in no team or in the legacy shared team
+/// (`ORGKEEPER_LEGACY_TEAM_ID`), never keys orgkeeper made (those belong to
+/// organizations, personal or not). Whatever the action's progress does not
+/// hold yet is read and saved in one fenced write, before the first change:
+/// a retry reuses both (the budget is never counted twice, the same keys
+/// move), and a rollback puts each key back where it was.
+async fn read_before_changes(
     services: &Services,
     outbox: &Outbox,
     action: &Action,
     user: &str,
-    team: &str,
-) -> Result<usize, ActionError> {
+    margin: Option<f64>,
+) -> Result<(Budget, Vec<MovedKey>), ActionError> {
     let litellm = &services.litellm;
-    let mut moved = MovedKey::list(&action.progress);
-    if action.progress.get("moved_keys").is_none() {
+    let mut fresh = serde_json::Map::new();
+    let budget = match action.progress.get("budget").and_then(Budget::from_json) {
+        Some(saved) => saved,
+        None => {
+            let info = call(services, LiteLlmCall::UserInfo, || litellm.user_info(user))
+                .await?
+                .ok_or_else(|| {
+                    ActionError::Permanent(format!(
+                        "LiteLLM has no user {user}: a legacy user must exist at the proxy to be migrated \
+                         (create them there, or check LITELLM_BASE_URL), then: orgkeeper actions retry {}",
+                        action.id
+                    ))
+                })?;
+            let budget = credits(info.max_budget, info.spend, margin);
+            fresh.insert("budget".into(), budget.to_json());
+            budget
+        }
+    };
+    let moved = if action.progress.get("moved_keys").is_some() {
+        MovedKey::list(&action.progress)
+    } else {
         let legacy_team = services.defaults.legacy_team_id.as_deref();
         let keys = call(services, LiteLlmCall::KeyList, || {
             litellm.list_user_keys(user)
         })
         .await?;
-        moved = keys
+        let moved: Vec<MovedKey> = keys
             .into_iter()
             .filter(|k| {
                 !k.managed_by_orgkeeper
@@ -352,20 +357,13 @@ async fn move_legacy_keys_in(
                 from_team: k.team_id,
             })
             .collect();
-        if !outbox
-            .save_progress(action, &json!({ "moved_keys": moved }))
-            .await?
-        {
-            return Err(ActionError::LeaseLost);
-        }
+        fresh.insert("moved_keys".into(), json!(moved));
+        moved
+    };
+    if !fresh.is_empty() && !outbox.save_progress(action, &Value::Object(fresh)).await? {
+        return Err(ActionError::LeaseLost);
     }
-    for key in &moved {
-        call(services, LiteLlmCall::KeyUpdate, || {
-            litellm.move_key_to_team(&key.token, Some(team))
-        })
-        .await?;
-    }
-    Ok(moved.len())
+    Ok((budget, moved))
 }
 
 /// Ends a migration that failed for good as `failed` and marks the personal
