@@ -296,6 +296,20 @@ impl Db {
         Some(key)
     }
 
+    /// The keys `index` lists under `id` (a team's or a user's), oldest
+    /// first, as `/team/info` and `/user/info` show them.
+    fn keys_json_of(&self, index: &HashMap<String, HashSet<String>>, id: &str) -> Vec<Value> {
+        index
+            .get(id)
+            .map(|set| {
+                self.keys_sorted(set.iter())
+                    .into_iter()
+                    .map(|k| Self::key_json(k, true))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn keys_sorted<'a>(&'a self, tokens: impl Iterator<Item = &'a String>) -> Vec<&'a Key> {
         let mut keys: Vec<&Key> = tokens.filter_map(|t| self.keys.get(t)).collect();
         keys.sort_by_key(|k| k.seq);

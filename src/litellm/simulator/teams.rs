@@ -104,16 +104,7 @@ impl Db {
                 "None",
             ));
         };
-        let keys: Vec<Value> = self
-            .keys_by_team
-            .get(team_id)
-            .map(|set| {
-                self.keys_sorted(set.iter())
-                    .into_iter()
-                    .map(|k| Self::key_json(k, true))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let keys = self.keys_json_of(&self.keys_by_team, team_id);
         let memberships: Vec<Value> = team
             .budgets
             .iter()

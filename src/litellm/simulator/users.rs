@@ -88,16 +88,7 @@ impl Db {
                 "None",
             ));
         };
-        let keys: Vec<Value> = self
-            .keys_by_user
-            .get(user_id)
-            .map(|set| {
-                self.keys_sorted(set.iter())
-                    .into_iter()
-                    .map(|k| Self::key_json(k, true))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let keys = self.keys_json_of(&self.keys_by_user, user_id);
         let teams: Vec<Value> = user
             .teams
             .iter()
