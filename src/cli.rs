@@ -140,10 +140,12 @@ pub fn main() -> ExitCode {
 /// flag, like every other malformed setting, and exit status 2.
 fn parse_error(err: clap::Error) -> ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let invalid = matches!(
+    if !matches!(
         err.kind(),
         ErrorKind::InvalidValue | ErrorKind::ValueValidation
-    );
+    ) {
+        err.exit()
+    }
     let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) = (
         err.get(ContextKind::InvalidArg),
         err.get(ContextKind::InvalidValue),
@@ -157,9 +159,6 @@ fn parse_error(err: clap::Error) -> ExitCode {
     else {
         err.exit()
     };
-    if !invalid {
-        err.exit()
-    }
     let (path, env) = flag_env(flag);
     let named = match env {
         Some((env, true)) => format!("{env} (--{flag}): the value given"),

@@ -51,6 +51,7 @@ pub trait BatchWrite: Sized + Send + Sync + 'static {
 
 /// For a write that returns the ids whose lease held: whether each row's did.
 pub fn held(ids: impl IntoIterator<Item = i64>, landed: &[i64]) -> Vec<bool> {
+    let landed: std::collections::HashSet<i64> = landed.iter().copied().collect();
     ids.into_iter().map(|id| landed.contains(&id)).collect()
 }
 
