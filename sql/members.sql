@@ -24,6 +24,9 @@
 ------------------------------------------------------------------------------
 -- the acting user
 ------------------------------------------------------------------------------
+-- No EXCEPTION block (each call would start a subtransaction): the text is
+-- checked against the forms uuid_in accepts (hex digits in groups of four,
+-- each optionally followed by a hyphen; optionally in braces) before the cast.
 CREATE OR REPLACE FUNCTION orgkeeper.current_app_user() RETURNS uuid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
 DECLARE
@@ -32,24 +35,26 @@ BEGIN
     IF v_setting IS NULL THEN
         RETURN NULL;
     END IF;
-    RETURN v_setting::uuid;
-EXCEPTION
-    WHEN invalid_text_representation THEN
+    IF v_setting !~* '^(\{[0-9a-f]{4}(-?[0-9a-f]{4}){7}\}|[0-9a-f]{4}(-?[0-9a-f]{4}){7})$' THEN
         RAISE EXCEPTION 'orgkeeper.user_id is set to %, which is not a UUID', quote_literal(v_setting)
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'set it to the acting user''s id: SET LOCAL orgkeeper.user_id = ''<uuid>''';
+    END IF;
+    RETURN v_setting::uuid;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.current_app_user() IS
   'The user the application acts for in this transaction: the custom setting orgkeeper.user_id as a UUID, NULL when unset or empty. Row-level security policies and the management functions read it. Raises 22023 when it is not a UUID.';
 
+-- A SQL-standard body: parsed once, at CREATE, with its references bound
+-- then (no search_path at call time can redirect them), and inlined into
+-- its callers: no SET clause, no planning per call. Inside a SECURITY
+-- DEFINER function current_user is the owner, but the "role" setting still
+-- holds what the session chose with SET ROLE.
 CREATE OR REPLACE FUNCTION orgkeeper.caller_role() RETURNS name
-LANGUAGE sql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-    -- Inside a SECURITY DEFINER function current_user is the owner, but the
-    -- "role" setting still holds what the session chose with SET ROLE.
-    SELECT CASE WHEN current_setting('role') IN ('none', '') THEN session_user
-                ELSE current_setting('role')::name END;
-$$;
+LANGUAGE sql STABLE
+RETURN CASE WHEN current_setting('role') IN ('none', '') THEN session_user
+            ELSE current_setting('role')::name END;
 COMMENT ON FUNCTION orgkeeper.caller_role() IS
   'The role the session acts as (SET ROLE, else the login role), even inside SECURITY DEFINER functions.';
 

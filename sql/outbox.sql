@@ -134,7 +134,9 @@ CREATE TRIGGER org_after_delete
 ------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION orgkeeper.claim_actions(p_worker text, p_limit integer, p_lease interval)
 RETURNS SETOF orgkeeper.pending_external_actions
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
     WITH due AS (
         SELECT a.id
           FROM orgkeeper.pending_external_actions a
@@ -160,6 +162,7 @@ LANGUAGE sql AS $$
       FROM due
      WHERE a.id = due.id
     RETURNING a.*;
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.claim_actions(text, integer, interval) IS
   'Daemon: leases up to p_limit due actions to replica p_worker in one statement (FOR UPDATE SKIP LOCKED), bumping attempts; locked_by becomes the lease token "<worker>/<attempt>" that every fenced write must present. An action waits while an earlier action of the same subject is unfinished.';
@@ -189,18 +192,25 @@ $$;
 COMMENT ON FUNCTION orgkeeper.error_entry(integer, text, boolean) IS
   'One element for the errors history of an action: attempt number, time, message, and whether it was transient.';
 
+-- The claim and the write-backs are plpgsql, which keeps each statement's
+-- plan for the session; a SQL function that is not inlined (an UPDATE never
+-- is) is planned again at every call, which cost more than the write itself.
+--
 -- The write-backs of a claim batch are written in one statement each
 -- (src/outbox/batch.rs): element i of each array belongs together, and each
 -- row is fenced on its own lease token, so a stale token writes nothing for
 -- its row while the others land; the functions return the ids whose fence held.
 CREATE OR REPLACE FUNCTION orgkeeper.save_progress_many(p_ids bigint[], p_workers text[], p_progress jsonb[])
 RETURNS SETOF bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
     UPDATE orgkeeper.pending_external_actions a
        SET progress = a.progress || u.progress, updated_at = now()
       FROM unnest(p_ids, p_workers, p_progress) AS u(id, worker, progress)
      WHERE a.id = u.id AND a.locked_by = u.worker
     RETURNING a.id;
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.save_progress_many(bigint[], text[], jsonb[]) IS
   'Daemon: merges checkpoint data into the progress of several actions in one statement (element i of each array belongs together), each while its token holds the lease. Returns the ids whose lease held; the others are left unchanged.';
@@ -208,8 +218,10 @@ COMMENT ON FUNCTION orgkeeper.save_progress_many(bigint[], text[], jsonb[]) IS
 -- The one-action forms below stay for daemons of the previous release during
 -- a rolling upgrade, and for the handlers' own write-backs in SQL.
 CREATE OR REPLACE FUNCTION orgkeeper.save_progress(p_id bigint, p_worker text, p_progress jsonb) RETURNS boolean
-LANGUAGE sql AS $$
-    SELECT EXISTS (SELECT 1 FROM orgkeeper.save_progress_many(ARRAY[p_id], ARRAY[p_worker], ARRAY[p_progress]));
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM orgkeeper.save_progress_many(ARRAY[p_id], ARRAY[p_worker], ARRAY[p_progress]));
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.save_progress(bigint, text, jsonb) IS
   'Daemon: merges checkpoint data into progress while p_worker holds the lease (orgkeeper.save_progress_many for one action). False = lease lost.';
@@ -229,27 +241,34 @@ COMMENT ON FUNCTION orgkeeper.hold_action(bigint, text) IS
 
 CREATE OR REPLACE FUNCTION orgkeeper.complete_actions(p_ids bigint[], p_workers text[], p_results jsonb[])
 RETURNS SETOF bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
     UPDATE orgkeeper.pending_external_actions a
        SET status = 'done', result = u.result, locked_by = NULL, locked_until = NULL,
            finished_at = now(), updated_at = now()
       FROM unnest(p_ids, p_workers, p_results) AS u(id, worker, result)
      WHERE a.id = u.id AND a.locked_by = u.worker AND a.status = 'running'
     RETURNING a.id;
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.complete_actions(bigint[], text[], jsonb[]) IS
   'Daemon: marks several running actions done with their results in one statement (element i of each array belongs together), each only while its token holds the lease. Returns the ids whose lease held; nothing is written for the others.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.complete_action(p_id bigint, p_worker text, p_result jsonb) RETURNS boolean
-LANGUAGE sql AS $$
-    SELECT EXISTS (SELECT 1 FROM orgkeeper.complete_actions(ARRAY[p_id], ARRAY[p_worker], ARRAY[p_result]));
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM orgkeeper.complete_actions(ARRAY[p_id], ARRAY[p_worker], ARRAY[p_result]));
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.complete_action(bigint, text, jsonb) IS
   'Daemon: marks a running action done with its result, if p_worker still holds the lease (orgkeeper.complete_actions for one action; the handlers'' own write-backs call it in their transaction). False = lease lost, nothing written.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.retry_actions_later(p_ids bigint[], p_workers text[], p_errors text[], p_delays interval[])
 RETURNS SETOF bigint
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
     UPDATE orgkeeper.pending_external_actions a
        SET status = CASE WHEN a.status = 'running' THEN 'pending' ELSE a.status END,
            run_after = now() + u.delay,
@@ -259,13 +278,16 @@ LANGUAGE sql AS $$
       FROM unnest(p_ids, p_workers, p_errors, p_delays) AS u(id, worker, error, delay)
      WHERE a.id = u.id AND a.locked_by = u.worker
     RETURNING a.id;
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.retry_actions_later(bigint[], text[], text[], interval[]) IS
   'Daemon: records a transient error for several actions in one statement (element i of each array belongs together) and releases each to run again after its delay (backoff), each only while its token holds the lease. Returns the ids whose lease held.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.retry_action_later(p_id bigint, p_worker text, p_error text, p_delay interval) RETURNS boolean
-LANGUAGE sql AS $$
-    SELECT EXISTS (SELECT 1 FROM orgkeeper.retry_actions_later(ARRAY[p_id], ARRAY[p_worker], ARRAY[p_error], ARRAY[p_delay]));
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM orgkeeper.retry_actions_later(ARRAY[p_id], ARRAY[p_worker], ARRAY[p_error], ARRAY[p_delay]));
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.retry_action_later(bigint, text, text, interval) IS
   'Daemon: records a transient error and releases the action to run again after p_delay (orgkeeper.retry_actions_later for one action). Fenced on the lease.';

@@ -14,10 +14,10 @@
 --   read nor write the table (row security without an application policy,
 --   nothing granted; sql/rls.sql).
 
+-- SQL-standard body: bound at CREATE and inlined into its callers.
 CREATE OR REPLACE FUNCTION orgkeeper.policy_applies_to_personal_orgs() RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
-    SELECT orgkeeper.get_deployment_setting('policy_applies_to_personal_orgs', 'off') = 'on';
-$$;
+LANGUAGE sql STABLE
+RETURN orgkeeper.get_deployment_setting('policy_applies_to_personal_orgs', 'off') = 'on';
 COMMENT ON FUNCTION orgkeeper.policy_applies_to_personal_orgs() IS
   'True when deployment setting policy_applies_to_personal_orgs is on (ORGKEEPER_POLICY_PERSONAL_ORGS=on at the last orgkeeper migrate that set it, or a DBA''s UPDATE): the org-creation policy then also withholds personal organizations (signup, create_personal_org, user migration) from users it does not allow. Off when never set.';
 

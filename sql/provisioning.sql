@@ -2,9 +2,13 @@
 -- litellm.provision_org. Each write-back is one transaction, fenced on the
 -- action's lease, so the org row and the action can never disagree.
 
+-- plpgsql: a SQL function reading a table is not inlined, and one not
+-- inlined is planned again at every call (once per provisioning).
 CREATE OR REPLACE FUNCTION orgkeeper.verified_email(p_user_id uuid) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT u.email FROM orgkeeper.users u WHERE u.id = p_user_id AND u.email_verified;
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT u.email FROM orgkeeper.users u WHERE u.id = p_user_id AND u.email_verified);
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.verified_email(uuid) IS
   'Daemon: the user''s email if the identity provider verified it (users.email_verified), else NULL. The only email sent to LiteLLM: an address the application merely asserted is never attached to anyone''s LiteLLM user.';

@@ -12,11 +12,14 @@ $$;
 COMMENT ON FUNCTION orgkeeper.current_settings_version() IS
   'The current (highest) settings version; new organizations start there.';
 
+-- plpgsql for the same reason (every provisioning and migrated user reads it).
 CREATE OR REPLACE FUNCTION orgkeeper.default_llm_model(p_version integer DEFAULT NULL) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT 'litellm_proxy/' || v.default_model
-      FROM orgkeeper.settings_version v
-     WHERE v.version = coalesce(p_version, (SELECT max(version) FROM orgkeeper.settings_version));
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT 'litellm_proxy/' || v.default_model
+              FROM orgkeeper.settings_version v
+             WHERE v.version = coalesce(p_version, (SELECT max(version) FROM orgkeeper.settings_version)));
+END;
 $$;
 COMMENT ON FUNCTION orgkeeper.default_llm_model(integer) IS
   'The model path (litellm_proxy/<model>) of a settings version, of the current one when NULL; NULL for an unknown version.';
