@@ -141,7 +141,16 @@ impl Outbox {
     /// Merges checkpoint data into the action's progress. False = lease lost.
     /// Batched; committed synchronously (see [`Progress`]).
     pub async fn save_progress(&self, action: &Action, progress: &Value) -> sqlx::Result<bool> {
-        self.write_back(Progress::new(action, progress.clone()))
+        self.write_back(Progress::<true>::new(action, progress.clone()))
+            .await
+    }
+
+    /// Like [`Outbox::save_progress`] for a note that only a report reads
+    /// (no retry depends on it): committed asynchronously, so it costs the
+    /// action no WAL flush. A database crash may lose it, as a daemon
+    /// killed just before it would have.
+    pub async fn note_progress(&self, action: &Action, progress: &Value) -> sqlx::Result<bool> {
+        self.write_back(Progress::<false>::new(action, progress.clone()))
             .await
     }
 
@@ -151,7 +160,7 @@ impl Outbox {
         &self,
         entries: &[(&Action, &Value)],
     ) -> sqlx::Result<Vec<bool>> {
-        let rows: Vec<Progress> = entries
+        let rows: Vec<Progress<true>> = entries
             .iter()
             .map(|(a, p)| Progress::new(a, (*p).clone()))
             .collect();
@@ -289,12 +298,15 @@ async fn write_fenced<'q, W: 'q>(
 /// A progress save (`orgkeeper.save_progress_many`). Committed
 /// synchronously: a progress save may hold the key chosen before
 /// `/key/generate` (see `handlers::keys`), which a retry must find.
-struct Progress {
+///
+/// `DURABLE = false` is [`Outbox::note_progress`]: the same write, committed
+/// asynchronously, by its own batcher.
+struct Progress<const DURABLE: bool> {
     fence: Fence,
     progress: Value,
 }
 
-impl Progress {
+impl<const DURABLE: bool> Progress<DURABLE> {
     fn new(action: &Action, progress: Value) -> Self {
         Progress {
             fence: Fence::of(action),
@@ -303,9 +315,9 @@ impl Progress {
     }
 }
 
-impl BatchWrite for Progress {
+impl<const DURABLE: bool> BatchWrite for Progress<DURABLE> {
     type Outcome = bool;
-    const ASYNC_COMMIT: bool = false;
+    const ASYNC_COMMIT: bool = !DURABLE;
 
     async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<bool>> {
         let progress: Vec<&Value> = rows.iter().map(|r| &r.progress).collect();

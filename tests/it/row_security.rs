@@ -613,6 +613,74 @@ async fn without_a_user_the_application_sees_nothing(level: &str) {
     );
 }
 
+/// orgkeeper.user_id is read without an EXCEPTION block (no subtransaction
+/// per call): the text is checked before the cast. Every form PostgreSQL
+/// reads as a uuid is the same user; anything else is refused, naming it.
+#[tokio::test]
+async fn orgkeeper_user_id_takes_every_spelling_of_a_uuid_and_refuses_the_rest() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connect().await;
+    let id = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+    for spelling in [
+        id,
+        "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+        "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+        "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+        "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11",
+        "  a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11 ",
+    ] {
+        sqlx::query("SELECT set_config('orgkeeper.user_id', $1, false)")
+            .bind(spelling)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let user: Option<Uuid> = sqlx::query_scalar("SELECT orgkeeper.current_app_user()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{spelling:?}: {e}"));
+        assert_eq!(user, Some(Uuid::parse_str(id).unwrap()), "{spelling:?}");
+    }
+    for not_a_uuid in [
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11-",
+        "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1",
+        "a0eebc99--9c0b-4ef8-bb6d-6bb9bd380a11",
+        "a0eebc9-99c0b-4ef8-bb6d-6bb9bd380a11",
+        "g0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "alice",
+    ] {
+        let cast = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT '{not_a_uuid}'::uuid")))
+            .execute(&mut conn)
+            .await;
+        assert!(cast.is_err(), "PostgreSQL reads {not_a_uuid:?} as a uuid");
+        sqlx::query("SELECT set_config('orgkeeper.user_id', $1, false)")
+            .bind(not_a_uuid)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let err = sqlx::query("SELECT orgkeeper.current_app_user()")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert_refusal(
+            &err,
+            "22023",
+            &[&format!(
+                "orgkeeper.user_id is set to '{not_a_uuid}', which is not a UUID"
+            )],
+        );
+    }
+    sqlx::query("SELECT set_config('orgkeeper.user_id', ' ', false)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let unset: Option<Uuid> = sqlx::query_scalar("SELECT orgkeeper.current_app_user()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(unset, None);
+}
+
 // ---------------------------------------------------------------------------
 // the roles
 // ---------------------------------------------------------------------------

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 pub struct BenchEnv {
     /// Connection URL of the benchmark database.
     pub url: String,
+    /// Connection URL of the server's `postgres` database (to create others).
+    pub admin_url: String,
     cluster: Option<PgCluster>,
     daemon: Option<Child>,
 }
@@ -41,6 +43,7 @@ impl BenchEnv {
         crate::db::migrate(&url).await?;
         Ok(BenchEnv {
             url,
+            admin_url,
             cluster,
             daemon: None,
         })

@@ -40,6 +40,12 @@ pub struct ProvisionArgs {
     /// Use this server (a fresh database is created on it) instead of a private cluster
     #[arg(long, env = "BENCH_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Then run the graphile-worker peer from this directory (after `npm ci`
+    /// there; bench/peers/graphile-worker) on the same server, daemon stopped,
+    /// with as many jobs and connections, and compare provisioned orgs/s with
+    /// its jobs/s
+    #[arg(long, value_name = "DIR")]
+    pub graphile_peer: Option<std::path::PathBuf>,
     /// End the output with one JSON object of the figures
     #[arg(long)]
     pub json: bool,
@@ -106,6 +112,23 @@ pub async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
     println!("  daemon peak RSS      {peak_rss_mb:>10.1} MB");
     pool.close().await;
     sim.shutdown().await;
+    env.stop_daemon()?;
+    let peer_jobs_per_s = match &args.graphile_peer {
+        Some(dir) => {
+            println!(
+                "peer: graphile-worker, {} no-op jobs added by {} connections, one worker",
+                args.orgs, args.clients
+            );
+            let jobs_per_s = graphile_peer(dir, &env.admin_url, args.orgs, args.clients).await?;
+            println!("  jobs/s               {jobs_per_s:>10.0}");
+            println!(
+                "  provisioned / jobs   {:>10.2}",
+                provisioned_per_s / jobs_per_s
+            );
+            Some(jobs_per_s)
+        }
+        None => None,
+    };
     env.finish()?;
     if args.json {
         println!(
@@ -120,10 +143,54 @@ pub async fn run(args: ProvisionArgs) -> anyhow::Result<()> {
                 "latency_p99_ms": round1(p99),
                 "peak_rss_mb": round1(peak_rss_mb),
                 "sustained_ratio": (sustained_ratio * 100.0).round() / 100.0,
+                "peer_jobs_per_s": peer_jobs_per_s.map(round1),
+                "provisioned_vs_peer": peer_jobs_per_s.map(|p| (provisioned_per_s / p * 100.0).round() / 100.0),
             })
         );
     }
     Ok(())
+}
+
+/// Runs the graphile-worker peer (`run.mjs` in `dir`) against the server
+/// at `admin_url` and returns its jobs/s.
+async fn graphile_peer(
+    dir: &std::path::Path,
+    admin_url: &str,
+    jobs: usize,
+    clients: usize,
+) -> anyhow::Result<f64> {
+    use anyhow::Context;
+    anyhow::ensure!(
+        dir.join("node_modules").is_dir(),
+        "{} has no node_modules: run `npm ci` there first (Node.js 20 or later)",
+        dir.display()
+    );
+    let out = tokio::process::Command::new("node")
+        .arg("run.mjs")
+        .current_dir(dir)
+        .env("BENCH_DATABASE_URL", admin_url)
+        .env("JOBS", jobs.to_string())
+        .env("CLIENTS", clients.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .context(
+            "cannot run `node` for the graphile-worker peer (is Node.js 20 or later installed?)",
+        )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the graphile-worker peer failed ({}); its errors are above",
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let figures: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .context("the graphile-worker peer printed no JSON line")?;
+    figures["jobs_per_s"]
+        .as_f64()
+        .context("the graphile-worker peer's JSON has no jobs_per_s")
 }
 
 fn round1(x: f64) -> f64 {

@@ -137,7 +137,7 @@ pub async fn perform(
     .await?;
     if matches!(team, Created::New)
         && !outbox
-            .save_progress(action, &json!({ "team_created": true }))
+            .note_progress(action, &json!({ "team_created": true }))
             .await?
     {
         return Err(ActionError::LeaseLost);

@@ -58,8 +58,8 @@ fn server() -> &'static Server {
 }
 
 /// Creates the migrated template database once per schema version (and
-/// drops the templates of older ones); test runs at once coordinate through
-/// an advisory lock.
+/// drops the templates of other schemas that no run is using); test runs at
+/// once coordinate through an advisory lock.
 async fn ensure_template(admin_url: &str) -> anyhow::Result<String> {
     let template = format!(
         "orgkeeper_tpl_{}",
@@ -90,8 +90,9 @@ async fn ensure_template(admin_url: &str) -> anyhow::Result<String> {
         )))
         .execute(&mut admin)
         .await?;
-        // Templates of older schemas are of no further use; one still open
-        // by a concurrent run of an older build stays (the drop fails).
+        // Templates of other schemas are of no further use unless a
+        // concurrent run (another checkout or branch) still clones them:
+        // such a run holds its template's lock (hold_template).
         let stale: Vec<String> = sqlx::query_scalar(
             "SELECT datname FROM pg_database
               WHERE datname LIKE 'orgkeeper\\_tpl\\_%' AND datname <> $1",
@@ -100,15 +101,60 @@ async fn ensure_template(admin_url: &str) -> anyhow::Result<String> {
         .fetch_all(&mut admin)
         .await?;
         for name in stale {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
-                .execute(&mut admin)
-                .await;
+            let unused: bool = sqlx::query_scalar(TRY_LOCK_TEMPLATE)
+                .bind(&name)
+                .fetch_one(&mut admin)
+                .await?;
+            if unused {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await;
+                sqlx::query(UNLOCK_TEMPLATE)
+                    .bind(&name)
+                    .execute(&mut admin)
+                    .await?;
+            }
         }
     }
+    hold_template(admin_url, &template)?;
     sqlx::query("SELECT pg_advisory_unlock(7426001)")
         .execute(&mut admin)
         .await?;
     Ok(template)
+}
+
+const HOLD_TEMPLATE: &str = "SELECT pg_advisory_lock_shared(7426002, hashtext($1))";
+const TRY_LOCK_TEMPLATE: &str = "SELECT pg_try_advisory_lock(7426002, hashtext($1))";
+const UNLOCK_TEMPLATE: &str = "SELECT pg_advisory_unlock(7426002, hashtext($1))";
+
+/// Holds a shared lock on `template`'s name for the rest of this process,
+/// from a connection on a thread of its own, so that a concurrent run of
+/// another schema does not drop the template while this run clones it.
+fn hold_template(admin_url: &str, template: &str) -> anyhow::Result<()> {
+    let (url, name) = (admin_url.to_string(), template.to_string());
+    let (held, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let lock = async {
+                let mut conn = PgConnection::connect(&url).await?;
+                sqlx::query(HOLD_TEMPLATE)
+                    .bind(&name)
+                    .execute(&mut conn)
+                    .await?;
+                anyhow::Ok(conn)
+            };
+            match lock.await {
+                Ok(_conn) => {
+                    let _ = held.send(Ok(()));
+                    std::future::pending::<()>().await
+                }
+                Err(e) => {
+                    let _ = held.send(Err(e));
+                }
+            }
+        })
+    });
+    wait.recv()?
 }
 
 /// `url` with its database name replaced.
