@@ -61,6 +61,9 @@ COMMENT ON FUNCTION orgkeeper.set_org_budget(uuid, double precision) IS
 -- planned at every call), and without a SET clause (each one costs a
 -- search_path change on the way in and out; org inserts read settings):
 -- every name is schema-qualified instead, the operator included.
+-- billing_enabled and policy_applies_to_personal_orgs (SQL-standard
+-- bodies) depend on it: a DROP FUNCTION of it (to change its signature)
+-- needs CASCADE, and the library must create them again after it.
 CREATE OR REPLACE FUNCTION orgkeeper.get_deployment_setting(p_name text, p_default text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 BEGIN

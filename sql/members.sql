@@ -25,8 +25,9 @@
 -- the acting user
 ------------------------------------------------------------------------------
 -- No EXCEPTION block (each call would start a subtransaction): the text is
--- checked against the forms uuid_in accepts (hex digits in groups of four,
--- each optionally followed by a hyphen; optionally in braces) before the cast.
+-- checked against the forms uuid_in accepts (32 hex digits in groups of
+-- four, a hyphen allowed between groups but not after the last; optionally
+-- in braces) before the cast.
 CREATE OR REPLACE FUNCTION orgkeeper.current_app_user() RETURNS uuid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
 DECLARE
@@ -44,7 +45,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.current_app_user() IS
-  'The user the application acts for in this transaction: the custom setting orgkeeper.user_id as a UUID, NULL when unset or empty. Row-level security policies and the management functions read it. Raises 22023 when it is not a UUID.';
+  'The user the application acts for in this transaction: the custom setting orgkeeper.user_id as a UUID (any spelling PostgreSQL reads as one: hyphens, braces, upper case; surrounding spaces ignored), NULL when unset, empty or blank. Row-level security policies and the management functions read it. Raises 22023 when it is not a UUID.';
 
 -- A SQL-standard body: parsed once, at CREATE, with its references bound
 -- then (no search_path at call time can redirect them), and inlined into

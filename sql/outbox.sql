@@ -192,9 +192,12 @@ $$;
 COMMENT ON FUNCTION orgkeeper.error_entry(integer, text, boolean) IS
   'One element for the errors history of an action: attempt number, time, message, and whether it was transient.';
 
--- The claim and the write-backs are plpgsql, which keeps each statement's
--- plan for the session; a SQL function that is not inlined (an UPDATE never
--- is) is planned again at every call, which cost more than the write itself.
+-- The claim and the write-backs are plpgsql. A SQL function that is not
+-- inlined (an UPDATE never is) is planned again at every call, which cost
+-- more than the write itself, and with a generic plan: the claim's chose a
+-- merge join over the whole primary key, ~100 ms per claim with 500,000
+-- rows. plpgsql plans each statement with the call's values until a generic
+-- plan is as cheap (the claim's never is: it stays ~2 ms), then keeps that.
 --
 -- The write-backs of a claim batch are written in one statement each
 -- (src/outbox/batch.rs): element i of each array belongs together, and each

@@ -449,6 +449,10 @@ async fn migrate_locked(client: &mut tokio_postgres::Client) -> anyhow::Result<M
     let library_applied = current.as_deref() != Some(checksum.as_str());
     if library_applied {
         let tx = client.transaction().await?;
+        // SQL-standard function bodies (`RETURN ...`) bind their names when
+        // they are created: under this path, never the migrating login's.
+        tx.batch_execute("SET LOCAL search_path = pg_catalog, orgkeeper, pg_temp")
+            .await?;
         for (name, body) in SQL_LIBRARY {
             tx.batch_execute(body).await.with_context(|| {
                 format!("applying sql/{name} failed; nothing of the library was changed")

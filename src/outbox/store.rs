@@ -154,6 +154,18 @@ impl Outbox {
             .await
     }
 
+    /// The action's progress as stored now (the claimed copy misses what
+    /// this attempt saved since); `{}` when the action is gone.
+    pub async fn stored_progress(&self, action: &Action) -> sqlx::Result<Value> {
+        let progress: Option<Value> = sqlx::query_scalar(
+            "SELECT progress FROM orgkeeper.pending_external_actions WHERE id = $1",
+        )
+        .bind(action.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(progress.unwrap_or_else(|| serde_json::json!({})))
+    }
+
     /// Merges progress into several actions in one statement, now; returns
     /// whether each one's lease still held (the others were left unchanged).
     pub async fn save_progress_many(

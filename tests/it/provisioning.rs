@@ -308,6 +308,9 @@ async fn a_permanent_key_error_deletes_the_team_and_fails_the_org_with_both_erro
         "{error}"
     );
     assert_eq!(error["cleanup"]["team_deleted"], true, "{error}");
+    // The report knows the team was made by the attempt that failed (its
+    // note was saved after the claim read the action's progress).
+    assert_eq!(error["cleanup"]["team_created"], true, "{error}");
     let (status, attempts): (String, i32) =
         sqlx::query_as("SELECT status, attempts FROM orgkeeper.pending_external_actions")
             .fetch_one(&db.pool)

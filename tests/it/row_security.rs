@@ -1049,7 +1049,7 @@ async fn every_daemon_function_and_every_orgkeeper_function_it_calls_is_executab
              SELECT d.oid, c.oid
                FROM daemon_fn d
                JOIN pg_proc dp ON dp.oid = d.oid
-              CROSS JOIN LATERAL regexp_matches(dp.prosrc, 'orgkeeper\\.([a-z_0-9]+)\\s*\\(', 'g') AS m
+              CROSS JOIN LATERAL regexp_matches(pg_get_functiondef(dp.oid), 'orgkeeper\\.([a-z_0-9]+)\\s*\\(', 'g') AS m
                JOIN pg_proc c ON c.pronamespace = 'orgkeeper'::regnamespace AND c.proname = m[1]
          )
          SELECT DISTINCT n.callee::regprocedure::text || ' (needed by ' || n.caller::regprocedure::text || ')'

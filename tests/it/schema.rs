@@ -603,7 +603,7 @@ async fn schema_snapshot(db: &TestDb) -> Vec<String> {
          SELECT 'trigger ' || tgrelid::regclass || ' ' || pg_get_triggerdef(oid)
            FROM pg_trigger WHERE NOT tgisinternal AND tgrelid::regclass::text LIKE 'orgkeeper.%'
          UNION ALL
-         SELECT 'function ' || p.oid::regprocedure || ' ' || md5(p.prosrc)
+         SELECT 'function ' || p.oid::regprocedure || ' ' || md5(pg_get_functiondef(p.oid))
            FROM pg_proc p WHERE pronamespace = 'orgkeeper'::regnamespace
          ORDER BY 1",
     )

@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 pub struct BenchEnv {
     /// Connection URL of the benchmark database.
     pub url: String,
-    /// Connection URL of the server's `postgres` database (to create others).
+    /// Connection URL the benchmark database was created from (the private
+    /// cluster's `postgres` database, or the `--database-url` given).
     pub admin_url: String,
     cluster: Option<PgCluster>,
     daemon: Option<Child>,
@@ -94,11 +95,25 @@ impl BenchEnv {
         Ok(())
     }
 
-    /// Stops everything the benchmark started.
-    pub fn finish(mut self) -> anyhow::Result<()> {
+    /// Stops everything the benchmark started; on a given server, drops the
+    /// benchmark database.
+    pub async fn finish(mut self) -> anyhow::Result<()> {
         self.stop_daemon()?;
-        if let Some(cluster) = self.cluster.take() {
-            cluster.stop()?;
+        match self.cluster.take() {
+            Some(cluster) => cluster.stop()?,
+            None => {
+                let name = reqwest::Url::parse(&self.url)?
+                    .path()
+                    .trim_start_matches('/')
+                    .to_string();
+                let admin = crate::db::connect(&self.admin_url, 1).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                )))
+                .execute(&admin)
+                .await?;
+                admin.close().await;
+            }
         }
         Ok(())
     }

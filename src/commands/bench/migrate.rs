@@ -122,7 +122,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         external_phase(&args, &mut env, &pool, &values, &current_key, &jwt_secret).await?;
 
     pool.close().await;
-    env.finish()?;
+    env.finish().await?;
 
     println!("summary");
     println!("  database, 1 session  {users_per_s_db:>10.0} users/s  (target >= 2000)");

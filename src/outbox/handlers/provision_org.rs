@@ -218,7 +218,9 @@ pub async fn compensate(
             )
         }
     };
-    cleanup["team_created"] = json!(action.progress.get("team_created").is_some());
+    // As stored: the note may come from this very attempt.
+    let progress = outbox.stored_progress(action).await?;
+    cleanup["team_created"] = json!(progress.get("team_created").is_some());
     sqlx::query_scalar::<_, bool>(
         "SELECT orgkeeper.record_provisioning_failed($1, $2, $3, $4, $5)",
     )

@@ -106,7 +106,7 @@ async fn ensure_template(admin_url: &str) -> anyhow::Result<String> {
                 .fetch_one(&mut admin)
                 .await?;
             if unused {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\"")))
                     .execute(&mut admin)
                     .await;
                 sqlx::query(UNLOCK_TEMPLATE)
