@@ -617,7 +617,15 @@ BEGIN
         -- Users that cannot be migrated are recorded with the reason and
         -- skipped from now on, so a back-fill always ends.
         WITH blocked AS (
-            SELECT u.user_id, orgkeeper.migration_blocker(u.user_id) AS reason
+            -- migration_blocker (a SQL function that is not inlined, so
+            -- planned at every call) only for the few users with a personal
+            -- org or a migration log entry: for any other it is NULL.
+            SELECT u.user_id,
+                   CASE WHEN EXISTS (SELECT 1 FROM orgkeeper.org o
+                                      WHERE o.kind = 'personal' AND o.created_by = u.user_id)
+                          OR EXISTS (SELECT 1 FROM orgkeeper.user_migration m
+                                      WHERE m.user_id = u.user_id AND m.status = 'migrated')
+                        THEN orgkeeper.migration_blocker(u.user_id) END AS reason
               FROM unnest(v_users) AS u(user_id)
         ), rec AS (
             INSERT INTO orgkeeper.user_migration_error (user_id, sqlstate, message, hint)
