@@ -510,6 +510,23 @@ $$;
 COMMENT ON FUNCTION orgkeeper.user_migration_report(orgkeeper.user_migration) IS
   'The jsonb report of a migration log entry: org, rows moved per table, conversations copied, legacy secrets handed to the daemon, and the outbox actions with their ids.';
 
+CREATE OR REPLACE FUNCTION orgkeeper.record_teams_ready(p_ids bigint[], p_workers text[], p_team_ids text[], p_results jsonb[])
+RETURNS TABLE (action_id bigint, recorded boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The daemon's batched write-back of litellm.migrate_user: one statement
+    -- and one commit for the actions finishing together instead of one
+    -- each; every row is record_team_ready's, fenced on its own lease.
+    FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+        action_id := p_ids[i];
+        recorded := orgkeeper.record_team_ready(p_ids[i], p_workers[i], p_team_ids[i], p_results[i]);
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_teams_ready(bigint[], text[], text[], jsonb[]) IS
+  'Daemon: orgkeeper.record_team_ready for several litellm.migrate_user actions in one statement (element i of each array belongs together), each fenced on its own lease. Returns, per action, whether it was recorded (false = lease lost, nothing written for it).';
+
 ------------------------------------------------------------------------------
 -- one user
 ------------------------------------------------------------------------------
@@ -617,7 +634,15 @@ BEGIN
         -- Users that cannot be migrated are recorded with the reason and
         -- skipped from now on, so a back-fill always ends.
         WITH blocked AS (
-            SELECT u.user_id, orgkeeper.migration_blocker(u.user_id) AS reason
+            -- migration_blocker (a SQL function that is not inlined, so
+            -- planned at every call) only for the few users with a personal
+            -- org or a migration log entry: for any other it is NULL.
+            SELECT u.user_id,
+                   CASE WHEN EXISTS (SELECT 1 FROM orgkeeper.org o
+                                      WHERE o.kind = 'personal' AND o.created_by = u.user_id)
+                          OR EXISTS (SELECT 1 FROM orgkeeper.user_migration m
+                                      WHERE m.user_id = u.user_id AND m.status = 'migrated')
+                        THEN orgkeeper.migration_blocker(u.user_id) END AS reason
               FROM unnest(v_users) AS u(user_id)
         ), rec AS (
             INSERT INTO orgkeeper.user_migration_error (user_id, sqlstate, message, hint)

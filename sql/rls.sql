@@ -457,7 +457,7 @@ DECLARE
         'error_entry',       -- retry_actions_later / begin_compensation / finish_action
         'current_app_user',  -- the acting user of a session (NULL for the daemon)
         'secret_row_filter', -- read_secret / replace_secret
-        'secret_column',     -- secret_row_filter / read_secret / replace_secret / secrets_after / swap_secrets
+        'secret_column',     -- secrets_after / swap_secrets / secret_inventory
         'lock_action_org',   -- record_org_provisioned / record_provisioning_failed / record_team_ready
         'default_llm_model', -- provisioning_context: the model path of a settings version
         'wakeup_lock_key',   -- inserts_settled: the wake-up handshake's lock

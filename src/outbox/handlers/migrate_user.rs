@@ -19,8 +19,9 @@ use super::{
 };
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, MemberBudget, NewTeam, UNLIMITED_MAX_BUDGET};
-use crate::outbox::{Action, Outbox, Outcome};
+use crate::outbox::{Action, BatchWrite, Fence, Outbox, Outcome};
 use serde_json::{json, Value};
+use sqlx::PgConnection;
 
 /// The budget figures taken from LiteLLM before the migration changed anything.
 #[derive(Debug, Clone, Copy)]
@@ -181,7 +182,7 @@ pub async fn migrate(
         "original": budget.to_json(),
         "keys_moved": moved.len(),
     });
-    record_team_ready(services, action, team_id, &result).await
+    record_team_ready(outbox, action, team_id, &result).await
 }
 
 /// Reverses a migration at LiteLLM as OpenHands' downgrade does: the user
@@ -386,18 +387,63 @@ pub async fn give_up(services: &Services, action: &Action, error: &str) -> sqlx:
     Ok(Outcome::Failed)
 }
 
+/// The write-back of one migrated user's team, batched with others
+/// (`orgkeeper.record_teams_ready`: `record_team_ready` per row, fenced on
+/// its lease, in one transaction). Outcome: whether it was recorded.
+///
+/// Committed synchronously, as `record_team_ready` alone was.
+struct TeamReady {
+    fence: Fence,
+    team_id: String,
+    result: Value,
+}
+
+impl BatchWrite for TeamReady {
+    type Outcome = bool;
+    const ASYNC_COMMIT: bool = false;
+
+    async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<bool>> {
+        let ids: Vec<i64> = rows.iter().map(|r| r.fence.id).collect();
+        let recorded: Vec<(i64, bool)> = sqlx::query_as(
+            "SELECT action_id, recorded FROM orgkeeper.record_teams_ready($1, $2, $3, $4)",
+        )
+        .bind(&ids)
+        .bind(
+            rows.iter()
+                .map(|r| r.fence.lease.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.team_id.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(rows.iter().map(|r| &r.result).collect::<Vec<&Value>>())
+        .fetch_all(conn)
+        .await?;
+        let recorded: std::collections::HashMap<i64, bool> = recorded.into_iter().collect();
+        ids.iter()
+            .map(|id| {
+                recorded.get(id).copied().ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("no team write-back outcome for action {id}"))
+                })
+            })
+            .collect()
+    }
+}
+
 async fn record_team_ready(
-    services: &Services,
+    outbox: &Outbox,
     action: &Action,
     team_id: &str,
     result: &Value,
 ) -> Result<Finish, ActionError> {
-    let recorded: bool = sqlx::query_scalar("SELECT orgkeeper.record_team_ready($1, $2, $3, $4)")
-        .bind(action.id)
-        .bind(&action.lease)
-        .bind(team_id)
-        .bind(result)
-        .fetch_one(&services.pool)
+    let recorded = outbox
+        .write_back(TeamReady {
+            fence: Fence::of(action),
+            team_id: team_id.to_string(),
+            result: result.clone(),
+        })
         .await?;
     if recorded {
         Ok(Finish::Recorded)

@@ -4,7 +4,8 @@
 //! token under `ORGKEEPER_LEGACY_JWT_SECRET`, or a plaintext kept as it is;
 //! see [`crate::legacy_secrets`]), encrypts it with the current key bound to
 //! its place, and swaps them all in by compare-and-set together with marking
-//! the action done, in one transaction (`orgkeeper.record_reencrypted`). A
+//! the action done, in one transaction (`orgkeeper.record_reencrypted_many`,
+//! batched with the other re-encryptions finishing at the same time). A
 //! value changed meanwhile makes the whole swap roll back and the action
 //! retry; a migration rolled back meanwhile makes it write nothing. A token
 //! that does not authenticate (the wrong jwt secret, or damaged data) fails
@@ -20,12 +21,17 @@
 //! result counts it (`plaintext_not_sealed_for_rollback`).
 
 use super::{ActionError, Finish, Services};
-use crate::outbox::{Action, ActionKind};
+use crate::outbox::{Action, ActionKind, BatchWrite, Fence, Outbox};
 use crate::secrets::{Keyring, Place};
 use serde_json::{json, Value};
+use sqlx::PgConnection;
 
 /// Re-encrypts every `{table, column, key}` item of the payload.
-pub async fn perform(services: &Services, action: &Action) -> Result<Finish, ActionError> {
+pub async fn perform(
+    services: &Services,
+    outbox: &Outbox,
+    action: &Action,
+) -> Result<Finish, ActionError> {
     let items = action
         .payload
         .get("items")
@@ -96,22 +102,67 @@ pub async fn perform(services: &Services, action: &Action) -> Result<Finish, Act
         "gone": gone,
         "key_id": services.keyring.current_key_id(),
     });
-    let recorded: String =
-        sqlx::query_scalar("SELECT orgkeeper.record_reencrypted($1, $2, $3, $4)")
-            .bind(action.id)
-            .bind(&action.lease)
-            .bind(Value::Array(swaps))
-            .bind(&result)
-            .fetch_one(&services.pool)
-            .await?;
+    let recorded = outbox
+        .write_back(Reencrypted {
+            fence: Fence::of(action),
+            swaps: Value::Array(swaps),
+            result,
+        })
+        .await?;
     match recorded.as_str() {
         "lease_lost" => Err(ActionError::LeaseLost),
         _ => Ok(Finish::Recorded),
     }
 }
 
+/// The write-back of one re-encryption, batched with others
+/// (`orgkeeper.record_reencrypted_many`: per row fenced on its lease, the
+/// swaps by compare-and-set, the completion and the follow-up
+/// `litellm.verify_key`). Outcome: `done`, `skipped` or `lease_lost`.
+///
+/// Committed asynchronously: when a database crash loses it, nothing outside
+/// the database happened since the values were read (re-encryption is
+/// local), the legacy values are still in place and the action runs again
+/// under a new lease, re-encrypting them; the `litellm.verify_key` it
+/// enqueued was lost with it and is enqueued again.
+struct Reencrypted {
+    fence: Fence,
+    swaps: Value,
+    result: Value,
+}
+
+impl BatchWrite for Reencrypted {
+    type Outcome = String;
+    const ASYNC_COMMIT: bool = true;
+
+    async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<String>> {
+        let ids: Vec<i64> = rows.iter().map(|r| r.fence.id).collect();
+        let recorded: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT action_id, outcome FROM orgkeeper.record_reencrypted_many($1, $2, $3, $4)",
+        )
+        .bind(&ids)
+        .bind(
+            rows.iter()
+                .map(|r| r.fence.lease.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(rows.iter().map(|r| &r.swaps).collect::<Vec<&Value>>())
+        .bind(rows.iter().map(|r| &r.result).collect::<Vec<&Value>>())
+        .fetch_all(conn)
+        .await?;
+        let recorded: std::collections::HashMap<i64, String> = recorded.into_iter().collect();
+        ids.iter()
+            .map(|id| {
+                recorded.get(id).cloned().ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("no re-encryption outcome for action {id}"))
+                })
+            })
+            .collect()
+    }
+}
+
 perform_only_handler!(
     /// The `secrets.reencrypt` handler.
     Reencrypt,
-    |services, _outbox, action| perform(services, action)
+    |services, outbox, action| perform(services, outbox, action)
 );
