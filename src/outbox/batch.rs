@@ -55,6 +55,24 @@ pub fn held(ids: impl IntoIterator<Item = i64>, landed: &[i64]) -> Vec<bool> {
     ids.into_iter().map(|id| landed.contains(&id)).collect()
 }
 
+/// For a write that returns `(action id, outcome)` rows: each row's
+/// outcome, in the order of `ids`; an id without one is a protocol error
+/// naming `what` was written.
+pub fn outcomes_in_order<T>(
+    ids: &[i64],
+    recorded: Vec<(i64, T)>,
+    what: &str,
+) -> sqlx::Result<Vec<T>> {
+    let mut recorded: std::collections::HashMap<i64, T> = recorded.into_iter().collect();
+    ids.iter()
+        .map(|id| {
+            recorded
+                .remove(id)
+                .ok_or_else(|| sqlx::Error::Protocol(format!("no {what} outcome for action {id}")))
+        })
+        .collect()
+}
+
 /// How many of a replica's actions are running, and how many of those wait
 /// for a batched write-back: a batcher stops gathering when all of them wait.
 #[derive(Debug, Default)]
@@ -239,4 +257,26 @@ async fn write_rows<W: BatchWrite>(pool: &PgPool, rows: &[W]) -> sqlx::Result<Ve
         )));
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_follow_the_ids_and_a_missing_one_is_named() {
+        let got = outcomes_in_order(&[3, 1, 2], vec![(1, "a"), (2, "b"), (3, "c")], "x").unwrap();
+        assert_eq!(got, ["c", "a", "b"]);
+        let err = outcomes_in_order(&[1, 4], vec![(1, "a")], "provisioning").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no provisioning outcome for action 4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn held_says_which_rows_landed() {
+        assert_eq!(held([5, 6, 7], &[7, 5]), [true, false, true]);
+    }
 }

@@ -8,7 +8,7 @@ mod retry;
 mod store;
 mod worker;
 
-pub use batch::BatchWrite;
+pub use batch::{outcomes_in_order, BatchWrite};
 pub use kind::{ActionKind, ActionStatus, Outcome};
 pub use retry::RetryPolicy;
 pub use store::{Action, Fence, Outbox};

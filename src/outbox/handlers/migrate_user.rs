@@ -19,7 +19,7 @@ use super::{
 };
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, MemberBudget, NewTeam, UNLIMITED_MAX_BUDGET};
-use crate::outbox::{Action, BatchWrite, Fence, Outbox, Outcome};
+use crate::outbox::{outcomes_in_order, Action, BatchWrite, Fence, Outbox, Outcome};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
@@ -421,14 +421,7 @@ impl BatchWrite for TeamReady {
         .bind(rows.iter().map(|r| &r.result).collect::<Vec<&Value>>())
         .fetch_all(conn)
         .await?;
-        let recorded: std::collections::HashMap<i64, bool> = recorded.into_iter().collect();
-        ids.iter()
-            .map(|id| {
-                recorded.get(id).copied().ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("no team write-back outcome for action {id}"))
-                })
-            })
-            .collect()
+        outcomes_in_order(&ids, recorded, "team write-back")
     }
 }
 

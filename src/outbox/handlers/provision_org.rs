@@ -20,7 +20,9 @@ use super::keys::{self, TeamDeletion};
 use super::{call, ActionError, Compensating, Finish, Handler, Performing, Services};
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, NewTeam};
-use crate::outbox::{Action, ActionKind, ActionStatus, BatchWrite, Fence, Outbox, Outcome};
+use crate::outbox::{
+    outcomes_in_order, Action, ActionKind, ActionStatus, BatchWrite, Fence, Outbox, Outcome,
+};
 use crate::secrets::Place;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, Row};
@@ -301,16 +303,6 @@ impl BatchWrite for Provisioned {
         .bind(rows.iter().map(|r| &r.result).collect::<Vec<&Value>>())
         .fetch_all(conn)
         .await?;
-        ids.iter()
-            .map(|id| {
-                recorded
-                    .iter()
-                    .find(|(a, _)| a == id)
-                    .map(|(_, outcome)| outcome.clone())
-                    .ok_or_else(|| {
-                        sqlx::Error::Protocol(format!("no provisioning outcome for action {id}"))
-                    })
-            })
-            .collect()
+        outcomes_in_order(&ids, recorded, "provisioning")
     }
 }

@@ -21,7 +21,7 @@
 //! result counts it (`plaintext_not_sealed_for_rollback`).
 
 use super::{ActionError, Finish, Services};
-use crate::outbox::{Action, ActionKind, BatchWrite, Fence, Outbox};
+use crate::outbox::{outcomes_in_order, Action, ActionKind, BatchWrite, Fence, Outbox};
 use crate::secrets::{Keyring, Place};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
@@ -150,14 +150,7 @@ impl BatchWrite for Reencrypted {
         .bind(rows.iter().map(|r| &r.result).collect::<Vec<&Value>>())
         .fetch_all(conn)
         .await?;
-        let recorded: std::collections::HashMap<i64, String> = recorded.into_iter().collect();
-        ids.iter()
-            .map(|id| {
-                recorded.get(id).cloned().ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("no re-encryption outcome for action {id}"))
-                })
-            })
-            .collect()
+        outcomes_in_order(&ids, recorded, "re-encryption")
     }
 }
 
