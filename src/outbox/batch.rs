@@ -58,7 +58,7 @@ pub fn held(ids: impl IntoIterator<Item = i64>, landed: &[i64]) -> Vec<bool> {
 /// For a write that returns `(action id, outcome)` rows: each row's
 /// outcome, in the order of `ids`; an id without one is a protocol error
 /// naming `what` was written.
-pub fn outcomes_in_order<T>(
+pub(crate) fn outcomes_in_order<T>(
     ids: &[i64],
     recorded: Vec<(i64, T)>,
     what: &str,

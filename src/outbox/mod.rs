@@ -8,8 +8,8 @@ mod retry;
 mod store;
 mod worker;
 
-pub use batch::{outcomes_in_order, BatchWrite};
+pub use batch::BatchWrite;
 pub use kind::{ActionKind, ActionStatus, Outcome};
 pub use retry::RetryPolicy;
-pub use store::{Action, Fence, Outbox};
+pub use store::{write_outcomes, Action, Fence, Outbox, OutcomesQuery};
 pub use worker::{Daemon, Shutdown};

@@ -3,7 +3,7 @@
 //! Completions, retries and progress saves go through the replica's
 //! batchers ([`super::batch`]): one statement per batch, fenced per row.
 
-use super::batch::{held, BatchWrite, Running, WriteBacks};
+use super::batch::{held, outcomes_in_order, BatchWrite, Running, WriteBacks};
 use super::ActionStatus;
 use serde_json::Value;
 use sqlx::postgres::types::PgInterval;
@@ -285,6 +285,14 @@ impl Fence {
     }
 }
 
+/// The ids and lease tokens of `rows`, the first two parameters of every
+/// batched write-back.
+fn fences<W>(rows: &[W], fence: impl Fn(&W) -> &Fence) -> (Vec<i64>, Vec<&str>) {
+    rows.iter()
+        .map(|r| (fence(r).id, fence(r).lease.as_str()))
+        .unzip()
+}
+
 /// A query returning ids, its first two parameters bound.
 type IdsQuery<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments>;
 
@@ -298,13 +306,35 @@ async fn write_fenced<'q, W: 'q>(
     fence: impl Fn(&W) -> &Fence,
     bind: impl FnOnce(IdsQuery<'q>) -> IdsQuery<'q>,
 ) -> sqlx::Result<Vec<bool>> {
-    let (ids, leases): (Vec<i64>, Vec<&str>) = rows
-        .iter()
-        .map(|r| (fence(r).id, fence(r).lease.as_str()))
-        .unzip();
+    let (ids, leases) = fences(rows, fence);
     let query = sqlx::query_scalar(sql).bind(ids.clone()).bind(leases);
     let landed = bind(query).fetch_all(conn).await?;
     Ok(held(ids, &landed))
+}
+
+/// A query returning `(action id, outcome)` rows, its first two parameters bound.
+pub type OutcomesQuery<'q, T> =
+    sqlx::query::QueryAs<'q, sqlx::Postgres, (i64, T), sqlx::postgres::PgArguments>;
+
+/// Runs `sql` (a batched SQL function taking the rows' ids and lease tokens
+/// as `$1` and `$2`, the rest bound by `bind`, and returning one
+/// `(action id, outcome)` row per action) and returns each row's outcome in
+/// order; `what` names the write when an outcome is missing.
+pub async fn write_outcomes<'q, W: 'q, T>(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    rows: &'q [W],
+    fence: impl Fn(&W) -> &Fence,
+    what: &str,
+    bind: impl FnOnce(OutcomesQuery<'q, T>) -> OutcomesQuery<'q, T>,
+) -> sqlx::Result<Vec<T>>
+where
+    T: Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    let (ids, leases) = fences(rows, fence);
+    let query = sqlx::query_as(sql).bind(ids.clone()).bind(leases);
+    let recorded = bind(query).fetch_all(conn).await?;
+    outcomes_in_order(&ids, recorded, what)
 }
 
 /// A progress save (`orgkeeper.save_progress_many`). Committed

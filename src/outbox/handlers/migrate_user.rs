@@ -19,7 +19,7 @@ use super::{
 };
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, MemberBudget, NewTeam, UNLIMITED_MAX_BUDGET};
-use crate::outbox::{outcomes_in_order, Action, BatchWrite, Fence, Outbox, Outcome};
+use crate::outbox::{write_outcomes, Action, BatchWrite, Fence, Outbox, Outcome};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
@@ -403,25 +403,18 @@ impl BatchWrite for TeamReady {
     const ASYNC_COMMIT: bool = false;
 
     async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<bool>> {
-        let ids: Vec<i64> = rows.iter().map(|r| r.fence.id).collect();
-        let recorded: Vec<(i64, bool)> = sqlx::query_as(
-            "SELECT action_id, recorded FROM orgkeeper.record_teams_ready($1, $2, $3, $4)",
+        let team_ids: Vec<&str> = rows.iter().map(|r| r.team_id.as_str()).collect();
+        let results: Vec<&Value> = rows.iter().map(|r| &r.result).collect();
+        let sql = "SELECT action_id, recorded FROM orgkeeper.record_teams_ready($1, $2, $3, $4)";
+        write_outcomes(
+            conn,
+            sql,
+            rows,
+            |r| &r.fence,
+            "team write-back",
+            |q| q.bind(team_ids).bind(results),
         )
-        .bind(&ids)
-        .bind(
-            rows.iter()
-                .map(|r| r.fence.lease.as_str())
-                .collect::<Vec<&str>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|r| r.team_id.as_str())
-                .collect::<Vec<&str>>(),
-        )
-        .bind(rows.iter().map(|r| &r.result).collect::<Vec<&Value>>())
-        .fetch_all(conn)
-        .await?;
-        outcomes_in_order(&ids, recorded, "team write-back")
+        .await
     }
 }
 

@@ -21,7 +21,7 @@ use super::{call, ActionError, Compensating, Finish, Handler, Performing, Servic
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, NewTeam};
 use crate::outbox::{
-    outcomes_in_order, Action, ActionKind, ActionStatus, BatchWrite, Fence, Outbox, Outcome,
+    write_outcomes, Action, ActionKind, ActionStatus, BatchWrite, Fence, Outbox, Outcome,
 };
 use crate::secrets::Place;
 use serde_json::{json, Value};
@@ -289,20 +289,26 @@ impl BatchWrite for Provisioned {
 
     async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<String>> {
         let column = |f: fn(&Provisioned) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
-        let ids: Vec<i64> = rows.iter().map(|r| r.fence.id).collect();
-        let recorded: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT action_id, outcome FROM orgkeeper.record_orgs_provisioned($1, $2, $3, $4, $5, $6, $7, $8)",
+        let (team_ids, models) = (column(|r| &r.team_id), column(|r| &r.model));
+        let (base_urls, ciphertexts) = (column(|r| &r.base_url), column(|r| &r.key_ciphertext));
+        let owners: Vec<Uuid> = rows.iter().map(|r| r.owner).collect();
+        let results: Vec<&Value> = rows.iter().map(|r| &r.result).collect();
+        let sql = "SELECT action_id, outcome FROM orgkeeper.record_orgs_provisioned($1, $2, $3, $4, $5, $6, $7, $8)";
+        write_outcomes(
+            conn,
+            sql,
+            rows,
+            |r| &r.fence,
+            "provisioning",
+            |q| {
+                q.bind(team_ids)
+                    .bind(owners)
+                    .bind(models)
+                    .bind(base_urls)
+                    .bind(ciphertexts)
+                    .bind(results)
+            },
         )
-        .bind(&ids)
-        .bind(column(|r| &r.fence.lease))
-        .bind(column(|r| &r.team_id))
-        .bind(rows.iter().map(|r| r.owner).collect::<Vec<Uuid>>())
-        .bind(column(|r| &r.model))
-        .bind(column(|r| &r.base_url))
-        .bind(column(|r| &r.key_ciphertext))
-        .bind(rows.iter().map(|r| &r.result).collect::<Vec<&Value>>())
-        .fetch_all(conn)
-        .await?;
-        outcomes_in_order(&ids, recorded, "provisioning")
+        .await
     }
 }

@@ -21,7 +21,7 @@
 //! result counts it (`plaintext_not_sealed_for_rollback`).
 
 use super::{ActionError, Finish, Services};
-use crate::outbox::{outcomes_in_order, Action, ActionKind, BatchWrite, Fence, Outbox};
+use crate::outbox::{write_outcomes, Action, ActionKind, BatchWrite, Fence, Outbox};
 use crate::secrets::{Keyring, Place};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
@@ -136,21 +136,19 @@ impl BatchWrite for Reencrypted {
     const ASYNC_COMMIT: bool = true;
 
     async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<String>> {
-        let ids: Vec<i64> = rows.iter().map(|r| r.fence.id).collect();
-        let recorded: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT action_id, outcome FROM orgkeeper.record_reencrypted_many($1, $2, $3, $4)",
+        let swaps: Vec<&Value> = rows.iter().map(|r| &r.swaps).collect();
+        let results: Vec<&Value> = rows.iter().map(|r| &r.result).collect();
+        let sql =
+            "SELECT action_id, outcome FROM orgkeeper.record_reencrypted_many($1, $2, $3, $4)";
+        write_outcomes(
+            conn,
+            sql,
+            rows,
+            |r| &r.fence,
+            "re-encryption",
+            |q| q.bind(swaps).bind(results),
         )
-        .bind(&ids)
-        .bind(
-            rows.iter()
-                .map(|r| r.fence.lease.as_str())
-                .collect::<Vec<&str>>(),
-        )
-        .bind(rows.iter().map(|r| &r.swaps).collect::<Vec<&Value>>())
-        .bind(rows.iter().map(|r| &r.result).collect::<Vec<&Value>>())
-        .fetch_all(conn)
-        .await?;
-        outcomes_in_order(&ids, recorded, "re-encryption")
+        .await
     }
 }
 
