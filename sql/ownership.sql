@@ -354,15 +354,25 @@ CREATE CONSTRAINT TRIGGER org_member_keeps_owner
 CREATE OR REPLACE FUNCTION orgkeeper.bump_membership_version() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
 BEGIN
-    -- OLD is NULL on INSERT and NEW on DELETE; a moved membership bumps both orgs.
     -- An org row this transaction already wrote (xmin is its own xid: an
     -- org inserted in this transaction, as with the creator's membership,
     -- or one it already bumped) needs no second write: that write is the
     -- conflict. In a subtransaction xmin is the subtransaction's xid, and
     -- the row is bumped as before.
-    UPDATE orgkeeper.org o SET membership_version = o.membership_version + 1
-     WHERE o.id IN (OLD.org_id, NEW.org_id)
-       AND o.xmin <> pg_current_xact_id()::xid;
+    -- One key per statement, never "id IN (OLD.org_id, NEW.org_id)": with
+    -- two keys, while org is small (a young deployment, or before its first
+    -- ANALYZE), the cheapest plan is a sequential scan, and the session's
+    -- cached plan kept scanning the whole table at every membership change
+    -- as it grew. With one key the primary key wins at any size.
+    IF TG_OP <> 'INSERT' THEN
+        UPDATE orgkeeper.org o SET membership_version = o.membership_version + 1
+         WHERE o.id = OLD.org_id AND o.xmin <> pg_current_xact_id()::xid;
+    END IF;
+    -- A moved membership bumps both organizations.
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.org_id IS DISTINCT FROM OLD.org_id) THEN
+        UPDATE orgkeeper.org o SET membership_version = o.membership_version + 1
+         WHERE o.id = NEW.org_id AND o.xmin <> pg_current_xact_id()::xid;
+    END IF;
     RETURN NULL;
 END;
 $$;
