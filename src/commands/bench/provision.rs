@@ -211,13 +211,8 @@ fn round1(x: f64) -> f64 {
 /// with their creators' users rows already there (one creator per org,
 /// inserted untimed), from `clients` connections, one transaction each.
 /// The two alternate in three rounds, so drift on a shared machine hits both.
-/// Both tables are first filled untimed (a tenth of `n` rows each) and
-/// analyzed, so the timed inserts run with the plans of a table in use:
-/// planned on an empty table, every lookup in the org triggers and every
-/// foreign-key check scans the whole table until the next ANALYZE
-/// (autovacuum's, which a short run never sees), and the figure measures
-/// that, not the inserts. The org inserts' outbox actions are cancelled
-/// afterwards: they are not part of the provisioning figures.
+/// The org inserts' outbox actions are cancelled afterwards: they are not
+/// part of the provisioning figures.
 async fn peer_inserts(pool: &PgPool, n: usize, clients: usize) -> anyhow::Result<(f64, f64)> {
     sqlx::query(
         "CREATE TABLE public.bench_plain (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text NOT NULL)",
@@ -227,17 +222,21 @@ async fn peer_inserts(pool: &PgPool, n: usize, clients: usize) -> anyhow::Result
     sqlx::query("CREATE UNIQUE INDEX bench_plain_name ON public.bench_plain (lower(name))")
         .execute(pool)
         .await?;
-    let warm = n / 10;
     let creators: Vec<uuid::Uuid> = sqlx::query_scalar(
         "INSERT INTO orgkeeper.users (id) SELECT gen_random_uuid() FROM generate_series(1, $1) RETURNING id",
     )
-    .bind((n + warm) as i64)
+    .bind(n as i64)
     .fetch_all(pool)
     .await?;
     let creators = Arc::new(creators);
-    let plain = |pool: PgPool| {
-        move |i: usize| {
-            let pool = pool.clone();
+    let rounds = 3;
+    let (mut plain_secs, mut org_secs) = (0.0, 0.0);
+    for round in 0..rounds {
+        let (from, to) = (n * round / rounds, n * (round + 1) / rounds);
+        let started = Instant::now();
+        let p = pool.clone();
+        run_clients(clients, from, to, move |i| {
+            let pool = p.clone();
             async move {
                 sqlx::query("INSERT INTO public.bench_plain (name) VALUES ($1)")
                     .bind(format!("plain {i} {}", uuid::Uuid::new_v4().simple()))
@@ -245,11 +244,13 @@ async fn peer_inserts(pool: &PgPool, n: usize, clients: usize) -> anyhow::Result
                     .await
                     .map(|_| ())
             }
-        }
-    };
-    let org = |pool: PgPool, creators: Arc<Vec<uuid::Uuid>>| {
-        move |i: usize| {
-            let (pool, creators) = (pool.clone(), creators.clone());
+        })
+        .await?;
+        plain_secs += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let (p, c) = (pool.clone(), creators.clone());
+        run_clients(clients, from, to, move |i| {
+            let (pool, creators) = (p.clone(), c.clone());
             async move {
                 sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, $2)")
                     .bind(format!("peer {i} {}", uuid::Uuid::new_v4().simple()))
@@ -258,25 +259,8 @@ async fn peer_inserts(pool: &PgPool, n: usize, clients: usize) -> anyhow::Result
                     .await
                     .map(|_| ())
             }
-        }
-    };
-    run_clients(clients, n, n + warm, plain(pool.clone())).await?;
-    run_clients(clients, n, n + warm, org(pool.clone(), creators.clone())).await?;
-    sqlx::query(
-        "ANALYZE public.bench_plain, orgkeeper.users, orgkeeper.org, orgkeeper.org_member,
-                 orgkeeper.pending_external_actions",
-    )
-    .execute(pool)
-    .await?;
-    let rounds = 3;
-    let (mut plain_secs, mut org_secs) = (0.0, 0.0);
-    for round in 0..rounds {
-        let (from, to) = (n * round / rounds, n * (round + 1) / rounds);
-        let started = Instant::now();
-        run_clients(clients, from, to, plain(pool.clone())).await?;
-        plain_secs += started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        run_clients(clients, from, to, org(pool.clone(), creators.clone())).await?;
+        })
+        .await?;
         org_secs += started.elapsed().as_secs_f64();
     }
     sqlx::query(
