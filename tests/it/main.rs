@@ -26,3 +26,4 @@ mod stripe_simulator;
 mod tenant_boundaries;
 mod user_migration;
 mod write_backs;
+mod young_tables;
