@@ -353,31 +353,36 @@ CREATE CONSTRAINT TRIGGER org_member_keeps_owner
 -- and SERIALIZABLE, and waits for the first (then sees it) at READ COMMITTED.
 CREATE OR REPLACE FUNCTION orgkeeper.bump_membership_version() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, orgkeeper, pg_temp AS $$
+DECLARE
+    v_orgs uuid[];
+    v_org  uuid;
 BEGIN
+    -- The membership's organization; a moved membership's two, in key
+    -- order, so that two opposite moves lock them in the same order.
+    v_orgs := CASE
+        WHEN TG_OP = 'INSERT' THEN ARRAY[NEW.org_id]
+        WHEN TG_OP = 'DELETE' OR NEW.org_id = OLD.org_id THEN ARRAY[OLD.org_id]
+        ELSE ARRAY[least(OLD.org_id, NEW.org_id), greatest(OLD.org_id, NEW.org_id)]
+    END;
+    -- One key per statement, never "id IN (OLD.org_id, NEW.org_id)": with
+    -- two keys, while org is small (a young deployment, or before its first
+    -- ANALYZE), the cheapest plan is a sequential scan, and a session that
+    -- cached that plan kept scanning the whole table at every membership
+    -- change as it grew. With one key the primary key wins at any size.
     -- An org row this transaction already wrote (xmin is its own xid: an
     -- org inserted in this transaction, as with the creator's membership,
     -- or one it already bumped) needs no second write: that write is the
     -- conflict. In a subtransaction xmin is the subtransaction's xid, and
     -- the row is bumped as before.
-    -- One key per statement, never "id IN (OLD.org_id, NEW.org_id)": with
-    -- two keys, while org is small (a young deployment, or before its first
-    -- ANALYZE), the cheapest plan is a sequential scan, and the session's
-    -- cached plan kept scanning the whole table at every membership change
-    -- as it grew. With one key the primary key wins at any size.
-    IF TG_OP <> 'INSERT' THEN
+    FOREACH v_org IN ARRAY v_orgs LOOP
         UPDATE orgkeeper.org o SET membership_version = o.membership_version + 1
-         WHERE o.id = OLD.org_id AND o.xmin <> pg_current_xact_id()::xid;
-    END IF;
-    -- A moved membership bumps both organizations.
-    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.org_id IS DISTINCT FROM OLD.org_id) THEN
-        UPDATE orgkeeper.org o SET membership_version = o.membership_version + 1
-         WHERE o.id = NEW.org_id AND o.xmin <> pg_current_xact_id()::xid;
-    END IF;
+         WHERE o.id = v_org AND o.xmin <> pg_current_xact_id()::xid;
+    END LOOP;
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.bump_membership_version() IS
-  'Trigger: every insert, delete or change of org_id, user_id, role_id or status of a membership bumps org.membership_version of its organization(s), so concurrent membership changes of one organization conflict on the org row (40001 at REPEATABLE READ / SERIALIZABLE, serialised at READ COMMITTED) and the owner check at COMMIT cannot be outrun.';
+  'Trigger: every insert, delete or change of org_id, user_id, role_id or status of a membership bumps org.membership_version of its organization (a moved membership: both, in key order, by primary key), so concurrent membership changes of one organization conflict on the org row (40001 at REPEATABLE READ / SERIALIZABLE, serialised at READ COMMITTED) and the owner check at COMMIT cannot be outrun.';
 
 DROP TRIGGER IF EXISTS org_member_bumps_version ON orgkeeper.org_member;
 CREATE TRIGGER org_member_bumps_version

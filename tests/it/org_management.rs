@@ -1715,3 +1715,99 @@ async fn the_policy_is_seeded_from_the_environment_once() {
     assert_eq!(state(&db.pool).await, before);
     app_insert_org(&db, boss, "Boss Corp").await.unwrap();
 }
+
+/// The server process serving `conn`.
+async fn backend_pid(conn: &mut sqlx::PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until the backend `pid` waits for a lock.
+async fn waits_for_a_lock(db: &TestDb, pid: i32, what: &str) {
+    crate::support::wait_until(std::time::Duration::from_secs(10), what, || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false) FROM pg_stat_activity WHERE pid = $1",
+        )
+        .bind(pid)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_opposite_membership_moves_wait_for_each_other_instead_of_deadlocking() {
+    // A moved membership bumps both organizations (the conflict the owner
+    // check relies on), in key order: a move from A to B and one from B to
+    // A lock the two org rows in the same order.
+    let db = TestDb::migrated().await;
+    let (olive, adam) = (
+        user(&db, "olive@example.test").await,
+        user(&db, "adam@example.test").await,
+    );
+    let (a, b) = (
+        team(&db, "Alpha", olive).await,
+        team(&db, "Beta", adam).await,
+    );
+    let (low, high) = (a.min(b), a.max(b));
+    let (lena, hugo) = (
+        user(&db, "lena@example.test").await,
+        user(&db, "hugo@example.test").await,
+    );
+    for (org, who) in [(low, lena), (high, hugo)] {
+        sqlx::query(
+            "INSERT INTO orgkeeper.org_member (org_id, user_id, role_id, status)
+             VALUES ($1, $2, orgkeeper.role_id('member'), 'active')",
+        )
+        .bind(org)
+        .bind(who)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let move_to = |mut conn: sqlx::PgConnection, who: Uuid, to: Uuid| async move {
+        let mut tx = conn.begin().await?;
+        sqlx::query("UPDATE orgkeeper.org_member SET org_id = $2 WHERE user_id = $1")
+            .bind(who)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    };
+
+    // Deterministic interleaving: a third transaction holds the higher org
+    // row (as a membership change of it would); Hugo's move from it waits
+    // there, then Lena's move the other way starts.
+    let mut holder = db.connect().await;
+    let mut hold = holder.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(high)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let (mut first, mut second) = (db.connect().await, db.connect().await);
+    let (first_pid, second_pid) = (
+        backend_pid(&mut first).await,
+        backend_pid(&mut second).await,
+    );
+    let hugo_moves = tokio::spawn(move_to(first, hugo, low));
+    waits_for_a_lock(&db, first_pid, "Hugo's move waits for the held org").await;
+    let lena_moves = tokio::spawn(move_to(second, lena, high));
+    waits_for_a_lock(&db, second_pid, "Lena's move waits").await;
+    hold.commit().await.unwrap();
+
+    hugo_moves.await.unwrap().expect("Hugo's move");
+    lena_moves.await.unwrap().expect("Lena's move");
+    let homes: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT user_id, org_id FROM orgkeeper.org_member WHERE user_id IN ($1, $2) ORDER BY user_id = $1 DESC",
+    )
+    .bind(hugo)
+    .bind(lena)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(homes, vec![(hugo, low), (lena, high)]);
+}

@@ -7,24 +7,32 @@ use crate::support::{app, insert_orgs, user, TestDb};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+/// Sequential scans of `orgkeeper.org` this session has counted and not yet
+/// reported (`pg_stat_xact_user_tables`: the open transaction's, and on
+/// PostgreSQL 15 also earlier transactions' not yet flushed).
+async fn org_scans_so_far(conn: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(max(seq_scan), 0) FROM pg_stat_xact_user_tables
+          WHERE relid = 'orgkeeper.org'::regclass",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
 /// Inserts an organization for `owner` as the application, in its own
 /// transaction, and returns how many sequential scans of `orgkeeper.org`
-/// that took (the transaction's own statistics, read before COMMIT).
+/// the INSERT took (counted before and after it, inside the transaction).
 async fn org_scans_of_an_insert(conn: &mut PgConnection, owner: Uuid, name: &str) -> i64 {
     let mut tx = conn.begin().await.unwrap();
+    let before = org_scans_so_far(&mut tx).await;
     sqlx::query("INSERT INTO orgkeeper.org (name, created_by) VALUES ($1, $2)")
         .bind(name)
         .bind(owner)
         .execute(&mut *tx)
         .await
         .unwrap();
-    let scans: i64 = sqlx::query_scalar(
-        "SELECT coalesce(max(seq_scan), 0) FROM pg_stat_xact_user_tables
-          WHERE relid = 'orgkeeper.org'::regclass",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
+    let scans = org_scans_so_far(&mut tx).await - before;
     tx.commit().await.unwrap();
     scans
 }
