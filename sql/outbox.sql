@@ -146,7 +146,9 @@ BEGIN
            AND NOT EXISTS (
                 SELECT 1 FROM orgkeeper.pending_external_actions e
                  WHERE e.subject = a.subject AND e.id < a.id
-                   AND e.status IN ('pending', 'running', 'compensating'))
+                   -- unfinished (pending, running, compensating): the
+                   -- predicate of action_unfinished_subject_idx (V18)
+                   AND e.finished_at IS NULL)
          ORDER BY a.run_after, a.id
          LIMIT p_limit
            FOR UPDATE SKIP LOCKED

@@ -231,3 +231,69 @@ async fn a_stale_lease_in_a_batch_of_provisioning_write_backs_leaves_its_org_pen
         }
     }
 }
+
+/// Rows of the outbox this session has read so far, by index or by scan
+/// (`pg_stat_xact_user_tables`; on PostgreSQL 15 it also holds earlier
+/// transactions' unflushed counts, so callers take differences).
+async fn outbox_rows_read(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(max(idx_tup_fetch + seq_tup_read), 0)::bigint FROM pg_stat_xact_user_tables
+          WHERE relid = 'orgkeeper.pending_external_actions'::regclass",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_completion_reads_its_own_row_however_many_actions_are_leased() {
+    // Statistics taken while the queue held only finished actions (as after
+    // a quiet night: a history, nothing leased or waiting), then 300 actions
+    // leased at once: a fenced write-back must still find its row by primary
+    // key, not scan the leased or unfinished ones.
+    let db = TestDb::migrated().await;
+    sqlx::query("ALTER TABLE orgkeeper.pending_external_actions SET (autovacuum_enabled = false)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    insert_orgs(&db.pool, "History", 3_000).await;
+    sqlx::query(
+        "UPDATE orgkeeper.pending_external_actions SET status = 'done', finished_at = now() WHERE status = 'pending'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE orgkeeper.pending_external_actions")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    insert_orgs(&db.pool, "Busy", 300).await;
+    let leased: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, locked_by FROM orgkeeper.claim_actions('busy', 300, interval '1 hour') ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(leased.len(), 300);
+
+    // One session, as a daemon's: past the fifth call plpgsql keeps a
+    // generic plan for the completion.
+    let mut conn = db.connect().await;
+    for (id, token) in leased.iter().take(8) {
+        let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+        let before = outbox_rows_read(&mut tx).await;
+        let done: bool = sqlx::query_scalar("SELECT orgkeeper.complete_action($1, $2, '{}')")
+            .bind(id)
+            .bind(token)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let read = outbox_rows_read(&mut tx).await - before;
+        tx.commit().await.unwrap();
+        assert!(done, "action {id} completed");
+        assert!(
+            read <= 1,
+            "completing action {id} read {read} outbox rows (300 leased)"
+        );
+    }
+}
