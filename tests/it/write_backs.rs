@@ -3,7 +3,7 @@
 //! the fence still holds per row — a task whose lease was taken over writes
 //! nothing, in the same batch as tasks whose writes land.
 
-use crate::support::{insert_orgs, TestDb};
+use crate::support::{insert_orgs, table_counter, without_autovacuum, TestDb};
 use futures::future::join_all;
 use orgkeeper::outbox::{Action, Outbox};
 use serde_json::json;
@@ -232,18 +232,8 @@ async fn a_stale_lease_in_a_batch_of_provisioning_write_backs_leaves_its_org_pen
     }
 }
 
-/// Rows of the outbox this session has read so far, by index or by scan
-/// (`pg_stat_xact_user_tables`; on PostgreSQL 15 it also holds earlier
-/// transactions' unflushed counts, so callers take differences).
-async fn outbox_rows_read(conn: &mut sqlx::PgConnection) -> i64 {
-    sqlx::query_scalar(
-        "SELECT coalesce(max(idx_tup_fetch + seq_tup_read), 0)::bigint FROM pg_stat_xact_user_tables
-          WHERE relid = 'orgkeeper.pending_external_actions'::regclass",
-    )
-    .fetch_one(conn)
-    .await
-    .unwrap()
-}
+/// Rows read from a table, by index or by scan.
+const OUTBOX_ROWS_READ: &str = "idx_tup_fetch + seq_tup_read";
 
 #[tokio::test]
 async fn a_completion_reads_its_own_row_however_many_actions_are_leased() {
@@ -252,10 +242,7 @@ async fn a_completion_reads_its_own_row_however_many_actions_are_leased() {
     // leased at once: a fenced write-back must still find its row by primary
     // key, not scan the leased or unfinished ones.
     let db = TestDb::migrated().await;
-    sqlx::query("ALTER TABLE orgkeeper.pending_external_actions SET (autovacuum_enabled = false)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    without_autovacuum(&db, "pending_external_actions").await;
     insert_orgs(&db.pool, "History", 3_000).await;
     sqlx::query(
         "UPDATE orgkeeper.pending_external_actions SET status = 'done', finished_at = now() WHERE status = 'pending'",
@@ -281,14 +268,15 @@ async fn a_completion_reads_its_own_row_however_many_actions_are_leased() {
     let mut conn = db.connect().await;
     for (id, token) in leased.iter().take(8) {
         let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
-        let before = outbox_rows_read(&mut tx).await;
+        let before = table_counter(&mut tx, "pending_external_actions", OUTBOX_ROWS_READ).await;
         let done: bool = sqlx::query_scalar("SELECT orgkeeper.complete_action($1, $2, '{}')")
             .bind(id)
             .bind(token)
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        let read = outbox_rows_read(&mut tx).await - before;
+        let read =
+            table_counter(&mut tx, "pending_external_actions", OUTBOX_ROWS_READ).await - before;
         tx.commit().await.unwrap();
         assert!(done, "action {id} completed");
         assert!(

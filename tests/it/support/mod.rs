@@ -560,3 +560,29 @@ pub async fn state(pool: &PgPool) -> String {
     .await
     .unwrap()
 }
+
+/// Turns autovacuum off for `table` (orgkeeper's) in this test's database:
+/// its ANALYZE would invalidate the plans a story about cached plans keeps.
+pub async fn without_autovacuum(db: &TestDb, table: &'static str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE orgkeeper.{table} SET (autovacuum_enabled = false)"
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+/// A counter of `pg_stat_xact_user_tables` (`counter`: a column, or a sum
+/// of them) for orgkeeper's `table` in this session. On PostgreSQL 15 it
+/// also holds earlier transactions' unflushed counts, so stories take the
+/// difference around what they measure, inside one transaction.
+pub async fn table_counter(conn: &mut PgConnection, table: &str, counter: &'static str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT coalesce(max({counter}), 0)::bigint FROM pg_stat_xact_user_tables
+          WHERE schemaname = 'orgkeeper' AND relname = $1"
+    )))
+    .bind(table)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
