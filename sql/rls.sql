@@ -457,6 +457,7 @@ DECLARE
         'error_entry',       -- retry_actions_later / begin_compensation / finish_action
         'current_app_user',  -- the acting user of a session (NULL for the daemon)
         'secret_row_filter', -- read_secret / replace_secret
+        'secret_place',      -- read_secret / replace_secret / secret_column
         'secret_column',     -- secrets_after / swap_secrets / secret_inventory
         'lock_action_org',   -- record_org_provisioned / record_provisioning_failed / record_team_ready
         'default_llm_model', -- provisioning_context: the model path of a settings version

@@ -26,10 +26,10 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         ('pending_external_actions', 'progress.key',         ARRAY['id'])
 $$;
 COMMENT ON FUNCTION orgkeeper.secret_columns() IS
-  'Daemon: the one list of places holding encrypted secrets: table (in schema orgkeeper), column ("<jsonb column>.<field>" for a text field of a jsonb column), and the primary-key columns whose values, as text joined by "/" in this order, are the row key of the ciphertext''s associated data orgkeeper:<table>.<column>:<row key> (README, "Secrets"). secret_row_filter, read_secret, replace_secret, secrets_after, swap_secrets and orgkeeper secrets rotate all read it.';
+  'Daemon: the one list of places holding encrypted secrets: table (in schema orgkeeper), column ("<jsonb column>.<field>" for a text field of a jsonb column), and the primary-key columns whose values, as text joined by "/" in this order, are the row key of the ciphertext''s associated data orgkeeper:<table>.<column>:<row key> (README, "Secrets"). secret_place (read_secret, replace_secret), secret_column (secrets_after, swap_secrets, secret_inventory) and orgkeeper secrets rotate all read it.';
 
-CREATE OR REPLACE FUNCTION orgkeeper.secret_column(p_table text, p_column text,
-    OUT key_columns text[], OUT key_types text[], OUT value_sql text, OUT assign_sql text)
+CREATE OR REPLACE FUNCTION orgkeeper.secret_place(p_table text, p_column text,
+    OUT key_columns text[], OUT value_sql text, OUT assign_sql text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_stored text := split_part(p_column, '.', 1);
@@ -43,10 +43,6 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'the secret columns are listed by orgkeeper.secret_columns()';
     END IF;
-    SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord) INTO key_types
-      FROM unnest(key_columns) WITH ORDINALITY AS k(name, ord)
-      JOIN pg_attribute a ON a.attrelid = format('orgkeeper.%I', p_table)::regclass
-                         AND a.attname = k.name AND NOT a.attisdropped;
     IF v_field IS NULL THEN
         value_sql  := format('%I', v_stored);
         assign_sql := format('%I = %%s', v_stored);
@@ -56,24 +52,31 @@ BEGIN
     END IF;
 END;
 $$;
+COMMENT ON FUNCTION orgkeeper.secret_place(text, text) IS
+  'Internal: the secret p_column of p_table (an entry of secret_columns): its key columns, the SQL expression of the ciphertext, and an assignment template (format() with one %s for the new value). Refuses columns that are not encrypted secrets (22023). What read_secret and replace_secret need, without secret_column''s key type lookup.';
+
+CREATE OR REPLACE FUNCTION orgkeeper.secret_column(p_table text, p_column text,
+    OUT key_columns text[], OUT key_types text[], OUT value_sql text, OUT assign_sql text)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    SELECT p.key_columns, p.value_sql, p.assign_sql INTO key_columns, value_sql, assign_sql
+      FROM orgkeeper.secret_place(p_table, p_column) p;
+    SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord) INTO key_types
+      FROM unnest(key_columns) WITH ORDINALITY AS k(name, ord)
+      JOIN pg_attribute a ON a.attrelid = format('orgkeeper.%I', p_table)::regclass
+                         AND a.attname = k.name AND NOT a.attisdropped;
+END;
+$$;
 COMMENT ON FUNCTION orgkeeper.secret_column(text, text) IS
-  'Internal: how to reach the secret p_column of p_table (an entry of secret_columns): its key columns and their types, the SQL expression of the ciphertext, and an assignment template (format() with one %s for the new value). Refuses columns that are not encrypted secrets (22023).';
+  'Internal: how to reach the secret p_column of p_table (an entry of secret_columns): orgkeeper.secret_place and the types of the key columns. Refuses columns that are not encrypted secrets (22023).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.secret_row_filter(p_table text, p_column text, p_key jsonb) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_filter text;
 BEGIN
-    -- Only whether it is a secret column: not secret_column(), whose key
-    -- type lookup (pg_attribute) read_secret and replace_secret, the
-    -- callers, do not need (a re-encryption reads and replaces ~3.6 items
-    -- per migrated user).
-    IF NOT EXISTS (SELECT 1 FROM orgkeeper.secret_columns() c
-                    WHERE c.table_name = p_table AND c.column_name = p_column) THEN
-        RAISE EXCEPTION '%.% is not a column that holds an encrypted secret', p_table, p_column
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'the secret columns are listed by orgkeeper.secret_columns()';
-    END IF;
+    -- The callers (read_secret, replace_secret) have checked the place with
+    -- secret_place.
     SELECT string_agg(format('%I = %L', k, v), ' AND ' ORDER BY k) INTO v_filter
       FROM jsonb_each_text(p_key) AS e(k, v);
     IF v_filter IS NULL THEN
@@ -83,24 +86,17 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.secret_row_filter(text, text, jsonb) IS
-  'Internal: the WHERE clause selecting one secret-holding row from a {column: value} key; refuses columns that are not encrypted secrets (orgkeeper.secret_columns).';
+  'Internal: the WHERE clause selecting one secret-holding row of p_table from a {column: value} key (22023 when the key is empty). Its callers check first that p_table.p_column is a secret column (orgkeeper.secret_place).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.read_secret(p_table text, p_column text, p_key jsonb) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    -- secret_row_filter refuses anything but a secret column; the value
-    -- expression is built here as secret_column builds it, without calling
-    -- it: its key type lookup is not needed here, and the call was the
-    -- largest share of a re-encryption's database time.
-    v_filter text := orgkeeper.secret_row_filter(p_table, p_column, p_key);
-    v_stored text := split_part(p_column, '.', 1);
-    v_field  text := nullif(split_part(p_column, '.', 2), '');
-    v_value  text;
+    v_place record;
+    v_value text;
 BEGIN
-    EXECUTE format('SELECT %s FROM orgkeeper.%I WHERE %s',
-                   CASE WHEN v_field IS NULL THEN format('%I', v_stored)
-                        ELSE format('(%I ->> %L)', v_stored, v_field) END,
-                   p_table, v_filter)
+    SELECT * INTO v_place FROM orgkeeper.secret_place(p_table, p_column);
+    EXECUTE format('SELECT %s FROM orgkeeper.%I WHERE %s', v_place.value_sql, p_table,
+                   orgkeeper.secret_row_filter(p_table, p_column, p_key))
        INTO v_value;
     RETURN v_value;
 END;
@@ -112,20 +108,12 @@ CREATE OR REPLACE FUNCTION orgkeeper.replace_secret(p_table text, p_column text,
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    -- As in read_secret: secret_row_filter refuses anything but a secret
-    -- column, and the value expression and assignment are built as
-    -- secret_column builds them, without its key type lookup.
-    v_filter text := orgkeeper.secret_row_filter(p_table, p_column, p_key);
-    v_stored text := split_part(p_column, '.', 1);
-    v_field  text := nullif(split_part(p_column, '.', 2), '');
-    v_rows   integer;
+    v_place record;
+    v_rows  integer;
 BEGIN
-    EXECUTE format('UPDATE orgkeeper.%I SET %s WHERE %s AND %s = $1', p_table,
-                   CASE WHEN v_field IS NULL THEN format('%I = $2', v_stored)
-                        ELSE format('%I = jsonb_set(%I, %L, to_jsonb($2))', v_stored, v_stored, ARRAY[v_field]) END,
-                   v_filter,
-                   CASE WHEN v_field IS NULL THEN format('%I', v_stored)
-                        ELSE format('(%I ->> %L)', v_stored, v_field) END)
+    SELECT * INTO v_place FROM orgkeeper.secret_place(p_table, p_column);
+    EXECUTE format('UPDATE orgkeeper.%I SET %s WHERE %s AND %s = $1', p_table, format(v_place.assign_sql, '$2'),
+                   orgkeeper.secret_row_filter(p_table, p_column, p_key), v_place.value_sql)
       USING p_old, p_new;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     RETURN v_rows > 0;
