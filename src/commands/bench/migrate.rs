@@ -383,12 +383,15 @@ async fn external_phase(
     tx.commit().await?;
     let started = Instant::now();
     let bar = progress(total as u64, "actions");
-    let (mut finished, mut last_progress) = (0i64, Instant::now());
+    // The actions enqueue follow-ups (a finished secrets.reencrypt enqueues
+    // the member's litellm.verify_key): the migration is over when every
+    // action from first_action on, follow-ups included, is finished.
+    let (mut finished, mut total, mut last_progress) = (0i64, total, Instant::now());
     while finished < total {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM orgkeeper.pending_external_actions
-              WHERE id >= $1 AND finished_at IS NOT NULL",
+        let (now, all): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE finished_at IS NOT NULL), count(*)
+               FROM orgkeeper.pending_external_actions WHERE id >= $1",
         )
         .bind(first_action)
         .fetch_one(pool)
@@ -399,11 +402,12 @@ async fn external_phase(
             bar.println(format!(
                 "  WARNING: no action finished for {} s; giving up with {} unfinished",
                 STALL.as_secs(),
-                total - now
+                all - now
             ));
             break;
         }
-        finished = now;
+        (finished, total) = (now, all);
+        bar.set_length(total as u64);
         bar.set_position(finished as u64);
     }
     let mut secs = started.elapsed().as_secs_f64();
