@@ -384,34 +384,57 @@ async fn external_phase(
     let started = Instant::now();
     let bar = progress(total as u64, "actions");
     // The actions enqueue follow-ups (a finished secrets.reencrypt enqueues
-    // the member's litellm.verify_key): the migration is over when every
-    // action from first_action on, follow-ups included, is finished.
-    let (mut finished, mut total, mut last_progress) = (0i64, total, Instant::now());
-    while finished < total {
+    // the member's litellm.verify_key): the migration is over when no action
+    // from first_action on, follow-ups included, is unfinished. Every 100 ms
+    // the poll asks only whether one is (the first entry of a partial
+    // index); the count for the progress bar, which costs more, is taken
+    // once a second, so that the poll takes little from the daemon it
+    // measures.
+    let mut last_progress = Instant::now();
+    for poll in 1u64.. {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (now, all): (i64, i64) = sqlx::query_as(
+        let busy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM orgkeeper.pending_external_actions
+                             WHERE finished_at IS NULL AND id >= $1)",
+        )
+        .bind(first_action)
+        .fetch_one(pool)
+        .await?;
+        if !busy {
+            break;
+        }
+        if poll % 10 != 0 {
+            continue;
+        }
+        let (finished, all): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE finished_at IS NOT NULL), count(*)
                FROM orgkeeper.pending_external_actions WHERE id >= $1",
         )
         .bind(first_action)
         .fetch_one(pool)
         .await?;
-        if now > finished {
+        if finished > bar.position() as i64 {
             last_progress = Instant::now();
         } else if last_progress.elapsed() > STALL {
             bar.println(format!(
                 "  WARNING: no action finished for {} s; giving up with {} unfinished",
                 STALL.as_secs(),
-                all - now
+                all - finished
             ));
             break;
         }
-        (finished, total) = (now, all);
-        bar.set_length(total as u64);
+        bar.set_length(all as u64);
         bar.set_position(finished as u64);
     }
     let mut secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    let (finished, total): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE finished_at IS NOT NULL), count(*)
+           FROM orgkeeper.pending_external_actions WHERE id >= $1",
+    )
+    .bind(first_action)
+    .fetch_one(pool)
+    .await?;
     if finished == total {
         secs = sqlx::query_scalar(
             "SELECT extract(epoch FROM max(finished_at) - $2)::float8
