@@ -456,9 +456,9 @@ DECLARE
         'role_id',           -- resolves role names (the catalog is no secret)
         'error_entry',       -- retry_actions_later / begin_compensation / finish_action
         'current_app_user',  -- the acting user of a session (NULL for the daemon)
-        'secret_row_filter', -- read_secret / replace_secret
-        'secret_place',      -- read_secret / replace_secret / secret_column
-        'secret_column',     -- secrets_after / swap_secrets / secret_inventory
+        'secret_column',     -- secrets_after / swap_secrets / secret_inventory / read_secret /
+                             -- replace_secret (their refusal of a column that is not a secret)
+        'refuse_row_key',    -- read_secret / replace_secret
         'lock_action_org',   -- record_org_provisioned / record_provisioning_failed / record_team_ready
         'default_llm_model', -- provisioning_context: the model path of a settings version
         'wakeup_lock_key',   -- inserts_settled: the wake-up handshake's lock

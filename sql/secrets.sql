@@ -26,10 +26,12 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         ('pending_external_actions', 'progress.key',         ARRAY['id'])
 $$;
 COMMENT ON FUNCTION orgkeeper.secret_columns() IS
-  'Daemon: the one list of places holding encrypted secrets: table (in schema orgkeeper), column ("<jsonb column>.<field>" for a text field of a jsonb column), and the primary-key columns whose values, as text joined by "/" in this order, are the row key of the ciphertext''s associated data orgkeeper:<table>.<column>:<row key> (README, "Secrets"). secret_place (read_secret, replace_secret), secret_column (secrets_after, swap_secrets, secret_inventory) and orgkeeper secrets rotate all read it.';
+  'Daemon: the one list of places holding encrypted secrets: table (in schema orgkeeper), column ("<jsonb column>.<field>" for a text field of a jsonb column), and the primary-key columns whose values, as text joined by "/" in this order, are the row key of the ciphertext''s associated data orgkeeper:<table>.<column>:<row key> (README, "Secrets"). secret_column (secrets_after, swap_secrets, secret_inventory, and the generation of read_secret and replace_secret) and orgkeeper secrets rotate all read it.';
 
-CREATE OR REPLACE FUNCTION orgkeeper.secret_place(p_table text, p_column text,
-    OUT key_columns text[], OUT value_sql text, OUT assign_sql text)
+DROP FUNCTION IF EXISTS orgkeeper.secret_place(text, text);
+
+CREATE OR REPLACE FUNCTION orgkeeper.secret_column(p_table text, p_column text,
+    OUT key_columns text[], OUT key_types text[], OUT value_sql text, OUT assign_sql text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_stored text := split_part(p_column, '.', 1);
@@ -43,6 +45,10 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'the secret columns are listed by orgkeeper.secret_columns()';
     END IF;
+    SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord) INTO key_types
+      FROM unnest(key_columns) WITH ORDINALITY AS k(name, ord)
+      JOIN pg_attribute a ON a.attrelid = format('orgkeeper.%I', p_table)::regclass
+                         AND a.attname = k.name AND NOT a.attisdropped;
     IF v_field IS NULL THEN
         value_sql  := format('%I', v_stored);
         assign_sql := format('%I = %%s', v_stored);
@@ -52,75 +58,88 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION orgkeeper.secret_place(text, text) IS
-  'Internal: the secret p_column of p_table (an entry of secret_columns): its key columns, the SQL expression of the ciphertext, and an assignment template (format() with one %s for the new value). Refuses columns that are not encrypted secrets (22023). What read_secret and replace_secret need, without secret_column''s key type lookup.';
-
-CREATE OR REPLACE FUNCTION orgkeeper.secret_column(p_table text, p_column text,
-    OUT key_columns text[], OUT key_types text[], OUT value_sql text, OUT assign_sql text)
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    SELECT p.key_columns, p.value_sql, p.assign_sql INTO key_columns, value_sql, assign_sql
-      FROM orgkeeper.secret_place(p_table, p_column) p;
-    SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord) INTO key_types
-      FROM unnest(key_columns) WITH ORDINALITY AS k(name, ord)
-      JOIN pg_attribute a ON a.attrelid = format('orgkeeper.%I', p_table)::regclass
-                         AND a.attname = k.name AND NOT a.attisdropped;
-END;
-$$;
 COMMENT ON FUNCTION orgkeeper.secret_column(text, text) IS
-  'Internal: how to reach the secret p_column of p_table (an entry of secret_columns): orgkeeper.secret_place and the types of the key columns. Refuses columns that are not encrypted secrets (22023).';
+  'Internal: how to reach the secret p_column of p_table (an entry of secret_columns): its key columns and their types, the SQL expression of the ciphertext, and an assignment template (format() with one %s for the new value). Refuses columns that are not encrypted secrets (22023).';
 
-CREATE OR REPLACE FUNCTION orgkeeper.secret_row_filter(p_table text, p_column text, p_key jsonb) RETURNS text
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    v_filter text;
+-- read_secret and replace_secret reach one ciphertext at a time, and
+-- secrets.reencrypt makes several of each per migrated user. They are
+-- generated from secret_columns below: one static statement per place, so a
+-- session plans each once and reuses the plan. (Built with EXECUTE at every
+-- call, the statement was planned at every call: a read cost ~10x and a
+-- compare-and-set ~2x what the static statement does.) The generated bodies
+-- are in tests/schema.sql and in \sf.
+DROP FUNCTION IF EXISTS orgkeeper.secret_row_filter(text, text, jsonb);
+
+CREATE OR REPLACE FUNCTION orgkeeper.refuse_row_key(p_table text, p_column text, p_key jsonb, p_key_columns text[])
+RETURNS void
+LANGUAGE plpgsql AS $$
 BEGIN
-    -- The callers (read_secret, replace_secret) have checked the place with
-    -- secret_place.
-    SELECT string_agg(format('%I = %L', k, v), ' AND ' ORDER BY k) INTO v_filter
-      FROM jsonb_each_text(p_key) AS e(k, v);
-    IF v_filter IS NULL THEN
-        RAISE EXCEPTION 'no row key given for %.%', p_table, p_column USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    RETURN v_filter;
+    RAISE EXCEPTION 'the row key % does not name a row of orgkeeper.%: the key of %.% is {%}',
+                    coalesce(p_key::text, 'NULL'), p_table, p_table, p_column, array_to_string(p_key_columns, ', ')
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'give exactly the primary-key columns, as in orgkeeper.secret_columns(): {"column": value, ...}';
 END;
 $$;
-COMMENT ON FUNCTION orgkeeper.secret_row_filter(text, text, jsonb) IS
-  'Internal: the WHERE clause selecting one secret-holding row of p_table from a {column: value} key (22023 when the key is empty). Its callers check first that p_table.p_column is a secret column (orgkeeper.secret_place).';
+COMMENT ON FUNCTION orgkeeper.refuse_row_key(text, text, jsonb, text[]) IS
+  'Internal: raises 22023 for a row key of a secret place (read_secret, replace_secret) that is not a JSON object of exactly the primary-key columns p_key_columns.';
 
+DO $generate$
+DECLARE
+    v_read    text := '';
+    v_replace text := '';
+    v_check   text;
+    v_p       record;
+BEGIN
+    FOR v_p IN
+        SELECT c.table_name, c.column_name, p.value_sql, p.assign_sql, p.key_columns,
+               (SELECT string_agg(format('%I = (p_key ->> %L)::%s', k, k, t), ' AND ' ORDER BY o)
+                  FROM unnest(p.key_columns, p.key_types) WITH ORDINALITY AS u(k, t, o)) AS match
+          FROM orgkeeper.secret_columns() c
+         CROSS JOIN LATERAL orgkeeper.secret_column(c.table_name, c.column_name) p
+    LOOP
+        v_check := format($t$
+    WHEN p_table = %L AND p_column = %L THEN
+        IF (p_key ?& %L AND p_key - %L::text[] = '{}') IS NOT TRUE THEN
+            PERFORM orgkeeper.refuse_row_key(p_table, p_column, p_key, %L);
+        END IF;$t$,
+                          v_p.table_name, v_p.column_name, v_p.key_columns, v_p.key_columns, v_p.key_columns);
+        v_read := v_read || v_check || format($t$
+        RETURN (SELECT %s FROM orgkeeper.%I WHERE %s);$t$,
+                          v_p.value_sql, v_p.table_name, v_p.match);
+        v_replace := v_replace || v_check || format($t$
+        UPDATE orgkeeper.%I SET %s WHERE %s AND %s = p_old;$t$,
+                          v_p.table_name, format(v_p.assign_sql, 'p_new'), v_p.match, v_p.value_sql);
+    END LOOP;
+    EXECUTE format($f$
 CREATE OR REPLACE FUNCTION orgkeeper.read_secret(p_table text, p_column text, p_key jsonb) RETURNS text
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    v_place record;
-    v_value text;
+LANGUAGE plpgsql STABLE AS $body$
+-- Generated by sql/secrets.sql from orgkeeper.secret_columns().
 BEGIN
-    SELECT * INTO v_place FROM orgkeeper.secret_place(p_table, p_column);
-    EXECUTE format('SELECT %s FROM orgkeeper.%I WHERE %s', v_place.value_sql, p_table,
-                   orgkeeper.secret_row_filter(p_table, p_column, p_key))
-       INTO v_value;
-    RETURN v_value;
+    CASE%s
+    ELSE
+        PERFORM orgkeeper.secret_column(p_table, p_column); -- refuses: not a secret column (22023)
+    END CASE;
 END;
-$$;
-COMMENT ON FUNCTION orgkeeper.read_secret(text, text, jsonb) IS
-  'Daemon: the ciphertext stored at {table, column, key} (NULL when the row or value is gone).';
-
+$body$$f$, v_read);
+    EXECUTE format($f$
 CREATE OR REPLACE FUNCTION orgkeeper.replace_secret(p_table text, p_column text, p_key jsonb, p_old text, p_new text)
 RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_place record;
-    v_rows  integer;
+LANGUAGE plpgsql AS $body$
+-- Generated by sql/secrets.sql from orgkeeper.secret_columns().
 BEGIN
-    SELECT * INTO v_place FROM orgkeeper.secret_place(p_table, p_column);
-    EXECUTE format('UPDATE orgkeeper.%I SET %s WHERE %s AND %s = $1', p_table, format(v_place.assign_sql, '$2'),
-                   orgkeeper.secret_row_filter(p_table, p_column, p_key), v_place.value_sql)
-      USING p_old, p_new;
-    GET DIAGNOSTICS v_rows = ROW_COUNT;
-    RETURN v_rows > 0;
+    CASE%s
+    ELSE
+        PERFORM orgkeeper.secret_column(p_table, p_column); -- refuses: not a secret column (22023)
+    END CASE;
+    RETURN FOUND;
 END;
-$$;
+$body$$f$, v_replace);
+END
+$generate$;
+COMMENT ON FUNCTION orgkeeper.read_secret(text, text, jsonb) IS
+  'Daemon: the ciphertext stored at {table, column, key} (NULL when the row or value is gone). key is {primary-key column: value} (22023 otherwise, and for a column that is not a secret). Generated from secret_columns: one static statement per place.';
 COMMENT ON FUNCTION orgkeeper.replace_secret(text, text, jsonb, text, text) IS
-  'Daemon: compare-and-set of one ciphertext: writes p_new only where the value is still p_old. Returns whether it wrote.';
+  'Daemon: compare-and-set of one ciphertext: writes p_new only where the value is still p_old. Returns whether it wrote. key as for read_secret (22023 otherwise). Generated from secret_columns: one static statement per place.';
 
 -- Rotation (orgkeeper secrets rotate): keyset pages of one secret column,
 -- then a compare-and-set of the re-encrypted values of a page.

@@ -154,7 +154,7 @@ impl Place {
     }
 
     /// The place named by a `{"table", "column", "key": {pk column: value}}`
-    /// item as the SQL side records it (`orgkeeper.secret_row_filter`): the
+    /// item as the SQL side records it (`orgkeeper.read_secret`): the
     /// row key joins the primary key's values in the table's key order
     /// (`org_member`: org_id, user_id; every other table: id).
     pub fn from_item(item: &serde_json::Value) -> Option<Self> {

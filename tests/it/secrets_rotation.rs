@@ -68,9 +68,10 @@ impl Spot {
     async fn store(&self, pool: &PgPool, value: &str) {
         let sql = match (self.table, self.column) {
             ("org", column) => format!("UPDATE orgkeeper.org SET {column} = $1 WHERE id = $2::uuid"),
-            ("org_member", "llm_api_key") => "UPDATE orgkeeper.org_member SET llm_api_key = $1
-                WHERE org_id = split_part($2, '/', 1)::uuid AND user_id = split_part($2, '/', 2)::uuid"
-                .into(),
+            ("org_member", column) => format!(
+                "UPDATE orgkeeper.org_member SET {column} = $1
+                  WHERE org_id = split_part($2, '/', 1)::uuid AND user_id = split_part($2, '/', 2)::uuid"
+            ),
             ("pending_external_actions", "progress.key") => {
                 "UPDATE orgkeeper.pending_external_actions
                     SET progress = progress || jsonb_build_object('key', $1::text) WHERE id = $2::bigint"
@@ -100,6 +101,8 @@ async fn every_ciphertext(pool: &PgPool) -> Vec<(Spot, String)> {
              UNION ALL SELECT 'org', 'search_api_key', id::text, search_api_key FROM orgkeeper.org
              UNION ALL SELECT 'org', 'sandbox_api_key', id::text, sandbox_api_key FROM orgkeeper.org
              UNION ALL SELECT 'org_member', 'llm_api_key', org_id || '/' || user_id, llm_api_key FROM orgkeeper.org_member
+             UNION ALL SELECT 'org_member', 'llm_api_key_for_byor', org_id || '/' || user_id, llm_api_key_for_byor
+                         FROM orgkeeper.org_member
              UNION ALL SELECT 'custom_secrets', 'secret_value', id::text, secret_value FROM orgkeeper.custom_secrets
              UNION ALL SELECT 'gitlab_webhook', 'webhook_secret', id::text, webhook_secret FROM orgkeeper.gitlab_webhook
              UNION ALL SELECT 'pending_external_actions', 'progress.key', id::text, progress ->> 'key'
@@ -620,6 +623,168 @@ async fn every_listed_secret_column_exists_and_its_row_key_is_the_primary_key() 
             "{sql}"
         );
     }
+}
+
+/// Every secret place of two organizations, named by the test.
+async fn every_place_of_two_orgs(pool: &PgPool) -> Vec<Spot> {
+    let mut spots = Vec::new();
+    for name in ["Reach A", "Reach B"] {
+        let (org, owner, action, secret, hook) = org_with_related_rows(pool, name).await;
+        for column in [
+            "llm_api_key",
+            "llm_api_key_for_byor",
+            "search_api_key",
+            "sandbox_api_key",
+        ] {
+            spots.push(Spot::new("org", column, org));
+        }
+        for column in ["llm_api_key", "llm_api_key_for_byor"] {
+            spots.push(Spot::new("org_member", column, format!("{org}/{owner}")));
+        }
+        spots.push(Spot::new("custom_secrets", "secret_value", secret));
+        spots.push(Spot::new("gitlab_webhook", "webhook_secret", hook));
+        spots.push(Spot::new(
+            "pending_external_actions",
+            "progress.key",
+            action,
+        ));
+    }
+    spots
+}
+
+/// The `{table, column, key}` arguments naming a spot, its key from the
+/// primary-key columns the database lists.
+async fn key_of(pool: &PgPool, spot: &Spot) -> serde_json::Value {
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT key_columns FROM orgkeeper.secret_columns() WHERE table_name = $1 AND column_name = $2",
+    )
+    .bind(spot.table)
+    .bind(spot.column)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let key: serde_json::Map<String, serde_json::Value> = columns
+        .into_iter()
+        .zip(spot.row.split('/'))
+        .map(|(c, v)| (c, serde_json::json!(v)))
+        .collect();
+    serde_json::Value::Object(key)
+}
+
+#[tokio::test]
+async fn the_daemon_reads_and_swaps_every_secret_place_by_its_key_and_refuses_any_other_key() {
+    let db = TestDb::migrated().await;
+    let spots = every_place_of_two_orgs(&db.pool).await;
+    // The test covers every place the database lists (a new one fails here
+    // until it is added above).
+    let listed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name, column_name FROM orgkeeper.secret_columns() ORDER BY 1, 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut covered: Vec<(String, String)> = spots
+        .iter()
+        .map(|s| (s.table.to_string(), s.column.to_string()))
+        .collect();
+    covered.sort();
+    covered.dedup();
+    assert_eq!(covered, listed);
+    for (i, spot) in spots.iter().enumerate() {
+        spot.store(&db.pool, &format!("value-{i}")).await;
+    }
+
+    for (i, spot) in spots.iter().enumerate() {
+        let key = key_of(&db.pool, spot).await;
+        let read: Option<String> = sqlx::query_scalar("SELECT orgkeeper.read_secret($1, $2, $3)")
+            .bind(spot.table)
+            .bind(spot.column)
+            .bind(&key)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            read.as_deref(),
+            Some(format!("value-{i}").as_str()),
+            "{spot:?}"
+        );
+        let swap = |old: String| {
+            sqlx::query_scalar::<_, bool>("SELECT orgkeeper.replace_secret($1, $2, $3, $4, $5)")
+                .bind(spot.table)
+                .bind(spot.column)
+                .bind(key.clone())
+                .bind(old)
+                .bind(format!("new-{i}"))
+                .fetch_one(&db.pool)
+        };
+        assert!(
+            !swap("not the stored value".into()).await.unwrap(),
+            "{spot:?}"
+        );
+        assert!(swap(format!("value-{i}")).await.unwrap(), "{spot:?}");
+    }
+    // Each swap wrote its own place and nothing else.
+    let expected: Vec<(Spot, String)> = {
+        let mut v: Vec<_> = spots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), format!("new-{i}")))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(every_ciphertext(&db.pool).await, expected);
+
+    // A key that is not exactly the primary key is refused, naming the key
+    // columns, and changes nothing: part of a composite key (which would
+    // match every member of the organization), an extra column, the wrong
+    // column, no key.
+    let member = spots.iter().find(|s| s.table == "org_member").unwrap();
+    let org_id = member.row.split('/').next().unwrap();
+    for (table, column, key) in [
+        (
+            "org_member",
+            "llm_api_key",
+            serde_json::json!({ "org_id": org_id }),
+        ),
+        (
+            "org",
+            "search_api_key",
+            serde_json::json!({ "id": org_id, "name": "x" }),
+        ),
+        (
+            "org",
+            "search_api_key",
+            serde_json::json!({ "org_id": org_id }),
+        ),
+        ("custom_secrets", "secret_value", serde_json::json!({})),
+        ("custom_secrets", "secret_value", serde_json::Value::Null),
+    ] {
+        let columns = if table == "org_member" {
+            "org_id, user_id"
+        } else {
+            "id"
+        };
+        for sql in [
+            "SELECT orgkeeper.read_secret($1, $2, $3)::text",
+            "SELECT orgkeeper.replace_secret($1, $2, $3, 'new-0', 'x')::text",
+        ] {
+            let err = sqlx::query_scalar::<_, Option<String>>(sql)
+                .bind(table)
+                .bind(column)
+                .bind(&key)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap_err();
+            let (code, message) = crate::support::db_error(&err);
+            assert_eq!(code, "22023", "{sql} {key}: {message}");
+            assert!(
+                message.ends_with(&format!("the key of {table}.{column} is {{{columns}}}")),
+                "{message}"
+            );
+        }
+    }
+    assert_eq!(every_ciphertext(&db.pool).await, expected);
 }
 
 #[tokio::test]
