@@ -121,21 +121,14 @@ COMMENT ON FUNCTION orgkeeper.record_provisioning_failed(bigint, text, text, tex
 CREATE OR REPLACE FUNCTION orgkeeper.record_team_ready(p_action_id bigint, p_worker text, p_team_id text, p_result jsonb)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_org_id uuid;
 BEGIN
-    v_org_id := orgkeeper.lock_action_org(p_action_id);
-    IF NOT orgkeeper.complete_action(p_action_id, p_worker, p_result) THEN
-        RETURN false;
-    END IF;
-    UPDATE orgkeeper.org
-       SET litellm_team_id = p_team_id, provisioning_status = 'active', provisioning_error = NULL
-     WHERE id = v_org_id AND provisioning_status <> 'deprovisioning';
-    RETURN true;
+    -- One action: the batched write-back with a batch of one (one place for the rules).
+    RETURN (SELECT r.recorded FROM orgkeeper.record_teams_ready(ARRAY[p_action_id], ARRAY[p_worker],
+                                                                ARRAY[p_team_id], ARRAY[p_result]) r);
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_team_ready(bigint, text, text, jsonb) IS
-  'Daemon: marks an action that built an org''s LiteLLM team (user migration) done and the org active with its team id (an org being deleted stays deprovisioning), in one transaction. Fenced on the lease.';
+  'Daemon: marks an action that built an org''s LiteLLM team (user migration) done and the org active with its team id (an org being deleted stays deprovisioning), in one transaction. Fenced on the lease. orgkeeper.record_teams_ready for one action (the daemon batches its write-backs; this is for a batch of one and older daemons).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.record_member_key(
     p_action_id bigint, p_worker text, p_user uuid, p_key_ciphertext text, p_result jsonb)

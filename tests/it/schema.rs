@@ -775,12 +775,12 @@ async fn provisioning_write_backs_lock_the_actions_org_through_one_helper() {
         .unwrap();
     assert_eq!(unknown, None);
 
-    // The three write-backs take their first lock through it.
+    // The one-action write-backs take their first lock through it.
     let users: Vec<(String, bool)> = sqlx::query_as(
         "SELECT p.proname::text, p.prosrc LIKE '%orgkeeper.lock_action_org(p_action_id)%'
            FROM pg_proc p
           WHERE p.pronamespace = 'orgkeeper'::regnamespace
-            AND p.proname IN ('record_org_provisioned', 'record_provisioning_failed', 'record_team_ready')
+            AND p.proname IN ('record_org_provisioned', 'record_provisioning_failed')
           ORDER BY 1",
     )
     .fetch_all(&db.pool)
@@ -791,7 +791,93 @@ async fn provisioning_write_backs_lock_the_actions_org_through_one_helper() {
         vec![
             ("record_org_provisioned".to_string(), true),
             ("record_provisioning_failed".to_string(), true),
-            ("record_team_ready".to_string(), true),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_batched_team_write_back_locks_every_org_of_the_batch_before_any_action() {
+    let db = TestDb::migrated().await;
+    let mut actions = Vec::new();
+    for name in ["Batch A", "Batch B"] {
+        let org = insert_org(&db, name, Uuid::new_v4()).await;
+        let action: i64 = sqlx::query_scalar(
+            "UPDATE orgkeeper.pending_external_actions
+                SET status = 'running', locked_by = 'w/1', locked_until = now() + interval '1 minute'
+              WHERE org_id = $1 AND kind = 'litellm.provision_org' RETURNING id",
+        )
+        .bind(org)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        actions.push((org, action));
+    }
+    // Someone holds the second org's row: the write-back of both actions
+    // waits for it before it touches either action row (org rows first, as
+    // lock_action_org orders it for one action).
+    let mut holder = db.connect().await;
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(actions[1].0)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = actions.iter().map(|(_, a)| *a).collect();
+    let writer = {
+        let pool = db.pool.clone();
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            sqlx::query_as::<_, (i64, bool)>(
+                "SELECT action_id, recorded FROM orgkeeper.record_teams_ready(
+                    $1, ARRAY['w/1', 'w/2'], ARRAY['team-a', 'team-b'], ARRAY['{}', '{}']::jsonb[])",
+            )
+            .bind(ids)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        })
+    };
+    crate::support::wait_until(
+        std::time::Duration::from_secs(10),
+        "the write-back waits",
+        || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                             WHERE wait_event_type = 'Lock' AND query LIKE '%record_teams_ready%')",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    for (_, action) in &actions {
+        sqlx::query(
+            "SELECT 1 FROM orgkeeper.pending_external_actions WHERE id = $1 FOR UPDATE NOWAIT",
+        )
+        .bind(action)
+        .execute(&mut *held)
+        .await
+        .expect("no action row is locked while an org row is awaited");
+    }
+    held.rollback().await.unwrap();
+    // The first action's fence held, the second's token was stale.
+    assert_eq!(
+        writer.await.unwrap(),
+        vec![(actions[0].1, true), (actions[1].1, false)]
+    );
+    let orgs: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT provisioning_status, litellm_team_id FROM orgkeeper.org WHERE id = ANY ($1) ORDER BY name",
+    )
+    .bind(actions.iter().map(|(o, _)| *o).collect::<Vec<_>>())
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        orgs,
+        vec![
+            ("active".to_string(), Some("team-a".to_string())),
+            ("pending".to_string(), None),
         ]
     );
 }
