@@ -236,13 +236,21 @@ async fn write_batch<W: BatchWrite>(pool: &PgPool, batch: Vec<Request<W>>) {
     }
 }
 
+/// A transaction whose commit does not wait for the WAL flush
+/// (`synchronous_commit = off`), for a write-back that a database crash may
+/// lose only because the step it records runs again, idempotently.
+pub async fn begin_async_commit(
+    pool: &PgPool,
+) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+        .await
+}
+
 /// One statement for `rows`, in a transaction that commits asynchronously
 /// when `W` allows it.
 async fn write_rows<W: BatchWrite>(pool: &PgPool, rows: &[W]) -> sqlx::Result<Vec<W::Outcome>> {
     let outcomes = if W::ASYNC_COMMIT {
-        let mut tx = pool
-            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-            .await?;
+        let mut tx = begin_async_commit(pool).await?;
         let outcomes = W::write(&mut tx, rows).await?;
         tx.commit().await?;
         outcomes

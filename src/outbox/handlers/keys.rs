@@ -12,7 +12,7 @@
 use super::{call, payload_str, ActionError, Finish, Services};
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, Deleted, NewKey, NewUser, TeamOwner};
-use crate::outbox::{Action, Outbox};
+use crate::outbox::{begin_async_commit, Action, Outbox};
 use crate::secrets::{random_api_key, Place};
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -43,6 +43,12 @@ pub(crate) fn member_of(action: &Action) -> Result<(Uuid, Uuid, &str), ActionErr
 /// `result`, in one fenced transaction (`orgkeeper.record_member_key`).
 /// When the membership stopped being active meanwhile, the key is deleted
 /// at LiteLLM again and the action finishes with `result` saying so.
+///
+/// Committed asynchronously: the key's value was saved synchronously in the
+/// action's `progress` before `/key/generate` ([`ensure`]), so when a
+/// database crash loses this commit the action runs again under a new lease,
+/// finds that value, makes sure LiteLLM has it (no second key) and stores it
+/// again. Until then the member has no working key, as before this action.
 pub(crate) async fn store(
     services: &Services,
     action: &Action,
@@ -54,6 +60,7 @@ pub(crate) async fn store(
     let ciphertext = services
         .keyring
         .encrypt(&Place::member_key(org_id, user_id), key);
+    let mut tx = begin_async_commit(&services.pool).await?;
     let recorded: String =
         sqlx::query_scalar("SELECT orgkeeper.record_member_key($1, $2, $3, $4, $5)")
             .bind(action.id)
@@ -61,8 +68,9 @@ pub(crate) async fn store(
             .bind(user_id)
             .bind(&ciphertext)
             .bind(&result)
-            .fetch_one(&services.pool)
+            .fetch_one(&mut *tx)
             .await?;
+    tx.commit().await?;
     match recorded.as_str() {
         "done" => Ok(Finish::Recorded),
         "member_gone" => {

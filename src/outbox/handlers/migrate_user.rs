@@ -388,10 +388,16 @@ pub async fn give_up(services: &Services, action: &Action, error: &str) -> sqlx:
 }
 
 /// The write-back of one migrated user's team, batched with others
-/// (`orgkeeper.record_teams_ready`: `record_team_ready` per row, fenced on
-/// its lease, in one transaction). Outcome: whether it was recorded.
+/// (`orgkeeper.record_teams_ready`: each row fenced on its lease, in one
+/// transaction). Outcome: whether it was recorded.
 ///
-/// Committed synchronously, as `record_team_ready` alone was.
+/// Committed asynchronously: when a database crash loses it, the action is
+/// left running under a lease that expires and runs again, as after a
+/// daemon killed just before this write-back. Every step is idempotent:
+/// the team is the org's id, and what the budget move needs was saved
+/// synchronously in `progress` before the calls that made it. The user's
+/// next action is claimed only after this one finished, and that claim
+/// commits synchronously, flushing this commit first.
 struct TeamReady {
     fence: Fence,
     team_id: String,
@@ -400,7 +406,7 @@ struct TeamReady {
 
 impl BatchWrite for TeamReady {
     type Outcome = bool;
-    const ASYNC_COMMIT: bool = false;
+    const ASYNC_COMMIT: bool = true;
 
     async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<bool>> {
         let team_ids: Vec<&str> = rows.iter().map(|r| r.team_id.as_str()).collect();
