@@ -459,6 +459,65 @@ async fn every_member_has_their_own_key_only_while_active() {
     assert!(works(&w.sim, &carol_again).await);
 }
 
+/// The daemon commits a member's new key asynchronously: a database crash
+/// may lose that commit (never the key's value, saved synchronously in the
+/// action's progress before `/key/generate`). Here the loss is staged by
+/// hand, exactly as the crash would leave it: the membership without its
+/// key, the action running under a lease that expired.
+#[tokio::test]
+async fn a_members_key_whose_write_back_was_lost_is_stored_again_and_never_made_twice() {
+    let mut w = World::new().await;
+    let owner = w.user("owner@example.com").await;
+    let bob = w.user("bob@example.com").await;
+    let org = w.org("Lost commit", owner).await;
+    w.start_daemon();
+    w.wait_status(org, "active").await;
+    sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
+        .bind(owner)
+        .bind(org)
+        .bind(bob)
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    w.wait_idle().await;
+    w.stop_daemon().await;
+    let key = w.member_key(org, bob).await;
+    assert_eq!(w.sim.user_keys(&bob.to_string()).len(), 1);
+
+    let lost = sqlx::query(
+        "WITH m AS (UPDATE orgkeeper.org_member SET llm_api_key = NULL
+                     WHERE org_id = $1 AND user_id = $2 RETURNING 1)
+         UPDATE orgkeeper.pending_external_actions
+            SET status = 'running', finished_at = NULL, result = NULL,
+                locked_by = 'w1/' || attempts, locked_until = now() - interval '1 second'
+          WHERE kind = 'litellm.add_member' AND org_id = $1 AND payload ->> 'user_id' = $2::text
+            AND progress ? 'key' AND EXISTS (SELECT 1 FROM m)",
+    )
+    .bind(org)
+    .bind(bob)
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        lost.rows_affected(),
+        1,
+        "the action had saved the key's value"
+    );
+    assert_eq!(w.member_ciphertext(org, bob).await, None);
+
+    w.start_daemon();
+    w.wait_idle().await;
+    w.stop_daemon().await;
+    assert_eq!(
+        w.member_key(org, bob).await,
+        key,
+        "the same key, stored again"
+    );
+    let at_proxy = w.sim.user_keys(&bob.to_string());
+    assert_eq!(at_proxy.len(), 1, "no second key: {at_proxy:?}");
+    assert!(works(&w.sim, &key).await);
+}
+
 /// Whether the proxy accepts `key` for a model list (`GET /v1/models`):
 /// what an application calling the LLM with it would see.
 async fn works(sim: &LiteLlmSimulator, key: &str) -> bool {
