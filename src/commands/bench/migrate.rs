@@ -14,6 +14,7 @@ use super::{percentile, BenchEnv};
 use crate::legacy_data::{self, LegacyValues};
 use crate::litellm::LiteLlmSimulator;
 use crate::stripe::StripeSimulator;
+use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::{ExposeSecret, SecretString};
@@ -127,6 +128,11 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     println!("summary");
     println!("  database, 1 session  {users_per_s_db:>10.0} users/s  (target >= 2000)");
     println!("  database, 2 sessions {users_per_s_db_2:>10.0} users/s  (target >= 2000)");
+    if let Some(floor) = external.floor_users_per_s {
+        println!(
+            "  database floor       {floor:>10.0} users/s  (its rows without its logic, 1 session)"
+        );
+    }
     println!(
         "  external             {:>10.0} users/s  (target >= 1000; {} users, {:.0} actions/s)",
         external.users_per_s, args.external_users, external.actions_per_s
@@ -138,6 +144,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
                 "users_per_s_db": round1(users_per_s_db),
                 "users_per_s_db_2_sessions": round1(users_per_s_db_2),
                 "users_per_s_external": round1(external.users_per_s),
+                "users_per_s_db_floor": external.floor_users_per_s.map(round1),
             })
         );
     }
@@ -270,6 +277,8 @@ async fn migrate_sessions(
 struct External {
     users_per_s: f64,
     actions_per_s: f64,
+    /// The database side's floor on these users, users/s (see [`floor`]).
+    floor_users_per_s: Option<f64>,
 }
 
 /// Generates `--external-users` more users, seeds their LiteLLM budgets and
@@ -315,11 +324,30 @@ async fn external_phase(
     )
     .fetch_one(pool)
     .await?;
+    let floor_users_per_s = match floor(pool, args.batch, 3).await {
+        Ok(rounds) => {
+            let best = rounds.iter().copied().fold(f64::NAN, f64::max);
+            println!(
+                "  database floor       {best:>10.0}  users/s  (the rows migrate_users({}) writes, no logic; rolled back; rounds: {})",
+                args.batch,
+                rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ")
+            );
+            Some(best)
+        }
+        Err(e) => {
+            println!("  database floor       not measured: {e:#}");
+            None
+        }
+    };
     let db = migrate_sessions(&env.url, args.batch, 1, None, u64::from(n)).await?;
     println!(
-        "  migrated (database)  {:>10}  users ({:.0} users/s)",
+        "  migrated (database)  {:>10}  users ({:.0} users/s{})",
         db.migrated,
-        db.users_per_s()
+        db.users_per_s(),
+        floor_users_per_s.map_or(String::new(), |f| format!(
+            ", {:.0} % of the floor",
+            100.0 * db.users_per_s() / f
+        ))
     );
     let kinds: Vec<(String, i64)> = sqlx::query_as(
         "SELECT kind, count(*) FROM orgkeeper.pending_external_actions
@@ -448,6 +476,7 @@ async fn external_phase(
     let result = External {
         users_per_s: f64::from(n) / secs,
         actions_per_s: total as f64 / secs,
+        floor_users_per_s,
     };
     println!("  finished             {finished:>10}  actions in {secs:.2} s");
     println!("  users/s              {:>10.0}", result.users_per_s);
@@ -521,6 +550,39 @@ async fn external_phase(
     litellm.shutdown().await;
     stripe.shutdown().await;
     Ok(result)
+}
+
+/// The floor of the database side: the rows `migrate_users(batch)` writes
+/// for the next `batch` unmigrated users, written without any of its logic
+/// (`bench/floor/migrate.sql`: no triggers, checks, log aggregates) and
+/// rolled back, `rounds` times; users/s of each round. What no tuning of the
+/// migration's logic can beat on this server.
+async fn floor(pool: &PgPool, batch: i32, rounds: usize) -> anyhow::Result<Vec<f64>> {
+    const WRITES: &str = include_str!("../../../bench/floor/migrate.sql");
+    let mut figures = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let mut tx = pool.begin().await?;
+        sqlx::query("CREATE TEMPORARY TABLE floor_users (user_id uuid, email text) ON COMMIT DROP")
+            .execute(&mut *tx)
+            .await?;
+        let users = sqlx::query(
+            "INSERT INTO floor_users
+             SELECT user_id, email FROM orgkeeper.user_settings
+              WHERE already_migrated = false ORDER BY user_id LIMIT $1",
+        )
+        .bind(i64::from(batch))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        anyhow::ensure!(users > 0, "no unmigrated user left to measure it on");
+        let started = Instant::now();
+        sqlx::raw_sql(WRITES).execute(&mut *tx).await.context(
+            "bench/floor/migrate.sql (it disables triggers: the URL must be the tables' owner's)",
+        )?;
+        figures.push(users as f64 / started.elapsed().as_secs_f64());
+        tx.rollback().await?;
+    }
+    Ok(figures)
 }
 
 /// Waits until the daemon has its LISTEN connection up (it polls once right
