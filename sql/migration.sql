@@ -540,7 +540,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_teams_ready(bigint[], text[], text[], jsonb[]) IS
-  'Daemon: orgkeeper.record_team_ready for several litellm.migrate_user actions in one statement (element i of each array belongs together): the organizations'' rows locked first in key order, each action marked done only while its own token holds the lease, and the organization of each such action made active with its team id (one being deleted stays deprovisioning). Returns, per action in the order given, whether it was recorded (false = lease lost, nothing written for it).';
+  'Daemon: orgkeeper.record_team_ready for several litellm.migrate_user actions in one statement (element i of each array belongs together; the ids are distinct): the organizations'' rows locked first in key order, each action marked done only while its own token holds the lease, and the organization of each such action made active with its team id (one being deleted stays deprovisioning). Returns, per action in the order given, whether it was recorded (false = lease lost, nothing written for it).';
 
 ------------------------------------------------------------------------------
 -- one user

@@ -435,7 +435,7 @@ async fn migrate_locked(client: &mut tokio_postgres::Client) -> anyhow::Result<M
         .run_async(client)
         .await
         .context("a versioned migration failed; the database keeps every migration before it")?;
-    let applied = report
+    let applied: Vec<String> = report
         .applied_migrations()
         .iter()
         .map(|m| format!("V{}__{}", m.version(), m.name()))
@@ -446,7 +446,10 @@ async fn migrate_locked(client: &mut tokio_postgres::Client) -> anyhow::Result<M
         .query_opt("SELECT checksum FROM orgkeeper.sql_library", &[])
         .await?
         .map(|row| row.get(0));
-    let library_applied = current.as_deref() != Some(checksum.as_str());
+    // Applied again after any versioned migration too: parts of the library
+    // are generated from the schema (read_secret and replace_secret cast
+    // key values to the key columns' types).
+    let library_applied = current.as_deref() != Some(checksum.as_str()) || !applied.is_empty();
     if library_applied {
         let tx = client.transaction().await?;
         // SQL-standard function bodies (`RETURN ...`) bind their names when

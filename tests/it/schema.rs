@@ -796,11 +796,30 @@ async fn provisioning_write_backs_lock_the_actions_org_through_one_helper() {
 }
 
 #[tokio::test]
-async fn the_batched_team_write_back_locks_every_org_of_the_batch_before_any_action() {
+async fn the_batched_team_write_back_locks_every_org_of_the_batch_in_key_order_before_any_action() {
     let db = TestDb::migrated().await;
+    // Org "First" sorts first by key but comes second in the batch.
     let mut actions = Vec::new();
-    for name in ["Batch A", "Batch B"] {
-        let org = insert_org(&db, name, Uuid::new_v4()).await;
+    for (id, name) in [
+        ("00000000-0000-4000-8000-00000000000b", "Batch Second"),
+        ("00000000-0000-4000-8000-00000000000a", "Batch First"),
+    ] {
+        let owner = Uuid::new_v4();
+        sqlx::query("INSERT INTO orgkeeper.users (id) VALUES ($1)")
+            .bind(owner)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        // The test's superuser may choose an org id (the trusted path).
+        let org: Uuid = sqlx::query_scalar(
+            "INSERT INTO orgkeeper.org (id, name, created_by) VALUES ($1::uuid, $2, $3) RETURNING id",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
         let action: i64 = sqlx::query_scalar(
             "UPDATE orgkeeper.pending_external_actions
                 SET status = 'running', locked_by = 'w/1', locked_until = now() + interval '1 minute'
@@ -812,24 +831,26 @@ async fn the_batched_team_write_back_locks_every_org_of_the_batch_before_any_act
         .unwrap();
         actions.push((org, action));
     }
-    // Someone holds the second org's row: the write-back of both actions
-    // waits for it before it touches either action row (org rows first, as
-    // lock_action_org orders it for one action).
+    let (second, first) = (actions[0], actions[1]);
+    assert!(first.0 < second.0);
+    // Someone holds the key-first org's row: the write-back waits for it
+    // having locked nothing else — neither the other org's row (it locks in
+    // key order, not batch order, so two batches cannot deadlock) nor any
+    // action row (org rows first, as lock_action_org orders it for one).
     let mut holder = db.connect().await;
     let mut held = holder.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(actions[1].0)
+        .bind(first.0)
         .execute(&mut *held)
         .await
         .unwrap();
-    let ids: Vec<i64> = actions.iter().map(|(_, a)| *a).collect();
     let writer = {
         let pool = db.pool.clone();
-        let ids = ids.clone();
+        let ids = vec![second.1, first.1];
         tokio::spawn(async move {
             sqlx::query_as::<_, (i64, bool)>(
                 "SELECT action_id, recorded FROM orgkeeper.record_teams_ready(
-                    $1, ARRAY['w/1', 'w/2'], ARRAY['team-a', 'team-b'], ARRAY['{}', '{}']::jsonb[])",
+                    $1, ARRAY['w/1', 'w/2'], ARRAY['team-second', 'team-first'], ARRAY['{}', '{}']::jsonb[])",
             )
             .bind(ids)
             .fetch_all(&pool)
@@ -851,6 +872,11 @@ async fn the_batched_team_write_back_locks_every_org_of_the_batch_before_any_act
         },
     )
     .await;
+    sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+        .bind(second.0)
+        .execute(&mut *held)
+        .await
+        .expect("the org later in key order is not locked while the first is awaited");
     for (_, action) in &actions {
         sqlx::query(
             "SELECT 1 FROM orgkeeper.pending_external_actions WHERE id = $1 FOR UPDATE NOWAIT",
@@ -861,23 +887,24 @@ async fn the_batched_team_write_back_locks_every_org_of_the_batch_before_any_act
         .expect("no action row is locked while an org row is awaited");
     }
     held.rollback().await.unwrap();
-    // The first action's fence held, the second's token was stale.
+    // The first row's fence held, the second's token was stale; outcomes
+    // come in the batch's order.
     assert_eq!(
         writer.await.unwrap(),
-        vec![(actions[0].1, true), (actions[1].1, false)]
+        vec![(second.1, true), (first.1, false)]
     );
     let orgs: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT provisioning_status, litellm_team_id FROM orgkeeper.org WHERE id = ANY ($1) ORDER BY name",
+        "SELECT provisioning_status, litellm_team_id FROM orgkeeper.org WHERE id = ANY ($1) ORDER BY id",
     )
-    .bind(actions.iter().map(|(o, _)| *o).collect::<Vec<_>>())
+    .bind(vec![first.0, second.0])
     .fetch_all(&db.pool)
     .await
     .unwrap();
     assert_eq!(
         orgs,
         vec![
-            ("active".to_string(), Some("team-a".to_string())),
             ("pending".to_string(), None),
+            ("active".to_string(), Some("team-second".to_string())),
         ]
     );
 }

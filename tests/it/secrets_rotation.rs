@@ -785,6 +785,31 @@ async fn the_daemon_reads_and_swaps_every_secret_place_by_its_key_and_refuses_an
         }
     }
     assert_eq!(every_ciphertext(&db.pool).await, expected);
+
+    // A place added to secret_columns without applying the library again
+    // (which generates both functions) is refused, never read as NULL or
+    // reported as written.
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION orgkeeper.secret_columns()
+         RETURNS TABLE (table_name text, column_name text, key_columns text[])
+         LANGUAGE sql STABLE AS $$ VALUES ('org', 'contact_email', ARRAY['id']) $$",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    for sql in [
+        "SELECT orgkeeper.read_secret('org', 'contact_email', jsonb_build_object('id', $1))::text",
+        "SELECT orgkeeper.replace_secret('org', 'contact_email', jsonb_build_object('id', $1), 'a', 'b')::text",
+    ] {
+        let err = sqlx::query_scalar::<_, Option<String>>(sql)
+            .bind(org_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_err();
+        let (code, message) = crate::support::db_error(&err);
+        assert_eq!(code, "55000", "{sql}: {message}");
+        assert!(message.contains("org.contact_email is a secret column"), "{message}");
+    }
 }
 
 #[tokio::test]
