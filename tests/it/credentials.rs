@@ -77,6 +77,25 @@ impl World {
             .unwrap()
     }
 
+    /// An organization `name` of a new owner with Bob as a member, the
+    /// daemon running, provisioned and every action finished: (owner, Bob, org).
+    async fn org_with_bob(&mut self, name: &str) -> (Uuid, Uuid, Uuid) {
+        let owner = self.user("owner@example.com").await;
+        let bob = self.user("bob@example.com").await;
+        let org = self.org(name, owner).await;
+        self.start_daemon();
+        self.wait_status(org, "active").await;
+        sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
+            .bind(owner)
+            .bind(org)
+            .bind(bob)
+            .execute(&self.db.pool)
+            .await
+            .unwrap();
+        self.wait_idle().await;
+        (owner, bob, org)
+    }
+
     async fn status(&self, org: Uuid) -> Option<String> {
         sqlx::query_scalar("SELECT provisioning_status FROM orgkeeper.org WHERE id = $1")
             .bind(org)
@@ -467,19 +486,7 @@ async fn every_member_has_their_own_key_only_while_active() {
 #[tokio::test]
 async fn a_members_key_whose_write_back_was_lost_is_stored_again_and_never_made_twice() {
     let mut w = World::new().await;
-    let owner = w.user("owner@example.com").await;
-    let bob = w.user("bob@example.com").await;
-    let org = w.org("Lost commit", owner).await;
-    w.start_daemon();
-    w.wait_status(org, "active").await;
-    sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
-        .bind(owner)
-        .bind(org)
-        .bind(bob)
-        .execute(&w.db.pool)
-        .await
-        .unwrap();
-    w.wait_idle().await;
+    let (_, bob, org) = w.org_with_bob("Lost commit").await;
     w.stop_daemon().await;
     let key = w.member_key(org, bob).await;
     assert_eq!(w.sim.user_keys(&bob.to_string()).len(), 1);
@@ -618,19 +625,7 @@ async fn a_member_added_to_an_org_whose_team_is_foreign_never_joins_that_team() 
 #[tokio::test]
 async fn rotating_keys_stores_the_new_key_first_then_deletes_the_old_one() {
     let mut w = World::new().await;
-    let owner = w.user("owner@example.com").await;
-    let bob = w.user("bob@example.com").await;
-    let org = w.org("Rotating", owner).await;
-    w.start_daemon();
-    w.wait_status(org, "active").await;
-    sqlx::query("SELECT orgkeeper.add_member($1, $2, $3, 'member')")
-        .bind(owner)
-        .bind(org)
-        .bind(bob)
-        .execute(&w.db.pool)
-        .await
-        .unwrap();
-    w.wait_idle().await;
+    let (owner, bob, org) = w.org_with_bob("Rotating").await;
     let (owner_before, bob_before) = (w.member_key(org, owner).await, w.member_key(org, bob).await);
 
     // Bad input changes nothing.

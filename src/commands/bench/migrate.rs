@@ -434,13 +434,7 @@ async fn external_phase(
         if poll % 10 != 0 {
             continue;
         }
-        let (finished, all): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE finished_at IS NOT NULL), count(*)
-               FROM orgkeeper.pending_external_actions WHERE id >= $1",
-        )
-        .bind(first_action)
-        .fetch_one(pool)
-        .await?;
+        let (finished, all) = finished_since(pool, first_action).await?;
         if finished > bar.position() as i64 {
             last_progress = Instant::now();
         } else if last_progress.elapsed() > STALL {
@@ -456,13 +450,7 @@ async fn external_phase(
     }
     let mut secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let (finished, total): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE finished_at IS NOT NULL), count(*)
-           FROM orgkeeper.pending_external_actions WHERE id >= $1",
-    )
-    .bind(first_action)
-    .fetch_one(pool)
-    .await?;
+    let (finished, total) = finished_since(pool, first_action).await?;
     if finished == total {
         secs = sqlx::query_scalar(
             "SELECT extract(epoch FROM max(finished_at) - $2)::float8
@@ -550,6 +538,17 @@ async fn external_phase(
     litellm.shutdown().await;
     stripe.shutdown().await;
     Ok(result)
+}
+
+/// How many actions from `first_action` on are finished, and how many there are.
+async fn finished_since(pool: &PgPool, first_action: i64) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE finished_at IS NOT NULL), count(*)
+           FROM orgkeeper.pending_external_actions WHERE id >= $1",
+    )
+    .bind(first_action)
+    .fetch_one(pool)
+    .await
 }
 
 /// The floor of the database side: the rows `migrate_users(batch)` writes
