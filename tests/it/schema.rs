@@ -864,7 +864,8 @@ async fn the_batched_team_write_back_locks_every_org_of_the_batch_in_key_order_b
         || async {
             sqlx::query_scalar::<_, bool>(
                 "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                             WHERE wait_event_type = 'Lock' AND query LIKE '%record_teams_ready%')",
+                             WHERE datname = current_database() AND wait_event_type = 'Lock'
+                               AND query LIKE '%record_teams_ready%')",
             )
             .fetch_one(&db.pool)
             .await
