@@ -1,8 +1,10 @@
 //! `orgkeeper bench migrate`: how fast legacy users move into personal
 //! organizations — the database half (`orgkeeper.migrate_users`) from one
-//! and two sessions, and the external half (the daemon working the
-//! `litellm.migrate_user`, `stripe.migrate_customer` and `secrets.reencrypt`
-//! actions against the in-process simulators).
+//! and two sessions, against its floor (the rows it writes, without its
+//! logic: `bench/floor/migrate.sql`), and the external half (the daemon
+//! working the `litellm.migrate_user`, `stripe.migrate_customer` and
+//! `secrets.reencrypt` actions, and the `litellm.verify_key` actions they
+//! enqueue, against the in-process simulators).
 //!
 //! The legacy data comes from [`crate::legacy_data`], the generator the
 //! tests use too: set-based in SQL, per user a `user_settings` row and about
