@@ -376,16 +376,12 @@ async fn block_the_write_back(w: &World, org: Uuid) -> sqlx::Transaction<'static
         w.stripe.stats().responses("create_customer", 200) == 1
     })
     .await;
-    wait_until(LONG, "the write-back to wait for the org row", || async {
-        sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                             WHERE datname = current_database() AND wait_event_type = 'Lock'
-                               AND query LIKE '%record_billing_customer%')",
-        )
-        .fetch_one(&w.db.pool)
-        .await
-        .unwrap()
-    })
+    crate::support::wait_for_lock_wait(
+        &w.db.pool,
+        LONG,
+        "the write-back to wait for the org row",
+        "record_billing_customer",
+    )
     .await;
     blocker
 }

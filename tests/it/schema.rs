@@ -858,19 +858,11 @@ async fn the_batched_team_write_back_locks_every_org_of_the_batch_in_key_order_b
             .unwrap()
         })
     };
-    crate::support::wait_until(
+    crate::support::wait_for_lock_wait(
+        &db.pool,
         std::time::Duration::from_secs(10),
         "the write-back waits",
-        || async {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                             WHERE datname = current_database() AND wait_event_type = 'Lock'
-                               AND query LIKE '%record_teams_ready%')",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-        },
+        "record_teams_ready",
     )
     .await;
     sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR NO KEY UPDATE NOWAIT")

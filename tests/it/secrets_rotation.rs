@@ -511,19 +511,11 @@ async fn a_value_written_between_read_and_write_is_not_overwritten_and_the_next_
             run(&pool, &ring, 500, false).await
         })
     };
-    wait_until(
+    crate::support::wait_for_lock_wait(
+        &db.pool,
         LONG,
         "the rotation's write waits for the writer",
-        || async {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                             WHERE datname = current_database() AND wait_event_type = 'Lock'
-                               AND query LIKE '%swap_secrets%')",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-        },
+        "swap_secrets",
     )
     .await;
     sqlx::query("COMMIT").execute(&mut writer).await.unwrap();

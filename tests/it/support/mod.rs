@@ -378,6 +378,28 @@ where
     }
 }
 
+/// Waits until a session of this test's database whose statement contains
+/// `statement` waits for a lock; panics with `what` after `timeout`.
+pub async fn wait_for_lock_wait(
+    pool: &PgPool,
+    timeout: std::time::Duration,
+    what: &str,
+    statement: &str,
+) {
+    wait_until(timeout, what, || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                             WHERE datname = current_database() AND wait_event_type = 'Lock'
+                               AND strpos(query, $1) > 0)",
+        )
+        .bind(statement)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    })
+    .await;
+}
+
 /// Number of orgs per provisioning status.
 pub async fn status_counts(pool: &PgPool) -> std::collections::BTreeMap<String, i64> {
     sqlx::query_as::<_, (String, i64)>(
