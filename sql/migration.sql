@@ -521,10 +521,7 @@ BEGIN
     -- loop over the one-action write-back cost about three times as much).
     -- The organizations' rows are locked first, in key order, as
     -- lock_action_org does for one action (org row, then action row).
-    PERFORM 1 FROM orgkeeper.org o
-     WHERE o.id IN (SELECT a.org_id FROM orgkeeper.pending_external_actions a WHERE a.id = ANY (p_ids))
-     ORDER BY o.id
-       FOR NO KEY UPDATE;
+    PERFORM orgkeeper.lock_actions_orgs(p_ids);
     -- Each action is completed only while its token holds the lease, and
     -- only those organizations become active with their team (an org being
     -- deleted stays deprovisioning).

@@ -39,6 +39,21 @@ $$;
 COMMENT ON FUNCTION orgkeeper.lock_action_org(bigint) IS
   'Internal: the org_id of an action, after locking that org''s row (FOR NO KEY UPDATE) — the first step of every provisioning write-back, which locks the org row before the action row. NULL when the action does not exist or has no org; the org may be gone (nothing locked).';
 
+-- Several actions: every org row first, in key order (not the batch's or
+-- the action ids' order), so that two batches sharing organizations, or a
+-- batch and a one-action write-back, cannot deadlock on them.
+CREATE OR REPLACE FUNCTION orgkeeper.lock_actions_orgs(p_action_ids bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM orgkeeper.org o
+     WHERE o.id IN (SELECT a.org_id FROM orgkeeper.pending_external_actions a WHERE a.id = ANY (p_action_ids))
+     ORDER BY o.id
+       FOR NO KEY UPDATE;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.lock_actions_orgs(bigint[]) IS
+  'Internal: locks the org rows of the given actions (FOR NO KEY UPDATE) in key order — the first step of a batched write-back (orgkeeper.lock_action_org for one action), before any action row. Actions without an org, or whose org is gone, lock nothing.';
+
 CREATE OR REPLACE FUNCTION orgkeeper.record_org_provisioned(
     p_action_id bigint, p_worker text, p_team_id text, p_owner uuid,
     p_model text, p_base_url text, p_key_ciphertext text, p_result jsonb)
@@ -80,7 +95,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     r record;
 BEGIN
-    -- In action id order, so two batches lock their rows in the same order.
+    -- Every org row first, in key order; then each action in id order (its
+    -- org row is already held, so each step locks only its action row).
+    PERFORM orgkeeper.lock_actions_orgs(p_action_ids);
     FOR r IN
         SELECT * FROM unnest(p_action_ids, p_workers, p_team_ids, p_owners, p_models, p_base_urls,
                              p_key_ciphertexts, p_results)
@@ -95,7 +112,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_orgs_provisioned(bigint[], text[], text[], uuid[], text[], text[], text[], jsonb[]) IS
-  'Daemon: orgkeeper.record_org_provisioned for several actions in one transaction (element i of each array belongs together; rows taken in action id order), each fenced on its own lease: returns one row per action with its outcome (done, org_gone or lease_lost; nothing is written for an action whose outcome is not done).';
+  'Daemon: orgkeeper.record_org_provisioned for several actions in one transaction (element i of each array belongs together): the organizations'' rows locked first in key order (orgkeeper.lock_actions_orgs), then the actions taken in id order, each fenced on its own lease: returns one row per action with its outcome (done, org_gone or lease_lost; nothing is written for an action whose outcome is not done).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.record_provisioning_failed(
     p_action_id bigint, p_worker text, p_status text, p_error text, p_cleanup jsonb)

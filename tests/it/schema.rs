@@ -795,10 +795,23 @@ async fn provisioning_write_backs_lock_the_actions_org_through_one_helper() {
     );
 }
 
-#[tokio::test]
-async fn the_batched_team_write_back_locks_every_org_of_the_batch_in_key_order_before_any_action() {
+/// A batch of two running actions whose organizations' key order differs
+/// from the batch's and the action ids' order, written back by `statement`
+/// ($1 the action ids in batch order; the worker tokens are `w/1` and
+/// `w/2`, so only the first action's lease holds) while another
+/// session holds the key-first organization's row. Checks that the
+/// write-back, while it waits, has locked nothing else: neither the other
+/// org's row (it locks in key order, so two batches cannot deadlock) nor any
+/// action row (org rows first, as lock_action_org orders it for one).
+/// Returns the organizations (key-first, other) and each action's outcome as
+/// text, in batch order.
+async fn write_back_of_a_batch_locking_orgs_in_key_order(
+    statement: &'static str,
+    function: &str,
+) -> (Vec<(String, Option<String>)>, Vec<(i64, String)>) {
     let db = TestDb::migrated().await;
-    // Org "First" sorts first by key but comes second in the batch.
+    // Org "First" sorts first by key but comes second in the batch, and its
+    // action has the higher id.
     let mut actions = Vec::new();
     for (id, name) in [
         ("00000000-0000-4000-8000-00000000000b", "Batch Second"),
@@ -832,11 +845,7 @@ async fn the_batched_team_write_back_locks_every_org_of_the_batch_in_key_order_b
         actions.push((org, action));
     }
     let (second, first) = (actions[0], actions[1]);
-    assert!(first.0 < second.0);
-    // Someone holds the key-first org's row: the write-back waits for it
-    // having locked nothing else — neither the other org's row (it locks in
-    // key order, not batch order, so two batches cannot deadlock) nor any
-    // action row (org rows first, as lock_action_org orders it for one).
+    assert!(first.0 < second.0 && first.1 > second.1);
     let mut holder = db.connect().await;
     let mut held = holder.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR NO KEY UPDATE")
@@ -848,21 +857,18 @@ async fn the_batched_team_write_back_locks_every_org_of_the_batch_in_key_order_b
         let pool = db.pool.clone();
         let ids = vec![second.1, first.1];
         tokio::spawn(async move {
-            sqlx::query_as::<_, (i64, bool)>(
-                "SELECT action_id, recorded FROM orgkeeper.record_teams_ready(
-                    $1, ARRAY['w/1', 'w/2'], ARRAY['team-second', 'team-first'], ARRAY['{}', '{}']::jsonb[])",
-            )
-            .bind(ids)
-            .fetch_all(&pool)
-            .await
-            .unwrap()
+            sqlx::query_as::<_, (i64, String)>(statement)
+                .bind(ids)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
         })
     };
     crate::support::wait_for_lock_wait(
         &db.pool,
         std::time::Duration::from_secs(10),
         "the write-back waits",
-        "record_teams_ready",
+        function,
     )
     .await;
     sqlx::query("SELECT 1 FROM orgkeeper.org WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
@@ -880,24 +886,53 @@ async fn the_batched_team_write_back_locks_every_org_of_the_batch_in_key_order_b
         .expect("no action row is locked while an org row is awaited");
     }
     held.rollback().await.unwrap();
-    // The first row's fence held, the second's token was stale; outcomes
-    // come in the batch's order.
-    assert_eq!(
-        writer.await.unwrap(),
-        vec![(second.1, true), (first.1, false)]
-    );
-    let orgs: Vec<(String, Option<String>)> = sqlx::query_as(
+    let outcomes = writer.await.unwrap();
+    let orgs = sqlx::query_as(
         "SELECT provisioning_status, litellm_team_id FROM orgkeeper.org WHERE id = ANY ($1) ORDER BY id",
     )
     .bind(vec![first.0, second.0])
     .fetch_all(&db.pool)
     .await
     .unwrap();
+    assert_eq!(outcomes.iter().map(|o| o.0).collect::<Vec<_>>(), vec![second.1, first.1]);
+    (orgs, outcomes)
+}
+
+#[tokio::test]
+async fn the_batched_write_backs_lock_every_org_of_the_batch_in_key_order_before_any_action() {
+    // The first row's fence held, the second's token was stale; outcomes
+    // come in the batch's order.
+    let only_second_written = vec![
+        ("pending".to_string(), None),
+        ("active".to_string(), Some("team-second".to_string())),
+    ];
+    let (orgs, outcomes) = write_back_of_a_batch_locking_orgs_in_key_order(
+        "SELECT action_id, recorded::text FROM orgkeeper.record_teams_ready(
+            $1, ARRAY['w/1', 'w/2'], ARRAY['team-second', 'team-first'], ARRAY['{}', '{}']::jsonb[])",
+        "record_teams_ready",
+    )
+    .await;
+    assert_eq!(orgs, only_second_written);
     assert_eq!(
-        orgs,
-        vec![
-            ("pending".to_string(), None),
-            ("active".to_string(), Some("team-second".to_string())),
-        ]
+        outcomes.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(),
+        ["true", "false"]
+    );
+    let (orgs, outcomes) = write_back_of_a_batch_locking_orgs_in_key_order(
+        "SELECT action_id, outcome FROM orgkeeper.record_orgs_provisioned(
+            $1, ARRAY['w/1', 'w/2'], ARRAY['team-second', 'team-first'],
+            ARRAY(SELECT o.created_by
+                    FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, n)
+                    JOIN orgkeeper.pending_external_actions a ON a.id = u.id
+                    JOIN orgkeeper.org o ON o.id = a.org_id
+                   ORDER BY u.n),
+            ARRAY['m', 'm'], ARRAY['https://llm', 'https://llm'], ARRAY['ok1:a', 'ok1:b'],
+            ARRAY['{}', '{}']::jsonb[])",
+        "record_orgs_provisioned",
+    )
+    .await;
+    assert_eq!(orgs, only_second_written);
+    assert_eq!(
+        outcomes.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(),
+        ["done", "lease_lost"]
     );
 }
