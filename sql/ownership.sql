@@ -369,14 +369,22 @@ BEGIN
     -- ANALYZE), the cheapest plan is a sequential scan, and a session that
     -- cached that plan kept scanning the whole table at every membership
     -- change as it grew. With one key the primary key wins at any size.
-    -- An org row this transaction already wrote (xmin is its own xid: an
-    -- org inserted in this transaction, as with the creator's membership,
-    -- or one it already bumped) needs no second write: that write is the
-    -- conflict. In a subtransaction xmin is the subtransaction's xid, and
-    -- the row is bumped as before.
+    -- An org row this transaction already wrote needs no second write: that
+    -- write is the conflict. Two cases are recognised by the row's xmin,
+    -- which nobody can forge: the top-level transaction wrote it (an org
+    -- inserted in this transaction with its creator's membership, or one it
+    -- already bumped), or the subtransaction that wrote this membership did
+    -- (the same, inside an exception block or a savepoint, as
+    -- migrate_users inserts its personal orgs): xmin equals the membership
+    -- row's own. An org row written in another of this transaction's
+    -- subtransactions is bumped as before. The membership's lookup runs
+    -- only when the first test fails (a sub-plan is evaluated last).
     FOREACH v_org IN ARRAY v_orgs LOOP
         UPDATE orgkeeper.org o SET membership_version = o.membership_version + 1
-         WHERE o.id = v_org AND o.xmin <> pg_current_xact_id()::xid;
+         WHERE o.id = v_org AND o.xmin <> pg_current_xact_id()::xid
+           AND o.xmin <> coalesce((SELECT m.xmin FROM orgkeeper.org_member m
+                                    WHERE m.org_id = NEW.org_id AND m.user_id = NEW.user_id),
+                                  pg_current_xact_id()::xid);
     END LOOP;
     RETURN NULL;
 END;

@@ -217,6 +217,101 @@ async fn demoting_one_of_two_owners_is_allowed() {
 }
 
 #[tokio::test]
+async fn an_org_row_is_written_once_by_its_own_insert_and_again_by_every_later_membership_change() {
+    // The membership bump (bump_membership_version) is the conflict that
+    // serialises concurrent membership changes of one organization. The
+    // row its own inserting (sub)transaction wrote needs no second write;
+    // a membership change in any later statement or savepoint gets one.
+    let db = TestDb::migrated().await;
+    let (alice, bob, carol, dave) = (
+        new_user(&db).await,
+        new_user(&db).await,
+        new_user(&db).await,
+        new_user(&db).await,
+    );
+    let mut conn = db.connect().await;
+    let mut tx = conn.begin().await.unwrap();
+    let version = |org: Uuid| {
+        sqlx::query_scalar::<_, i64>("SELECT membership_version FROM orgkeeper.org WHERE id = $1")
+            .bind(org)
+    };
+    let top: Uuid = sqlx::query_scalar(
+        "INSERT INTO orgkeeper.org (name, created_by) VALUES ('Top', $1) RETURNING id",
+    )
+    .bind(alice)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    // Inside a savepoint, as migrate_users inserts its personal orgs.
+    sqlx::query("SAVEPOINT inserting")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let nested: Uuid = sqlx::query_scalar(
+        "INSERT INTO orgkeeper.org (name, created_by) VALUES ('Nested', $1) RETURNING id",
+    )
+    .bind(alice)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("RELEASE SAVEPOINT inserting")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(version(top).fetch_one(&mut *tx).await.unwrap(), 0);
+    assert_eq!(
+        version(nested).fetch_one(&mut *tx).await.unwrap(),
+        0,
+        "written once inside a savepoint too"
+    );
+    // A member added in a later savepoint of the same transaction: the row
+    // was written by another subtransaction, so it is bumped.
+    sqlx::query("SAVEPOINT adding")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO orgkeeper.org_member (org_id, user_id, role_id) VALUES ($1, $2, orgkeeper.role_id('member'))")
+        .bind(nested)
+        .bind(bob)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // And again in the same savepoint: its own write of the row is the conflict.
+    sqlx::query("INSERT INTO orgkeeper.org_member (org_id, user_id, role_id) VALUES ($1, $2, orgkeeper.role_id('member'))")
+        .bind(nested)
+        .bind(carol)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("RELEASE SAVEPOINT adding")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(version(nested).fetch_one(&mut *tx).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    // Later transactions: a removal inside a savepoint, an addition at the top.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SAVEPOINT removing")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $2")
+        .bind(nested)
+        .bind(bob)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("RELEASE SAVEPOINT removing")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    add_member(&db, nested, dave, "member").await;
+    assert_eq!(version(nested).fetch_one(&db.pool).await.unwrap(), 3);
+    assert_eq!(version(top).fetch_one(&db.pool).await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn two_transactions_cannot_each_demote_the_other_owner() {
     let db = TestDb::migrated().await;
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
@@ -894,7 +989,10 @@ async fn write_back_of_a_batch_locking_orgs_in_key_order(
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(outcomes.iter().map(|o| o.0).collect::<Vec<_>>(), vec![second.1, first.1]);
+    assert_eq!(
+        outcomes.iter().map(|o| o.0).collect::<Vec<_>>(),
+        vec![second.1, first.1]
+    );
     (orgs, outcomes)
 }
 
