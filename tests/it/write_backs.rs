@@ -235,14 +235,11 @@ async fn a_stale_lease_in_a_batch_of_provisioning_write_backs_leaves_its_org_pen
 /// Rows read from a table, by index or by scan.
 const OUTBOX_ROWS_READ: &str = "idx_tup_fetch + seq_tup_read";
 
-#[tokio::test]
-async fn a_completion_reads_its_own_row_however_many_actions_are_leased() {
-    // Statistics taken while the queue held only finished actions (as after
-    // a quiet night: a history, nothing leased or waiting), then 300 actions
-    // leased at once: a fenced write-back must still find its row by primary
-    // key, not scan the leased or unfinished ones.
-    let db = TestDb::migrated().await;
-    without_autovacuum(&db, "pending_external_actions").await;
+/// A queue whose statistics were taken while it held only finished
+/// actions, as after a quiet night (a history, nothing leased or waiting);
+/// autovacuum is off for it, so they stay so.
+async fn quiet_queue(db: &TestDb) {
+    without_autovacuum(db, "pending_external_actions").await;
     insert_orgs(&db.pool, "History", 3_000).await;
     sqlx::query(
         "UPDATE orgkeeper.pending_external_actions SET status = 'done', finished_at = now() WHERE status = 'pending'",
@@ -254,6 +251,61 @@ async fn a_completion_reads_its_own_row_however_many_actions_are_leased() {
         .execute(&db.pool)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_after_a_burst_on_a_quiet_queue_probes_each_candidate_s_subject() {
+    // A burst on a quiet queue: 1,000 organizations with four actions each,
+    // the last three waiting for the first. The planner, trusting the idle
+    // queue's statistics, turned the claim's per-subject check into a full
+    // scan of the unfinished actions for every candidate (~1 million rows
+    // read per claim here); a claim must read a few rows per action it
+    // leases, call after call (past the fifth, plpgsql keeps a generic plan).
+    let db = TestDb::migrated().await;
+    quiet_queue(&db).await;
+    let orgs = insert_orgs(&db.pool, "Burst", 1_000).await;
+    sqlx::query(
+        "INSERT INTO orgkeeper.pending_external_actions (kind, org_id, payload)
+         SELECT 'litellm.add_member', o.id, '{}' FROM unnest($1::uuid[]) AS o(id), generate_series(1, 3) ORDER BY o.id",
+    )
+    .bind(&orgs)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut conn = db.connect().await;
+    let mut subjects = std::collections::HashSet::new();
+    for call in 1..=8 {
+        let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+        let before = table_counter(&mut tx, "pending_external_actions", OUTBOX_ROWS_READ).await;
+        let leased: Vec<(String, uuid::Uuid)> = sqlx::query_as(
+            "SELECT kind, subject FROM orgkeeper.claim_actions('burst', 64, interval '1 hour')",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        let read =
+            table_counter(&mut tx, "pending_external_actions", OUTBOX_ROWS_READ).await - before;
+        tx.commit().await.unwrap();
+        assert_eq!(leased.len(), 64, "claim {call}");
+        assert!(
+            read <= 20 * 64,
+            "claim {call} read {read} outbox rows to lease 64 (4,000 unfinished)"
+        );
+        // Only each organization's first action, never one still waiting.
+        for (kind, subject) in leased {
+            assert_eq!(kind, "litellm.provision_org", "claim {call}");
+            assert!(subjects.insert(subject), "claim {call}: {subject} twice");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_completion_reads_its_own_row_however_many_actions_are_leased() {
+    // A quiet queue, then 300 actions leased at once: a fenced write-back
+    // must still find its row by primary key, not scan the leased or
+    // unfinished ones.
+    let db = TestDb::migrated().await;
+    quiet_queue(&db).await;
     insert_orgs(&db.pool, "Busy", 300).await;
     let leased: Vec<(i64, String)> = sqlx::query_as(
         "SELECT id, locked_by FROM orgkeeper.claim_actions('busy', 300, interval '1 hour') ORDER BY id",
