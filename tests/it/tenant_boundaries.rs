@@ -210,11 +210,24 @@ async fn item2_an_app_user_cannot_make_someone_a_member_or_point_their_current_o
 async fn item1_two_owners_racing_to_leave_and_demote_each_other_cannot_orphan_an_org_at_any_isolation_level(
 ) {
     let db = TestDb::migrated().await;
-    for (level, sqlstate) in [
-        ("READ COMMITTED", "23514"),
-        ("REPEATABLE READ", "40001"),
-        ("SERIALIZABLE", "40001"),
+    // Each race also inside savepoints: the membership bump skips an org
+    // row written by the membership's own subtransaction, which must never
+    // let a tenant's nested changes slip past each other.
+    for (level, sqlstate, nested) in [
+        ("READ COMMITTED", "23514", false),
+        ("REPEATABLE READ", "40001", false),
+        ("SERIALIZABLE", "40001", false),
+        ("READ COMMITTED", "23514", true),
+        ("REPEATABLE READ", "40001", true),
+        ("SERIALIZABLE", "40001", true),
     ] {
+        let level_name = level;
+        let level = if nested {
+            format!("{level} in savepoints")
+        } else {
+            level.to_string()
+        };
+        let level = level.as_str();
         // Ann and Ben own both X and Y.
         let ann = user(&db, "ann@x.test").await;
         let ben = user(&db, "ben@x.test").await;
@@ -227,7 +240,7 @@ async fn item1_two_owners_racing_to_leave_and_demote_each_other_cannot_orphan_an
         let mut t2 = app(&db, Some(ben)).await;
         for conn in [&mut t1, &mut t2] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "BEGIN ISOLATION LEVEL {level}"
+                "BEGIN ISOLATION LEVEL {level_name}"
             )))
             .execute(&mut *conn)
             .await
@@ -237,6 +250,12 @@ async fn item1_two_owners_racing_to_leave_and_demote_each_other_cannot_orphan_an
                 .execute(&mut *conn)
                 .await
                 .unwrap();
+            if nested {
+                sqlx::query("SAVEPOINT changes")
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+            }
         }
         // Ann leaves X and demotes Ben in Y.
         call(&mut t1, "SELECT orgkeeper.leave_org($1, $2)", &[ann, x])
@@ -259,6 +278,12 @@ async fn item1_two_owners_racing_to_leave_and_demote_each_other_cannot_orphan_an
             !ben_leaves.is_finished(),
             "{level}: Ben's change waits for Ann's transaction"
         );
+        if nested {
+            sqlx::query("RELEASE SAVEPOINT changes")
+                .execute(&mut t1)
+                .await
+                .unwrap();
+        }
         sqlx::query("COMMIT").execute(&mut t1).await.unwrap();
         let (mut t2, outcome) = ben_leaves.await.unwrap();
         let (code, message) = db_error(&outcome.unwrap_err());
