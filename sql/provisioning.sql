@@ -147,28 +147,63 @@ $$;
 COMMENT ON FUNCTION orgkeeper.record_team_ready(bigint, text, text, jsonb) IS
   'Daemon: marks an action that built an org''s LiteLLM team (user migration) done and the org active with its team id (an org being deleted stays deprovisioning), in one transaction. Fenced on the lease. orgkeeper.record_teams_ready for one action (the daemon batches its write-backs; this is for a batch of one and older daemons).';
 
+CREATE OR REPLACE FUNCTION orgkeeper.record_member_keys(
+    p_ids bigint[], p_workers text[], p_users uuid[], p_key_ciphertexts text[], p_results jsonb[])
+RETURNS TABLE (action_id bigint, outcome text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_held   bigint[];
+    v_stored bigint[];
+BEGIN
+    -- The daemon's batched write-back of members' new keys: one statement
+    -- and one commit for the keys made together, set-based. Org rows first,
+    -- in key order; then the actions whose token holds the lease, in id order.
+    PERFORM orgkeeper.lock_actions_orgs(p_ids);
+    SELECT coalesce(array_agg(h.id), '{}') INTO v_held
+      FROM (SELECT a.id
+              FROM orgkeeper.pending_external_actions a
+              JOIN unnest(p_ids, p_workers) AS u(id, worker) ON u.id = a.id
+             WHERE a.locked_by = u.worker AND a.status = 'running'
+             ORDER BY a.id
+               FOR UPDATE OF a) h;
+    -- Each key goes to its member's membership of the action's organization,
+    -- only while that membership is active.
+    WITH stored AS (
+        UPDATE orgkeeper.org_member m
+           SET llm_api_key = u.key_ciphertext, updated_at = now()
+          FROM unnest(p_ids, p_users, p_key_ciphertexts) AS u(id, user_id, key_ciphertext)
+          JOIN orgkeeper.pending_external_actions a ON a.id = u.id
+         WHERE u.id = ANY (v_held)
+           AND m.org_id = a.org_id AND m.user_id = u.user_id AND m.status = 'active'
+        RETURNING u.id
+    )
+    SELECT coalesce(array_agg(stored.id), '{}') INTO v_stored FROM stored;
+    PERFORM orgkeeper.complete_actions(array_agg(u.id), array_agg(u.worker), array_agg(u.result))
+       FROM unnest(p_ids, p_workers, p_results) AS u(id, worker, result)
+      WHERE u.id = ANY (v_stored);
+    RETURN QUERY
+    SELECT u.id, CASE WHEN u.id = ANY (v_stored) THEN 'done'
+                      WHEN u.id = ANY (v_held) THEN 'member_gone'
+                      ELSE 'lease_lost' END
+      FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
+     ORDER BY u.ord;
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_member_keys(bigint[], text[], uuid[], text[], jsonb[]) IS
+  'Daemon: stores members'' own encrypted LiteLLM keys for several litellm.add_member / litellm.verify_key actions in one statement (element i of each array belongs together; one action per membership): the organizations'' rows locked first in key order (orgkeeper.lock_actions_orgs), then each action fenced on its own lease; the key lands on the member''s membership of the action''s organization while it is active, and that action is marked done with its result. Returns, per action in the order given: done, member_gone (the membership is no longer active: nothing written, the action stays running; the handler deletes the key) or lease_lost (nothing written).';
+
 CREATE OR REPLACE FUNCTION orgkeeper.record_member_key(
     p_action_id bigint, p_worker text, p_user uuid, p_key_ciphertext text, p_result jsonb)
 RETURNS text
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_org_id uuid;
 BEGIN
-    v_org_id := orgkeeper.lock_action_org(p_action_id);
-    IF NOT orgkeeper.hold_action(p_action_id, p_worker) THEN
-        RETURN 'lease_lost';
-    END IF;
-    UPDATE orgkeeper.org_member SET llm_api_key = p_key_ciphertext, updated_at = now()
-     WHERE org_id = v_org_id AND user_id = p_user AND status = 'active';
-    IF NOT FOUND THEN
-        RETURN 'member_gone';
-    END IF;
-    PERFORM orgkeeper.complete_action(p_action_id, p_worker, p_result);
-    RETURN 'done';
+    -- One action: the batched write-back with a batch of one (one place for the rules).
+    RETURN (SELECT r.outcome FROM orgkeeper.record_member_keys(ARRAY[p_action_id], ARRAY[p_worker], ARRAY[p_user],
+                                                               ARRAY[p_key_ciphertext], ARRAY[p_result]) r);
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_member_key(bigint, text, uuid, text, jsonb) IS
-  'Daemon: stores a member''s own encrypted LiteLLM key on their membership of the action''s organization and marks the litellm.add_member action done, in one transaction fenced on the lease. Returns done, member_gone (the membership is no longer active: nothing written, the handler deletes the key) or lease_lost.';
+  'Daemon: orgkeeper.record_member_keys for one action (the daemon batches its write-backs; this is for a batch of one and older daemons): stores a member''s own encrypted LiteLLM key on their membership of the action''s organization and marks the action done, in one transaction fenced on the lease. Returns done, member_gone (the membership is no longer active: nothing written, the handler deletes the key) or lease_lost.';
 
 DROP FUNCTION IF EXISTS orgkeeper.member_key_context(uuid, uuid);
 CREATE OR REPLACE FUNCTION orgkeeper.member_key_context(p_org_id uuid, p_user_id uuid)

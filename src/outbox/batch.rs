@@ -239,7 +239,7 @@ async fn write_batch<W: BatchWrite>(pool: &PgPool, batch: Vec<Request<W>>) {
 /// A transaction whose commit does not wait for the WAL flush
 /// (`synchronous_commit = off`), for a write-back that a database crash may
 /// lose only because the step it records runs again, idempotently.
-pub async fn begin_async_commit(
+async fn begin_async_commit(
     pool: &PgPool,
 ) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")

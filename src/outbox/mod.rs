@@ -8,7 +8,7 @@ mod retry;
 mod store;
 mod worker;
 
-pub use batch::{begin_async_commit, BatchWrite};
+pub use batch::BatchWrite;
 pub use kind::{ActionKind, ActionStatus, Outcome};
 pub use retry::RetryPolicy;
 pub use store::{write_outcomes, Action, Fence, Outbox, OutcomesQuery};

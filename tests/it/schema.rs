@@ -996,6 +996,17 @@ async fn write_back_of_a_batch_locking_orgs_in_key_order(
     (orgs, outcomes)
 }
 
+/// The owners of the actions $1 (in that order): an SQL array expression.
+macro_rules! owners_of_batch {
+    () => {
+        "ARRAY(SELECT o.created_by
+                 FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, n)
+                 JOIN orgkeeper.pending_external_actions a ON a.id = u.id
+                 JOIN orgkeeper.org o ON o.id = a.org_id
+                ORDER BY u.n)"
+    };
+}
+
 #[tokio::test]
 async fn the_batched_write_backs_lock_every_org_of_the_batch_in_key_order_before_any_action() {
     // The first row's fence held, the second's token was stale; outcomes
@@ -1016,19 +1027,32 @@ async fn the_batched_write_backs_lock_every_org_of_the_batch_in_key_order_before
         ["true", "false"]
     );
     let (orgs, outcomes) = write_back_of_a_batch_locking_orgs_in_key_order(
-        "SELECT action_id, outcome FROM orgkeeper.record_orgs_provisioned(
-            $1, ARRAY['w/1', 'w/2'], ARRAY['team-second', 'team-first'],
-            ARRAY(SELECT o.created_by
-                    FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, n)
-                    JOIN orgkeeper.pending_external_actions a ON a.id = u.id
-                    JOIN orgkeeper.org o ON o.id = a.org_id
-                   ORDER BY u.n),
-            ARRAY['m', 'm'], ARRAY['https://llm', 'https://llm'], ARRAY['ok1:a', 'ok1:b'],
-            ARRAY['{}', '{}']::jsonb[])",
+        concat!(
+            "SELECT action_id, outcome FROM orgkeeper.record_orgs_provisioned(
+                $1, ARRAY['w/1', 'w/2'], ARRAY['team-second', 'team-first'], ",
+            owners_of_batch!(),
+            ", ARRAY['m', 'm'], ARRAY['https://llm', 'https://llm'], ARRAY['ok1:a', 'ok1:b'],
+                ARRAY['{}', '{}']::jsonb[])"
+        ),
         "record_orgs_provisioned",
     )
     .await;
     assert_eq!(orgs, only_second_written);
+    assert_eq!(
+        outcomes.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(),
+        ["done", "lease_lost"]
+    );
+    // The members' keys: the organizations themselves are left as they were.
+    let (orgs, outcomes) = write_back_of_a_batch_locking_orgs_in_key_order(
+        concat!(
+            "SELECT action_id, outcome FROM orgkeeper.record_member_keys($1, ARRAY['w/1', 'w/2'], ",
+            owners_of_batch!(),
+            ", ARRAY['ok1:a', 'ok1:b'], ARRAY['{}', '{}']::jsonb[])"
+        ),
+        "record_member_keys",
+    )
+    .await;
+    assert_eq!(orgs, vec![("pending".to_string(), None); 2]);
     assert_eq!(
         outcomes.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(),
         ["done", "lease_lost"]

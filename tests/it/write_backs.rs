@@ -232,6 +232,74 @@ async fn a_stale_lease_in_a_batch_of_provisioning_write_backs_leaves_its_org_pen
     }
 }
 
+#[tokio::test]
+async fn a_batch_of_member_keys_stores_the_live_ones_and_leaves_a_stale_or_departed_members_action_running(
+) {
+    let db = TestDb::migrated().await;
+    let (_a, actions, stale) = claimed_with_one_taken_over(&db).await;
+    // Action 1's member is not (or no longer) an active member.
+    let departed = 1;
+    let users: Vec<uuid::Uuid> = actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if i == departed {
+                uuid::Uuid::new_v4()
+            } else {
+                a.user_id.unwrap()
+            }
+        })
+        .collect();
+    let keys: Vec<String> = (0..actions.len()).map(|i| format!("ok1:key{i}")).collect();
+    let outcomes: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT action_id, outcome FROM orgkeeper.record_member_keys($1, $2, $3, $4, $5)",
+    )
+    .bind(actions.iter().map(|a| a.id).collect::<Vec<_>>())
+    .bind(actions.iter().map(|a| a.lease.clone()).collect::<Vec<_>>())
+    .bind(&users)
+    .bind(&keys)
+    .bind(vec![json!({"stored": true}); actions.len()])
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let outcome = |i: usize| match i {
+        _ if i == stale => "lease_lost",
+        _ if i == departed => "member_gone",
+        _ => "done",
+    };
+    let expected: Vec<(i64, String)> = actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.id, outcome(i).into()))
+        .collect();
+    assert_eq!(outcomes, expected);
+    let rows: Vec<(i64, String, Option<serde_json::Value>, Option<String>)> = sqlx::query_as(
+        "SELECT a.id, a.status, a.result, m.llm_api_key
+           FROM orgkeeper.pending_external_actions a
+           JOIN orgkeeper.org o ON o.id = a.org_id
+           JOIN orgkeeper.org_member m ON m.org_id = o.id AND m.user_id = o.created_by
+          ORDER BY a.id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for (i, (id, status, result, key)) in rows.into_iter().enumerate() {
+        assert_eq!(id, actions[i].id);
+        if outcome(i) == "done" {
+            assert_eq!(
+                (status.as_str(), result, key),
+                ("done", Some(json!({"stored": true})), Some(keys[i].clone()))
+            );
+        } else {
+            assert_eq!(
+                (status.as_str(), result, key),
+                ("running", None, None),
+                "action {i}"
+            );
+        }
+    }
+}
+
 /// Rows read from a table, by index or by scan.
 const OUTBOX_ROWS_READ: &str = "idx_tup_fetch + seq_tup_read";
 

@@ -12,10 +12,11 @@
 use super::{call, payload_str, ActionError, Finish, Services};
 use crate::litellm::Call as LiteLlmCall;
 use crate::litellm::{Created, Deleted, NewKey, NewUser, TeamOwner};
-use crate::outbox::{begin_async_commit, Action, Outbox};
+use crate::outbox::{write_outcomes, Action, BatchWrite, Fence, Outbox};
 use crate::secrets::{random_api_key, Place};
 use secrecy::SecretString;
 use serde_json::{json, Value};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// The field of `progress` holding the chosen key (encrypted).
@@ -39,18 +40,50 @@ pub(crate) fn member_of(action: &Action) -> Result<(Uuid, Uuid, &str), ActionErr
     Ok((org_id, user_id, payload_str(action, "team_id")?))
 }
 
-/// Stores `key` as the member's own key and marks the action done with
-/// `result`, in one fenced transaction (`orgkeeper.record_member_key`).
-/// When the membership stopped being active meanwhile, the key is deleted
-/// at LiteLLM again and the action finishes with `result` saying so.
+/// A member's new key and the action's result, batched with others
+/// (`orgkeeper.record_member_keys`: each row fenced on its lease, in one
+/// transaction). Outcome: `done`, `member_gone` or `lease_lost`.
 ///
 /// Committed asynchronously: the key's value was saved synchronously in the
 /// action's `progress` before `/key/generate` ([`ensure`]), so when a
 /// database crash loses this commit the action runs again under a new lease,
 /// finds that value, makes sure LiteLLM has it (no second key) and stores it
 /// again. Until then the member has no working key, as before this action.
+struct MemberKey {
+    fence: Fence,
+    user_id: Uuid,
+    ciphertext: String,
+    result: Value,
+}
+
+impl BatchWrite for MemberKey {
+    type Outcome = String;
+    const ASYNC_COMMIT: bool = true;
+
+    async fn write(conn: &mut PgConnection, rows: &[Self]) -> sqlx::Result<Vec<String>> {
+        let users: Vec<Uuid> = rows.iter().map(|r| r.user_id).collect();
+        let keys: Vec<&str> = rows.iter().map(|r| r.ciphertext.as_str()).collect();
+        let results: Vec<&Value> = rows.iter().map(|r| &r.result).collect();
+        let sql = "SELECT action_id, outcome FROM orgkeeper.record_member_keys($1, $2, $3, $4, $5)";
+        write_outcomes(
+            conn,
+            sql,
+            rows,
+            |r| &r.fence,
+            "member key write-back",
+            |q| q.bind(users).bind(keys).bind(results),
+        )
+        .await
+    }
+}
+
+/// Stores `key` as the member's own key and marks the action done with
+/// `result`, batched with other actions' keys ([`MemberKey`]). When the
+/// membership stopped being active meanwhile, the key is deleted at LiteLLM
+/// again and the action finishes with `result` saying so.
 pub(crate) async fn store(
     services: &Services,
+    outbox: &Outbox,
     action: &Action,
     org_id: Uuid,
     user_id: Uuid,
@@ -60,17 +93,14 @@ pub(crate) async fn store(
     let ciphertext = services
         .keyring
         .encrypt(&Place::member_key(org_id, user_id), key);
-    let mut tx = begin_async_commit(&services.pool).await?;
-    let recorded: String =
-        sqlx::query_scalar("SELECT orgkeeper.record_member_key($1, $2, $3, $4, $5)")
-            .bind(action.id)
-            .bind(&action.lease)
-            .bind(user_id)
-            .bind(&ciphertext)
-            .bind(&result)
-            .fetch_one(&mut *tx)
-            .await?;
-    tx.commit().await?;
+    let recorded = outbox
+        .write_back(MemberKey {
+            fence: Fence::of(action),
+            user_id,
+            ciphertext,
+            result: result.clone(),
+        })
+        .await?;
     match recorded.as_str() {
         "done" => Ok(Finish::Recorded),
         "member_gone" => {

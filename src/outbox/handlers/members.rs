@@ -66,7 +66,7 @@ pub async fn add(
         "key_alias": keys::alias(services, org_id, user_id),
         "key_reused": matches!(created, Created::Existing),
     });
-    keys::store(services, action, org_id, user_id, &key, result).await
+    keys::store(services, outbox, action, org_id, user_id, &key, result).await
 }
 
 /// Deletes the member's key at LiteLLM (by its unique alias) and removes

@@ -60,7 +60,7 @@ pub async fn perform(
     }
     let (key, _) = keys::ensure(services, outbox, action, team_id, org_id, user_id).await?;
     result["regenerated"] = json!(true);
-    keys::store(services, action, org_id, user_id, &key, result).await
+    keys::store(services, outbox, action, org_id, user_id, &key, result).await
 }
 
 perform_only_handler!(
