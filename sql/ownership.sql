@@ -377,8 +377,10 @@ BEGIN
     -- (the same, inside an exception block or a savepoint, as
     -- migrate_users inserts its personal orgs): xmin equals the membership
     -- row's own. An org row written in another of this transaction's
-    -- subtransactions is bumped as before. The membership's lookup runs
-    -- only when the first test fails (a sub-plan is evaluated last).
+    -- subtransactions is bumped as before. The membership's lookup is an
+    -- InitPlan, run lazily at its first reference, i.e. only when the
+    -- first test did not already reject the row (speed only: either order
+    -- gives the same answer).
     FOREACH v_org IN ARRAY v_orgs LOOP
         UPDATE orgkeeper.org o SET membership_version = o.membership_version + 1
          WHERE o.id = v_org AND o.xmin <> pg_current_xact_id()::xid

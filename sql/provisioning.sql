@@ -157,12 +157,15 @@ DECLARE
 BEGIN
     -- The daemon's batched write-back of members' new keys: one statement
     -- and one commit for the keys made together, set-based. Org rows first,
-    -- in key order; then the actions whose token holds the lease, in id order.
+    -- in key order; then the actions whose token holds the lease, in id
+    -- order. Rows are followed by their position in the arrays, not their
+    -- id, so a stale task's row for the same action (an earlier lease of
+    -- this replica) can never borrow the live row's fence.
     PERFORM orgkeeper.lock_actions_orgs(p_ids);
-    SELECT coalesce(array_agg(h.id), '{}') INTO v_held
-      FROM (SELECT a.id
+    SELECT coalesce(array_agg(h.ord), '{}') INTO v_held
+      FROM (SELECT u.ord
               FROM orgkeeper.pending_external_actions a
-              JOIN unnest(p_ids, p_workers) AS u(id, worker) ON u.id = a.id
+              JOIN unnest(p_ids, p_workers) WITH ORDINALITY AS u(id, worker, ord) ON u.id = a.id
              WHERE a.locked_by = u.worker AND a.status = 'running'
              ORDER BY a.id
                FOR UPDATE OF a) h;
@@ -171,19 +174,19 @@ BEGIN
     WITH stored AS (
         UPDATE orgkeeper.org_member m
            SET llm_api_key = u.key_ciphertext, updated_at = now()
-          FROM unnest(p_ids, p_users, p_key_ciphertexts) AS u(id, user_id, key_ciphertext)
+          FROM unnest(p_ids, p_users, p_key_ciphertexts) WITH ORDINALITY AS u(id, user_id, key_ciphertext, ord)
           JOIN orgkeeper.pending_external_actions a ON a.id = u.id
-         WHERE u.id = ANY (v_held)
+         WHERE u.ord = ANY (v_held)
            AND m.org_id = a.org_id AND m.user_id = u.user_id AND m.status = 'active'
-        RETURNING u.id
+        RETURNING u.ord
     )
-    SELECT coalesce(array_agg(stored.id), '{}') INTO v_stored FROM stored;
+    SELECT coalesce(array_agg(stored.ord), '{}') INTO v_stored FROM stored;
     PERFORM orgkeeper.complete_actions(array_agg(u.id), array_agg(u.worker), array_agg(u.result))
-       FROM unnest(p_ids, p_workers, p_results) AS u(id, worker, result)
-      WHERE u.id = ANY (v_stored);
+       FROM unnest(p_ids, p_workers, p_results) WITH ORDINALITY AS u(id, worker, result, ord)
+      WHERE u.ord = ANY (v_stored);
     RETURN QUERY
-    SELECT u.id, CASE WHEN u.id = ANY (v_stored) THEN 'done'
-                      WHEN u.id = ANY (v_held) THEN 'member_gone'
+    SELECT u.id, CASE WHEN u.ord = ANY (v_stored) THEN 'done'
+                      WHEN u.ord = ANY (v_held) THEN 'member_gone'
                       ELSE 'lease_lost' END
       FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
      ORDER BY u.ord;

@@ -349,6 +349,109 @@ async fn two_transactions_cannot_each_demote_the_other_owner() {
     assert_eq!(owners, 1);
 }
 
+/// org.membership_version as `conn` sees it.
+async fn membership_version(conn: &mut sqlx::PgConnection, org: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT membership_version FROM orgkeeper.org WHERE id = $1")
+        .bind(org)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_demotion_whose_bump_was_skipped_inside_a_savepoint_still_conflicts_at_every_isolation_level(
+) {
+    // Inside a savepoint, the first membership change writes the org row;
+    // the demotion after it skips its own write (the same subtransaction
+    // wrote both rows). That earlier write must still be what a concurrent
+    // demotion of the other owner conflicts with: it waits, then fails
+    // (40001, or the owner check at COMMIT under READ COMMITTED).
+    let db = TestDb::migrated().await;
+    for (level, sqlstate) in [
+        ("READ COMMITTED", "23514"),
+        ("REPEATABLE READ", "40001"),
+        ("SERIALIZABLE", "40001"),
+    ] {
+        let (alice, bob, carol) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let org = insert_org(&db, &format!("Nested {level}"), alice).await;
+        add_member(&db, org, bob, "owner").await;
+        add_member(&db, org, carol, "member").await;
+        let begin = format!("BEGIN ISOLATION LEVEL {level}");
+        let set_role = "UPDATE orgkeeper.org_member SET role_id = orgkeeper.role_id($3)
+                         WHERE org_id = $1 AND user_id = $2 /* nested race */";
+        let mut t1 = db.connect().await;
+        let mut t2 = db.connect().await;
+        for conn in [&mut t1, &mut t2] {
+            sqlx::query(sqlx::AssertSqlSafe(begin.clone()))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            sqlx::query("SELECT count(*) FROM orgkeeper.org_member")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        sqlx::query("SAVEPOINT changes")
+            .execute(&mut t1)
+            .await
+            .unwrap();
+        let before = membership_version(&mut t1, org).await;
+        for (user, role) in [(carol, "admin"), (bob, "member")] {
+            sqlx::query(set_role)
+                .bind(org)
+                .bind(user)
+                .bind(role)
+                .execute(&mut t1)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            membership_version(&mut t1, org).await,
+            before + 1,
+            "{level}: the demotion's bump was skipped"
+        );
+        let demote_alice = tokio::spawn(async move {
+            let outcome = sqlx::query(set_role)
+                .bind(org)
+                .bind(alice)
+                .bind("member")
+                .execute(&mut t2)
+                .await;
+            let outcome = match outcome {
+                Ok(_) => sqlx::query("COMMIT").execute(&mut t2).await,
+                Err(e) => Err(e),
+            };
+            (t2, outcome)
+        });
+        crate::support::wait_for_lock_wait(
+            &db.pool,
+            std::time::Duration::from_secs(10),
+            "the other demotion waits for the savepoint's org row",
+            "nested race",
+        )
+        .await;
+        sqlx::query("RELEASE SAVEPOINT changes")
+            .execute(&mut t1)
+            .await
+            .unwrap();
+        sqlx::query("COMMIT").execute(&mut t1).await.unwrap();
+        let (mut t2, outcome) = demote_alice.await.unwrap();
+        let (code, message) = db_error(&outcome.unwrap_err());
+        assert_eq!(code, sqlstate, "{level}: {message}");
+        sqlx::query("ROLLBACK").execute(&mut t2).await.unwrap();
+        assert_eq!(
+            role_of(&db, org, alice).await.as_deref(),
+            Some("owner"),
+            "{level}"
+        );
+        assert_eq!(
+            role_of(&db, org, bob).await.as_deref(),
+            Some("member"),
+            "{level}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_role_catalog_cannot_be_edited() {
     let db = TestDb::migrated().await;

@@ -237,14 +237,26 @@ async fn a_batch_of_member_keys_stores_the_live_ones_and_leaves_a_stale_or_depar
 ) {
     let db = TestDb::migrated().await;
     let (_a, actions, stale) = claimed_with_one_taken_over(&db).await;
-    // Action 1's member is not (or no longer) an active member.
+    // Action 1's member was invited to its organization but never accepted:
+    // not an active member.
     let departed = 1;
+    let invited = uuid::Uuid::new_v4();
+    sqlx::query(
+        "WITH u AS (INSERT INTO orgkeeper.users (id) VALUES ($2) RETURNING id)
+         INSERT INTO orgkeeper.org_member (org_id, user_id, role_id, status)
+         SELECT $1, u.id, orgkeeper.role_id('member'), 'invited' FROM u",
+    )
+    .bind(actions[departed].org_id.unwrap())
+    .bind(invited)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let users: Vec<uuid::Uuid> = actions
         .iter()
         .enumerate()
         .map(|(i, a)| {
             if i == departed {
-                uuid::Uuid::new_v4()
+                invited
             } else {
                 a.user_id.unwrap()
             }
@@ -298,6 +310,15 @@ async fn a_batch_of_member_keys_stores_the_live_ones_and_leaves_a_stale_or_depar
             );
         }
     }
+    let invited_key: Option<String> = sqlx::query_scalar(
+        "SELECT llm_api_key FROM orgkeeper.org_member WHERE org_id = $1 AND user_id = $2",
+    )
+    .bind(actions[departed].org_id.unwrap())
+    .bind(invited)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(invited_key, None, "an invited member gets no key");
 }
 
 /// Rows read from a table, by index or by scan.
@@ -324,17 +345,20 @@ async fn quiet_queue(db: &TestDb) {
 #[tokio::test]
 async fn a_claim_after_a_burst_on_a_quiet_queue_probes_each_candidate_s_subject() {
     // A burst on a quiet queue: 1,000 organizations with four actions each,
-    // the last three waiting for the first. The planner, trusting the idle
-    // queue's statistics, turned the claim's per-subject check into a full
-    // scan of the unfinished actions for every candidate (~1 million rows
-    // read per claim here); a claim must read a few rows per action it
-    // leases, call after call (past the fifth, plpgsql keeps a generic plan).
+    // the last three waiting for the first — and due earlier, so every claim
+    // meets all 3,000 of them first and must pass them by. The planner,
+    // trusting the idle queue's statistics, turned the claim's per-subject
+    // check into a full scan of the unfinished actions for every candidate
+    // (millions of rows read per claim here); a claim must read a few rows
+    // per candidate, call after call (past the fifth, plpgsql keeps a
+    // generic plan).
     let db = TestDb::migrated().await;
     quiet_queue(&db).await;
     let orgs = insert_orgs(&db.pool, "Burst", 1_000).await;
     sqlx::query(
-        "INSERT INTO orgkeeper.pending_external_actions (kind, org_id, payload)
-         SELECT 'litellm.add_member', o.id, '{}' FROM unnest($1::uuid[]) AS o(id), generate_series(1, 3) ORDER BY o.id",
+        "INSERT INTO orgkeeper.pending_external_actions (kind, org_id, payload, run_after)
+         SELECT 'litellm.add_member', o.id, '{}', now() - interval '1 hour'
+           FROM unnest($1::uuid[]) AS o(id), generate_series(1, 3) ORDER BY o.id",
     )
     .bind(&orgs)
     .execute(&db.pool)
@@ -356,8 +380,8 @@ async fn a_claim_after_a_burst_on_a_quiet_queue_probes_each_candidate_s_subject(
         tx.commit().await.unwrap();
         assert_eq!(leased.len(), 64, "claim {call}");
         assert!(
-            read <= 20 * 64,
-            "claim {call} read {read} outbox rows to lease 64 (4,000 unfinished)"
+            read <= 3 * 4_000,
+            "claim {call} read {read} outbox rows to lease 64 (4,000 unfinished, 3,000 waiting ahead)"
         );
         // Only each organization's first action, never one still waiting.
         for (kind, subject) in leased {
