@@ -376,20 +376,12 @@ async fn a_demotion_whose_bump_was_skipped_inside_a_savepoint_still_conflicts_at
         let org = insert_org(&db, &format!("Nested {level}"), alice).await;
         add_member(&db, org, bob, "owner").await;
         add_member(&db, org, carol, "member").await;
-        let begin = format!("BEGIN ISOLATION LEVEL {level}");
         let set_role = "UPDATE orgkeeper.org_member SET role_id = orgkeeper.role_id($3)
                          WHERE org_id = $1 AND user_id = $2 /* nested race */";
         let mut t1 = db.connect().await;
         let mut t2 = db.connect().await;
         for conn in [&mut t1, &mut t2] {
-            sqlx::query(sqlx::AssertSqlSafe(begin.clone()))
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-            sqlx::query("SELECT count(*) FROM orgkeeper.org_member")
-                .execute(&mut *conn)
-                .await
-                .unwrap();
+            crate::support::begin_with_snapshot(conn, level).await;
         }
         sqlx::query("SAVEPOINT changes")
             .execute(&mut t1)

@@ -6,7 +6,8 @@
 //! nothing changed; the legitimate path still works.
 
 use crate::support::{
-    app, assert_refusal, db_error, personal, refused, state, team, user, LoginRole, TestDb,
+    app, assert_refusal, begin_with_snapshot, db_error, personal, refused, state, team, user,
+    LoginRole, TestDb,
 };
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -239,17 +240,8 @@ async fn item1_two_owners_racing_to_leave_and_demote_each_other_cannot_orphan_an
         let mut t1 = app(&db, Some(ann)).await;
         let mut t2 = app(&db, Some(ben)).await;
         for conn in [&mut t1, &mut t2] {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "BEGIN ISOLATION LEVEL {level_name}"
-            )))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
             // Each reads the memberships first: the snapshot is taken.
-            sqlx::query("SELECT count(*) FROM orgkeeper.org_member")
-                .execute(&mut *conn)
-                .await
-                .unwrap();
+            begin_with_snapshot(conn, level_name).await;
             if nested {
                 sqlx::query("SAVEPOINT changes")
                     .execute(&mut *conn)

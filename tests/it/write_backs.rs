@@ -86,6 +86,29 @@ fn live_ids(actions: &[Action], stale: usize) -> Vec<i64> {
         .collect()
 }
 
+/// Each action (in id order) with its status and result, its
+/// organization's provisioning status and the owner membership's key.
+async fn actions_with_owner_keys(
+    db: &TestDb,
+) -> Vec<(
+    i64,
+    String,
+    Option<serde_json::Value>,
+    String,
+    Option<String>,
+)> {
+    sqlx::query_as(
+        "SELECT a.id, a.status, a.result, o.provisioning_status, m.llm_api_key
+           FROM orgkeeper.pending_external_actions a
+           JOIN orgkeeper.org o ON o.id = a.org_id
+           JOIN orgkeeper.org_member m ON m.org_id = o.id AND m.user_id = o.created_by
+          ORDER BY a.id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_stale_lease_in_a_batch_of_completions_writes_nothing_while_the_live_ones_land() {
     let db = TestDb::migrated().await;
@@ -206,17 +229,9 @@ async fn a_stale_lease_in_a_batch_of_provisioning_write_backs_leaves_its_org_pen
         .map(|(i, a)| (a.id, if i == stale { "lease_lost" } else { "done" }.into()))
         .collect();
     assert_eq!(outcomes, expected);
-    let statuses: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT a.id, a.status, o.provisioning_status, m.llm_api_key
-           FROM orgkeeper.pending_external_actions a
-           JOIN orgkeeper.org o ON o.id = a.org_id
-           JOIN orgkeeper.org_member m ON m.org_id = o.id AND m.user_id = o.created_by
-          ORDER BY a.id",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    for (i, (id, status, org_status, key)) in statuses.into_iter().enumerate() {
+    for (i, (id, status, _, org_status, key)) in
+        actions_with_owner_keys(&db).await.into_iter().enumerate()
+    {
         assert_eq!(id, actions[i].id);
         if i == stale {
             assert_eq!(
@@ -285,17 +300,9 @@ async fn a_batch_of_member_keys_stores_the_live_ones_and_leaves_a_stale_or_depar
         .map(|(i, a)| (a.id, outcome(i).into()))
         .collect();
     assert_eq!(outcomes, expected);
-    let rows: Vec<(i64, String, Option<serde_json::Value>, Option<String>)> = sqlx::query_as(
-        "SELECT a.id, a.status, a.result, m.llm_api_key
-           FROM orgkeeper.pending_external_actions a
-           JOIN orgkeeper.org o ON o.id = a.org_id
-           JOIN orgkeeper.org_member m ON m.org_id = o.id AND m.user_id = o.created_by
-          ORDER BY a.id",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    for (i, (id, status, result, key)) in rows.into_iter().enumerate() {
+    for (i, (id, status, result, _, key)) in
+        actions_with_owner_keys(&db).await.into_iter().enumerate()
+    {
         assert_eq!(id, actions[i].id);
         if outcome(i) == "done" {
             assert_eq!(

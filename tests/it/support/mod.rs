@@ -461,6 +461,22 @@ pub async fn app_at(db: &TestDb, user: Option<Uuid>, level: &str) -> PgConnectio
     conn
 }
 
+/// Begins a transaction at isolation `level` on `conn` and takes its
+/// snapshot (a read of the memberships), so that what other sessions
+/// commit afterwards stays invisible at REPEATABLE READ and SERIALIZABLE.
+pub async fn begin_with_snapshot(conn: &mut PgConnection, level: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "BEGIN ISOLATION LEVEL {level}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("SELECT count(*) FROM orgkeeper.org_member")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
 /// A login role that is a member of a group role, for one test. Roles are
 /// cluster-wide, so it is dropped when the guard goes — also when the test
 /// panics half-way.
