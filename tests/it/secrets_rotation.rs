@@ -726,6 +726,23 @@ async fn the_daemon_reads_and_swaps_every_secret_place_by_its_key_and_refuses_an
         v
     };
     assert_eq!(every_ciphertext(&db.pool).await, expected);
+    // All places in one call, in item order; a row that is gone reads NULL.
+    let mut items = Vec::new();
+    let mut values = Vec::new();
+    for (i, spot) in spots.iter().enumerate() {
+        let key = key_of(&db.pool, spot).await;
+        items.push(serde_json::json!({ "table": spot.table, "column": spot.column, "key": key }));
+        values.push(Some(format!("new-{i}")));
+    }
+    items.push(serde_json::json!({ "table": "custom_secrets", "column": "secret_value", "key": { "id": -1 } }));
+    values.push(None);
+    let read: Vec<(serde_json::Value, Option<String>)> =
+        sqlx::query_as("SELECT item, value FROM orgkeeper.read_secrets($1)")
+            .bind(serde_json::Value::Array(items.clone()))
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(read, items.into_iter().zip(values).collect::<Vec<_>>());
 
     // A key that is not exactly the primary key is refused, naming the key
     // columns, and changes nothing: part of a composite key (which would
@@ -760,6 +777,8 @@ async fn the_daemon_reads_and_swaps_every_secret_place_by_its_key_and_refuses_an
         for sql in [
             "SELECT orgkeeper.read_secret($1, $2, $3)::text",
             "SELECT orgkeeper.replace_secret($1, $2, $3, 'new-0', 'x')::text",
+            "SELECT value FROM orgkeeper.read_secrets(jsonb_build_array(
+                 jsonb_build_object('table', $1::text, 'column', $2::text, 'key', $3::jsonb)))",
         ] {
             let err = sqlx::query_scalar::<_, Option<String>>(sql)
                 .bind(table)
@@ -792,6 +811,8 @@ async fn the_daemon_reads_and_swaps_every_secret_place_by_its_key_and_refuses_an
     for sql in [
         "SELECT orgkeeper.read_secret('org', 'contact_email', jsonb_build_object('id', $1))::text",
         "SELECT orgkeeper.replace_secret('org', 'contact_email', jsonb_build_object('id', $1), 'a', 'b')::text",
+        "SELECT value FROM orgkeeper.read_secrets(jsonb_build_array(jsonb_build_object(
+             'table', 'org', 'column', 'contact_email', 'key', jsonb_build_object('id', $1))))",
     ] {
         let err = sqlx::query_scalar::<_, Option<String>>(sql)
             .bind(org_id)
