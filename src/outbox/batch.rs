@@ -236,21 +236,15 @@ async fn write_batch<W: BatchWrite>(pool: &PgPool, batch: Vec<Request<W>>) {
     }
 }
 
-/// A transaction whose commit does not wait for the WAL flush
-/// (`synchronous_commit = off`), for a write-back that a database crash may
-/// lose only because the step it records runs again, idempotently.
-async fn begin_async_commit(
-    pool: &PgPool,
-) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-        .await
-}
-
 /// One statement for `rows`, in a transaction that commits asynchronously
 /// when `W` allows it.
 async fn write_rows<W: BatchWrite>(pool: &PgPool, rows: &[W]) -> sqlx::Result<Vec<W::Outcome>> {
     let outcomes = if W::ASYNC_COMMIT {
-        let mut tx = begin_async_commit(pool).await?;
+        // The commit does not wait for the WAL flush: `W` says a database
+        // crash may lose it only because the step it records runs again.
+        let mut tx = pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await?;
         let outcomes = W::write(&mut tx, rows).await?;
         tx.commit().await?;
         outcomes
