@@ -457,8 +457,8 @@ DECLARE
         'error_entry',       -- retry_actions_later / begin_compensation / finish_action
         'current_app_user',  -- the acting user of a session (NULL for the daemon)
         'secret_column',     -- secrets_after / swap_secrets / secret_inventory / read_secret /
-                             -- replace_secret (their refusal of a column that is not a secret)
-        'refuse_row_key',    -- read_secret / replace_secret
+                             -- replace_secrets (their refusal of a column that is not a secret)
+        'refuse_row_key',    -- read_secret / replace_secrets
         'lock_action_org',   -- the one-action write-backs that lock the org row first (record_org_provisioned, ...)
         'lock_actions_orgs', -- the batched write-backs (record_orgs_provisioned, record_teams_ready, record_member_keys)
         'default_llm_model', -- provisioning_context: the model path of a settings version

@@ -26,12 +26,15 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         ('pending_external_actions', 'progress.key',         ARRAY['id'])
 $$;
 COMMENT ON FUNCTION orgkeeper.secret_columns() IS
-  'Daemon: the one list of places holding encrypted secrets: table (in schema orgkeeper), column ("<jsonb column>.<field>" for a text field of a jsonb column), and the primary-key columns whose values, as text joined by "/" in this order, are the row key of the ciphertext''s associated data orgkeeper:<table>.<column>:<row key> (README, "Secrets"). secret_column (secrets_after, swap_secrets, secret_inventory, and the generation of read_secret and replace_secret) and orgkeeper secrets rotate all read it.';
+  'Daemon: the one list of places holding encrypted secrets: table (in schema orgkeeper), column ("<jsonb column>.<field>" for a text field of a jsonb column), and the primary-key columns whose values, as text joined by "/" in this order, are the row key of the ciphertext''s associated data orgkeeper:<table>.<column>:<row key> (README, "Secrets"). secret_column (secrets_after, swap_secrets, secret_inventory, and the generation of read_secret and replace_secrets) and orgkeeper secrets rotate all read it.';
 
 DROP FUNCTION IF EXISTS orgkeeper.secret_place(text, text);
+-- Its result's assign_sql became stored_column and write_sql (a changed
+-- result type cannot be replaced in place).
+DROP FUNCTION IF EXISTS orgkeeper.secret_column(text, text);
 
 CREATE OR REPLACE FUNCTION orgkeeper.secret_column(p_table text, p_column text,
-    OUT key_columns text[], OUT key_types text[], OUT value_sql text, OUT assign_sql text)
+    OUT key_columns text[], OUT key_types text[], OUT value_sql text, OUT stored_column text, OUT write_sql text)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_stored text := split_part(p_column, '.', 1);
@@ -51,23 +54,24 @@ BEGIN
       FROM unnest(key_columns) WITH ORDINALITY AS k(name, ord)
       JOIN pg_attribute a ON a.attrelid = format('orgkeeper.%I', p_table)::regclass
                          AND a.attname = k.name AND NOT a.attisdropped;
+    stored_column := v_stored;
     IF v_field IS NULL THEN
-        value_sql  := format('%I', v_stored);
-        assign_sql := format('%I = %%s', v_stored);
+        value_sql := format('%I', v_stored);
+        write_sql := '%2$s';
     ELSE
-        value_sql  := format('(%I ->> %L)', v_stored, v_field);
-        assign_sql := format('%I = jsonb_set(%I, %L, to_jsonb(%%s))', v_stored, v_stored, ARRAY[v_field]);
+        value_sql := format('(%I ->> %L)', v_stored, v_field);
+        write_sql := format('jsonb_set(%%1$s, %L, to_jsonb(%%2$s))', ARRAY[v_field]);
     END IF;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.secret_column(text, text) IS
-  'Internal: how to reach the secret p_column of p_table (an entry of secret_columns): its key columns and their types, the SQL expression of the ciphertext, and an assignment template (format() with one %s for the new value). Refuses columns that are not encrypted secrets (22023).';
+  'Internal: how to reach the secret p_column of p_table (an entry of secret_columns): its key columns and their types, the SQL expression of the ciphertext, the stored column it is written to, and that column''s new value as a template (format() with %1$s for the column''s current value and %2$s for the new ciphertext). Refuses columns that are not encrypted secrets (22023).';
 
--- read_secret and replace_secret reach one ciphertext at a time, and
--- secrets.reencrypt makes several of each per migrated user. They are
--- generated from secret_columns below: one static statement per place, so a
--- session plans each once and reuses the plan. (Built with EXECUTE at every
--- call, the statement was planned at every call: a read cost ~10x and a
+-- read_secret reaches one ciphertext, and secrets.reencrypt reads several
+-- per migrated user; replace_secrets swaps a batch of them. Both are
+-- generated from secret_columns below: static statements, so a session
+-- plans each once and reuses the plan. (Built with EXECUTE at every call,
+-- the statement was planned at every call: a read cost ~10x and a
 -- compare-and-set ~2x what the static statement does.) The generated bodies
 -- are in tests/fixtures/orgkeeper_schema.sql and in \sf.
 DROP FUNCTION IF EXISTS orgkeeper.secret_row_filter(text, text, jsonb);
@@ -83,26 +87,24 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.refuse_row_key(text, text, jsonb, text[]) IS
-  'Internal: raises 22023 for a row key of a secret place (read_secret, replace_secret) that is not a JSON object of exactly the primary-key columns p_key_columns.';
+  'Internal: raises 22023 for a row key of a secret place (read_secret, replace_secrets) that is not a JSON object of exactly the primary-key columns p_key_columns.';
 
 DO $generate$
 DECLARE
     v_read    text := '';
-    v_replace text := '';
     v_check   text;
     v_p       record;
     -- A column that is no secret is refused by secret_column (22023). One
-    -- that secret_columns lists but these bodies lack (the list changed and
-    -- the library was not applied since) must not read as NULL or report a
-    -- write that did not happen.
+    -- that secret_columns lists but this body lacks (the list changed and
+    -- the library was not applied since) must not read as NULL.
     v_else    CONSTANT text := $t$
         PERFORM orgkeeper.secret_column(p_table, p_column);
         RAISE EXCEPTION '%.% is a secret column, but this function was generated without it', p_table, p_column
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'run orgkeeper migrate: it generates read_secret and replace_secret from orgkeeper.secret_columns() again';$t$;
+                  HINT = 'run orgkeeper migrate: it generates read_secret from orgkeeper.secret_columns() again';$t$;
 BEGIN
     FOR v_p IN
-        SELECT c.table_name, c.column_name, p.value_sql, p.assign_sql, p.key_columns,
+        SELECT c.table_name, c.column_name, p.value_sql, p.key_columns,
                (SELECT string_agg(format('%I = (p_key ->> %L)::%s', k, k, t), ' AND ' ORDER BY o)
                   FROM unnest(p.key_columns, p.key_types) WITH ORDINALITY AS u(k, t, o)) AS match
           FROM orgkeeper.secret_columns() c
@@ -117,9 +119,6 @@ BEGIN
         v_read := v_read || v_check || format($t$
         RETURN (SELECT %s FROM orgkeeper.%I WHERE %s);$t$,
                           v_p.value_sql, v_p.table_name, v_p.match);
-        v_replace := v_replace || v_check || format($t$
-        UPDATE orgkeeper.%I SET %s WHERE %s AND %s = p_old;$t$,
-                          v_p.table_name, format(v_p.assign_sql, 'p_new'), v_p.match, v_p.value_sql);
     END LOOP;
     EXECUTE format($f$
 CREATE OR REPLACE FUNCTION orgkeeper.read_secret(p_table text, p_column text, p_key jsonb) RETURNS text
@@ -131,24 +130,149 @@ BEGIN
     END CASE;
 END;
 $body$$f$, v_read, v_else);
-    EXECUTE format($f$
-CREATE OR REPLACE FUNCTION orgkeeper.replace_secret(p_table text, p_column text, p_key jsonb, p_old text, p_new text)
-RETURNS boolean
-LANGUAGE plpgsql AS $body$
--- Generated by sql/secrets.sql from orgkeeper.secret_columns().
-BEGIN
-    CASE%s
-    ELSE%s
-    END CASE;
-    RETURN FOUND;
-END;
-$body$$f$, v_replace, v_else);
 END
 $generate$;
 COMMENT ON FUNCTION orgkeeper.read_secret(text, text, jsonb) IS
   'Daemon: the ciphertext stored at {table, column, key} (NULL when the row or value is gone). key is {primary-key column: value} (22023 otherwise, and for a column that is not a secret). Generated from secret_columns: one static statement per place.';
-COMMENT ON FUNCTION orgkeeper.replace_secret(text, text, jsonb, text, text) IS
-  'Daemon: compare-and-set of one ciphertext: writes p_new only where the value is still p_old. Returns whether it wrote. key as for read_secret (22023 otherwise). Generated from secret_columns: one static statement per place.';
+-- replace_secret (one compare-and-set) gave way to replace_secrets.
+DROP FUNCTION IF EXISTS orgkeeper.replace_secret(text, text, jsonb, text, text);
+
+-- replace_secrets swaps many ciphertexts (a batch of secrets.reencrypt
+-- actions) in one static statement per table, each row written once with
+-- all of its swapped places: a personal org whose four keys are re-encrypted
+-- gets one new row version, not four, and fires its row triggers once.
+-- Generated from secret_columns as read_secret is.
+DO $generate$
+DECLARE
+    v_places  text[] := '{}';
+    v_tables  text := '';
+    v_t       record;
+    v_p       record;
+    v_aggs    text;
+    v_sets    text;
+    v_checks  text;
+    v_value   text;
+BEGIN
+    FOR v_t IN
+        SELECT c.table_name,
+               string_agg(format('(s.key ->> %L)::%s AS key_%s', k.name, k.type, k.o), ', ' ORDER BY k.o) AS key_values,
+               string_agg(format('key_%s', k.o), ', ' ORDER BY k.o) AS key_list,
+               string_agg(format('t.%I = r.key_%s', k.name, k.o), ' AND ' ORDER BY k.o) AS row_match,
+               string_agg(format('r.key_%s', k.o), ', ' ORDER BY k.o) AS written_keys,
+               string_agg(format('w.key_%s = s.key_%s', k.o, k.o), ' AND ' ORDER BY k.o) AS written_match
+          FROM (SELECT DISTINCT ON (c.table_name) c.table_name, c.column_name, c.o
+                  FROM orgkeeper.secret_columns() WITH ORDINALITY AS c(table_name, column_name, key_columns, o)
+                 ORDER BY c.table_name, c.o) c
+         CROSS JOIN LATERAL orgkeeper.secret_column(c.table_name, c.column_name) p
+         CROSS JOIN LATERAL unnest(p.key_columns, p.key_types) WITH ORDINALITY AS k(name, type, o)
+         GROUP BY c.table_name, c.o
+         ORDER BY c.o
+    LOOP
+        v_aggs := '';
+        v_checks := '';
+        v_sets := '';
+        -- One assignment per stored column: several places in one jsonb
+        -- column nest their writes.
+        FOR v_p IN
+            SELECT c.column_name, p.value_sql, p.stored_column, p.write_sql, c.o,
+                   row_number() OVER (PARTITION BY p.stored_column ORDER BY c.o) AS nth,
+                   count(*) OVER (PARTITION BY p.stored_column) AS in_column
+              FROM orgkeeper.secret_columns() WITH ORDINALITY AS c(table_name, column_name, key_columns, o)
+             CROSS JOIN LATERAL orgkeeper.secret_column(c.table_name, c.column_name) p
+             WHERE c.table_name = v_t.table_name
+             ORDER BY min(c.o) OVER (PARTITION BY p.stored_column), c.o
+        LOOP
+            v_places := v_places || format('%s.%s', v_t.table_name, v_p.column_name);
+            v_aggs := v_aggs || format(',
+                   min(s.old) FILTER (WHERE s."column" = %1$L) AS old_%2$s,
+                   min(s.new) FILTER (WHERE s."column" = %1$L) AS new_%2$s', v_p.column_name, v_p.o);
+            v_checks := v_checks || format('
+               AND (r.old_%1$s IS NULL OR %2$s = r.old_%1$s)', v_p.o, v_p.value_sql);
+            IF v_p.nth = 1 THEN
+                v_value := format('t.%I', v_p.stored_column);
+            END IF;
+            v_value := format('CASE WHEN r.new_%s IS NULL THEN %s ELSE %s END', v_p.o, v_value,
+                              format(v_p.write_sql, v_value, format('r.new_%s', v_p.o)));
+            IF v_p.nth = v_p.in_column THEN
+                v_sets := v_sets || CASE WHEN v_sets = '' THEN '' ELSE ',
+                   ' END || format('%I = %s', v_p.stored_column, v_value);
+            END IF;
+        END LOOP;
+        v_tables := v_tables || format($t$
+    IF p_swaps @> %1$L THEN
+        RETURN QUERY
+        WITH s AS (
+            SELECT s."column", s.key, s.old, s.new, %2$s
+              FROM jsonb_to_recordset(p_swaps) AS s("table" text, "column" text, key jsonb, old text, new text)
+             WHERE s."table" = %3$L
+        ), r AS (
+            SELECT %4$s%5$s
+              FROM s GROUP BY %4$s
+        ), w AS (
+            UPDATE orgkeeper.%3$I t
+               SET %6$s
+              FROM r
+             WHERE %7$s%8$s
+            RETURNING %9$s
+        )
+        SELECT %3$L, s."column", s.key FROM s
+         WHERE NOT EXISTS (SELECT 1 FROM w WHERE %10$s);
+    END IF;$t$,
+            jsonb_build_array(jsonb_build_object('table', v_t.table_name)), v_t.key_values, v_t.table_name,
+            v_t.key_list, v_aggs, v_sets, v_t.row_match, v_checks, v_t.written_keys, v_t.written_match);
+    END LOOP;
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION orgkeeper.replace_secrets(p_swaps jsonb)
+RETURNS TABLE (table_name text, column_name text, key jsonb)
+LANGUAGE plpgsql AS $body$
+-- Generated by sql/secrets.sql from orgkeeper.secret_columns().
+DECLARE
+    v_bad record;
+BEGIN
+    IF jsonb_typeof(p_swaps) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'replace_secrets takes a JSON array of swaps, not %%', coalesce(jsonb_typeof(p_swaps), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'give [{"table": ..., "column": ..., "key": {...}, "old": ..., "new": ...}, ...]';
+    END IF;
+    -- The first swap that cannot be made, and why.
+    SELECT v.* INTO v_bad
+      FROM (SELECT x.ord, x.e ->> 'table' AS tbl, x.e ->> 'column' AS col, x.key, c.key_columns, x.times,
+                   CASE WHEN c.table_name IS NULL THEN 'not_secret'
+                        WHEN format('%%s.%%s', c.table_name, c.column_name) <> ALL (%1$L::text[]) THEN 'not_generated'
+                        WHEN (x.key ?& c.key_columns AND x.key - c.key_columns = '{}') IS NOT TRUE THEN 'bad_key'
+                        WHEN jsonb_typeof(x.e -> 'old') IS DISTINCT FROM 'string'
+                          OR jsonb_typeof(x.e -> 'new') IS DISTINCT FROM 'string' THEN 'no_value'
+                        WHEN x.times > 1 THEN 'twice' END AS fault
+              FROM (SELECT e, e -> 'key' AS key, ord, count(*) OVER (PARTITION BY e -> 'table', e -> 'column', e -> 'key') AS times
+                      FROM jsonb_array_elements(p_swaps) WITH ORDINALITY AS a(e, ord)) x
+              LEFT JOIN orgkeeper.secret_columns() c ON c.table_name = x.e ->> 'table' AND c.column_name = x.e ->> 'column') v
+     WHERE v.fault IS NOT NULL
+     ORDER BY v.ord
+     LIMIT 1;
+    CASE v_bad.fault
+    WHEN 'not_secret' THEN
+        PERFORM orgkeeper.secret_column(v_bad.tbl, v_bad.col);
+    WHEN 'not_generated' THEN
+        RAISE EXCEPTION '%%.%% is a secret column, but this function was generated without it', v_bad.tbl, v_bad.col
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'run orgkeeper migrate: it generates replace_secrets from orgkeeper.secret_columns() again';
+    WHEN 'bad_key' THEN
+        PERFORM orgkeeper.refuse_row_key(v_bad.tbl, v_bad.col, v_bad.key, v_bad.key_columns);
+    WHEN 'no_value' THEN
+        RAISE EXCEPTION 'the swap of %%.%% at %% lacks its old or its new ciphertext', v_bad.tbl, v_bad.col, v_bad.key
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'give "old" (the value read) and "new" (the value to write) as strings';
+    WHEN 'twice' THEN
+        RAISE EXCEPTION 'the swaps name %%.%% at %% %% times', v_bad.tbl, v_bad.col, v_bad.key, v_bad.times
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'swap each place once';
+    ELSE
+        NULL;
+    END CASE;%2$s
+END;
+$body$$f$, v_places, v_tables);
+END
+$generate$;
+COMMENT ON FUNCTION orgkeeper.replace_secrets(jsonb) IS
+  'Daemon: compare-and-set of many ciphertexts, one statement per table: each {table, column, key, old, new} of p_swaps (key as for read_secret) is written only where the value is still old, and a row is written once with all of its swaps or not at all. Returns the swaps that were not written (a value changed meanwhile or the row is gone). Refuses a column that is no secret or a bad key (22023), a place named twice (22023), a missing old or new (22004). Generated from secret_columns.';
 
 -- Rotation (orgkeeper secrets rotate): keyset pages of one secret column,
 -- then a compare-and-set of the re-encrypted values of a page.
@@ -209,11 +333,12 @@ BEGIN
       INTO v_match
       FROM unnest(v_col.key_columns) WITH ORDINALITY AS u(k, o);
     RETURN QUERY EXECUTE format(
-        'UPDATE orgkeeper.%I SET %s
+        'UPDATE orgkeeper.%I SET %I = %s
            FROM jsonb_to_recordset($1) AS s(row_key text[], old_value text, new_value text)
           WHERE %s AND %s = s.old_value
          RETURNING s.row_key',
-        p_table, format(v_col.assign_sql, 's.new_value'), v_match, v_col.value_sql)
+        p_table, v_col.stored_column, format(v_col.write_sql, quote_ident(v_col.stored_column), 's.new_value'),
+        v_match, v_col.value_sql)
       USING p_swaps;
 END;
 $$;
@@ -233,81 +358,85 @@ CREATE OR REPLACE FUNCTION orgkeeper.record_reencrypted_many(p_ids bigint[], p_w
 RETURNS TABLE (action_id bigint, outcome text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_user          uuid;
-    v_swap          jsonb;
-    v_done_ids      bigint[] := '{}';
-    v_done_workers  text[] := '{}';
-    v_done_results  jsonb[] := '{}';
-    v_verify_users  uuid[] := '{}';
+    v_held     bigint[];  -- positions whose token holds the lease
+    v_migrated bigint[];  -- of those, the ones whose migration still stands
+    v_stale    record;
 BEGIN
     -- The daemon's batched write-back (one statement and one commit for the
-    -- secrets.reencrypt actions finishing together): each row fenced on its
-    -- own lease as record_reencrypted always was; the completions and the
-    -- follow-up litellm.verify_key actions in one statement each (one outbox
-    -- notification for the batch).
-    FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
-        action_id := p_ids[i];
-        SELECT a.user_id INTO v_user
-          FROM orgkeeper.pending_external_actions a
-         WHERE a.id = p_ids[i] AND a.locked_by = p_workers[i] AND a.status = 'running'
-           FOR UPDATE;
-        IF NOT FOUND THEN
-            outcome := 'lease_lost';
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        -- A rolled-back migration has put the legacy values back on purpose.
-        IF NOT EXISTS (SELECT 1 FROM orgkeeper.user_migration m WHERE m.user_id = v_user AND m.status = 'migrated') THEN
-            v_done_ids := v_done_ids || p_ids[i];
-            v_done_workers := v_done_workers || p_workers[i];
-            v_done_results := v_done_results || (p_results[i] || jsonb_build_object('skipped', 'the migration was rolled back'));
-            outcome := 'skipped';
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        FOR v_swap IN SELECT * FROM jsonb_array_elements(p_swaps[i]) LOOP
-            IF NOT orgkeeper.replace_secret(v_swap ->> 'table', v_swap ->> 'column', v_swap -> 'key',
-                                            v_swap ->> 'old', v_swap ->> 'new') THEN
-                RAISE EXCEPTION '%.% changed while it was being re-encrypted', v_swap ->> 'table', v_swap ->> 'column'
-                    USING ERRCODE = 'serialization_failure', HINT = 'the daemon retries the action';
-            END IF;
-        END LOOP;
-        -- The rollback copies of plaintext legacy values, sealed by the daemon
-        -- as OpenHands seals credentials, replace the plaintext ones.
-        IF jsonb_path_exists(p_swaps[i], '$[*].legacy_sealed') THEN
-            UPDATE orgkeeper.user_migration m
-               SET legacy_ciphertext = (
-                    SELECT jsonb_agg(CASE WHEN s.legacy_sealed IS NULL THEN e
-                                          ELSE e || jsonb_build_object('value', s.legacy_sealed) END
-                                     ORDER BY x.ord)
-                      FROM jsonb_array_elements(m.legacy_ciphertext) WITH ORDINALITY AS x(e, ord)
-                      LEFT JOIN jsonb_to_recordset(p_swaps[i])
-                             AS s("table" text, "column" text, key jsonb, old text, legacy_sealed text)
-                        ON s."table" = e ->> 'table' AND s."column" = e ->> 'column'
-                       AND s.key ->> 'id' = e ->> 'id' AND s.old = e ->> 'value')
-             WHERE m.user_id = v_user;
-        END IF;
-        v_done_ids := v_done_ids || p_ids[i];
-        v_done_workers := v_done_workers || p_workers[i];
-        v_done_results := v_done_results || p_results[i];
-        v_verify_users := v_verify_users || v_user;
-        outcome := 'done';
-        RETURN NEXT;
-    END LOOP;
+    -- secrets.reencrypt actions finishing together), set-based: the actions
+    -- whose token holds the lease, locked in id order; every value of the
+    -- batch swapped by one compare-and-set per table; the completions and the
+    -- follow-up litellm.verify_key actions in one statement each. Rows are
+    -- followed by their position in the arrays, not their id, so a stale
+    -- task's row for the same action can never borrow the live row's fence.
+    SELECT coalesce(array_agg(h.ord), '{}') INTO v_held
+      FROM (SELECT u.ord
+              FROM orgkeeper.pending_external_actions a
+              JOIN unnest(p_ids, p_workers) WITH ORDINALITY AS u(id, worker, ord) ON u.id = a.id
+             WHERE a.locked_by = u.worker AND a.status = 'running'
+             ORDER BY a.id
+               FOR UPDATE OF a) h;
+    -- A rolled-back migration has put the legacy values back on purpose.
+    SELECT coalesce(array_agg(u.ord), '{}') INTO v_migrated
+      FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
+      JOIN orgkeeper.pending_external_actions a ON a.id = u.id
+     WHERE u.ord = ANY (v_held)
+       AND EXISTS (SELECT 1 FROM orgkeeper.user_migration m WHERE m.user_id = a.user_id AND m.status = 'migrated');
+    -- Every value still as it was read, or nothing.
+    SELECT * INTO v_stale
+      FROM orgkeeper.replace_secrets((
+            SELECT coalesce(jsonb_agg(e.swap ORDER BY u.ord, e.nth), '[]')
+              FROM unnest(p_swaps) WITH ORDINALITY AS u(swaps, ord)
+             CROSS JOIN LATERAL jsonb_array_elements(u.swaps) WITH ORDINALITY AS e(swap, nth)
+             WHERE u.ord = ANY (v_migrated)))
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '%.% at % changed while it was being re-encrypted', v_stale.table_name, v_stale.column_name, v_stale.key
+            USING ERRCODE = 'serialization_failure', HINT = 'the daemon retries the action';
+    END IF;
+    -- The rollback copies of plaintext legacy values, sealed by the daemon
+    -- as OpenHands seals credentials, replace the plaintext ones.
+    UPDATE orgkeeper.user_migration m
+       SET legacy_ciphertext = (
+            SELECT jsonb_agg(CASE WHEN s.legacy_sealed IS NULL THEN e
+                                  ELSE e || jsonb_build_object('value', s.legacy_sealed) END
+                             ORDER BY x.ord)
+              FROM jsonb_array_elements(m.legacy_ciphertext) WITH ORDINALITY AS x(e, ord)
+              LEFT JOIN jsonb_to_recordset(u.swaps)
+                     AS s("table" text, "column" text, key jsonb, old text, legacy_sealed text)
+                ON s."table" = e ->> 'table' AND s."column" = e ->> 'column'
+               AND s.key ->> 'id' = e ->> 'id' AND s.old = e ->> 'value')
+      FROM unnest(p_ids, p_swaps) WITH ORDINALITY AS u(id, swaps, ord)
+      JOIN orgkeeper.pending_external_actions a ON a.id = u.id
+     WHERE u.ord = ANY (v_migrated) AND m.user_id = a.user_id
+       AND jsonb_path_exists(u.swaps, '$[*].legacy_sealed');
     -- Every row here is locked by this transaction under its lease: all land.
-    PERFORM orgkeeper.complete_actions(v_done_ids, v_done_workers, v_done_results);
+    PERFORM orgkeeper.complete_actions(
+                array_agg(u.id ORDER BY u.ord), array_agg(u.worker ORDER BY u.ord),
+                array_agg(CASE WHEN u.ord = ANY (v_migrated) THEN u.result
+                               ELSE u.result || jsonb_build_object('skipped', 'the migration was rolled back') END
+                          ORDER BY u.ord))
+       FROM unnest(p_ids, p_workers, p_results) WITH ORDINALITY AS u(id, worker, result, ord)
+      WHERE u.ord = ANY (v_held);
     -- Now that the members' keys are readable, check them (and replace those
     -- the proxy refuses).
     INSERT INTO orgkeeper.pending_external_actions (kind, org_id, user_id, payload)
-    SELECT 'litellm.verify_key', u.user_id, u.user_id,
-           jsonb_build_object('user_id', u.user_id, 'team_id', u.user_id::text, 'regenerate', true)
-      FROM unnest(v_verify_users) WITH ORDINALITY AS u(user_id, ord)
+    SELECT 'litellm.verify_key', a.user_id, a.user_id,
+           jsonb_build_object('user_id', a.user_id, 'team_id', a.user_id::text, 'regenerate', true)
+      FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
+      JOIN orgkeeper.pending_external_actions a ON a.id = u.id
+     WHERE u.ord = ANY (v_migrated)
      ORDER BY u.ord;
-    RETURN;
+    RETURN QUERY
+    SELECT u.id, CASE WHEN u.ord = ANY (v_migrated) THEN 'done'
+                      WHEN u.ord = ANY (v_held) THEN 'skipped'
+                      ELSE 'lease_lost' END
+      FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
+     ORDER BY u.ord;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_reencrypted_many(bigint[], text[], jsonb[], jsonb[]) IS
-  'Daemon: record_reencrypted for several secrets.reencrypt actions in one statement (element i of each array belongs together; p_swaps[i] is the action''s array of swaps): per action, fenced on its own lease, every re-encrypted value swapped in by compare-and-set (a plaintext value''s rollback copy replaced by its legacy_sealed form), the action marked done and litellm.verify_key enqueued for the member''s key; a rolled-back migration writes nothing (skipped). A value changed meanwhile rolls the whole statement back (40001; the daemon then writes the rows one at a time, and that action retries). Returns each action''s outcome: done, skipped or lease_lost.';
+  'Daemon: record_reencrypted for several secrets.reencrypt actions in one statement (element i of each array belongs together; p_swaps[i] is the action''s array of swaps): per action, fenced on its own lease, every re-encrypted value swapped in by compare-and-set (orgkeeper.replace_secrets, one statement per table for the whole batch; a plaintext value''s rollback copy replaced by its legacy_sealed form), the action marked done and litellm.verify_key enqueued for the member''s key; a rolled-back migration writes nothing (skipped). A value changed meanwhile rolls the whole statement back (40001; the daemon then writes the rows one at a time, and that action retries). Returns each action''s outcome: done, skipped or lease_lost.';
 
 CREATE OR REPLACE FUNCTION orgkeeper.record_reencrypted(p_action_id bigint, p_worker text, p_swaps jsonb, p_result jsonb)
 RETURNS text

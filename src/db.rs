@@ -447,7 +447,7 @@ async fn migrate_locked(client: &mut tokio_postgres::Client) -> anyhow::Result<M
         .await?
         .map(|row| row.get(0));
     // Applied again after any versioned migration too: parts of the library
-    // are generated from the schema (read_secret and replace_secret cast
+    // are generated from the schema (read_secret and replace_secrets cast
     // key values to the key columns' types).
     let library_applied = current.as_deref() != Some(checksum.as_str()) || !applied.is_empty();
     if library_applied {

@@ -990,14 +990,15 @@ async fn a_daemon_login_role_can_execute_every_function_the_daemon_uses() {
             .await
             .expect("read_secret");
     assert_eq!(value.as_deref(), Some("legacy:gh"));
-    let swapped: bool = sqlx::query_scalar(
-        "SELECT orgkeeper.replace_secret('custom_secrets', 'secret_value', $1, 'legacy:gh', 'ok1:gh')",
+    let unwritten: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orgkeeper.replace_secrets(jsonb_build_array(jsonb_build_object(
+             'table', 'custom_secrets', 'column', 'secret_value', 'key', $1::jsonb, 'old', 'legacy:gh', 'new', 'ok1:gh')))",
     )
     .bind(&key)
     .fetch_one(&mut conn)
     .await
-    .expect("replace_secret");
-    assert!(swapped);
+    .expect("replace_secrets");
+    assert_eq!(unwritten, 0);
     conn.close().await.unwrap();
 
     let statuses: Vec<String> = sqlx::query_scalar(
@@ -1085,7 +1086,7 @@ async fn every_daemon_function_and_every_orgkeeper_function_it_calls_is_executab
         "record_provisioning_failed",
         "record_team_ready",
         "release_action",
-        "replace_secret",
+        "replace_secrets",
         "retry_action_later",
         "save_progress",
         "sweep_expired_leases",

@@ -3,7 +3,9 @@
 //! held; nothing a concurrent writer stored is overwritten; a value that
 //! cannot be decrypted is named and left alone.
 
-use crate::support::{daemon_config, daemon_settings, insert_orgs, wait_until, TestDaemon, TestDb};
+use crate::support::{
+    daemon_config, daemon_settings, insert_orgs, table_counter, wait_until, TestDaemon, TestDb,
+};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, Generate, KeyInit};
@@ -644,6 +646,19 @@ async fn every_place_of_two_orgs(pool: &PgPool) -> Vec<Spot> {
     spots
 }
 
+/// The swaps `orgkeeper.replace_secrets` did not write, as `{table, column,
+/// key}` items.
+async fn not_swapped(pool: &PgPool, swaps: serde_json::Value) -> Vec<serde_json::Value> {
+    sqlx::query_scalar(
+        "SELECT jsonb_build_object('table', table_name, 'column', column_name, 'key', key)
+           FROM orgkeeper.replace_secrets($1)",
+    )
+    .bind(swaps)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 /// The `{table, column, key}` arguments naming a spot, its key from the
 /// primary-key columns the database lists.
 async fn key_of(pool: &PgPool, spot: &Spot) -> serde_json::Value {
@@ -700,20 +715,19 @@ async fn the_daemon_reads_and_swaps_every_secret_place_by_its_key_and_refuses_an
             Some(format!("value-{i}").as_str()),
             "{spot:?}"
         );
+        let item = serde_json::json!({ "table": spot.table, "column": spot.column, "key": key });
         let swap = |old: String| {
-            sqlx::query_scalar::<_, bool>("SELECT orgkeeper.replace_secret($1, $2, $3, $4, $5)")
-                .bind(spot.table)
-                .bind(spot.column)
-                .bind(key.clone())
-                .bind(old)
-                .bind(format!("new-{i}"))
-                .fetch_one(&db.pool)
+            let mut swap = item.clone();
+            swap["old"] = old.into();
+            swap["new"] = format!("new-{i}").into();
+            not_swapped(&db.pool, serde_json::json!([swap]))
         };
-        assert!(
-            !swap("not the stored value".into()).await.unwrap(),
+        assert_eq!(
+            swap("not the stored value".into()).await,
+            std::slice::from_ref(&item),
             "{spot:?}"
         );
-        assert!(swap(format!("value-{i}")).await.unwrap(), "{spot:?}");
+        assert!(swap(format!("value-{i}")).await.is_empty(), "{spot:?}");
     }
     // Each swap wrote its own place and nothing else.
     let expected: Vec<(Spot, String)> = {
@@ -743,6 +757,96 @@ async fn the_daemon_reads_and_swaps_every_secret_place_by_its_key_and_refuses_an
             .await
             .unwrap();
     assert_eq!(read, items.into_iter().zip(values).collect::<Vec<_>>());
+
+    // All places in one call: each row is written once with all of its
+    // places (one new row version for an organization's four keys), and a
+    // row with one value changed meanwhile is not written at all.
+    let mut swaps = Vec::new();
+    for (i, spot) in spots.iter().enumerate() {
+        let key = key_of(&db.pool, spot).await;
+        swaps.push(
+            serde_json::json!({ "table": spot.table, "column": spot.column, "key": key,
+                                       "old": format!("new-{i}"), "new": format!("newer-{i}") }),
+        );
+    }
+    let stale = spots.iter().rposition(|s| s.table == "org").unwrap();
+    swaps[stale]["old"] = "not the stored value".into();
+    let tables = [
+        "custom_secrets",
+        "gitlab_webhook",
+        "org",
+        "org_member",
+        "pending_external_actions",
+        "users",
+    ];
+    let mut tx = db.pool.begin().await.unwrap();
+    let mut updates = Vec::new();
+    for table in tables {
+        updates.push(table_counter(&mut tx, table, "n_tup_upd").await);
+    }
+    let unwritten: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT to_jsonb(r) FROM orgkeeper.replace_secrets($1) r")
+            .bind(serde_json::Value::Array(swaps.clone()))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    for (table, before) in tables.iter().zip(updates.iter_mut()) {
+        *before = table_counter(&mut tx, table, "n_tup_upd").await - *before;
+    }
+    let org_places = spots.iter().filter(|s| s.table == "org").count() / 2;
+    assert_eq!(unwritten.len(), org_places, "{unwritten:?}");
+    for u in &unwritten {
+        assert_eq!(u["table_name"], "org");
+        assert_eq!(u["key"], swaps[stale]["key"]);
+    }
+    tx.commit().await.unwrap();
+    // Two rows per table, one organization's row stale; nothing else written.
+    assert_eq!(updates, [2, 2, 1, 2, 2, 0], "{tables:?}");
+    let expected: Vec<(Spot, String)> = {
+        let mut v: Vec<_> = spots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let written = !(s.table == "org" && s.row == spots[stale].row);
+                (
+                    s.clone(),
+                    format!("{}-{i}", if written { "newer" } else { "new" }),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(every_ciphertext(&db.pool).await, expected);
+
+    // A batch that names a place twice, or lacks a value, or is no array, is
+    // refused and writes nothing.
+    let twice = serde_json::json!([swaps[0], swaps[0]]);
+    let mut no_old = swaps[0].clone();
+    no_old.as_object_mut().unwrap().remove("old");
+    for (swaps, code, says) in [
+        (twice, "22023", "times"),
+        (
+            serde_json::json!([no_old]),
+            "22004",
+            "lacks its old or its new ciphertext",
+        ),
+        (
+            serde_json::json!({}),
+            "22023",
+            "takes a JSON array of swaps",
+        ),
+    ] {
+        let err = sqlx::query("SELECT * FROM orgkeeper.replace_secrets($1)")
+            .bind(&swaps)
+            .execute(&db.pool)
+            .await
+            .unwrap_err();
+        let (got, message) = crate::support::db_error(&err);
+        assert_eq!(got, code, "{swaps}: {message}");
+        assert!(message.contains(says), "{message}");
+    }
+    assert_eq!(every_ciphertext(&db.pool).await, expected);
 
     // A key that is not exactly the primary key is refused, naming the key
     // columns, and changes nothing: part of a composite key (which would
@@ -776,7 +880,8 @@ async fn the_daemon_reads_and_swaps_every_secret_place_by_its_key_and_refuses_an
         };
         for sql in [
             "SELECT orgkeeper.read_secret($1, $2, $3)::text",
-            "SELECT orgkeeper.replace_secret($1, $2, $3, 'new-0', 'x')::text",
+            "SELECT count(*)::text FROM orgkeeper.replace_secrets(jsonb_build_array(jsonb_build_object(
+                 'table', $1::text, 'column', $2::text, 'key', $3::jsonb, 'old', 'new-0', 'new', 'x')))",
             "SELECT value FROM orgkeeper.read_secrets(jsonb_build_array(
                  jsonb_build_object('table', $1::text, 'column', $2::text, 'key', $3::jsonb)))",
         ] {
@@ -810,7 +915,8 @@ async fn the_daemon_reads_and_swaps_every_secret_place_by_its_key_and_refuses_an
     .unwrap();
     for sql in [
         "SELECT orgkeeper.read_secret('org', 'contact_email', jsonb_build_object('id', $1))::text",
-        "SELECT orgkeeper.replace_secret('org', 'contact_email', jsonb_build_object('id', $1), 'a', 'b')::text",
+        "SELECT count(*)::text FROM orgkeeper.replace_secrets(jsonb_build_array(jsonb_build_object(
+             'table', 'org', 'column', 'contact_email', 'key', jsonb_build_object('id', $1), 'old', 'a', 'new', 'b')))",
         "SELECT value FROM orgkeeper.read_secrets(jsonb_build_array(jsonb_build_object(
              'table', 'org', 'column', 'contact_email', 'key', jsonb_build_object('id', $1))))",
     ] {
