@@ -54,65 +54,83 @@ $$;
 COMMENT ON FUNCTION orgkeeper.lock_actions_orgs(bigint[]) IS
   'Internal: locks the org rows of the given actions (FOR NO KEY UPDATE) in key order — the first step of a batched write-back (orgkeeper.lock_action_org for one action), before any action row. Actions without an org, or whose org is gone, lock nothing.';
 
-CREATE OR REPLACE FUNCTION orgkeeper.record_org_provisioned(
-    p_action_id bigint, p_worker text, p_team_id text, p_owner uuid,
-    p_model text, p_base_url text, p_key_ciphertext text, p_result jsonb)
-RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_org_id uuid;
-BEGIN
-    v_org_id := orgkeeper.lock_action_org(p_action_id);
-    IF NOT orgkeeper.hold_action(p_action_id, p_worker) THEN
-        RETURN 'lease_lost';
-    END IF;
-    -- A deprovisioning organization is never made active again: its
-    -- deletion (queued after this action) deletes the team just made.
-    UPDATE orgkeeper.org
-       SET litellm_team_id = p_team_id,
-           llm_model = coalesce(llm_model, p_model),
-           llm_base_url = coalesce(llm_base_url, p_base_url),
-           provisioning_status = 'active',
-           provisioning_error = NULL
-     WHERE id = v_org_id AND provisioning_status <> 'deprovisioning';
-    IF NOT FOUND THEN
-        RETURN 'org_gone';
-    END IF;
-    UPDATE orgkeeper.org_member SET llm_api_key = p_key_ciphertext, updated_at = now()
-     WHERE org_id = v_org_id AND user_id = p_owner AND status = 'active';
-    PERFORM orgkeeper.complete_action(p_action_id, p_worker, p_result);
-    RETURN 'done';
-END;
-$$;
-COMMENT ON FUNCTION orgkeeper.record_org_provisioned(bigint, text, text, uuid, text, text, text, jsonb) IS
-  'Daemon: in one transaction, writes the team id, model and base URL to the org and the owner''s own encrypted key to their membership (no key is shared by the org''s members), sets provisioning_status = active and marks the action done. Returns done, org_gone (the org was deleted or is being deleted: nothing written; compensate) or lease_lost (nothing written).';
-
 CREATE OR REPLACE FUNCTION orgkeeper.record_orgs_provisioned(
     p_action_ids bigint[], p_workers text[], p_team_ids text[], p_owners uuid[],
     p_models text[], p_base_urls text[], p_key_ciphertexts text[], p_results jsonb[])
 RETURNS TABLE (action_id bigint, outcome text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    r record;
+    v_held   bigint[];  -- positions whose token holds the lease
+    v_active bigint[];  -- of those, the ones whose organization became active
 BEGIN
-    -- Every org row first, in key order; then each action in id order (its
-    -- org row is already held, so each step locks only its action row).
+    -- The daemon's batched write-back of litellm.provision_org: one
+    -- statement and one commit for the organizations provisioned together,
+    -- set-based. Org rows first, in key order; then the actions whose token
+    -- holds the lease, in id order. Rows are followed by their position in
+    -- the arrays, not their id, so a stale task's row for the same action
+    -- can never borrow the live row's fence.
     PERFORM orgkeeper.lock_actions_orgs(p_action_ids);
-    FOR r IN
-        SELECT * FROM unnest(p_action_ids, p_workers, p_team_ids, p_owners, p_models, p_base_urls,
-                             p_key_ciphertexts, p_results)
-                   AS u(id, worker, team_id, owner, model, base_url, key_ciphertext, result)
-         ORDER BY u.id
-    LOOP
-        action_id := r.id;
-        outcome := orgkeeper.record_org_provisioned(r.id, r.worker, r.team_id, r.owner, r.model,
-                                                    r.base_url, r.key_ciphertext, r.result);
-        RETURN NEXT;
-    END LOOP;
+    SELECT coalesce(array_agg(h.ord), '{}') INTO v_held
+      FROM (SELECT u.ord
+              FROM orgkeeper.pending_external_actions a
+              JOIN unnest(p_action_ids, p_workers) WITH ORDINALITY AS u(id, worker, ord) ON u.id = a.id
+             WHERE a.locked_by = u.worker AND a.status = 'running'
+             ORDER BY a.id
+               FOR UPDATE OF a) h;
+    -- A deprovisioning organization is never made active again: its
+    -- deletion (queued after this action) deletes the team just made.
+    WITH made AS (
+        UPDATE orgkeeper.org o
+           SET litellm_team_id = u.team_id,
+               llm_model = coalesce(o.llm_model, u.model),
+               llm_base_url = coalesce(o.llm_base_url, u.base_url),
+               provisioning_status = 'active',
+               provisioning_error = NULL
+          FROM unnest(p_action_ids, p_team_ids, p_models, p_base_urls) WITH ORDINALITY AS u(id, team_id, model, base_url, ord)
+          JOIN orgkeeper.pending_external_actions a ON a.id = u.id
+         WHERE u.ord = ANY (v_held) AND o.id = a.org_id AND o.provisioning_status <> 'deprovisioning'
+        RETURNING o.id
+    )
+    SELECT coalesce(array_agg(u.ord), '{}') INTO v_active
+      FROM unnest(p_action_ids) WITH ORDINALITY AS u(id, ord)
+      JOIN orgkeeper.pending_external_actions a ON a.id = u.id
+     WHERE u.ord = ANY (v_held) AND a.org_id IN (SELECT made.id FROM made);
+    -- Each owner's own key goes to their membership (no key is shared by an
+    -- organization's members).
+    UPDATE orgkeeper.org_member m
+       SET llm_api_key = u.key_ciphertext, updated_at = now()
+      FROM unnest(p_action_ids, p_owners, p_key_ciphertexts) WITH ORDINALITY AS u(id, owner, key_ciphertext, ord)
+      JOIN orgkeeper.pending_external_actions a ON a.id = u.id
+     WHERE u.ord = ANY (v_active) AND m.org_id = a.org_id AND m.user_id = u.owner AND m.status = 'active';
+    PERFORM orgkeeper.complete_actions(array_agg(u.id ORDER BY u.ord), array_agg(u.worker ORDER BY u.ord),
+                                       array_agg(u.result ORDER BY u.ord))
+       FROM unnest(p_action_ids, p_workers, p_results) WITH ORDINALITY AS u(id, worker, result, ord)
+      WHERE u.ord = ANY (v_active);
+    RETURN QUERY
+    SELECT u.id, CASE WHEN u.ord = ANY (v_active) THEN 'done'
+                      WHEN u.ord = ANY (v_held) THEN 'org_gone'
+                      ELSE 'lease_lost' END
+      FROM unnest(p_action_ids) WITH ORDINALITY AS u(id, ord)
+     ORDER BY u.ord;
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.record_orgs_provisioned(bigint[], text[], text[], uuid[], text[], text[], text[], jsonb[]) IS
-  'Daemon: orgkeeper.record_org_provisioned for several actions in one transaction (element i of each array belongs together): the organizations'' rows locked first in key order (orgkeeper.lock_actions_orgs), then the actions taken in id order, each fenced on its own lease: returns one row per action with its outcome (done, org_gone or lease_lost; nothing is written for an action whose outcome is not done).';
+  'Daemon: records several provisioned organizations in one statement (element i of each array belongs together; one action per organization): the organizations'' rows locked first in key order (orgkeeper.lock_actions_orgs), then each action fenced on its own lease; for each, the team id, model and base URL written to the org, the owner''s own encrypted key to their membership (no key is shared by the org''s members), provisioning_status = active, and the action marked done. Returns, per action in the order given: done, org_gone (the org was deleted or is being deleted: nothing written; compensate) or lease_lost (nothing written).';
+
+CREATE OR REPLACE FUNCTION orgkeeper.record_org_provisioned(
+    p_action_id bigint, p_worker text, p_team_id text, p_owner uuid,
+    p_model text, p_base_url text, p_key_ciphertext text, p_result jsonb)
+RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- One action: the batched write-back with a batch of one (one place for the rules).
+    RETURN (SELECT r.outcome FROM orgkeeper.record_orgs_provisioned(
+                ARRAY[p_action_id], ARRAY[p_worker], ARRAY[p_team_id], ARRAY[p_owner],
+                ARRAY[p_model], ARRAY[p_base_url], ARRAY[p_key_ciphertext], ARRAY[p_result]) r);
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.record_org_provisioned(bigint, text, text, uuid, text, text, text, jsonb) IS
+  'Daemon: orgkeeper.record_orgs_provisioned for one action (the daemon batches its write-backs; this is for a batch of one and older daemons): in one transaction, writes the team id, model and base URL to the org and the owner''s own encrypted key to their membership (no key is shared by the org''s members), sets provisioning_status = active and marks the action done. Returns done, org_gone (the org was deleted or is being deleted: nothing written; compensate) or lease_lost (nothing written).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.record_provisioning_failed(
     p_action_id bigint, p_worker text, p_status text, p_error text, p_cleanup jsonb)

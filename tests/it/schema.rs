@@ -970,7 +970,7 @@ async fn provisioning_write_backs_lock_the_actions_org_through_one_helper() {
         "SELECT p.proname::text, p.prosrc LIKE '%orgkeeper.lock_action_org(p_action_id)%'
            FROM pg_proc p
           WHERE p.pronamespace = 'orgkeeper'::regnamespace
-            AND p.proname IN ('record_org_provisioned', 'record_provisioning_failed')
+            AND p.proname IN ('record_billing_customer', 'record_provisioning_failed')
           ORDER BY 1",
     )
     .fetch_all(&db.pool)
@@ -979,7 +979,7 @@ async fn provisioning_write_backs_lock_the_actions_org_through_one_helper() {
     assert_eq!(
         users,
         vec![
-            ("record_org_provisioned".to_string(), true),
+            ("record_billing_customer".to_string(), true),
             ("record_provisioning_failed".to_string(), true),
         ]
     );

@@ -199,11 +199,23 @@ async fn a_stale_lease_in_a_batch_of_retries_and_progress_saves_writes_nothing_f
 }
 
 #[tokio::test]
-async fn a_stale_lease_in_a_batch_of_provisioning_write_backs_leaves_its_org_pending() {
+async fn a_batch_of_provisioning_write_backs_leaves_a_stale_lease_s_org_pending_and_a_deleted_org_alone(
+) {
     let db = TestDb::migrated().await;
     let (_a, actions, stale) = claimed_with_one_taken_over(&db).await;
     let owners: Vec<uuid::Uuid> = actions.iter().map(|a| a.user_id.unwrap()).collect();
     let n = actions.len();
+    // Action 1's organization is being deleted meanwhile: it is never made
+    // active again (its deletion removes the team just made).
+    let deleted = 1;
+    sqlx::query(
+        "UPDATE orgkeeper.org SET provisioning_status = 'deprovisioning', deletion_requested_at = now()
+          WHERE id = $1",
+    )
+    .bind(actions[deleted].org_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let outcomes: Vec<(i64, String)> = sqlx::query_as(
         "SELECT action_id, outcome FROM orgkeeper.record_orgs_provisioned($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -226,7 +238,14 @@ async fn a_stale_lease_in_a_batch_of_provisioning_write_backs_leaves_its_org_pen
     let expected: Vec<(i64, String)> = actions
         .iter()
         .enumerate()
-        .map(|(i, a)| (a.id, if i == stale { "lease_lost" } else { "done" }.into()))
+        .map(|(i, a)| {
+            let outcome = match i {
+                _ if i == stale => "lease_lost",
+                _ if i == deleted => "org_gone",
+                _ => "done",
+            };
+            (a.id, outcome.into())
+        })
         .collect();
     assert_eq!(outcomes, expected);
     for (i, (id, status, _, org_status, key)) in
@@ -237,6 +256,11 @@ async fn a_stale_lease_in_a_batch_of_provisioning_write_backs_leaves_its_org_pen
             assert_eq!(
                 (status.as_str(), org_status.as_str(), key),
                 ("running", "pending", None)
+            );
+        } else if i == deleted {
+            assert_eq!(
+                (status.as_str(), org_status.as_str(), key),
+                ("running", "deprovisioning", None)
             );
         } else {
             assert_eq!(

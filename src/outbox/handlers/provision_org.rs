@@ -10,7 +10,7 @@
 //! * membership: "already in team" counts as done;
 //! * key: random, saved encrypted before `/key/generate` (see [`super::keys`]).
 //!
-//! The write-back (`orgkeeper.record_org_provisioned`) stores the results
+//! The write-back (`orgkeeper.record_orgs_provisioned`) stores the results
 //! and marks the action done in one transaction, fenced on the lease; the
 //! write-backs of actions finishing together share one transaction
 //! ([`Provisioned`]). The owner's key goes to their membership; no key is
@@ -266,8 +266,8 @@ impl Handler for ProvisionOrg {
 }
 
 /// The provisioning write-back of one action, batched with others
-/// (`orgkeeper.record_orgs_provisioned`: `record_org_provisioned` per row,
-/// in one transaction). Outcome: `done`, `org_gone` or `lease_lost`.
+/// (`orgkeeper.record_orgs_provisioned`: set-based, each row fenced on its
+/// lease, in one transaction). Outcome: `done`, `org_gone` or `lease_lost`.
 ///
 /// Committed asynchronously: when a database crash loses it, the org is
 /// still pending and the action runs again under a new lease, finding the
