@@ -247,7 +247,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION orgkeeper.hold_action(bigint, text) IS
-  'Daemon: locks a running action row while p_worker still holds its lease (the fence of every write-back that does more than complete it); false = lease lost, nothing to write. Callers lock the org row first (orgkeeper.lock_action_org).';
+  'Daemon: locks a running action row while p_worker still holds its lease (the fence of the one-action write-backs that do more than complete it; the batched ones fence every row of the batch in one statement); false = lease lost, nothing to write. Callers lock the org row first (orgkeeper.lock_action_org).';
 
 CREATE OR REPLACE FUNCTION orgkeeper.complete_actions(p_ids bigint[], p_workers text[], p_results jsonb[])
 RETURNS SETOF bigint

@@ -460,7 +460,7 @@ DECLARE
                              -- replace_secrets (their refusal of a column that is not a secret)
         'refuse_row_key',    -- read_secret / replace_secrets
         'lock_action_org',   -- the one-action write-backs that lock the org row first (record_provisioning_failed, ...)
-        'lock_actions_orgs', -- the batched write-backs (record_orgs_provisioned, record_teams_ready, record_member_keys)
+        'lock_actions_orgs', -- the batched write-backs (record_orgs_provisioned, record_teams_ready, record_member_keys, record_reencrypted_many)
         'default_llm_model', -- provisioning_context: the model path of a settings version
         'wakeup_lock_key',   -- inserts_settled: the wake-up handshake's lock
         'release_org_rows'   -- record_org_deleted (SECURITY DEFINER, so it runs as orgkeeper_definer;

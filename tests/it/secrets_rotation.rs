@@ -822,10 +822,16 @@ async fn the_daemon_reads_and_swaps_every_secret_place_by_its_key_and_refuses_an
     // A batch that names a place twice, or lacks a value, or is no array, is
     // refused and writes nothing.
     let twice = serde_json::json!([swaps[0], swaps[0]]);
+    // The same row, its uuid key written in capitals: still the same place.
+    let org = spots.iter().position(|s| s.table == "org").unwrap();
+    let mut shouted = swaps[org].clone();
+    shouted["key"]["id"] = spots[org].row.to_uppercase().into();
+    let twice_in_two_spellings = serde_json::json!([swaps[org], shouted]);
     let mut no_old = swaps[0].clone();
     no_old.as_object_mut().unwrap().remove("old");
     for (swaps, code, says) in [
         (twice, "22023", "times"),
+        (twice_in_two_spellings, "22023", "times"),
         (
             serde_json::json!([no_old]),
             "22004",

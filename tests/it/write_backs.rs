@@ -460,3 +460,195 @@ async fn a_completion_reads_its_own_row_however_many_actions_are_leased() {
         );
     }
 }
+
+/// Four migrated legacy users whose `secrets.reencrypt` actions replica
+/// "a" claimed (the migration's other actions marked done first), the
+/// last of which then expired and was taken over by replica "b". Each user
+/// has a legacy LLM key, search key and custom secret.
+async fn reencryptions_with_one_taken_over(db: &TestDb) -> (Vec<Action>, usize) {
+    for i in 0..4 {
+        let user = uuid::Uuid::new_v4();
+        sqlx::query(
+            "WITH s AS (
+                 INSERT INTO orgkeeper.user_settings (user_id, email, llm_api_key, search_api_key)
+                 VALUES ($1, $2, 'legacy-llm-' || $3, 'legacy-search-' || $3))
+             INSERT INTO orgkeeper.custom_secrets (user_id, secret_name, secret_value)
+             VALUES ($1, 'GITHUB', 'legacy-github-' || $3)",
+        )
+        .bind(user)
+        .bind(format!("reencrypt-{i}@example.com"))
+        .bind(i.to_string())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        sqlx::query("SELECT orgkeeper.migrate_user($1)")
+            .bind(user)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "UPDATE orgkeeper.pending_external_actions SET status = 'done', finished_at = now()
+          WHERE kind <> 'secrets.reencrypt'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let a = Outbox::new(db.pool.clone(), "a".into(), LEASE);
+    let mut claimed = a.claim(10).await.unwrap();
+    claimed.sort_by_key(|c| c.id);
+    assert_eq!(claimed.len(), 4);
+    assert!(claimed.iter().all(|c| c.kind == "secrets.reencrypt"));
+    let stale = 3;
+    sqlx::query("UPDATE orgkeeper.pending_external_actions SET locked_until = now() - interval '1 second' WHERE id = $1")
+        .bind(claimed[stale].id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(a.sweep().await.unwrap(), 1);
+    let b = Outbox::new(db.pool.clone(), "b".into(), LEASE);
+    assert_eq!(b.claim(10).await.unwrap().len(), 1);
+    (claimed, stale)
+}
+
+/// Every item of an action's payload as a swap from the value stored now to
+/// `new-<value>`.
+async fn swaps_of(db: &TestDb, action: &Action) -> serde_json::Value {
+    sqlx::query_scalar(
+        "SELECT jsonb_agg(r.item || jsonb_build_object('old', r.value, 'new', 'new-' || r.value))
+           FROM orgkeeper.read_secrets($1) r",
+    )
+    .bind(&action.payload["items"])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Each user's secrets (LLM key on the membership, search key on the org,
+/// custom secret) and how many `litellm.verify_key` actions they have.
+async fn secrets_and_verifications(
+    db: &TestDb,
+    users: &[uuid::Uuid],
+) -> Vec<(Option<String>, Option<String>, Option<String>, i64)> {
+    sqlx::query_as(
+        "SELECT m.llm_api_key, o.search_api_key, c.secret_value,
+                (SELECT count(*) FROM orgkeeper.pending_external_actions a
+                  WHERE a.user_id = u.id AND a.kind = 'litellm.verify_key')
+           FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, ord)
+           JOIN orgkeeper.org o ON o.id = u.id
+           JOIN orgkeeper.org_member m ON m.org_id = u.id AND m.user_id = u.id
+           JOIN orgkeeper.custom_secrets c ON c.user_id = u.id
+          ORDER BY u.ord",
+    )
+    .bind(users)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_of_reencryptions_swaps_every_live_migrated_users_values_at_once_or_nothing() {
+    let db = TestDb::migrated().await;
+    let (actions, stale) = reencryptions_with_one_taken_over(&db).await;
+    let users: Vec<uuid::Uuid> = actions.iter().map(|a| a.user_id.unwrap()).collect();
+    let mut swaps = Vec::new();
+    for action in &actions {
+        swaps.push(swaps_of(&db, action).await);
+    }
+    let before = secrets_and_verifications(&db, &users).await;
+    assert!(before.iter().all(|(llm, search, secret, verify)| {
+        [llm, search, secret]
+            .iter()
+            .all(|v| v.as_deref().is_some_and(|v| v.starts_with("legacy-")))
+            && *verify == 0
+    }));
+    // The batch in reverse id order, with a stale task's row for action 0
+    // (an earlier lease of this replica) at another position.
+    let mut batch: Vec<usize> = (0..actions.len()).rev().collect();
+    batch.insert(1, 0);
+    let ids: Vec<i64> = batch.iter().map(|&i| actions[i].id).collect();
+    let mut workers: Vec<String> = batch.iter().map(|&i| actions[i].lease.clone()).collect();
+    workers[1] = "a/earlier".into();
+    let results = vec![json!({ "reencrypted": 3 }); batch.len()];
+    let write = |swaps: Vec<serde_json::Value>| {
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT action_id, outcome FROM orgkeeper.record_reencrypted_many($1, $2, $3, $4)",
+        )
+        .bind(ids.clone())
+        .bind(workers.clone())
+        .bind(swaps)
+        .bind(results.clone())
+        .fetch_all(&db.pool)
+    };
+
+    // One value changed since it was read: nothing of the batch lands.
+    let mut changed: Vec<serde_json::Value> = batch.iter().map(|&i| swaps[i].clone()).collect();
+    changed[2][0]["old"] = "changed meanwhile".into();
+    let err = write(changed).await.unwrap_err();
+    let (code, message) = crate::support::db_error(&err);
+    assert_eq!(code, "40001", "{message}");
+    assert!(
+        message.contains("changed while it was being re-encrypted"),
+        "{message}"
+    );
+    assert_eq!(secrets_and_verifications(&db, &users).await, before);
+
+    // User 1's migration was rolled back meanwhile: its values stay.
+    let rolled_back = 1;
+    sqlx::query(
+        "UPDATE orgkeeper.user_migration SET status = 'rolled_back', rolled_back_at = now() WHERE user_id = $1",
+    )
+    .bind(users[rolled_back])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let outcomes = write(batch.iter().map(|&i| swaps[i].clone()).collect())
+        .await
+        .unwrap();
+    let expected: Vec<(i64, String)> = batch
+        .iter()
+        .enumerate()
+        .map(|(pos, &i)| {
+            let outcome = match i {
+                _ if i == stale || pos == 1 => "lease_lost",
+                _ if i == rolled_back => "skipped",
+                _ => "done",
+            };
+            (actions[i].id, outcome.to_string())
+        })
+        .collect();
+    assert_eq!(outcomes, expected);
+    let after = secrets_and_verifications(&db, &users).await;
+    for (i, (llm, search, secret, verify)) in after.into_iter().enumerate() {
+        if i == stale || i == rolled_back {
+            assert_eq!((llm, search, secret, verify), before[i].clone(), "user {i}");
+        } else {
+            let new = |v: &Option<String>| v.as_ref().map(|v| format!("new-{v}"));
+            assert_eq!(
+                (llm, search, secret, verify),
+                (new(&before[i].0), new(&before[i].1), new(&before[i].2), 1),
+                "user {i}"
+            );
+        }
+    }
+    let statuses: Vec<(String, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT status, result -> 'skipped' FROM orgkeeper.pending_external_actions
+          WHERE id = ANY ($1) ORDER BY id",
+    )
+    .bind(actions.iter().map(|a| a.id).collect::<Vec<_>>())
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        statuses,
+        [
+            ("done".to_string(), None),
+            (
+                "done".to_string(),
+                Some(json!("the migration was rolled back"))
+            ),
+            ("done".to_string(), None),
+            ("running".to_string(), None),
+        ]
+    );
+}
