@@ -249,6 +249,23 @@ $$;
 COMMENT ON FUNCTION orgkeeper.hold_action(bigint, text) IS
   'Daemon: locks a running action row while p_worker still holds its lease (the fence of the one-action write-backs that do more than complete it; the batched ones fence every row of the batch in one statement); false = lease lost, nothing to write. Callers lock the org row first (orgkeeper.lock_action_org).';
 
+CREATE OR REPLACE FUNCTION orgkeeper.hold_actions(p_ids bigint[], p_workers text[]) RETURNS bigint[]
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Positions, not ids: a stale task's row for the same action (an
+    -- earlier lease of this replica) can never borrow the live row's fence.
+    RETURN (SELECT coalesce(array_agg(h.ord), '{}')
+              FROM (SELECT u.ord
+                      FROM orgkeeper.pending_external_actions a
+                      JOIN unnest(p_ids, p_workers) WITH ORDINALITY AS u(id, worker, ord) ON u.id = a.id
+                     WHERE a.locked_by = u.worker AND a.status = 'running'
+                     ORDER BY a.id
+                       FOR UPDATE OF a) h);
+END;
+$$;
+COMMENT ON FUNCTION orgkeeper.hold_actions(bigint[], text[]) IS
+  'Daemon: orgkeeper.hold_action for a batch (element i of each array belongs together): locks, in id order, the running action rows whose token still holds the lease and returns their positions in the arrays (1-based); the fence of the batched write-backs. Callers lock the org rows first (orgkeeper.lock_actions_orgs).';
+
 CREATE OR REPLACE FUNCTION orgkeeper.complete_actions(p_ids bigint[], p_workers text[], p_results jsonb[])
 RETURNS SETOF bigint
 LANGUAGE plpgsql AS $$

@@ -70,13 +70,7 @@ BEGIN
     -- the arrays, not their id, so a stale task's row for the same action
     -- can never borrow the live row's fence.
     PERFORM orgkeeper.lock_actions_orgs(p_action_ids);
-    SELECT coalesce(array_agg(h.ord), '{}') INTO v_held
-      FROM (SELECT u.ord
-              FROM orgkeeper.pending_external_actions a
-              JOIN unnest(p_action_ids, p_workers) WITH ORDINALITY AS u(id, worker, ord) ON u.id = a.id
-             WHERE a.locked_by = u.worker AND a.status = 'running'
-             ORDER BY a.id
-               FOR UPDATE OF a) h;
+    v_held := orgkeeper.hold_actions(p_action_ids, p_workers);
     -- A deprovisioning organization is never made active again: its
     -- deletion (queued after this action) deletes the team just made.
     WITH made AS (
@@ -180,13 +174,7 @@ BEGIN
     -- id, so a stale task's row for the same action (an earlier lease of
     -- this replica) can never borrow the live row's fence.
     PERFORM orgkeeper.lock_actions_orgs(p_ids);
-    SELECT coalesce(array_agg(h.ord), '{}') INTO v_held
-      FROM (SELECT u.ord
-              FROM orgkeeper.pending_external_actions a
-              JOIN unnest(p_ids, p_workers) WITH ORDINALITY AS u(id, worker, ord) ON u.id = a.id
-             WHERE a.locked_by = u.worker AND a.status = 'running'
-             ORDER BY a.id
-               FOR UPDATE OF a) h;
+    v_held := orgkeeper.hold_actions(p_ids, p_workers);
     -- Each key goes to its member's membership of the action's organization,
     -- only while that membership is active.
     WITH stored AS (

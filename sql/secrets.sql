@@ -381,13 +381,7 @@ BEGIN
     -- task's row for the same action can never borrow the live row's fence.
     -- Org rows first, in key order, as every batched write-back.
     PERFORM orgkeeper.lock_actions_orgs(p_ids);
-    SELECT coalesce(array_agg(h.ord), '{}') INTO v_held
-      FROM (SELECT u.ord
-              FROM orgkeeper.pending_external_actions a
-              JOIN unnest(p_ids, p_workers) WITH ORDINALITY AS u(id, worker, ord) ON u.id = a.id
-             WHERE a.locked_by = u.worker AND a.status = 'running'
-             ORDER BY a.id
-               FOR UPDATE OF a) h;
+    v_held := orgkeeper.hold_actions(p_ids, p_workers);
     -- A rolled-back migration has put the legacy values back on purpose.
     SELECT coalesce(array_agg(u.ord), '{}') INTO v_migrated
       FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)

@@ -12,8 +12,7 @@ use std::time::Duration;
 const LEASE: Duration = Duration::from_secs(60);
 
 /// Six provisioning actions claimed by replica "a", the fourth of which
-/// then expired and was taken over by replica "b" (sweep, claim): a's task
-/// for it holds a stale token.
+/// then expired and was taken over by replica "b" ([`take_over`]).
 async fn claimed_with_one_taken_over(db: &TestDb) -> (Outbox, Vec<Action>, usize) {
     insert_orgs(&db.pool, "Batched", 6).await;
     let a = Outbox::new(db.pool.clone(), "a".into(), LEASE);
@@ -21,8 +20,15 @@ async fn claimed_with_one_taken_over(db: &TestDb) -> (Outbox, Vec<Action>, usize
     claimed.sort_by_key(|c| c.id);
     assert_eq!(claimed.len(), 6);
     let stale = 3;
+    take_over(db, &a, &claimed[stale]).await;
+    (a, claimed, stale)
+}
+
+/// `action`, claimed by replica `a`, expires and replica "b" takes it over
+/// (sweep, claim): a's task for it holds a stale token.
+async fn take_over(db: &TestDb, a: &Outbox, action: &Action) {
     sqlx::query("UPDATE orgkeeper.pending_external_actions SET locked_until = now() - interval '1 second' WHERE id = $1")
-        .bind(claimed[stale].id)
+        .bind(action.id)
         .execute(&db.pool)
         .await
         .unwrap();
@@ -30,9 +36,8 @@ async fn claimed_with_one_taken_over(db: &TestDb) -> (Outbox, Vec<Action>, usize
     let b = Outbox::new(db.pool.clone(), "b".into(), LEASE);
     let taken = b.claim(10).await.unwrap();
     assert_eq!(taken.len(), 1);
-    assert_eq!(taken[0].id, claimed[stale].id);
+    assert_eq!(taken[0].id, action.id);
     assert_eq!(taken[0].lease, "b/2");
-    (a, claimed, stale)
 }
 
 /// Runs `write` for every action at once while each counts as running (so
@@ -500,14 +505,7 @@ async fn reencryptions_with_one_taken_over(db: &TestDb) -> (Vec<Action>, usize) 
     assert_eq!(claimed.len(), 4);
     assert!(claimed.iter().all(|c| c.kind == "secrets.reencrypt"));
     let stale = 3;
-    sqlx::query("UPDATE orgkeeper.pending_external_actions SET locked_until = now() - interval '1 second' WHERE id = $1")
-        .bind(claimed[stale].id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(a.sweep().await.unwrap(), 1);
-    let b = Outbox::new(db.pool.clone(), "b".into(), LEASE);
-    assert_eq!(b.claim(10).await.unwrap().len(), 1);
+    take_over(db, &a, &claimed[stale]).await;
     (claimed, stale)
 }
 
