@@ -204,7 +204,7 @@ async fn a_stale_lease_in_a_batch_of_retries_and_progress_saves_writes_nothing_f
 }
 
 #[tokio::test]
-async fn a_batch_of_provisioning_write_backs_leaves_a_stale_lease_s_org_pending_and_a_deleted_org_alone(
+async fn a_batch_of_provisioning_write_backs_leaves_a_stale_lease_s_org_pending_and_an_org_being_deleted_alone(
 ) {
     let db = TestDb::migrated().await;
     let (_a, actions, stale) = claimed_with_one_taken_over(&db).await;
@@ -274,6 +274,26 @@ async fn a_batch_of_provisioning_write_backs_leaves_a_stale_lease_s_org_pending_
             );
         }
     }
+    // Each written org got its own action's team; the others none.
+    let teams: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT o.litellm_team_id FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, ord)
+           JOIN orgkeeper.org o ON o.id = u.id ORDER BY u.ord",
+    )
+    .bind(
+        actions
+            .iter()
+            .map(|a| a.org_id.unwrap())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let expected: Vec<Option<String>> = actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (i != stale && i != deleted).then(|| a.org_id.unwrap().to_string()))
+        .collect();
+    assert_eq!(teams, expected);
 }
 
 #[tokio::test]
