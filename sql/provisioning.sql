@@ -66,9 +66,7 @@ BEGIN
     -- The daemon's batched write-back of litellm.provision_org: one
     -- statement and one commit for the organizations provisioned together,
     -- set-based. Org rows first, in key order; then the actions whose token
-    -- holds the lease, in id order. Rows are followed by their position in
-    -- the arrays, not their id, so a stale task's row for the same action
-    -- can never borrow the live row's fence.
+    -- holds the lease (hold_actions).
     PERFORM orgkeeper.lock_actions_orgs(p_action_ids);
     v_held := orgkeeper.hold_actions(p_action_ids, p_workers);
     -- A deprovisioning organization is never made active again: its
@@ -169,10 +167,8 @@ DECLARE
 BEGIN
     -- The daemon's batched write-back of members' new keys: one statement
     -- and one commit for the keys made together, set-based. Org rows first,
-    -- in key order; then the actions whose token holds the lease, in id
-    -- order. Rows are followed by their position in the arrays, not their
-    -- id, so a stale task's row for the same action (an earlier lease of
-    -- this replica) can never borrow the live row's fence.
+    -- in key order; then the actions whose token holds the lease
+    -- (hold_actions).
     PERFORM orgkeeper.lock_actions_orgs(p_ids);
     v_held := orgkeeper.hold_actions(p_ids, p_workers);
     -- Each key goes to its member's membership of the action's organization,

@@ -368,26 +368,31 @@ RETURNS TABLE (action_id bigint, outcome text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_held     bigint[];  -- positions whose token holds the lease
-    v_migrated bigint[];  -- of those, the ones whose migration still stands
+    v_users    uuid[];    -- each position's user while its migration stands, else NULL
+    v_migrated bigint[];  -- the positions with a user there
     v_stale    record;
 BEGIN
     -- The daemon's batched write-back (one statement and one commit for the
-    -- secrets.reencrypt actions finishing together), set-based: the
-    -- organizations' rows locked in key order, then the actions whose token
-    -- holds the lease, in id order; every value of the
-    -- batch swapped by one compare-and-set per table; the completions and the
-    -- follow-up litellm.verify_key actions in one statement each. Rows are
-    -- followed by their position in the arrays, not their id, so a stale
-    -- task's row for the same action can never borrow the live row's fence.
-    -- Org rows first, in key order, as every batched write-back.
+    -- secrets.reencrypt actions finishing together), set-based: org rows
+    -- first, in key order, as every batched write-back; then the actions
+    -- whose token holds the lease (hold_actions); every value of the batch
+    -- swapped by one compare-and-set per table; the rollback copies, the
+    -- completions and the follow-up litellm.verify_key actions in one
+    -- statement each.
     PERFORM orgkeeper.lock_actions_orgs(p_ids);
     v_held := orgkeeper.hold_actions(p_ids, p_workers);
     -- A rolled-back migration has put the legacy values back on purpose.
-    SELECT coalesce(array_agg(u.ord), '{}') INTO v_migrated
+    SELECT array_agg(CASE WHEN u.ord = ANY (v_held)
+                           AND EXISTS (SELECT 1 FROM orgkeeper.user_migration m
+                                        WHERE m.user_id = a.user_id AND m.status = 'migrated')
+                          THEN a.user_id END
+                     ORDER BY u.ord)
+      INTO v_users
       FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
-      JOIN orgkeeper.pending_external_actions a ON a.id = u.id
-     WHERE u.ord = ANY (v_held)
-       AND EXISTS (SELECT 1 FROM orgkeeper.user_migration m WHERE m.user_id = a.user_id AND m.status = 'migrated');
+      LEFT JOIN orgkeeper.pending_external_actions a ON a.id = u.id;
+    SELECT coalesce(array_agg(u.ord), '{}') INTO v_migrated
+      FROM unnest(v_users) WITH ORDINALITY AS u(user_id, ord)
+     WHERE u.user_id IS NOT NULL;
     -- Every value still as it was read, or nothing.
     SELECT * INTO v_stale
       FROM orgkeeper.replace_secrets((
@@ -412,10 +417,8 @@ BEGIN
                      AS s("table" text, "column" text, key jsonb, old text, legacy_sealed text)
                 ON s."table" = e ->> 'table' AND s."column" = e ->> 'column'
                AND s.key ->> 'id' = e ->> 'id' AND s.old = e ->> 'value')
-      FROM unnest(p_ids, p_swaps) WITH ORDINALITY AS u(id, swaps, ord)
-      JOIN orgkeeper.pending_external_actions a ON a.id = u.id
-     WHERE u.ord = ANY (v_migrated) AND m.user_id = a.user_id
-       AND jsonb_path_exists(u.swaps, '$[*].legacy_sealed');
+      FROM unnest(v_users, p_swaps) AS u(user_id, swaps)
+     WHERE m.user_id = u.user_id AND jsonb_path_exists(u.swaps, '$[*].legacy_sealed');
     -- Every row here is locked by this transaction under its lease: all land.
     PERFORM orgkeeper.complete_actions(
                 array_agg(u.id ORDER BY u.ord), array_agg(u.worker ORDER BY u.ord),
@@ -427,11 +430,10 @@ BEGIN
     -- Now that the members' keys are readable, check them (and replace those
     -- the proxy refuses).
     INSERT INTO orgkeeper.pending_external_actions (kind, org_id, user_id, payload)
-    SELECT 'litellm.verify_key', a.user_id, a.user_id,
-           jsonb_build_object('user_id', a.user_id, 'team_id', a.user_id::text, 'regenerate', true)
-      FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
-      JOIN orgkeeper.pending_external_actions a ON a.id = u.id
-     WHERE u.ord = ANY (v_migrated)
+    SELECT 'litellm.verify_key', u.user_id, u.user_id,
+           jsonb_build_object('user_id', u.user_id, 'team_id', u.user_id::text, 'regenerate', true)
+      FROM unnest(v_users) WITH ORDINALITY AS u(user_id, ord)
+     WHERE u.user_id IS NOT NULL
      ORDER BY u.ord;
     RETURN QUERY
     SELECT u.id, CASE WHEN u.ord = ANY (v_migrated) THEN 'done'
